@@ -1,0 +1,43 @@
+# Everyday targets. `make setup` then `make book` reproduces the default book.
+PYTHON_BOOTSTRAP ?= python3.11
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= quick
+DATA    ?=
+SEED    ?= 0
+
+.PHONY: setup test book notebooks html bench clean-book clean-cache format check
+
+setup:
+	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[book,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fungi-ssl)"
+
+test:
+	$(PY) -m pytest
+
+# Execute every notebooks/NN_*.ipynb in order into book/, then render HTML.
+book: notebooks html
+
+notebooks:
+	$(PY) -m fungi_ssl.bookrun --profile $(PROFILE) --seed $(SEED) $(if $(DATA),--data $(DATA),)
+
+html:
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going=false
+
+bench:
+	$(PY) benchmarks/run_all.py
+
+format:
+	$(VENV)/bin/ruff format fungi_ssl tests benchmarks
+
+check:
+	$(VENV)/bin/ruff check fungi_ssl tests benchmarks
+
+clean-book:
+	rm -rf book/_build book/results book/[0-9][0-9]_*.ipynb
+
+clean-cache:
+	rm -rf data/cache

@@ -1,0 +1,77 @@
+"""Every path and default in one place.
+
+Data roots move with environment variables, never by editing code:
+
+``FUNGI_SSL_DATA``
+    Root for generated data and caches (default: ``data/`` in the repository).
+``FUNGI_SSL_REAL_DATA``
+    Default directory of real field tables (default: unset, i.e. simulated study).
+
+A *profile* sizes the book: ``quick`` is small and used by CI, ``full`` is the
+real book. Notebooks receive the profile name as a papermill parameter and look
+up their sizes here, so one edit resizes the whole book.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("FUNGI_SSL_DATA", REPO_ROOT / "data"))
+CACHE_DIR = DATA_DIR / "cache"
+BOOK_DIR = REPO_ROOT / "book"
+RESULTS_DIR = BOOK_DIR / "results"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: The realism report shipped beside the repository (``../shared/tools``).
+REALISM_REPORT = REPO_ROOT.parent / "shared" / "tools" / "realism_report.py"
+
+YEARS = tuple(range(2017, 2025))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes that trade run time for precision in the book.
+
+    Attributes
+    ----------
+    name : str
+        ``"quick"`` or ``"full"``.
+    n_samples : int
+        Field samples in the simulated study.
+    n_seeds : int
+        Random-split seeds in the predictor comparison.
+    pretrain_steps : int
+        Barlow Twins optimisation steps for the encoder.
+    map_tile_px : int
+        Side of the square tiles mapped at 10 m (pixels).
+    """
+
+    name: str
+    n_samples: int
+    n_seeds: int
+    pretrain_steps: int
+    map_tile_px: int
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile("quick", n_samples=12_000, n_seeds=3, pretrain_steps=300, map_tile_px=128),
+    "full": Profile("full", n_samples=12_000, n_seeds=10, pretrain_steps=1500, map_tile_px=256),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Look up a profile by name, with a clear error for an unknown one.
+
+    Examples
+    --------
+    >>> get_profile("quick").name
+    'quick'
+    """
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"profile must be one of {sorted(PROFILES)}, got {name!r}"
+        ) from None

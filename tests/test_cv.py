@@ -1,0 +1,277 @@
+"""Tests for fungi_ssl.cv: the random protocol and the spatial splitters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.distance import cdist
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import cross_val_score
+
+from fungi_ssl.coordinates import project_metres
+from fungi_ssl.cv import (
+    BlockKFold,
+    BufferedKFold,
+    RandomTrainValTest,
+    SiteGroupKFold,
+    as_metres,
+    site_groups,
+)
+
+
+@pytest.fixture(scope="module")
+def clustered_lonlat() -> np.ndarray:
+    """~600 samples at 150 plots in central Europe, cores of a plot within ~10 m.
+
+    A third of the plots sit on 10 km grid lines so that block edges cut
+    through them, and a few plots are chains of cores 20 m apart (one site by
+    single linkage, wider than 25 m end to end).
+    """
+    rng = np.random.default_rng(42)
+    n_plots = 150
+    centre = project_metres([10.0], [50.0])[0]
+    plots = centre + rng.uniform(-60_000, 60_000, size=(n_plots, 2))
+    on_edge = rng.random(n_plots) < 0.33
+    plots[on_edge, 0] = np.round(plots[on_edge, 0] / 10_000) * 10_000  # straddle x edges
+    xy = []
+    for i, p in enumerate(plots):
+        if i % 25 == 0:  # a chain: 5 cores 20 m apart along x
+            xy.extend(p + np.array([[20.0 * j, 0.0] for j in range(5)]))
+        else:
+            k = rng.integers(1, 7)
+            xy.extend(p + rng.normal(0, 3, size=(k, 2)))
+    xy = np.asarray(xy)
+    from fungi_ssl.coordinates import EQUAL_AREA, crs_to_lonlat
+
+    lon, lat = crs_to_lonlat(xy[:, 0], xy[:, 1], EQUAL_AREA)
+    return np.column_stack([lon, lat])
+
+
+def _close_pairs(lonlat: np.ndarray, distance_m: float) -> tuple[np.ndarray, np.ndarray]:
+    d = cdist(as_metres(lonlat), as_metres(lonlat))
+    i, j = np.nonzero(np.triu(d <= distance_m, k=1))
+    return i, j
+
+
+# ------------------------------------------------------------------ sites
+def test_site_groups_single_linkage_chain():
+    xy = np.array([[0, 0], [24, 0], [48, 0], [72, 0], [200, 0], [200, 0]], float)
+    labels = site_groups(xy, distance_m=25, coordinates="metres")
+    assert labels.tolist() == [0, 0, 0, 0, 1, 1]
+    # 23 m links nothing but the duplicate pair
+    assert site_groups(xy, 23, coordinates="metres").tolist() == [0, 1, 2, 3, 4, 4]
+
+
+def test_site_groups_matches_brute_force(clustered_lonlat):
+    labels = site_groups(clustered_lonlat, 25)
+    i, j = _close_pairs(clustered_lonlat, 25)
+    assert len(i) > 0
+    assert np.all(labels[i] == labels[j])
+    # and distinct sites are really apart: every site is far from all others
+    d = cdist(as_metres(clustered_lonlat), as_metres(clustered_lonlat))
+    other = labels[:, None] != labels[None, :]
+    assert d[other].min() > 25
+
+
+def test_site_groups_does_not_modify_input(clustered_lonlat):
+    before = clustered_lonlat.copy()
+    site_groups(clustered_lonlat)
+    np.testing.assert_array_equal(before, clustered_lonlat)
+
+
+# ------------------------------------------------------------------ no site split
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: SiteGroupKFold(n_splits=5, seed=3, coords=c),
+        lambda c: BlockKFold(block_size_m=10_000, n_splits=5, seed=3, coords=c),
+        lambda c: BlockKFold(block_size_m=10_000, n_splits=5, balance=False, coords=c),
+        lambda c: BufferedKFold(buffer_m=2_000, n_splits=4, coords=c),
+        lambda c: BufferedKFold(buffer_m=2_000, n_splits=4, block_size_m=20_000, coords=c),
+    ],
+    ids=["sitegroup", "block", "block-unbalanced", "buffered-sites", "buffered-blocks"],
+)
+def test_no_site_is_split_across_folds(clustered_lonlat, make):
+    cv = make(clustered_lonlat)
+    n = len(clustered_lonlat)
+    fold = np.full(n, -1)
+    for k, (train, test) in enumerate(cv.split(np.zeros((n, 1)))):
+        assert np.intersect1d(train, test).size == 0
+        assert np.all(fold[test] == -1), "a sample was tested twice"
+        fold[test] = k
+    assert np.all(fold >= 0), "every sample is tested once"
+    i, j = _close_pairs(clustered_lonlat, 25)
+    assert np.all(fold[i] == fold[j]), "samples within 25 m ended in different folds"
+    assert cv.get_n_splits() == k + 1
+
+
+def test_block_edges_would_cut_sites_without_site_merging(clustered_lonlat):
+    """The fixture does put sites on block edges, so the test above means something."""
+    cv = BlockKFold(block_size_m=10_000, site_distance_m=None, coords=clustered_lonlat)
+    blocks = cv.block_labels(as_metres(clustered_lonlat))
+    i, j = _close_pairs(clustered_lonlat, 25)
+    assert np.any(blocks[i] != blocks[j])
+
+
+def test_folds_balanced_by_sample_count(clustered_lonlat):
+    n = len(clustered_lonlat)
+    sizes = [len(t) for _, t in SiteGroupKFold(5, coords=clustered_lonlat).split(range(n))]
+    largest_site = np.bincount(site_groups(clustered_lonlat)).max()
+    assert max(sizes) - min(sizes) <= largest_site
+    bsizes = [len(t) for _, t in BlockKFold(10_000, 5, coords=clustered_lonlat).split(range(n))]
+    assert max(bsizes) / min(bsizes) < 1.3
+
+
+def test_blocks_are_squares_of_block_size():
+    xy = np.array([[x, y] for x in np.arange(50, 3000, 100.0) for y in np.arange(50, 3000, 100.0)])
+    cv = BlockKFold(1000, n_splits=3, site_distance_m=None, coords=xy, coordinates="metres")
+    blocks = cv.block_labels(xy)
+    assert len(np.unique(blocks)) == 9
+    for b in np.unique(blocks):
+        pts = xy[blocks == b]
+        assert np.ptp(pts[:, 0]) < 1000 and np.ptp(pts[:, 1]) < 1000
+
+
+# ------------------------------------------------------------------ buffer
+@pytest.mark.parametrize("block_size_m", [None, 15_000])
+def test_buffered_training_points_are_beyond_buffer(clustered_lonlat, block_size_m):
+    buffer_m = 5_000.0
+    xy = as_metres(clustered_lonlat)
+    cv = BufferedKFold(buffer_m, n_splits=5, block_size_m=block_size_m, seed=7)
+    dropped_any = False
+    for train, test in cv.split(xy, groups=clustered_lonlat):
+        d = cdist(xy[train], xy[test])
+        assert d.min() > buffer_m
+        # nothing beyond the buffer was dropped: the rest are all within it
+        rest = np.setdiff1d(np.arange(len(xy)), np.concatenate([train, test]))
+        if len(rest):
+            dropped_any = True
+            assert cdist(xy[rest], xy[test]).min(axis=1).max() <= buffer_m
+    assert dropped_any
+
+
+def test_buffer_zero_equals_unbuffered(clustered_lonlat):
+    n = len(clustered_lonlat)
+    a = list(BufferedKFold(0.0, 5, seed=2, coords=clustered_lonlat).split(range(n)))
+    b = list(SiteGroupKFold(5, seed=2, coords=clustered_lonlat).split(range(n)))
+    for (tra, tea), (trb, teb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(tra, trb)
+        np.testing.assert_array_equal(tea, teb)
+
+
+def test_buffer_too_large_raises(clustered_lonlat):
+    cv = BufferedKFold(1e7, n_splits=3, coords=clustered_lonlat)
+    with pytest.raises(ValueError, match="buffer_m"):
+        list(cv.split(clustered_lonlat))
+
+
+# ------------------------------------------------------------------ random protocol
+def test_random_train_val_test_proportions_and_disjoint():
+    n = 1003
+    cv = RandomTrainValTest(n_seeds=4, seed=10)
+    triples = list(cv.split_train_val_test(np.zeros((n, 2))))
+    assert len(triples) == cv.get_n_splits() == 4
+    for train, val, test in triples:
+        assert (len(train), len(val), len(test)) == (702, 100, 201)
+        allidx = np.concatenate([train, val, test])
+        assert len(np.unique(allidx)) == n and allidx.min() == 0 and allidx.max() == n - 1
+    # the seeds give different splits
+    assert not np.array_equal(triples[0][2], triples[1][2])
+    # sklearn view: train+val, test
+    for (tr, te), (a, b, c) in zip(cv.split(range(n)), triples, strict=True):
+        np.testing.assert_array_equal(tr, np.sort(np.concatenate([a, b])))
+        np.testing.assert_array_equal(te, c)
+
+
+def test_random_split_i_is_seed_plus_i():
+    """Split i of a run is the same as split 0 of a run that starts at seed + i (pairing)."""
+    many = list(RandomTrainValTest(n_seeds=3, seed=5).split_train_val_test(range(200)))
+    one = next(RandomTrainValTest(n_seeds=1, seed=7).split_train_val_test(range(200)))
+    for a, b in zip(many[2], one, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert RandomTrainValTest(3, seed=5).seeds == [5, 6, 7]
+
+
+# ------------------------------------------------------------------ determinism
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: RandomTrainValTest(3, seed=s),
+        lambda s: SiteGroupKFold(5, seed=s),
+        lambda s: BlockKFold(10_000, 5, seed=s),
+        lambda s: BufferedKFold(1_000, 5, seed=s),
+    ],
+    ids=["random", "sitegroup", "block", "buffered"],
+)
+def test_same_seed_same_splits(clustered_lonlat, make):
+    X = np.zeros((len(clustered_lonlat), 1))
+
+    def tests(seed):
+        return [t.tolist() for _, t in make(seed).split(X, groups=clustered_lonlat)]
+
+    assert tests(1) == tests(1)
+    assert tests(1) != tests(2)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "coords, match",
+    [
+        (np.array([[10.0, np.nan], [10.0, 50.0]]), "NaN"),
+        (np.array([[190.0, 50.0], [10.0, 50.0]]), "longitude"),
+        (np.array([[10.0, 95.0], [10.0, 50.0]]), "latitude"),
+        (np.zeros((2, 3)), r"shape \(n, 2\)"),
+        (pd.DataFrame({"lon": [1.0], "lat": [2.0]}), "longitude"),
+    ],
+)
+def test_bad_coordinates_raise_naming_parameter(coords, match):
+    with pytest.raises(ValueError, match=f"coords.*{match}"):
+        SiteGroupKFold(2, coords=coords)
+    with pytest.raises(ValueError, match=f"groups.*{match}"):
+        list(BlockKFold(1000, 2).split(np.zeros((len(coords), 1)), groups=coords))
+
+
+def test_coordinate_length_and_source_errors(clustered_lonlat):
+    cv = SiteGroupKFold(2, coords=clustered_lonlat)
+    with pytest.raises(ValueError, match="coords.*one row per sample"):
+        list(cv.split(np.zeros((3, 1))))
+    with pytest.raises(ValueError, match="given twice"):
+        list(cv.split(clustered_lonlat, groups=clustered_lonlat))
+    with pytest.raises(ValueError, match="needs sample coordinates"):
+        list(SiteGroupKFold(2).split(clustered_lonlat))
+    with pytest.raises(ValueError, match="n_splits"):
+        SiteGroupKFold(1)
+    with pytest.raises(ValueError, match="n_splits=50 is more than"):
+        list(BlockKFold(1e6, 50, coords=clustered_lonlat).split(clustered_lonlat))
+
+
+def test_metres_and_dataframe_inputs_agree(clustered_lonlat):
+    df = pd.DataFrame(clustered_lonlat, columns=["longitude", "latitude"])
+    xy = as_metres(clustered_lonlat)
+    a = SiteGroupKFold(4, coords=df).fold_labels()
+    b = SiteGroupKFold(4, coords=xy, coordinates="metres").fold_labels()
+    c = SiteGroupKFold(4, coords=pd.DataFrame(xy, columns=["x", "y"]), coordinates="metres")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c.fold_labels())
+
+
+# ------------------------------------------------------------------ sklearn
+def test_works_with_cross_val_score(clustered_lonlat):
+    rng = np.random.default_rng(0)
+    n = len(clustered_lonlat)
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + rng.normal(0, 0.5, n)
+    for cv in (
+        SiteGroupKFold(4, coords=clustered_lonlat),
+        BlockKFold(20_000, 4, coords=clustered_lonlat),
+        BufferedKFold(2_000, 4, coords=clustered_lonlat),
+        RandomTrainValTest(3),
+    ):
+        scores = cross_val_score(Ridge(), X, y, cv=cv)
+        assert len(scores) == cv.get_n_splits()
+        assert np.all(scores > 0.85)  # true R² ≈ 0.95
+    # coordinates passed as groups give the same folds as at construction
+    s1 = cross_val_score(Ridge(), X, y, cv=BlockKFold(20_000, 4, coords=clustered_lonlat))
+    s2 = cross_val_score(Ridge(), X, y, cv=BlockKFold(20_000, 4), groups=clustered_lonlat)
+    np.testing.assert_allclose(s1, s2)

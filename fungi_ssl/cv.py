@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Iterator
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -135,7 +135,9 @@ def as_metres(
         try:
             arr = np.array(coords, dtype=float)  # a copy: never touch the caller's array
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name}: expected a numeric (n, 2) array, got {type(coords)}") from err
+            raise ValueError(
+                f"{name}: expected a numeric (n, 2) array, got {type(coords)}"
+            ) from err
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(
             f"{name}: expected shape (n, 2) ({'lon, lat' if coordinates == 'lonlat' else 'x, y'}),"
@@ -304,12 +306,12 @@ class RandomTrainValTest(BaseCrossValidator):
         """The seed of each split, in order."""
         return [self.seed + i for i in range(self.n_seeds)]
 
-    def get_n_splits(self, X=None, y=None, groups=None) -> int:  # noqa: N803
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
         """Number of splits, ``n_seeds``."""
         return self.n_seeds
 
     def split_train_val_test(
-        self, X, y=None, groups=None  # noqa: N803
+        self, X, y=None, groups=None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(train, val, test)`` index arrays, one triple per seed.
 
@@ -319,8 +321,8 @@ class RandomTrainValTest(BaseCrossValidator):
             Only its length is used.
         """
         n = _n_samples(X)
-        n_test = int(round(self.test_size * n))
-        n_val = int(round(self.val_size * n))
+        n_test = round(self.test_size * n)
+        n_val = round(self.val_size * n)
         if n - n_test - n_val < 1 or n_test < 1:
             raise ValueError(
                 f"X: {n} samples are too few for val_size={self.val_size}, "
@@ -333,14 +335,14 @@ class RandomTrainValTest(BaseCrossValidator):
             train = np.sort(perm[n_test + n_val :])
             yield train, val, test
 
-    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: N803
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train + val, test)`` index arrays, for scikit-learn."""
         for train, val, test in self.split_train_val_test(X):
             yield np.sort(np.concatenate([train, val])), test
 
 
-def _n_samples(X) -> int:  # noqa: N803
-    if hasattr(X, "shape") and len(getattr(X, "shape")) > 0:
+def _n_samples(X) -> int:
+    if hasattr(X, "shape") and len(X.shape) > 0:
         return int(X.shape[0])
     try:
         return len(X)
@@ -359,7 +361,7 @@ class SpatialKFold(BaseCrossValidator):
     """
 
     # Like sklearn's GroupsConsumerMixin: ``groups`` (here, coordinates) is used.
-    __metadata_request__split = {"groups": True}
+    __metadata_request__split: ClassVar[dict[str, bool]] = {"groups": True}
 
     def _set_coords(self, coords, coordinates: CoordinateKind) -> None:
         if coordinates not in ("lonlat", "metres"):
@@ -381,7 +383,7 @@ class SpatialKFold(BaseCrossValidator):
         new._set_coords(coords, self.coordinates)
         return new
 
-    def metres(self, X=None, groups=None) -> np.ndarray:  # noqa: N803
+    def metres(self, X=None, groups=None) -> np.ndarray:
         """The coordinates in metres that ``split`` uses, checked against ``X``."""
         if self._xy is not None and groups is not None:
             raise ValueError(
@@ -415,7 +417,7 @@ class SpatialKFold(BaseCrossValidator):
         for k in range(self.n_splits):
             yield idx[folds != k], idx[folds == k]
 
-    def fold_labels(self, X=None, groups=None) -> np.ndarray:  # noqa: N803
+    def fold_labels(self, X=None, groups=None) -> np.ndarray:
         """Test-fold number of every sample (``0 … n_splits - 1``).
 
         Examples
@@ -426,7 +428,7 @@ class SpatialKFold(BaseCrossValidator):
         """
         return self._folds_metres(self.metres(X, groups))
 
-    def split(self, X=None, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: N803
+    def split(self, X=None, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train, test)`` index arrays.
 
         Parameters
@@ -442,7 +444,7 @@ class SpatialKFold(BaseCrossValidator):
         """
         yield from self._split_metres(self.metres(X, groups))
 
-    def get_n_splits(self, X=None, y=None, groups=None) -> int:  # noqa: N803
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
         """Number of folds, ``n_splits``."""
         return self.n_splits
 
@@ -453,7 +455,8 @@ class SpatialKFold(BaseCrossValidator):
 
     def _param_names(self) -> list[str]:
         return [
-            p for p in inspect.signature(type(self).__init__).parameters
+            p
+            for p in inspect.signature(type(self).__init__).parameters
             if p not in ("self", "coords")
         ]
 
@@ -502,7 +505,9 @@ class SiteGroupKFold(SpatialKFold):
     ) -> None:
         _check_n_splits(n_splits)
         if not np.isfinite(distance_m) or distance_m < 0:
-            raise ValueError(f"distance_m must be a finite distance ≥ 0 in metres, got {distance_m}")
+            raise ValueError(
+                f"distance_m must be a finite distance ≥ 0 in metres, got {distance_m}"
+            )
         self.n_splits = int(n_splits)
         self.distance_m = float(distance_m)
         self.shuffle = bool(shuffle)
@@ -567,9 +572,15 @@ class BlockKFold(SpatialKFold):
     ) -> None:
         _check_n_splits(n_splits)
         if not (np.isfinite(block_size_m) and block_size_m > 0):
-            raise ValueError(f"block_size_m must be a positive distance in metres, got {block_size_m}")
-        if site_distance_m is not None and not (np.isfinite(site_distance_m) and site_distance_m >= 0):
-            raise ValueError(f"site_distance_m must be None or a distance ≥ 0, got {site_distance_m}")
+            raise ValueError(
+                f"block_size_m must be a positive distance in metres, got {block_size_m}"
+            )
+        if site_distance_m is not None and not (
+            np.isfinite(site_distance_m) and site_distance_m >= 0
+        ):
+            raise ValueError(
+                f"site_distance_m must be None or a distance ≥ 0, got {site_distance_m}"
+            )
         self.block_size_m = float(block_size_m)
         self.n_splits = int(n_splits)
         self.shuffle = bool(shuffle)
@@ -673,7 +684,12 @@ class BufferedKFold(SpatialKFold):
             )
         else:
             self.folds = BlockKFold(
-                self.block_size_m, n_splits, shuffle, seed, balance, distance_m,
+                self.block_size_m,
+                n_splits,
+                shuffle,
+                seed,
+                balance,
+                distance_m,
                 coordinates=coordinates,
             )
         self._set_coords(coords, coordinates)

@@ -1,0 +1,625 @@
+"""Run the book's notebooks with papermill, in order, and keep their results.
+
+``make notebooks`` calls this module::
+
+    python -m fungi_ssl.bookrun --profile quick --seed 0 [--data DIR] [--only 01]
+
+Every ``notebooks/NN_*.ipynb`` (two-digit prefix) is executed in order into
+``book/NN_*.ipynb``, which Jupyter Book then renders without re-executing. Each
+notebook receives, as papermill parameters, only those of ``profile``,
+``seed``, ``data_dir`` and ``results_dir`` that its cell tagged ``parameters``
+declares. ``data_dir`` is the empty string (or ``None``, if that is the
+notebook's own default) for the embedded simulated study, and an absolute path
+for a real data directory.
+
+Numbers a chapter wants to keep (for the text of later chapters, or for tests)
+go through :func:`write_results`, which writes ``book/results/NN_<name>.json``;
+:func:`read_results` reads them back. The run itself writes
+``book/results/run_summary.json``: seconds per notebook and the profile used.
+
+A failing notebook stops the run: the message names the notebook, the cell
+(index in the source notebook, execution count, first lines of its source)
+and the error; later notebooks are not run, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config
+
+#: The kernel every notebook runs in (``make setup`` installs it with ``--sys-prefix``).
+KERNEL_NAME = "python3"
+#: The parameters the runner can inject; a notebook receives those it declares.
+BOOK_PARAMETERS = ("profile", "seed", "data_dir", "results_dir")
+#: Notebook file names the runner picks up: two digits, an underscore, a name.
+NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[^/]+\.ipynb$")
+#: Result names: the chapter's two digits, an underscore, then a plain name.
+RESULT_NAME_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9][A-Za-z0-9_\-]*$")
+#: Matplotlib backend for kernels: headless (it renders with Agg) but, unlike plain
+#: ``Agg``, it still puts every figure into the notebook, so the book shows it.
+#: Set explicitly so that an ``MPLBACKEND=Agg`` in the caller's environment
+#: (CI, servers) cannot silently drop the book's figures.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+#: Lines of the failing cell's source shown in the error message.
+SOURCE_LINES_SHOWN = 6
+
+
+# --------------------------------------------------------------------------
+# Results written by chapters
+# --------------------------------------------------------------------------
+
+
+def to_json_safe(value: Any) -> Any:
+    """Convert numpy/pandas values to plain JSON types; NaN and ±inf become ``None``.
+
+    Dict keys become strings; tuples become lists and sets sorted lists; a
+    pandas Series becomes a dict and a DataFrame a list of row records.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_json_safe({"r2": np.float32(0.5), "n": np.int64(3), "bad": float("nan")})
+    {'r2': 0.5, 'n': 3, 'bad': None}
+    >>> to_json_safe(np.array([1.0, np.inf]))
+    [1.0, None]
+    """
+    import numpy as np
+    import pandas as pd
+
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [to_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((to_json_safe(v) for v in value), key=repr)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, pd.DataFrame):
+        return [to_json_safe(row) for row in value.to_dict(orient="records")]
+    if isinstance(value, pd.Series):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return to_json_safe(value.item())
+    raise ValueError(
+        f"cannot write a value of type {type(value).__name__} to a results file; "
+        "expected numbers, strings, lists, dicts, numpy arrays or pandas objects"
+    )
+
+
+def _results_path(name: str, results_dir: str | Path | None) -> Path:
+    name = name.removesuffix(".json")
+    if not RESULT_NAME_PATTERN.match(name):
+        raise ValueError(
+            f"result name must be the chapter's two digits, an underscore and a plain name "
+            f"(e.g. '01_field_data'), got {name!r}"
+        )
+    root = Path(results_dir) if results_dir else config.RESULTS_DIR
+    return root / f"{name}.json"
+
+
+def write_results(name: str, payload: Mapping[str, Any], results_dir: str | Path | None = None) -> Path:
+    """Write a chapter's key numbers to ``<results_dir>/<name>.json``.
+
+    Parameters
+    ----------
+    name : str
+        ``NN_<name>``: the chapter's two-digit number, an underscore and a plain
+        name, e.g. ``"04_predictor_comparison"``.
+    payload : mapping
+        Numbers, strings, lists, numpy arrays or pandas objects. numpy scalars
+        become plain numbers, NaN and ±inf become ``null``.
+    results_dir : str or pathlib.Path, optional
+        Directory to write into (created if needed); defaults to
+        :data:`fungi_ssl.config.RESULTS_DIR`. Notebooks pass their
+        ``results_dir`` parameter.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written. Keys are sorted and indented by 2 so diffs are readable.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> tmp = tempfile.mkdtemp()
+    >>> path = write_results("01_demo", {"n": np.int64(12), "r2": np.nan}, tmp)
+    >>> path.name
+    '01_demo.json'
+    >>> read_results("01_demo", tmp)
+    {'n': 12, 'r2': None}
+    """
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"payload for {name!r} must be a mapping (dict), got {type(payload).__name__}")
+    path = _results_path(name, results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_json_safe(payload), indent=2, sort_keys=True, allow_nan=False)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(name: str, results_dir: str | Path | None = None) -> dict[str, Any]:
+    """Read the results a chapter wrote with :func:`write_results`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing, naming it and the notebook that writes it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = write_results("02_demo", {"loss": [1.0, 0.5]}, tmp)
+    >>> read_results("02_demo", tmp)["loss"]
+    [1.0, 0.5]
+    """
+    path = _results_path(name, results_dir)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"results file {path} not found; run the notebook notebooks/{name[:2]}_*.ipynb "
+            f"first (python -m fungi_ssl.bookrun --only {name[:2]})"
+        )
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------
+# Finding and parameterising notebooks
+# --------------------------------------------------------------------------
+
+
+def find_notebooks(notebook_dir: str | Path, only: Sequence[str] | None = None) -> list[Path]:
+    """The ``NN_*.ipynb`` notebooks of ``notebook_dir``, in order.
+
+    Parameters
+    ----------
+    notebook_dir : str or pathlib.Path
+        Directory holding the source notebooks.
+    only : sequence of str, optional
+        Keep only notebooks whose two-digit number (``"01"``) or file stem
+        (``"01_field_data"``) is listed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> for n in ["10_new_region", "01_field_data", "notes"]:
+    ...     _ = (tmp / f"{n}.ipynb").write_text("{}")
+    >>> [p.name for p in find_notebooks(tmp)]
+    ['01_field_data.ipynb', '10_new_region.ipynb']
+    >>> [p.name for p in find_notebooks(tmp, only=["10"])]
+    ['10_new_region.ipynb']
+    """
+    notebook_dir = Path(notebook_dir)
+    if not notebook_dir.is_dir():
+        raise FileNotFoundError(f"notebook directory {notebook_dir} does not exist")
+    found = sorted(p for p in notebook_dir.iterdir() if NOTEBOOK_PATTERN.match(p.name))
+    if not found:
+        raise FileNotFoundError(f"no NN_*.ipynb notebooks in {notebook_dir}")
+    if only:
+        wanted = {str(o).removesuffix(".ipynb") for o in only}
+        kept = [p for p in found if p.name[:2] in wanted or p.stem in wanted]
+        matched = {p.name[:2] for p in kept} | {p.stem for p in kept}
+        missing = sorted(wanted - matched)
+        if missing:
+            raise ValueError(
+                f"--only {', '.join(missing)} matches no notebook in {notebook_dir}; "
+                f"available: {', '.join(p.stem for p in found)}"
+            )
+        found = kept
+    return found
+
+
+def declared_parameters(notebook: str | Path) -> dict[str, str]:
+    """Names and default values (as source text) declared in a notebook's ``parameters`` cell.
+
+    Returns an empty dict for a notebook with no cell tagged ``parameters``.
+    """
+    import papermill
+
+    inspected = papermill.inspect_notebook(str(notebook))
+    return {name: str(p["default"]) for name, p in inspected.items()}
+
+
+def notebook_parameters(
+    declared: Mapping[str, str],
+    *,
+    profile: str,
+    seed: int,
+    data_dir: str | Path | None,
+    results_dir: str | Path,
+) -> dict[str, Any]:
+    """The parameters to inject: the book's parameters that the notebook declares.
+
+    ``data_dir`` is an absolute path string for real data; for the simulated
+    study it is ``None`` if the notebook's default is ``None``, else ``""``.
+
+    Examples
+    --------
+    >>> notebook_parameters({"profile": "'quick'", "data_dir": "None"},
+    ...                     profile="full", seed=1, data_dir=None, results_dir="/r")
+    {'profile': 'full', 'data_dir': None}
+    >>> notebook_parameters({"seed": "0", "data_dir": "''"},
+    ...                     profile="full", seed=1, data_dir=None, results_dir="/r")
+    {'seed': 1, 'data_dir': ''}
+    """
+    if data_dir:
+        data_value: str | None = str(Path(data_dir).resolve())
+    else:
+        data_value = None if declared.get("data_dir", "").strip() == "None" else ""
+    values: dict[str, Any] = {
+        "profile": profile,
+        "seed": int(seed),
+        "data_dir": data_value,
+        "results_dir": str(Path(results_dir).resolve()),
+    }
+    return {k: values[k] for k in BOOK_PARAMETERS if k in declared}
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class NotebookRun:
+    """Timing of one executed notebook, as written to ``run_summary.json``."""
+
+    notebook: str
+    seconds: float
+    profile: str
+    seed: int
+    status: str = "ok"
+
+
+class NotebookFailure(RuntimeError):
+    """A notebook raised in one of its cells; the message says where and what.
+
+    Attributes
+    ----------
+    notebook : pathlib.Path
+        The source notebook.
+    output : pathlib.Path
+        The executed copy, which holds the traceback.
+    cell_index : int or None
+        Index of the failing cell in the source notebook (0-based).
+    execution_count : int or None
+        The ``In [n]`` number of the failing cell.
+    source : str
+        The failing cell's source.
+    ename, evalue : str
+        Exception name and message.
+    """
+
+    def __init__(
+        self,
+        notebook: Path,
+        output: Path,
+        cell_index: int | None,
+        execution_count: int | None,
+        source: str,
+        ename: str,
+        evalue: str,
+    ) -> None:
+        self.notebook = notebook
+        self.output = output
+        self.cell_index = cell_index
+        self.execution_count = execution_count
+        self.source = source
+        self.ename = ename
+        self.evalue = evalue
+        #: Notebooks run so far, the failed one last (set by :func:`run_book`).
+        self.runs: list[NotebookRun] = []
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """A multi-line message naming notebook, cell and error."""
+        lines = self.source.splitlines()
+        shown = lines[:SOURCE_LINES_SHOWN]
+        if len(lines) > SOURCE_LINES_SHOWN:
+            shown.append(f"... ({len(lines) - SOURCE_LINES_SHOWN} more lines)")
+        where = "cell ?" if self.cell_index is None else f"cell {self.cell_index}"
+        count = "" if self.execution_count is None else f" (In [{self.execution_count}])"
+        return "\n".join(
+            [
+                f"notebook {self.notebook.name} failed in {where}{count}:",
+                *(f"    | {line}" for line in shown),
+                f"{self.ename}: {self.evalue}",
+                f"the executed notebook with the full traceback is {self.output}",
+            ]
+        )
+
+
+def _source_cell_index(output: Path, executed_index: int) -> int:
+    """Map a cell index in papermill's output back to the source notebook.
+
+    papermill inserts an ``injected-parameters`` cell; cells after it shift by one.
+    """
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(output), as_version=4)
+    except Exception:  # the output may be unreadable if the kernel died early
+        return executed_index
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    for i, cell in enumerate(cells[: executed_index + 1]):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            return executed_index - 1 if executed_index > i else executed_index
+    return executed_index
+
+
+@contextlib.contextmanager
+def _kernel_environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables that kernels inherit; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def execute_notebook(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: Mapping[str, Any],
+    kernel_name: str = KERNEL_NAME,
+) -> float:
+    """Execute one notebook with papermill; return the seconds it took.
+
+    The kernel runs in the notebook's own directory, headless, with
+    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`.
+
+    Raises
+    ------
+    NotebookFailure
+        If a cell raises; the executed copy (with the traceback) is still written.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook, output = Path(notebook), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _kernel_environment({"MPLBACKEND": KERNEL_MPLBACKEND}):
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=dict(parameters),
+                kernel_name=kernel_name,
+                progress_bar=False,
+                cwd=str(notebook.parent),
+            )
+        except PapermillExecutionError as err:
+            raise NotebookFailure(
+                notebook=notebook,
+                output=output,
+                cell_index=_source_cell_index(output, err.cell_index),
+                execution_count=err.exec_count,
+                source=err.source,
+                ename=err.ename,
+                evalue=err.evalue,
+            ) from None
+    return time.perf_counter() - start
+
+
+def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merge: bool) -> Path:
+    """Write ``run_summary.json``; with ``merge``, keep earlier entries of other notebooks."""
+    path = Path(results_dir) / "run_summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict[str, Any]] = {}
+    if merge and path.exists():
+        try:
+            for entry in json.loads(path.read_text()).get("notebooks", []):
+                entries[entry["notebook"]] = entry
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            entries = {}
+    for run in runs:
+        entries[run.notebook] = asdict(run)
+    ordered = [entries[k] for k in sorted(entries)]
+    summary = {
+        "notebooks": ordered,
+        "total_seconds": round(sum(e["seconds"] for e in ordered), 2),
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path.write_text(json.dumps(to_json_safe(summary), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def format_summary(runs: Sequence[NotebookRun]) -> str:
+    """A plain-text table of notebook, status and seconds.
+
+    Examples
+    --------
+    >>> print(format_summary([NotebookRun("01_field_data", 12.345, "quick", 0)]))
+    notebook         status   seconds
+    01_field_data    ok          12.3
+    total                        12.3
+    """
+    width = max([len("notebook"), *(len(r.notebook) for r in runs)]) + 4
+    lines = [f"{'notebook':<{width}}{'status':<7}{'seconds':>9}"]
+    for r in runs:
+        lines.append(f"{r.notebook:<{width}}{r.status:<7}{r.seconds:>9.1f}")
+    lines.append(f"{'total':<{width}}{'':<7}{sum(r.seconds for r in runs):>9.1f}")
+    return "\n".join(lines)
+
+
+def run_book(
+    *,
+    profile: str = "quick",
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    notebook_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    progress: bool = True,
+) -> list[NotebookRun]:
+    """Execute the book's notebooks in order and write ``run_summary.json``.
+
+    Parameters
+    ----------
+    profile : {"quick", "full"}
+        Book profile (:data:`fungi_ssl.config.PROFILES`).
+    seed : int
+        Seed passed to every notebook that declares ``seed``.
+    data_dir : str or pathlib.Path, optional
+        Real data directory; ``None`` runs the simulated study.
+    only : sequence of str, optional
+        Run only these chapters (``"01"`` or ``"01_field_data"``).
+    notebook_dir, output_dir, results_dir : path, optional
+        Source notebooks (default ``notebooks/``), executed copies (default
+        ``book/``) and results (default ``<output_dir>/results``).
+    kernel_name : str
+        Jupyter kernel to run in.
+    progress : bool
+        Show a tqdm bar over the notebooks.
+
+    Returns
+    -------
+    list of NotebookRun
+        One entry per executed notebook.
+
+    Raises
+    ------
+    NotebookFailure
+        When a notebook fails; the summary is still written, with the failed
+        notebook marked ``"failed"``, and later notebooks are not run.
+    """
+    from tqdm.auto import tqdm
+
+    config.get_profile(profile)  # validates the name
+    if data_dir:
+        data_path = Path(data_dir)
+        if not data_path.is_dir():
+            raise FileNotFoundError(
+                f"data directory {data_path} does not exist (or is not a directory); "
+                "omit --data to run the simulated study"
+            )
+    notebook_dir = Path(notebook_dir) if notebook_dir else config.NOTEBOOK_DIR
+    output_dir = Path(output_dir) if output_dir else config.BOOK_DIR
+    results_dir = Path(results_dir) if results_dir else output_dir / "results"
+    notebooks = find_notebooks(notebook_dir, only)
+    results_dir.mkdir(parents=True, exist_ok=True)
+
+    runs: list[NotebookRun] = []
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
+    try:
+        for nb_path in bar:
+            bar.set_postfix_str(nb_path.stem)
+            params = notebook_parameters(
+                declared_parameters(nb_path),
+                profile=profile,
+                seed=seed,
+                data_dir=data_dir,
+                results_dir=results_dir,
+            )
+            start = time.perf_counter()
+            try:
+                seconds = execute_notebook(nb_path, output_dir / nb_path.name, params, kernel_name)
+            except NotebookFailure as failure:
+                runs.append(
+                    NotebookRun(nb_path.stem, round(time.perf_counter() - start, 2), profile, seed, "failed")
+                )
+                failure.runs = list(runs)
+                raise
+            runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
+            bar.write(f"{nb_path.name}: {seconds:.1f} s")
+    finally:
+        bar.close()
+        if runs:
+            write_run_summary(runs, results_dir, merge=bool(only))
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m fungi_ssl.bookrun``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fungi_ssl.bookrun",
+        description="Execute notebooks/NN_*.ipynb in order with papermill into book/.",
+    )
+    parser.add_argument("--profile", choices=sorted(config.PROFILES), default="quick",
+                        help="book profile (default: quick)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed passed to notebooks (default: 0)")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="real data directory (default: the simulated study)")
+    parser.add_argument("--only", metavar="NN", action="append", default=None,
+                        help="run only this chapter, e.g. 01 (repeatable)")
+    parser.add_argument("--notebooks", metavar="DIR", default=None,
+                        help=f"source notebooks (default: {config.NOTEBOOK_DIR})")
+    parser.add_argument("--output", metavar="DIR", default=None,
+                        help=f"executed notebooks (default: {config.BOOK_DIR})")
+    parser.add_argument("--results", metavar="DIR", default=None,
+                        help="results directory (default: OUTPUT/results)")
+    parser.add_argument("--kernel", default=KERNEL_NAME, help=f"Jupyter kernel (default: {KERNEL_NAME})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    if args.data and not Path(args.data).is_dir():
+        print(f"error: --data {args.data}: directory does not exist", file=sys.stderr)
+        return 2
+    try:
+        runs = run_book(
+            profile=args.profile,
+            seed=args.seed,
+            data_dir=args.data,
+            only=args.only,
+            notebook_dir=args.notebooks,
+            output_dir=args.output,
+            results_dir=args.results,
+            kernel_name=args.kernel,
+            progress=not args.no_progress,
+        )
+    except NotebookFailure as failure:
+        if failure.runs:
+            print(format_summary(failure.runs))
+        print(f"\nerror: {failure.describe()}\nlater notebooks were not run.", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,13 +36,13 @@ from scipy.special import gammaln
 from tqdm.auto import tqdm
 
 __all__ = [
-    "sequencing_depth",
-    "rarefied_richness",
-    "rarefy_counts",
-    "rarefaction_curve",
-    "extrapolated_richness",
     "chao1",
     "drop_shallow_samples",
+    "extrapolated_richness",
+    "rarefaction_curve",
+    "rarefied_richness",
+    "rarefy_counts",
+    "sequencing_depth",
 ]
 
 
@@ -526,9 +526,7 @@ def extrapolated_richness(counts: Any, depth: int, total_reads: Any = None) -> A
     return tab.wrap(out, f"extrapolated_richness_{m}")
 
 
-def drop_shallow_samples(
-    table: Any, min_reads: int, total_reads: Any = None
-) -> tuple[Any, int]:
+def drop_shallow_samples(table: Any, min_reads: int, total_reads: Any = None) -> tuple[Any, int]:
     """Keep only samples with at least ``min_reads`` reads.
 
     Rarefying to a depth ``d`` requires every sample to have ``d`` reads;

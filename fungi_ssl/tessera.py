@@ -46,14 +46,18 @@ Facts about the layout, with where they come from in ucam-eo/geotessera
 - Embeddings are int8 ``(H, W, 128)``; scales are float32 ``(H, W)``, and
   ``dequantize_embedding`` in ``core.py`` also accepts ``(H, W, 128)``. The
   dequantised value is ``embedding.astype(float32) * scale`` broadcast over the
-  last axis. ``zarr.py`` (``_read_single_tile``) treats non-finite scales as
-  no data and landmask 0 as water; here a non-finite scale gives NaN and water
-  is kept unless ``mask_water=True`` (as in geotessera's
-  ``sample_embeddings_at_points``, which does not mask water).
+  last axis. Non-finite scales mean no data and landmask 0 means water
+  (``zarr.py``: the scale sentinels in its module docstring, NaN = water and
+  +inf = land without data, and ``_load_landmask_slice``). Here a non-finite
+  scale gives NaN, and water is kept unless ``mask_water=True``, as in
+  geotessera's ``sample_embeddings_at_points`` (``core.py``), which does not
+  mask water.
 - Each tile lies in the WGS84 UTM zone of its centre longitude (EPSG 326xx, or
   327xx when the centre latitude is negative) at 10 m, north-up; its grid is
   the UTM envelope of the 0.1° cell (``zarr.py``, ``project_tile``), so
-  neighbouring tiles overlap by a few pixels and need not share a pixel grid.
+  neighbouring tiles overlap along their shared edges (at 52° N by up to about
+  400 m at one end of an edge, none at the other) and need not share a pixel
+  grid (the origin is not snapped to 10 m).
 
 The rule for patches across tile edges (:func:`sample_patches`) is documented
 there. All code here is our own; only the facts above come from geotessera.
@@ -185,7 +189,9 @@ def parse_tile_name(name: str) -> tuple[float, float]:
     """
     m = _GRID_NAME.match(name)
     if not m:
-        raise ValueError(f"parse_tile_name: {name!r} is not a geotessera grid name like 'grid_0.15_52.05'")
+        raise ValueError(
+            f"parse_tile_name: {name!r} is not a geotessera grid name like 'grid_0.15_52.05'"
+        )
     lon, lat = float(m.group(1)), float(m.group(2))
     _check_lonlat(lon, lat, f"parse_tile_name({name!r})")
     if tile_for_point(lon, lat) != (lon, lat):
@@ -298,7 +304,9 @@ def _years_present(root: Path) -> list[int]:
     base = root / EMBEDDINGS_DIR_NAME
     if not base.is_dir():
         return []
-    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d{4}", p.name))
+    return sorted(
+        int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d{4}", p.name)
+    )
 
 
 def _year_dir(root: Path, year: int) -> Path:
@@ -347,7 +355,9 @@ def _read_tile(root: Path, year: int, lon: float, lat: float) -> TesseraTile:
     paths = tile_paths(root, year, lon, lat)
     name = paths.embedding.stem
     if not paths.embedding.is_file():
-        raise FileNotFoundError(f"TESSERA tile {name} for {year}: embedding file {paths.embedding} not found")
+        raise FileNotFoundError(
+            f"TESSERA tile {name} for {year}: embedding file {paths.embedding} not found"
+        )
     if not paths.scales.is_file():
         raise FileNotFoundError(
             f"TESSERA tile {name} for {year} has no scales file: expected {paths.scales} "
@@ -370,11 +380,17 @@ def _read_tile(root: Path, year: int, lon: float, lat: float) -> TesseraTile:
         with rasterio.open(paths.landmask) as src:
             crs, transform, lm_shape = src.crs, src.transform, (src.height, src.width)
     except rasterio.errors.RasterioIOError as err:
-        raise ValueError(f"cannot read TESSERA landmask {paths.landmask} as a GeoTIFF: {err}") from None
+        raise ValueError(
+            f"cannot read TESSERA landmask {paths.landmask} as a GeoTIFF: {err}"
+        ) from None
     if crs is None:
-        raise ValueError(f"TESSERA landmask {paths.landmask} has no CRS; expected the tile's UTM zone")
+        raise ValueError(
+            f"TESSERA landmask {paths.landmask} has no CRS; expected the tile's UTM zone"
+        )
     if transform.b != 0 or transform.d != 0:
-        raise ValueError(f"TESSERA landmask {paths.landmask} has a rotated transform {transform}; expected north-up")
+        raise ValueError(
+            f"TESSERA landmask {paths.landmask} has a rotated transform {transform}; expected north-up"
+        )
     if lm_shape != emb.shape[:2]:
         raise ValueError(
             f"TESSERA landmask {paths.landmask} is {lm_shape[0]}×{lm_shape[1]} pixels but the "
@@ -429,7 +445,9 @@ def read_tile(root: str | Path, year: int, lon: float, lat: float) -> TesseraTil
     return _read_tile(root, int(year), lon, lat)
 
 
-def find_tiles(root: str | Path, year: int | None = None, *, strict: bool = True) -> list[TesseraTile]:
+def find_tiles(
+    root: str | Path, year: int | None = None, *, strict: bool = True
+) -> list[TesseraTile]:
     """Discover the NPY tiles under a geotessera download directory.
 
     Parameters
@@ -624,7 +642,9 @@ def dequantise(
             raise ValueError("dequantise: pass `scale` only with an array embedding, not a Dataset")
         for var in ("embedding", "scale"):
             if var not in embedding:
-                raise ValueError(f"dequantise: Dataset has no {var!r} variable (expected open_tile output)")
+                raise ValueError(
+                    f"dequantise: Dataset has no {var!r} variable (expected open_tile output)"
+                )
         s = embedding["scale"].astype(np.float32)
         out = embedding["embedding"].astype(np.float32) * s.where(np.isfinite(s))
         out = out.transpose(*embedding["embedding"].dims).rename("embedding")
@@ -679,7 +699,9 @@ class _TileCache:
             if tile_paths(self.root, self.year, lon, lat).embedding.is_file():
                 tile = _read_tile(self.root, self.year, lon, lat)
                 emb = _load_npy(tile.paths.embedding, "embedding")
-                scale = _checked_scale(_load_npy(tile.paths.scales, "scales"), emb.shape, tile.paths.scales)
+                scale = _checked_scale(
+                    _load_npy(tile.paths.scales, "scales"), emb.shape, tile.paths.scales
+                )
                 land = None
                 if self.mask_water:
                     import rasterio
@@ -702,7 +724,9 @@ def _centre_of(t: Affine, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarra
     return t.c + (cols + 0.5) * t.a, t.f + (rows + 0.5) * t.e
 
 
-def _locate(lon: np.ndarray, lat: np.ndarray, cache: _TileCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _locate(
+    lon: np.ndarray, lat: np.ndarray, cache: _TileCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tile id (-1 = none), row and column of the pixel holding each location.
 
     Each location is looked up in the tile of its own 0.1° cell first, then in
@@ -848,10 +872,11 @@ def sample_patches(
     centre_tile, r0, c0 = _locate(lon, lat, cache)
     dims = {t.embedding.shape[2] for t in cache.tiles}
     if len(dims) > 1:
-        raise ValueError(f"sample_patches: tiles under {root} for {year} have different dimensions {sorted(dims)}")
+        raise ValueError(
+            f"sample_patches: tiles under {root} for {year} have different dimensions {sorted(dims)}"
+        )
     d = dims.pop() if dims else N_DIM
     out = np.full((n, k, k, d), np.nan, dtype=np.float32)
-    found = np.zeros((n, k, k), dtype=bool)
 
     rows = r0[:, None, None] + offsets[None, :, None] + np.zeros((1, 1, k), dtype=np.int64)
     cols = c0[:, None, None] + offsets[None, None, :] + np.zeros((1, k, 1), dtype=np.int64)
@@ -867,7 +892,6 @@ def sample_patches(
         inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
         p_idx, a_idx, b_idx = np.nonzero(inside)
         out[pts[p_idx], a_idx, b_idx] = _read_pixels(t, r[inside], c[inside])
-        found[pts[p_idx], a_idx, b_idx] = True
         if not inside.all():
             p_idx, a_idx, b_idx = np.nonzero(~inside)
             rr, cc = r[~inside], c[~inside]
@@ -882,7 +906,6 @@ def sample_patches(
         pos = np.concatenate(spill_pos)
         s_tile, s_row, s_col = _locate(np.concatenate(spill_lon), np.concatenate(spill_lat), cache)
         flat_out = out.reshape(n * k * k, d)
-        flat_found = found.reshape(n * k * k)
         for tid in np.unique(s_tile[s_tile >= 0]):
             sel = s_tile == tid
             t = cache.tiles[int(tid)]
@@ -891,7 +914,6 @@ def sample_patches(
                     f"sample_patches: tile {t.tile.name} has {t.embedding.shape[2]} dimensions, others {d}"
                 )
             flat_out[pos[sel]] = _read_pixels(t, s_row[sel], s_col[sel])
-            flat_found[pos[sel]] = True
             n_spilled += int(sel.sum())
 
     outside = centre_tile < 0
@@ -963,8 +985,8 @@ def tile_grid(lon: float, lat: float, pixel_size: float = PIXEL_METRES) -> TileG
     return TileGrid(
         epsg=epsg,
         transform=Affine(pixel_size, 0.0, float(west), 0.0, -pixel_size, float(north)),
-        height=int(round((north - south) / pixel_size)),
-        width=int(round((east - west) / pixel_size)),
+        height=round(float(north - south) / pixel_size),
+        width=round(float(east - west) / pixel_size),
     )
 
 
@@ -1021,11 +1043,15 @@ def write_tile(
 
     emb = np.asarray(embedding)
     if emb.dtype != np.int8 or emb.ndim != 3:
-        raise ValueError(f"write_tile: embedding must be int8 of shape (H, W, D), got {emb.dtype} {emb.shape}")
+        raise ValueError(
+            f"write_tile: embedding must be int8 of shape (H, W, D), got {emb.dtype} {emb.shape}"
+        )
     h, w, _ = emb.shape
     sc = np.asarray(scale)
     if sc.shape != (h, w):
-        raise ValueError(f"write_tile: scale has shape {sc.shape}; expected ({h}, {w}) to match the embedding")
+        raise ValueError(
+            f"write_tile: scale has shape {sc.shape}; expected ({h}, {w}) to match the embedding"
+        )
     if transform is None or crs is None:
         grid = tile_grid(lon, lat)
         if transform is None:

@@ -56,7 +56,7 @@ Facts about the layout, with where they come from in ucam-eo/geotessera
   327xx when the centre latitude is negative) at 10 m, north-up; its grid is
   the UTM envelope of the 0.1° cell (``zarr.py``, ``project_tile``), so
   neighbouring tiles overlap along their shared edges (at 52° N by up to about
-  400 m at one end of an edge, none at the other) and need not share a pixel
+  450 m at one end of an edge, none at the other) and need not share a pixel
   grid (the origin is not snapped to 10 m).
 
 The rule for patches across tile edges (:func:`sample_patches`) is documented

@@ -125,7 +125,9 @@ def _results_path(name: str, results_dir: str | Path | None) -> Path:
     return root / f"{name}.json"
 
 
-def write_results(name: str, payload: Mapping[str, Any], results_dir: str | Path | None = None) -> Path:
+def write_results(
+    name: str, payload: Mapping[str, Any], results_dir: str | Path | None = None
+) -> Path:
     """Write a chapter's key numbers to ``<results_dir>/<name>.json``.
 
     Parameters
@@ -146,6 +148,13 @@ def write_results(name: str, payload: Mapping[str, Any], results_dir: str | Path
     pathlib.Path
         The file written. Keys are sorted and indented by 2 so diffs are readable.
 
+    Raises
+    ------
+    ValueError
+        If ``name`` is not ``NN_<name>`` or a value cannot be written as JSON.
+    TypeError
+        If ``payload`` is not a mapping.
+
     Examples
     --------
     >>> import tempfile, numpy as np
@@ -157,7 +166,9 @@ def write_results(name: str, payload: Mapping[str, Any], results_dir: str | Path
     {'n': 12, 'r2': None}
     """
     if not isinstance(payload, Mapping):
-        raise ValueError(f"payload for {name!r} must be a mapping (dict), got {type(payload).__name__}")
+        raise TypeError(
+            f"payload for {name!r} must be a mapping (dict), got {type(payload).__name__}"
+        )
     path = _results_path(name, results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_json_safe(payload), indent=2, sort_keys=True, allow_nan=False)
@@ -368,9 +379,13 @@ def _source_cell_index(output: Path, executed_index: int) -> int:
         import nbformat
 
         nb = nbformat.read(str(output), as_version=4)
-    except Exception:  # the output may be unreadable if the kernel died early
+    except (OSError, ValueError):  # unreadable if the kernel died while writing it
         return executed_index
-    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    cells = [
+        c
+        for c in nb.cells
+        if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])
+    ]
     for i, cell in enumerate(cells[: executed_index + 1]):
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             return executed_index - 1 if executed_index > i else executed_index
@@ -454,7 +469,7 @@ def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merg
     summary = {
         "notebooks": ordered,
         "total_seconds": round(sum(e["seconds"] for e in ordered), 2),
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     path.write_text(json.dumps(to_json_safe(summary), indent=2, sort_keys=True) + "\n")
     return path
@@ -554,12 +569,14 @@ def run_book(
                 seconds = execute_notebook(nb_path, output_dir / nb_path.name, params, kernel_name)
             except NotebookFailure as failure:
                 runs.append(
-                    NotebookRun(nb_path.stem, round(time.perf_counter() - start, 2), profile, seed, "failed")
+                    NotebookRun(
+                        nb_path.stem, round(time.perf_counter() - start, 2), profile, seed, "failed"
+                    )
                 )
                 failure.runs = list(runs)
                 raise
             runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
-            bar.write(f"{nb_path.name}: {seconds:.1f} s")
+            bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")
     finally:
         bar.close()
         if runs:
@@ -573,20 +590,46 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fungi_ssl.bookrun",
         description="Execute notebooks/NN_*.ipynb in order with papermill into book/.",
     )
-    parser.add_argument("--profile", choices=sorted(config.PROFILES), default="quick",
-                        help="book profile (default: quick)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed passed to notebooks (default: 0)")
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="real data directory (default: the simulated study)")
-    parser.add_argument("--only", metavar="NN", action="append", default=None,
-                        help="run only this chapter, e.g. 01 (repeatable)")
-    parser.add_argument("--notebooks", metavar="DIR", default=None,
-                        help=f"source notebooks (default: {config.NOTEBOOK_DIR})")
-    parser.add_argument("--output", metavar="DIR", default=None,
-                        help=f"executed notebooks (default: {config.BOOK_DIR})")
-    parser.add_argument("--results", metavar="DIR", default=None,
-                        help="results directory (default: OUTPUT/results)")
-    parser.add_argument("--kernel", default=KERNEL_NAME, help=f"Jupyter kernel (default: {KERNEL_NAME})")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(config.PROFILES),
+        default="quick",
+        help="book profile (default: quick)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed passed to notebooks (default: 0)"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="real data directory (default: the simulated study)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NN",
+        action="append",
+        default=None,
+        help="run only this chapter, e.g. 01 (repeatable)",
+    )
+    parser.add_argument(
+        "--notebooks",
+        metavar="DIR",
+        default=None,
+        help=f"source notebooks (default: {config.NOTEBOOK_DIR})",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        default=None,
+        help=f"executed notebooks (default: {config.BOOK_DIR})",
+    )
+    parser.add_argument(
+        "--results", metavar="DIR", default=None, help="results directory (default: OUTPUT/results)"
+    )
+    parser.add_argument(
+        "--kernel", default=KERNEL_NAME, help=f"Jupyter kernel (default: {KERNEL_NAME})"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

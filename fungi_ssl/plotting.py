@@ -170,7 +170,9 @@ def _offline_downloader_class() -> type:
 
         def acquire_resource(self, target_path: Any, format_dict: dict[str, Any]) -> Path:
             shp = Path(self.pre_downloaded_path(format_dict) or target_path)
-            available = sorted(p.stem for p in shp.parent.glob("*.shp")) if shp.parent.is_dir() else []
+            available = (
+                sorted(p.stem for p in shp.parent.glob("*.shp")) if shp.parent.is_dir() else []
+            )
             raise FileNotFoundError(
                 f"Natural Earth file {shp.name} is not in the offline data at {shp.parent} and "
                 f"downloads are blocked (fungi_ssl.plotting.use_offline_natural_earth); "
@@ -244,7 +246,9 @@ def _as_coordinates(name: str, values: Any) -> np.ndarray:
         raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} missing or infinite values")
     limit = 180.0 if name == "longitude" else 90.0
     if np.any(np.abs(arr) > limit):
-        raise ValueError(f"{name} must be WGS84 degrees within ±{limit:g}, got max |{name}| {np.abs(arr).max():g}")
+        raise ValueError(
+            f"{name} must be WGS84 degrees within ±{limit:g}, got max |{name}| {np.abs(arr).max():g}"
+        )
     return arr
 
 
@@ -325,7 +329,9 @@ def sample_map(
         fig = plt.figure(figsize=(6.4, 5.0))
         ax = fig.add_subplot(1, 1, 1, projection=projection or ccrs.PlateCarree())
     elif not isinstance(ax, GeoAxes):
-        raise ValueError("ax must be a cartopy GeoAxes, e.g. plt.axes(projection=ccrs.PlateCarree())")
+        raise ValueError(
+            "ax must be a cartopy GeoAxes, e.g. plt.axes(projection=ccrs.PlateCarree())"
+        )
     if extent is None:
         pad_lon = max(0.1 * (lon.max() - lon.min()), 0.5)
         pad_lat = max(0.1 * (lat.max() - lat.min()), 0.5)
@@ -338,7 +344,9 @@ def sample_map(
     else:
         extent = tuple(float(e) for e in extent)
         if len(extent) != 4 or extent[0] >= extent[1] or extent[2] >= extent[3]:
-            raise ValueError(f"extent must be (lon_min, lon_max, lat_min, lat_max) with min < max, got {extent}")
+            raise ValueError(
+                f"extent must be (lon_min, lon_max, lat_min, lat_max) with min < max, got {extent}"
+            )
 
     use_offline_natural_earth()
     scale = scale or _natural_earth_scale(extent)
@@ -349,26 +357,58 @@ def sample_map(
     # Points first, so they are the axes' first collection whatever the features add.
     scatter_kwargs.setdefault("zorder", 3)
     if vals is None:
-        points = ax.scatter(lon, lat, s=size, c=color, transform=data_crs, label=label, **scatter_kwargs)
+        points = ax.scatter(
+            lon, lat, s=size, c=color, transform=data_crs, label=label, **scatter_kwargs
+        )
     else:
         ok = np.isfinite(vals)
-        points = ax.scatter(lon[ok], lat[ok], s=size, c=vals[ok], cmap=cmap, transform=data_crs, **scatter_kwargs)
+        points = ax.scatter(
+            lon[ok], lat[ok], s=size, c=vals[ok], cmap=cmap, transform=data_crs, **scatter_kwargs
+        )
         if not ok.all():
-            ax.scatter(lon[~ok], lat[~ok], s=size, c="#999999", marker="x", linewidths=0.6,
-                       transform=data_crs, zorder=2, label="no value")
+            ax.scatter(
+                lon[~ok],
+                lat[~ok],
+                s=size,
+                c="#999999",
+                marker="x",
+                linewidths=0.6,
+                transform=data_crs,
+                zorder=2,
+                label="no value",
+            )
     ax.set_extent(extent, crs=data_crs)
     if vals is not None and colorbar and np.isfinite(vals).any():
         wide = (extent[1] - extent[0]) > 1.6 * (extent[3] - extent[2])
         ax.figure.colorbar(
-            points, ax=ax, label=label, shrink=0.8,
-            orientation="horizontal" if wide else "vertical", pad=0.08 if wide else 0.03,
+            points,
+            ax=ax,
+            label=label,
+            shrink=0.8,
+            orientation="horizontal" if wide else "vertical",
+            pad=0.08 if wide else 0.03,
         )
-    ax.add_feature(cfeature.NaturalEarthFeature("physical", "land", scale), facecolor="#f2f0eb",
-                   edgecolor="none", zorder=0)
-    ax.add_feature(cfeature.NaturalEarthFeature("physical", "coastline", scale), facecolor="none",
-                   edgecolor="#444444", linewidth=0.6, zorder=1)
-    ax.add_feature(cfeature.NaturalEarthFeature("cultural", "admin_0_boundary_lines_land", scale),
-                   facecolor="none", edgecolor="#777777", linewidth=0.5, linestyle=":", zorder=1)
+    ax.add_feature(
+        cfeature.NaturalEarthFeature("physical", "land", scale),
+        facecolor="#f2f0eb",
+        edgecolor="none",
+        zorder=0,
+    )
+    ax.add_feature(
+        cfeature.NaturalEarthFeature("physical", "coastline", scale),
+        facecolor="none",
+        edgecolor="#444444",
+        linewidth=0.6,
+        zorder=1,
+    )
+    ax.add_feature(
+        cfeature.NaturalEarthFeature("cultural", "admin_0_boundary_lines_land", scale),
+        facecolor="none",
+        edgecolor="#777777",
+        linewidth=0.5,
+        linestyle=":",
+        zorder=1,
+    )
     grid = ax.gridlines(draw_labels=True, linewidth=0.3, color="#999999", alpha=0.5)
     grid.top_labels = False
     grid.right_labels = False
@@ -437,7 +477,12 @@ def landcover_legend(
     ax = ax if ax is not None else plt.gca()
     classes = list(classes) if classes is not None else list(LANDCOVER_CLASSES)
     handles = [
-        Patch(facecolor=_landcover_colour(c), edgecolor="#333333", linewidth=0.4, label=LANDCOVER_LABELS[c])
+        Patch(
+            facecolor=_landcover_colour(c),
+            edgecolor="#333333",
+            linewidth=0.4,
+            label=LANDCOVER_LABELS[c],
+        )
         for c in classes
     ]
     legend_kwargs.setdefault("loc", "upper left")

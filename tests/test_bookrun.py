@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from pathlib import Path
 
 import nbformat
@@ -18,7 +18,11 @@ from fungi_ssl import bookrun
 def _notebook(path: Path, parameters: str | None, *cells: str) -> Path:
     """Write a small notebook; ``parameters`` becomes the tagged parameters cell."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nb.cells.append(nbformat.v4.new_markdown_cell(f"# {path.stem}"))
     if parameters is not None:
@@ -107,7 +111,7 @@ def test_write_results_converts_numpy_and_nan(tmp_path):
 def test_results_names_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="two digits"):
         bookrun.write_results("field_data", {"a": 1}, tmp_path)
-    with pytest.raises(ValueError, match="mapping"):
+    with pytest.raises(TypeError, match="mapping"):
         bookrun.write_results("01_x", [1, 2], tmp_path)
     with pytest.raises(ValueError, match="object"):
         bookrun.write_results("01_x", {"a": object()}, tmp_path)
@@ -119,8 +123,12 @@ def test_missing_data_dir_is_a_clear_error(book_dirs, capsys):
     notebooks, book = book_dirs
     _notebook(notebooks / "00_a.ipynb", "profile = 'quick'", "pass")
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        bookrun.run_book(data_dir="/no_such_dir", notebook_dir=notebooks, output_dir=book, progress=False)
-    code = bookrun.main(["--data", "/no_such_dir", "--notebooks", str(notebooks), "--output", str(book)])
+        bookrun.run_book(
+            data_dir="/no_such_dir", notebook_dir=notebooks, output_dir=book, progress=False
+        )
+    code = bookrun.main(
+        ["--data", "/no_such_dir", "--notebooks", str(notebooks), "--output", str(book)]
+    )
     assert code == 2
     assert "--data /no_such_dir" in capsys.readouterr().err
 
@@ -141,28 +149,52 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
         "write_results('00_sim', {'seed': seed, 'profile': profile}, results_dir)",
     )
     # declares only `profile`: seed/data_dir/results_dir must not be injected
-    _notebook(notebooks / "01_field.ipynb", "profile = 'quick'", "print('HAS_SEED', 'seed' in dir())")
+    _notebook(
+        notebooks / "01_field.ipynb", "profile = 'quick'", "print('HAS_SEED', 'seed' in dir())"
+    )
     code = bookrun.main(
-        ["--profile", "full", "--seed", "5", "--notebooks", str(notebooks), "--output", str(book),
-         "--no-progress"]
+        [
+            "--profile",
+            "full",
+            "--seed",
+            "5",
+            "--notebooks",
+            str(notebooks),
+            "--output",
+            str(book),
+            "--no-progress",
+        ]
     )
     assert code == 0
     assert f"PARAMS full 5 None {bookrun.KERNEL_MPLBACKEND}" in _outputs_text(book / "00_sim.ipynb")
     executed = nbformat.read(str(book / "00_sim.ipynb"), as_version=4)
-    mimetypes = {k for c in executed.cells if c.cell_type == "code" for o in c.outputs for k in o.get("data", {})}
+    mimetypes = {
+        k
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        for k in o.get("data", {})
+    }
     assert "image/png" in mimetypes  # headless, yet the figure reaches the book
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
     assert "HAS_SEED False" in _outputs_text(book / "01_field.ipynb")
     assert bookrun.read_results("00_sim", book / "results") == {"profile": "full", "seed": 5}
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     assert [e["notebook"] for e in summary["notebooks"]] == ["00_sim", "01_field"]
-    assert all(e["profile"] == "full" and e["seconds"] > 0 and e["status"] == "ok" for e in summary["notebooks"])
+    assert all(
+        e["profile"] == "full" and e["seconds"] > 0 and e["status"] == "ok"
+        for e in summary["notebooks"]
+    )
     table = capsys.readouterr().out
     assert "00_sim" in table and "01_field" in table and "total" in table
 
     # --only re-runs one chapter and keeps the other's summary entry
-    assert bookrun.main(["--only", "01", "--notebooks", str(notebooks), "--output", str(book),
-                         "--no-progress"]) == 0
+    assert (
+        bookrun.main(
+            ["--only", "01", "--notebooks", str(notebooks), "--output", str(book), "--no-progress"]
+        )
+        == 0
+    )
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     by_name = {e["notebook"]: e for e in summary["notebooks"]}
     assert by_name["00_sim"]["profile"] == "full" and by_name["01_field"]["profile"] == "quick"
@@ -191,7 +223,8 @@ def test_failing_notebook_reports_cell_and_stops(book_dirs, capsys):
     assert not (book / "02_later.ipynb").exists()
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     assert [(e["notebook"], e["status"]) for e in summary["notebooks"]] == [
-        ("00_ok", "ok"), ("01_broken", "failed")
+        ("00_ok", "ok"),
+        ("01_broken", "failed"),
     ]
 
     code = bookrun.main(["--notebooks", str(notebooks), "--output", str(book), "--no-progress"])

@@ -40,7 +40,11 @@ def test_offline_natural_earth_layout_matches_cartopy(offline):
     assert cartopy.config["pre_existing_data_dir"] == root
     for scale in ("10m", "50m", "110m"):
         assert (root / "shapefiles/natural_earth/physical" / f"ne_{scale}_coastline.shp").is_file()
-        assert (root / "shapefiles/natural_earth/cultural" / f"ne_{scale}_admin_0_boundary_lines_land.shp").is_file()
+        assert (
+            root
+            / "shapefiles/natural_earth/cultural"
+            / f"ne_{scale}_admin_0_boundary_lines_land.shp"
+        ).is_file()
 
 
 def test_coastline_and_borders_yield_geometries_without_network(offline):
@@ -58,7 +62,9 @@ def test_coastline_and_borders_yield_geometries_without_network(offline):
 
 def test_missing_natural_earth_file_raises_instead_of_downloading(monkeypatch, tmp_path):
     monkeypatch.setitem(cartopy.config, "data_dir", tmp_path / "cartopy_user_data")
-    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: pytest.fail("network access attempted"))
+    monkeypatch.setattr(
+        socket.socket, "connect", lambda *a, **k: pytest.fail("network access attempted")
+    )
     plotting.use_offline_natural_earth(block_downloads=True)
     rivers = cfeature.NaturalEarthFeature("physical", "rivers_lake_centerlines", "110m")
     with pytest.raises(FileNotFoundError, match="ne_110m_rivers_lake_centerlines.shp.*coastline"):
@@ -83,7 +89,9 @@ def test_sample_map_plots_points_values_and_features(offline):
     np.testing.assert_allclose(missing.get_offsets(), np.column_stack([lon[~ok], lat[~ok]]))
     x0, x1, y0, y1 = ax.get_extent(ccrs.PlateCarree())
     assert x0 <= lon.min() and x1 >= lon.max() and y0 <= lat.min() and y1 >= lat.max()
-    features = [a for a in ax.get_children() if isinstance(a, cartopy.mpl.feature_artist.FeatureArtist)]
+    features = [
+        a for a in ax.get_children() if isinstance(a, cartopy.mpl.feature_artist.FeatureArtist)
+    ]
     assert len(features) == 3  # land, coastline, borders
     ax.figure.canvas.draw()  # reads the shapefiles; the fixture fails on any download
     assert len(ax.figure.axes) >= 2  # map and colour bar
@@ -94,7 +102,9 @@ def test_sample_map_plots_points_values_and_features(offline):
 def test_sample_map_without_values_and_on_given_axes(offline):
     fig = plt.figure()
     ax = fig.add_subplot(projection=ccrs.PlateCarree())
-    out = plotting.sample_map([-3.2, -2.9], [54.5, 56.8], ax=ax, extent=(-6, 0, 53, 58), scale="50m")
+    out = plotting.sample_map(
+        [-3.2, -2.9], [54.5, 56.8], ax=ax, extent=(-6, 0, 53, 58), scale="50m"
+    )
     assert out is ax
     assert len(ax.collections[0].get_offsets()) == 2
     np.testing.assert_allclose(ax.get_extent(ccrs.PlateCarree()), (-6, 0, 53, 58), atol=1e-6)
@@ -116,7 +126,14 @@ def test_sample_map_rejects_bad_input(offline):
 
 def test_landcover_colours_cover_classes_and_are_distinct():
     assert set(plotting.LANDCOVER_COLOURS) == {
-        "broadleaf", "conifer", "mixed", "grassland", "heath", "cropland", "urban", "water"
+        "broadleaf",
+        "conifer",
+        "mixed",
+        "grassland",
+        "heath",
+        "cropland",
+        "urban",
+        "water",
     }
     rgb = np.array([to_rgb(plotting.LANDCOVER_COLOURS[c]) for c in plotting.LANDCOVER_CLASSES])
     dist = np.sqrt(((rgb[:, None] - rgb[None]) ** 2).sum(-1))
@@ -125,7 +142,9 @@ def test_landcover_colours_cover_classes_and_are_distinct():
     fig, ax = plt.subplots()
     legend = plotting.landcover_legend(ax)
     assert [t.get_text() for t in legend.get_texts()][:3] == [
-        "broadleaf woodland", "conifer woodland", "mixed woodland"
+        "broadleaf woodland",
+        "conifer woodland",
+        "mixed woodland",
     ]
     face = [h.get_facecolor()[:3] for h in legend.legend_handles]
     np.testing.assert_allclose(face, rgb)

@@ -35,7 +35,10 @@ Missing values
 A row with NaN (or ±inf) in ``X`` or ``y`` raises a ValueError that counts
 them (``nan_policy="raise"``, the default). With ``nan_policy="drop"`` those
 rows are dropped before splitting, a warning gives the count, and the result's
-``n_dropped`` column records it.
+``n_dropped`` column records it. With ``nan_policy="allow"`` NaN in ``X`` is
+passed on to the transform and the model (LightGBM and scikit-learn's random
+forest split on missing values; ridge does not), e.g. for samples whose
+embedding is missing; a NaN or inf in ``y``, or an inf in ``X``, still raises.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ METRIC_NAMES = ("r2", "rmse", "mae", "medae", "me")
 #: Rounds without improvement of the validation loss before LightGBM stops.
 EARLY_STOPPING_ROUNDS = 50
 
-NanPolicy = Literal["raise", "drop"]
+NanPolicy = Literal["raise", "drop", "allow"]
 TransformFactory = Callable[[], TransformerMixin] | TransformerMixin
 
 
@@ -247,7 +250,7 @@ def regression_metrics(y_true, y_pred) -> dict[str, float]:
 # --------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------
-def _finite_rows(X, y) -> tuple[np.ndarray, int, int]:
+def _finite_rows(X, y, allow_nan_x: bool = False) -> tuple[np.ndarray, int, int]:
     if isinstance(X, pd.DataFrame):
         nonnum = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
         if nonnum:
@@ -260,21 +263,22 @@ def _finite_rows(X, y) -> tuple[np.ndarray, int, int]:
     yv = np.asarray(y, dtype=float)
     if yv.ndim != 1 or len(yv) != len(xv):
         raise ValueError(f"y: expected shape ({len(xv)},) to match X, got {yv.shape}")
-    bad_x = ~np.isfinite(xv).all(axis=1)
+    bad_x = (np.isinf(xv) if allow_nan_x else ~np.isfinite(xv)).any(axis=1)
     bad_y = ~np.isfinite(yv)
     return ~(bad_x | bad_y), int(bad_x.sum()), int(bad_y.sum())
 
 
 def _check_rows(X, y, nan_policy: NanPolicy) -> tuple[Any, np.ndarray, np.ndarray, int]:
     """Validate X, y; return (X, y as float array, kept row positions, n dropped)."""
-    if nan_policy not in ("raise", "drop"):
-        raise ValueError(f"nan_policy must be 'raise' or 'drop', got {nan_policy!r}")
-    keep, n_bad_x, n_bad_y = _finite_rows(X, y)
+    if nan_policy not in ("raise", "drop", "allow"):
+        raise ValueError(f"nan_policy must be 'raise', 'drop' or 'allow', got {nan_policy!r}")
+    keep, n_bad_x, n_bad_y = _finite_rows(X, y, allow_nan_x=nan_policy == "allow")
     n_drop = int((~keep).sum())
     yv = np.asarray(y, dtype=float)
-    if n_drop and nan_policy == "raise":
+    if n_drop and nan_policy in ("raise", "allow"):
+        what = "inf in X or NaN/inf in y" if nan_policy == "allow" else "NaN or inf"
         raise ValueError(
-            f"{n_drop} of {len(keep)} rows have NaN or inf ({n_bad_x} in X, {n_bad_y} in y); "
+            f"{n_drop} of {len(keep)} rows have {what} ({n_bad_x} in X, {n_bad_y} in y); "
             "fill them or pass nan_policy='drop'"
         )
     rows = np.flatnonzero(keep)
@@ -385,7 +389,7 @@ def evaluate_random_splits(
         Model threads.
     val_size, test_size : float
         Validation and test fractions (0.1, 0.2).
-    nan_policy : {"raise", "drop"}
+    nan_policy : {"raise", "drop", "allow"}
         What to do with rows holding NaN/inf (see the module docstring).
     progress : bool
         Show a tqdm bar.

@@ -275,3 +275,23 @@ def test_works_with_cross_val_score(clustered_lonlat):
     s1 = cross_val_score(Ridge(), X, y, cv=BlockKFold(20_000, 4, coords=clustered_lonlat))
     s2 = cross_val_score(Ridge(), X, y, cv=BlockKFold(20_000, 4), groups=clustered_lonlat)
     np.testing.assert_allclose(s1, s2)
+
+
+def test_metadata_routing_passes_coordinates_as_groups(clustered_lonlat):
+    import sklearn
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(len(clustered_lonlat), 2))
+    y = X[:, 0] + rng.normal(0, 0.1, len(X))
+    plain = cross_val_score(Ridge(), X, y, cv=SiteGroupKFold(3), groups=clustered_lonlat)
+    with sklearn.config_context(enable_metadata_routing=True):
+        routed = cross_val_score(
+            Ridge(), X, y, cv=SiteGroupKFold(3), params={"groups": clustered_lonlat}
+        )
+    np.testing.assert_allclose(plain, routed)
+
+
+def test_repr_summarises_coordinates(clustered_lonlat):
+    text = repr(BlockKFold(5_000, 3, coords=clustered_lonlat))
+    assert text.startswith("BlockKFold(block_size_m=5000.0, n_splits=3")
+    assert f"coords=<{len(clustered_lonlat)} points>" in text

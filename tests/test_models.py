@@ -259,6 +259,23 @@ def test_nan_rows_raise_or_drop(sites):
     assert out.loc[out["scope"] == "pooled", "n_test"].item() == 797
     with pytest.raises(ValueError, match="nan_policy"):
         evaluate_cv(X, y, "ridge", cv, nan_policy="ignore", progress=False)
+    # "allow" passes NaN in X on to a model that handles it, but not NaN in y
+    with pytest.raises(ValueError, match=r"2 of 800 rows.*0 in X, 2 in y"):
+        evaluate_random_splits(X, y, "lightgbm", n_seeds=1, nan_policy="allow", progress=False)
+    y_ok = np.nan_to_num(y, nan=0.0, posinf=0.0)
+    res = evaluate_random_splits(
+        X,
+        y_ok,
+        "lightgbm",
+        n_seeds=1,
+        nan_policy="allow",
+        progress=False,
+        model_params={"n_estimators": 20},
+    )
+    assert (
+        res["n_dropped"].item() == 0
+        and res[["n_train", "n_val", "n_test"]].sum(axis=1).item() == 800
+    )
 
 
 # ------------------------------------------------------------------ paired comparison

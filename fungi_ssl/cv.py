@@ -71,6 +71,7 @@ __all__ = [
     "BufferedKFold",
     "RandomTrainValTest",
     "SiteGroupKFold",
+    "SpatialKFold",
     "as_metres",
     "site_groups",
 ]

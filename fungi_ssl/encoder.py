@@ -758,7 +758,8 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 def _as_tensors(pixels: PixelTimeSeries) -> dict[str, torch.Tensor]:
-    return {f.name: torch.from_numpy(np.ascontiguousarray(getattr(pixels, f.name))) for f in fields(pixels)}
+    return {f.name: torch.from_numpy(np.require(getattr(pixels, f.name), requirements=["C", "W"]))
+            for f in fields(pixels)}
 
 
 def pretrain(
@@ -1019,7 +1020,7 @@ def embed_pixels(
                     t_all = valid.shape[1]
                     uu = _hash_uniform(seed, ids[sl], stream, t_all + T)
                     u[name] = (torch.from_numpy(uu[:, :t_all]), torch.from_numpy(np.ascontiguousarray(uu[:, t_all:])))
-                t = {f.name: torch.from_numpy(np.ascontiguousarray(getattr(pixels, f.name)[sl]))
+                t = {f.name: torch.from_numpy(np.require(getattr(pixels, f.name)[sl], requirements=["C", "W"]))
                      for f in fields(pixels)}
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     z, no_data = enc.encode(t["s2"], t["s2_valid"], t["s2_doy"], t["s1"],

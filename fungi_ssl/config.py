@@ -56,8 +56,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", n_samples=12_000, n_seeds=3, pretrain_steps=300, map_tile_px=128),
-    "full": Profile("full", n_samples=12_000, n_seeds=10, pretrain_steps=1500, map_tile_px=256),
+    "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=300, map_tile_px=128),
+    "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=1500, map_tile_px=256),
 }
 
 

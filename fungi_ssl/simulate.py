@@ -243,7 +243,7 @@ class StudyConfig:
     """
 
     seed: int = 0
-    n_samples: int = 13_500
+    n_samples: int = 14_000
     n_campaigns: int = 320
     mean_cores_per_site: float = 2.3
     singleton_share: float = 0.56
@@ -765,7 +765,7 @@ def s1_orbits(n: int = 60) -> np.ndarray:
 
 def _cloud_share(precipitation: np.ndarray) -> np.ndarray:
     """Mean share of cloudy Sentinel-2 dates as a function of annual precipitation."""
-    return np.clip(0.22 + 0.30 * (precipitation - 600.0) / 900.0, 0.15, 0.80)
+    return np.clip(0.30 + 0.35 * (precipitation - 600.0) / 900.0, 0.15, 0.85)
 
 
 _CLOUD_DATE_SD = 1.5  # SD of the per-date regional cloudiness anomaly

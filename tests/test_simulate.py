@@ -1,0 +1,245 @@
+"""The simulated study: determinism, chunking, plausibility and the designed truth."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import spearmanr
+
+from fungi_ssl import simulate as sim
+from fungi_ssl.simulate import (
+    LANDCOVER_CLASSES, SimulatedStudy, StudyConfig, Window, variance_below_1km,
+)
+
+SCHEMA = ["sample_id", "longitude", "latitude", "continent", "raw_obs_div", "rarefied", "year",
+          "site_id"]
+
+
+@pytest.fixture(scope="module")
+def small() -> SimulatedStudy:
+    return SimulatedStudy(n_samples=1500, n_campaigns=30, seed=3)
+
+
+@pytest.fixture(scope="module")
+def default() -> SimulatedStudy:
+    return SimulatedStudy()
+
+
+@pytest.fixture(scope="module")
+def pixels(small):
+    arrays, _ = small.random_pixels(12_000, seed=0)
+    return arrays
+
+
+# ---- determinism and chunking ------------------------------------------------
+
+def test_same_seed_gives_identical_arrays(small):
+    again = SimulatedStudy(n_samples=1500, n_campaigns=30, seed=3)
+    pd.testing.assert_frame_equal(small.samples, again.samples)
+    pd.testing.assert_frame_equal(small.covariates, again.covariates)
+    assert (small.otu_table != again.otu_table).nnz == 0
+    w = small.map_window(0, 24)
+    a = small.cube(w, 2019).compute()
+    b = again.cube(w, 2019).compute()
+    for v in ("s2", "s2_valid", "s1", "s1_valid"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+def test_another_seed_gives_another_study(small):
+    other = SimulatedStudy(n_samples=1500, n_campaigns=30, seed=4)
+    assert not np.allclose(small.samples["latitude"].to_numpy()[:50],
+                           other.samples["latitude"].to_numpy()[:50])
+
+
+def test_chunks_equal_the_whole_tile(small):
+    w = small.map_window(1, 40)
+    whole = small.cube(w, 2021, chunks=40).compute()
+    chunked = small.cube(w, 2021, chunks=16).compute()   # 16 does not divide 40: ragged edges
+    for v in ("s2", "s2_valid", "s1", "s1_valid"):
+        np.testing.assert_array_equal(whole[v].values, chunked[v].values)
+    lay = small.layers(w, 2021)
+    sub = small.layers(w.sub(7, 11, 13, 5), 2021)
+    for v in ("landcover", "canopy", "true_richness", "soil_ph", "ancient"):
+        np.testing.assert_array_equal(lay[v].values[11:16, 7:20], sub[v].values)
+
+
+def test_site_patch_series_matches_the_cube(small):
+    arrays, index = small.site_patch_series(k=3)
+    site = small.sites.iloc[5]
+    w = Window(int(site["epsg"]), int(site["col"]) - 1, int(site["row"]) - 1, 3, 3)
+    cube = small.cube(w, int(site["year"])).compute()
+    rows = np.flatnonzero(index["site_id"] == site["site_id"])
+    assert len(rows) == 9
+    s2 = cube["s2"].transpose("y", "x", "time_s2", "band_s2").values.reshape(9, 73, 10)
+    np.testing.assert_array_equal(arrays["s2"][rows], s2)
+    np.testing.assert_array_equal(arrays["s2_doy"][rows[0]], cube["doy_s2"].values)
+
+
+def test_cube_has_the_contract_format(small):
+    cube = small.cube(small.map_window(0, 16), 2017)
+    assert list(cube["band_s2"].values) == list(sim.S2_BANDS)
+    assert list(cube["band_s1"].values) == ["VV", "VH"]
+    assert cube.rio.crs.to_epsg() == small.map_window(0, 16).epsg
+    assert set(cube["orbit"].values) == {"ascending", "descending"}
+    assert cube["doy_s2"].values.min() >= 1 and cube["doy_s2"].values.max() <= 366
+
+
+# ---- plausibility of the observations ----------------------------------------
+
+def _ndvi_amplitude(arrays):
+    s2, valid = arrays["s2"], arrays["s2_valid"]
+    ndvi = (s2[..., 3] - s2[..., 0]) / (s2[..., 3] + s2[..., 0])
+    ndvi = np.where(valid, ndvi, np.nan)
+    amp = np.nanpercentile(ndvi, 90, axis=1) - np.nanpercentile(ndvi, 10, axis=1)
+    return amp, np.nanmedian(ndvi, axis=1)
+
+
+# Documented plausible bounds (chapter 00): median over pixels of a class of the
+# seasonal NDVI amplitude (90th - 10th percentile of cloud-free dates).
+NDVI_AMPLITUDE_BOUNDS = {
+    "broadleaf": (0.30, 0.70), "conifer": (0.0, 0.25), "mixed": (0.12, 0.45),
+    "grassland": (0.15, 0.50), "heath": (0.05, 0.35), "cropland": (0.40, 0.85),
+    "urban": (0.0, 0.25), "water": (0.0, 0.20),
+}
+
+
+def test_ndvi_seasonal_amplitude_per_class_is_plausible(pixels):
+    amp, median = _ndvi_amplitude(pixels)
+    lc = pixels["landcover"]
+    for code, name in enumerate(LANDCOVER_CLASSES):
+        m = lc == code
+        if m.sum() < 30:
+            continue
+        lo, hi = NDVI_AMPLITUDE_BOUNDS[name]
+        assert lo <= np.median(amp[m]) <= hi, (name, np.median(amp[m]))
+    assert np.median(median[lc == sim.WATER]) < 0          # water: NDVI below zero
+    assert np.median(median[lc == sim.CONIFER]) > 0.6      # evergreen canopy stays green
+
+
+def test_cloud_fraction_is_plausible_and_follows_precipitation(small):
+    arrays, index = small.site_patch_series(k=1)
+    cloudy = 1.0 - arrays["s2_valid"].mean(axis=1)
+    assert 0.25 <= cloudy.mean() <= 0.65
+    assert np.percentile(cloudy, 1) >= 0.03 and np.percentile(cloudy, 99) <= 0.9
+    precip = small.truth.groupby("site_id")["precipitation"].first().loc[index["site_id"]]
+    assert spearmanr(precip.to_numpy(), cloudy).statistic > 0.2
+
+
+def test_s1_backscatter_ranges(pixels):
+    vv, vh = pixels["s1"][..., 0], pixels["s1"][..., 1]
+    assert -30 < np.percentile(vv, 0.5) and np.percentile(vv, 99.5) < 3
+    assert -35 < np.percentile(vh, 0.5) and np.percentile(vh, 99.5) < -3
+    assert (vh.mean(axis=1) < vv.mean(axis=1)).mean() > 0.99   # cross-pol is weaker
+    lc = pixels["landcover"]
+    wood = np.isin(lc, sim.WOODLAND_CODES)
+    assert vh[wood].mean() > vh[lc == sim.GRASSLAND].mean() + 2   # volume scattering
+    assert vv[lc == sim.WATER].mean() < -17                       # specular water
+
+
+# ---- the designed truth ------------------------------------------------------
+
+def test_most_true_richness_variance_lies_below_1km(default):
+    # Design (chapter 00): about 0.58 of the variance of true log richness in
+    # sampled landscapes lies within 1 km cells; accept 0.50-0.70.
+    share = variance_below_1km(default, n_cells=600, seed=0)["share_below_1km"]
+    assert 0.50 <= share <= 0.70
+
+
+def test_true_trend_of_declining_ancient_woodland(small):
+    rm = small.config.richness
+    w = small.park_window("Lake District", 96)
+    a, b = small.layers(w, 2017), small.layers(w, 2021)     # neither is a drought year
+    declining = a["declining"].values & b["declining"].values
+    assert declining.sum() > 50
+    # canopy falls too, so richness falls at least at the documented rate
+    wood = np.isin(a["landcover"].values, sim.WOODLAND_CODES)
+    slope = np.where(wood, np.log(np.maximum(b["true_richness"].values, 1e-9) / np.maximum(a["true_richness"].values, 1e-9)) / 4, 0.0)
+    assert np.all(slope[declining] <= -rm.decline_rate + 1e-6)
+    stable = a["ancient"].values & ~a["declining"].values
+    np.testing.assert_allclose(slope[stable], 0.0, atol=1e-3)   # only ageing: negligible
+
+
+def test_clear_cuts_open_the_canopy_and_regrow(small):
+    w = small.map_window(2, 128)
+    canopy = np.stack([small.layers(w, y)["canopy"].values for y in (2017, 2020, 2024)])
+    age = np.stack([small.layers(w, y)["stand_age"].values for y in (2017, 2020, 2024)])
+    reset = age[2] < age[0]                       # cut between 2017 and 2024
+    if reset.sum() == 0:
+        pytest.skip("no clear-cut in this window")
+    assert canopy[2][reset].mean() < canopy[0][reset].mean()
+
+
+def test_rarefied_tracks_true_richness(default):
+    s, t = default.samples, default.truth
+    ok = s["rarefied"].notna()
+    assert spearmanr(s.loc[ok, "rarefied"], t.loc[ok, "true_richness"]).statistic > 0.8
+    # rarefied is an expectation at a fixed depth: never above what the full reads show
+    assert (s.loc[ok, "rarefied"] <= s.loc[ok, "raw_obs_div"] + 1e-9).all()
+
+
+def test_rarefaction_behaves_as_depth_varies(small):
+    from fungi_ssl.richness import rarefied_richness
+
+    otu, reads = small.otu_table, small.total_reads
+    deep = np.flatnonzero(reads >= 8000)[:200]
+    shallow = rarefied_richness(otu[deep], 1000, total_reads=reads[deep])
+    mid = rarefied_richness(otu[deep], 4000, total_reads=reads[deep])
+    full = rarefied_richness(otu[deep], 8000, total_reads=reads[deep])
+    assert np.all(shallow <= mid + 1e-9) and np.all(mid <= full + 1e-9)
+    # samples too shallow for the study depth have no rarefied value, as in GlobalFungi
+    s = small.samples
+    too_shallow = reads < small.config.rarefaction_depth
+    assert s.loc[too_shallow, "rarefied"].isna().all()
+    assert s.loc[~too_shallow, "rarefied"].notna().all()
+
+
+def test_default_size_and_structure(default):
+    s = default.samples
+    usable = s.dropna(subset=["rarefied"])
+    assert len(usable) >= 12_000
+    assert usable["site_id"].nunique() >= 1_000
+    assert set(s["continent"]) == {"Europe", "Asia"}
+    per_site = usable.groupby(["longitude", "latitude"]).size()
+    assert 1.8 <= per_site.mean() <= 2.8          # real European table: 2.3
+    assert (usable["rarefied"] == 0).mean() <= 0.05          # real: 0.02
+
+
+def test_samples_follow_the_real_schema_and_hide_the_truth(small):
+    s = small.samples
+    assert list(s.columns) == SCHEMA
+    assert not set(s.columns) & {"true_richness", "landcover", "host_fraction", "campaign"}
+    assert s["sample_id"].is_unique
+    assert s["longitude"].between(-180, 180).all() and s["latitude"].between(-90, 90).all()
+    s.loc[0, "rarefied"] = -1.0                    # a copy: the study is untouched
+    assert small.samples.loc[0, "rarefied"] != -1.0
+
+
+def test_covariates_use_spun_names_and_are_shared_within_a_cell(small):
+    cov = small.covariates
+    assert "CHELSA_BIO_Annual_Mean_Temperature" in cov and "SG_Soil_pH_H2O_005cm" in cov
+    lc = cov.filter(like="ConsensusLandCoverClass_")
+    np.testing.assert_allclose(lc.sum(axis=1), 100.0, atol=1e-3)
+    site = small.samples.set_index("sample_id")["site_id"]
+    spread = cov.groupby(site.loc[cov.index].to_numpy()).std().fillna(0).to_numpy()
+    assert np.all(spread < 1e-6)                   # cores of one site share their 1 km cell
+    temp_c = cov["CHELSA_BIO_Annual_Mean_Temperature"] / 10
+    assert temp_c.between(-10, 28).all()
+
+
+def test_parks_have_ancient_and_other_woodland(small):
+    for name in sim.UK_PARKS:
+        gdf = small.park_woodland(name, 96)
+        assert set(gdf["woodland"]) == {"ancient", "other"}, name
+        assert gdf.crs.to_epsg() == 32630
+        assert (gdf["area_ha"] >= 0.25).all()
+
+
+def test_bad_parameters_get_clear_errors(small):
+    with pytest.raises(ValueError, match="n_samples"):
+        SimulatedStudy(n_samples=0)
+    with pytest.raises(ValueError, match="park"):
+        small.park_window("Snowdonia", 64)
+    with pytest.raises(ValueError, match="odd"):
+        small.site_patch_series(k=2)
+    with pytest.raises(ValueError, match="chunks"):
+        small.cube(small.map_window(0, 8), 2017, chunks=0)
+    assert StudyConfig().n_samples >= 12_000

@@ -358,11 +358,11 @@ class NotebookFailure(RuntimeError):
         shown = lines[:SOURCE_LINES_SHOWN]
         if len(lines) > SOURCE_LINES_SHOWN:
             shown.append(f"... ({len(lines) - SOURCE_LINES_SHOWN} more lines)")
-        where = "cell ?" if self.cell_index is None else f"cell {self.cell_index}"
+        where = "before any cell ran" if self.cell_index is None else f"in cell {self.cell_index}"
         count = "" if self.execution_count is None else f" (In [{self.execution_count}])"
         return "\n".join(
             [
-                f"notebook {self.notebook.name} failed in {where}{count}:",
+                f"notebook {self.notebook.name} failed {where}{count}:",
                 *(f"    | {line}" for line in shown),
                 f"{self.ename}: {self.evalue}",
                 f"the executed notebook with the full traceback is {self.output}",
@@ -392,6 +392,50 @@ def _source_cell_index(output: Path, executed_index: int) -> int:
     return executed_index
 
 
+def _running_cell(output: Path) -> tuple[int | None, int | None, str]:
+    """Index, execution count and source of the last code cell papermill started."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(output), as_version=4)
+    except (OSError, ValueError):
+        return None, None, ""
+    started = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and cell.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return None, None, ""
+    cell = nb.cells[started[-1]]
+    return started[-1], cell.get("execution_count"), cell.get("source", "")
+
+
+def hide_default_parameters(executed: str | Path) -> bool:
+    """Tag the ``parameters`` cell of an executed notebook ``remove-cell``.
+
+    papermill keeps the notebook's own ``parameters`` cell (the defaults) and
+    adds an ``injected-parameters`` cell with the values actually used. The
+    book shows only the latter, so a reader never sees two conflicting sets.
+    Returns True if a cell was tagged.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    if not any("injected-parameters" in t for t in tags):
+        return False
+    changed = False
+    for cell, cell_tags in zip(nb.cells, tags, strict=True):
+        if "parameters" in cell_tags and "remove-cell" not in cell_tags:
+            cell.metadata["tags"] = [*cell_tags, "remove-cell"]
+            changed = True
+    if changed:
+        nbformat.write(nb, str(executed))
+    return changed
+
+
 @contextlib.contextmanager
 def _kernel_environment(extra: Mapping[str, str]) -> Iterator[None]:
     """Set environment variables that kernels inherit; restore them afterwards."""
@@ -416,7 +460,9 @@ def execute_notebook(
     """Execute one notebook with papermill; return the seconds it took.
 
     The kernel runs in the notebook's own directory, headless, with
-    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`.
+    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`. In the executed copy the
+    default ``parameters`` cell is hidden from the book
+    (:func:`hide_default_parameters`); the injected values stay visible.
 
     Raises
     ------
@@ -449,7 +495,22 @@ def execute_notebook(
                 ename=err.ename,
                 evalue=err.evalue,
             ) from None
-    return time.perf_counter() - start
+        except (RuntimeError, KeyError, TimeoutError, OSError) as err:
+            # The kernel did not start (unknown kernel name, no response) or died
+            # (out of memory); name the cell that was running, if any.
+            index, count, source = _running_cell(output)
+            raise NotebookFailure(
+                notebook=notebook,
+                output=output,
+                cell_index=None if index is None else _source_cell_index(output, index),
+                execution_count=count,
+                source=source,
+                ename=type(err).__name__,
+                evalue=f"{err} (kernel {kernel_name!r})",
+            ) from err
+    seconds = time.perf_counter() - start
+    hide_default_parameters(output)
+    return seconds
 
 
 def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merge: bool) -> Path:

@@ -176,6 +176,9 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
         for k in o.get("data", {})
     }
     assert "image/png" in mimetypes  # headless, yet the figure reaches the book
+    tags = {tuple(c.metadata.get("tags", [])) for c in executed.cells}
+    assert ("parameters", "remove-cell") in tags  # defaults hidden in the book
+    assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
     assert "HAS_SEED False" in _outputs_text(book / "01_field.ipynb")
     assert bookrun.read_results("00_sim", book / "results") == {"profile": "full", "seed": 5}
@@ -233,3 +236,23 @@ def test_failing_notebook_reports_cell_and_stops(book_dirs, capsys):
     assert "01_broken.ipynb failed in cell 3" in err
     assert "# fit the richness model" in err
     assert "ValueError: column rarefied is missing" in err
+
+
+def test_kernel_that_dies_is_reported_with_its_cell(book_dirs):
+    notebooks, book = book_dirs
+    _notebook(notebooks / "00_dies.ipynb", "seed = 0", "x = 1", "import os\nos._exit(1)")
+    with pytest.raises(bookrun.NotebookFailure) as info:
+        bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    assert info.value.ename == "DeadKernelError"
+    assert info.value.cell_index == 3  # markdown, parameters, x = 1, then the exit
+    assert "os._exit(1)" in info.value.describe()
+
+
+def test_unknown_kernel_is_a_clear_failure(book_dirs):
+    notebooks, book = book_dirs
+    _notebook(notebooks / "00_a.ipynb", "seed = 0", "x = 1")
+    with pytest.raises(bookrun.NotebookFailure, match="no_such_kernel") as info:
+        bookrun.run_book(
+            notebook_dir=notebooks, output_dir=book, kernel_name="no_such_kernel", progress=False
+        )
+    assert info.value.cell_index is None and "before any cell ran" in info.value.describe()

@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -35,6 +36,8 @@ import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
+import zarr.errors
+from rioxarray.exceptions import RioXarrayError
 from tqdm.auto import tqdm
 
 from . import cache, coordinates
@@ -52,13 +55,13 @@ from .encoder import (
 
 __all__ = [
     "EmbeddingRun",
+    "cached_embed_cube",
+    "cached_pretrain",
+    "dequantised",
     "embed_cube",
     "open_embeddings",
-    "dequantised",
-    "sample_patches",
     "patch_features_frame",
-    "cached_pretrain",
-    "cached_embed_cube",
+    "sample_patches",
 ]
 
 
@@ -119,8 +122,8 @@ def _template(cube: xr.Dataset, chunk: int, n_cy: int, n_cx: int, dim: int, attr
         ds = ds.rio.write_crs(crs)
         try:
             ds = ds.rio.write_transform(cube.rio.transform(recalc=True))
-        except Exception:  # a 1-pixel-wide raster has no derivable transform
-            pass
+        except RioXarrayError:  # a 1-pixel-wide raster has no derivable transform
+            ds.attrs["transform_note"] = "raster too narrow to derive a transform"
     return ds
 
 
@@ -187,7 +190,9 @@ def embed_cube(
     True (4, 5, 128) 32630
     """
     if not isinstance(model, TrainedEncoder):
-        raise ValueError(f"embed_cube: model must be a TrainedEncoder, got {type(model).__name__}")
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"embed_cube: model must be a TrainedEncoder, got {type(model).__name__}"
+        )
     if int(chunk) < 1:
         raise ValueError(f"embed_cube: chunk must be ≥ 1, got {chunk}")
     chunk = int(chunk)
@@ -207,8 +212,8 @@ def embed_cube(
         try:
             old = xr.open_zarr(store, consolidated=False)
             same = all(str(old.attrs.get(k)) == str(v) for k, v in attrs.items() if k != "description")
-        except Exception:
-            same = False
+        except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
+            same = False  # not a readable embedding store
         if not same:
             raise ValueError(
                 f"embed_cube: store {store} exists but was made with other parameters "

@@ -40,9 +40,10 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -179,7 +180,7 @@ class PixelTimeSeries:
     def __len__(self) -> int:
         return int(self.s2.shape[0])
 
-    def __getitem__(self, index: Any) -> "PixelTimeSeries":
+    def __getitem__(self, index: Any) -> PixelTimeSeries:
         if isinstance(index, (int, np.integer)):
             index = slice(int(index), int(index) + 1)
         return PixelTimeSeries(
@@ -187,7 +188,7 @@ class PixelTimeSeries:
         )
 
     @classmethod
-    def from_cube(cls, ds: Any) -> "PixelTimeSeries":
+    def from_cube(cls, ds: Any) -> PixelTimeSeries:
         """Flatten a cube Dataset to pixels, in row-major ``(y, x)`` order.
 
         Pixel ``i`` is ``(y index i // nx, x index i % nx)``. Dask-backed cubes
@@ -270,7 +271,7 @@ class BandNormaliser:
     s1_std: np.ndarray
 
     @classmethod
-    def fit(cls, pixels: PixelTimeSeries) -> "BandNormaliser":
+    def fit(cls, pixels: PixelTimeSeries) -> BandNormaliser:
         """Statistics from the valid observations of ``pixels`` only."""
 
         def stats(values: np.ndarray, valid: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +291,7 @@ class BandNormaliser:
         return {f.name: [float(v) for v in getattr(self, f.name)] for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, list[float]]) -> "BandNormaliser":
+    def from_dict(cls, d: dict[str, list[float]]) -> BandNormaliser:
         return cls(**{f.name: np.asarray(d[f.name], np.float32) for f in fields(cls)})
 
     def __eq__(self, other: object) -> bool:
@@ -479,7 +480,7 @@ class EncoderConfig:
             raise ValueError("EncoderConfig.projector_dims must name at least one layer")
 
     @classmethod
-    def tessera_v1(cls) -> "EncoderConfig":
+    def tessera_v1(cls) -> EncoderConfig:
         """TESSERA v1's size: d_model 512, 4 layers, 4 heads, feed-forward 4096, T = 40."""
         return cls(
             d_model=512, n_layers=4, n_heads=4, d_ff=4096, n_timesteps=40,
@@ -492,7 +493,7 @@ class EncoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

@@ -165,7 +165,7 @@ def test_cached_pretrain_reuses_matching_parameters(tmp_path):
     px = PixelTimeSeries(rng.normal(1000, 200, (n, 10, 10)), rng.random((n, 10)) > 0.3,
                          np.tile(np.arange(10) * 30 + 5, (n, 1)), rng.normal(-10, 2, (n, 8, 2)),
                          np.ones((n, 8), bool), np.tile(np.arange(8) * 40 + 5, (n, 1)))
-    kw = dict(steps=3, batch_size=32, seed=1, warmup=1, root=tmp_path, progress=False)
+    kw = {"steps": 3, "batch_size": 32, "seed": 1, "warmup": 1, "root": tmp_path, "progress": False}
     a, ha = cached_pretrain(px, TINY, **kw)
     b, hb = cached_pretrain(px, TINY, **kw)
     assert len(list((tmp_path / "encoder").iterdir())) == 1  # second call hit the cache

@@ -229,7 +229,7 @@ def test_pretraining_reduces_redundancy_and_loss():
 
 def test_same_seed_same_weights_and_embeddings(tmp_path):
     p = random_pixels(128)
-    kw = dict(steps=6, batch_size=32, warmup=2, progress=False)
+    kw = {"steps": 6, "batch_size": 32, "warmup": 2, "progress": False}
     a, ha = pretrain(p, TINY, seed=5, **kw)
     b, hb = pretrain(p, TINY, seed=5, **kw)
     c, _ = pretrain(p, TINY, seed=6, **kw)
@@ -248,7 +248,7 @@ def test_same_seed_same_weights_and_embeddings(tmp_path):
 
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     p = random_pixels(128)
-    kw = dict(batch_size=32, warmup=2, seed=3, progress=False, checkpoint_every=4)
+    kw = {"batch_size": 32, "warmup": 2, "seed": 3, "progress": False, "checkpoint_every": 4}
     full, hist_full = pretrain(p, TINY, steps=10, **kw)
     # "interrupted" run: same schedule, killed after step 4 (its last checkpoint)
     _partial(p, tmp_path, kw)

@@ -25,7 +25,7 @@ notebooks:
 	$(PY) -m fungi_ssl.bookrun --profile $(PROFILE) --seed $(SEED) $(if $(DATA),--data $(DATA),)
 
 html:
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going=false
+	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror
 
 bench:
 	$(PY) benchmarks/run_all.py

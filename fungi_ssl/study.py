@@ -1,0 +1,158 @@
+"""One interface to field data, simulated or real.
+
+Every chapter starts with :func:`open_field_data`. With no data directory it
+builds the embedded simulated study (sized by the book profile); with one it
+reads the real tables found there. Either way the chapter receives the same
+:class:`FieldData`: a sample table in the GlobalFungi schema, 1 km covariates
+where there are any, and, for the simulation only, the truth.
+
+The simulated tables are cached under ``data/cache/study/<key>/`` keyed by the
+study's parameters, so the ten chapters do not each redraw them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from . import config
+from .cache import cache_dir
+from .io import find_real_tables, read_samples, read_spun_covariates, validate_samples
+from .simulate import SimulatedStudy, StudyConfig
+
+#: Bump when the simulator changes in a way that changes its output.
+SIMULATOR_VERSION = 1
+
+
+@dataclass
+class FieldData:
+    """Field samples and what is known about them.
+
+    Attributes
+    ----------
+    samples : pandas.DataFrame
+        Sample table (CONTRIBUTING.md schema), NA targets already dropped.
+    covariates : pandas.DataFrame or None
+        1 km covariates indexed by ``sample_id`` (SPUN names), if any.
+    truth : pandas.DataFrame or None
+        True richness and latent layers per sample: simulated study only.
+    source : str
+        ``"simulated"`` or the path of the table read.
+    n_dropped_na : int
+        Samples without a richness value that were dropped.
+    study : SimulatedStudy or None
+        The simulated study itself, for satellite cubes, maps and parks.
+    """
+
+    samples: pd.DataFrame
+    covariates: pd.DataFrame | None
+    truth: pd.DataFrame | None
+    source: str
+    n_dropped_na: int
+    study: SimulatedStudy | None = None
+
+    @property
+    def is_simulated(self) -> bool:
+        """True for the embedded simulated study."""
+        return self.study is not None
+
+    @property
+    def n_sites(self) -> int:
+        """Distinct sites (plot coordinates)."""
+        return int(self.samples["site_id"].nunique())
+
+
+def study_config(profile: str = "quick", seed: int = 0) -> StudyConfig:
+    """The simulated study's parameters for a book profile and seed.
+
+    Examples
+    --------
+    >>> study_config("quick", seed=2).seed
+    2
+    """
+    prof = config.get_profile(profile)
+    return replace(StudyConfig(), seed=int(seed), n_samples=prof.n_samples)
+
+
+@lru_cache(maxsize=4)
+def simulated_study(profile: str = "quick", seed: int = 0) -> SimulatedStudy:
+    """The simulated study of a profile and seed, shared within one process."""
+    return SimulatedStudy(study_config(profile, seed))
+
+
+def _cached_tables(study: SimulatedStudy) -> dict[str, pd.DataFrame]:
+    params = {"config": study.config.as_dict(), "version": SIMULATOR_VERSION}
+    path = cache_dir("study", params) / "tables.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    tables = {"samples": study.samples, "truth": study.truth, "covariates": study.covariates}
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(tables, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return tables
+
+
+def open_field_data(data_dir: str | Path | None = None, *, seed: int = 0,
+                    profile: str = "quick", table: str = "samples") -> FieldData:
+    """Open the field data a chapter works on.
+
+    Parameters
+    ----------
+    data_dir : str or pathlib.Path, optional
+        Directory of real tables (e.g. ``../shared/data/real``). Empty or
+        None means the embedded simulated study.
+    seed : int
+        Seed of the simulated study.
+    profile : {"quick", "full"}
+        Book profile, which sizes the simulated study.
+    table : {"samples", "covariates"}
+        For real data, which table to read: the GlobalFungi sample table
+        (richness only), or the SPUN table with 1 km covariates. The
+        simulated study has both in one.
+
+    Returns
+    -------
+    FieldData
+
+    Examples
+    --------
+    >>> fd = open_field_data(None, seed=0, profile="quick")
+    >>> fd.is_simulated, fd.samples["rarefied"].isna().any()
+    (True, np.False_)
+    """
+    if table not in ("samples", "covariates"):
+        raise ValueError(f"table must be 'samples' or 'covariates', got {table!r}")
+    if not data_dir:
+        study = simulated_study(profile, seed)
+        t = _cached_tables(study)
+        samples = validate_samples(t["samples"], source="simulated study")
+        n_dropped = int(samples.attrs.get("n_dropped_na", 0))
+        keep = samples["sample_id"]
+        return FieldData(
+            samples=samples.reset_index(drop=True),
+            covariates=t["covariates"].loc[keep.to_numpy()],
+            truth=t["truth"].set_index("sample_id").loc[keep.to_numpy()].reset_index(),
+            source="simulated", n_dropped_na=n_dropped, study=study)
+    tables = find_real_tables(data_dir)
+    if table == "samples":
+        if tables.samples is None:
+            raise FileNotFoundError(
+                f"{data_dir}: no GlobalFungi-style sample table found "
+                "(expected globalfungi_ecm_richness_europe.csv or samples.csv)")
+        samples = read_samples(tables.samples)
+        return FieldData(samples=samples, covariates=None, truth=None,
+                         source=str(tables.samples),
+                         n_dropped_na=int(samples.attrs.get("n_dropped_na", 0)))
+    if tables.spun_covariates is None:
+        raise FileNotFoundError(
+            f"{data_dir}: no covariate table found (expected spun_ecm_samples_1km_covariates.csv)")
+    samples, covariates = read_spun_covariates(tables.spun_covariates)
+    return FieldData(samples=samples, covariates=covariates.loc[samples["sample_id"].to_numpy()],
+                     truth=None, source=str(tables.spun_covariates),
+                     n_dropped_na=int(samples.attrs.get("n_dropped_na", 0)))

@@ -16,13 +16,13 @@ setup:
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (fungi-ssl)"
 
 test:
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(DATA),--real-data=$(abspath $(DATA)),)
 
 # Execute every notebooks/NN_*.ipynb in order into book/, then render HTML.
 book: notebooks html
 
 notebooks:
-	$(PY) -m fungi_ssl.bookrun --profile $(PROFILE) --seed $(SEED) $(if $(DATA),--data $(DATA),)
+	$(PY) -m fungi_ssl.bookrun --profile $(PROFILE) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),)
 
 html:
 	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror

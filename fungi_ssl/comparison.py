@@ -17,8 +17,15 @@ model and for both the ``ssl`` and ``all`` sets: same numbers, a fraction of
 the time.
 
 :func:`comparison_json` turns the tidy result into chapter 04's JSON,
-:func:`paired_tests` compares ``ssl`` with every other set seed by seed, and
-:func:`plot_table1` draws random against spatial R² for every set and model.
+:func:`paired_tests` compares ``ssl`` with every other set seed by seed,
+:func:`plot_table1` draws random against spatial R² for every set and model,
+and :func:`nearest_training_distances` shows why spatial CV scores lower.
+
+Chapter 05 uses the same pipelines: :func:`partition_groups` runs the
+commonality analysis of :mod:`fungi_ssl.partition` over the predictor groups
+(site-group folds by default, see :func:`partition_splitter`), and
+:func:`shap_attribution` fits one LightGBM on all groups and explains it with
+Tree SHAP (:mod:`fungi_ssl.explain`).
 
 Book hyperparameters (:data:`BOOK_MODEL_PARAMS`) are the defaults of
 :func:`fungi_ssl.models.make_model` except that the random forest grows 100

@@ -15,7 +15,7 @@ up their sizes here, so one edit resizes the whole book.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,14 @@ class Profile:
         Barlow Twins optimisation steps for the encoder.
     map_tile_px : int
         Side of the square tiles mapped at 10 m (pixels).
+    pretrain_pixels : int
+        Pixel time series the encoder is pre-trained on.
+    probe_pixels : int
+        Held-out pixels for the linear probes of chapter 02.
+    encoder : dict
+        :class:`fungi_ssl.encoder.EncoderConfig` fields that differ from its default.
+    pretrain_options : dict
+        Extra keywords of :func:`fungi_ssl.encoder.pretrain` (``lr``, ``warmup`` …).
     """
 
     name: str
@@ -53,11 +61,17 @@ class Profile:
     n_seeds: int
     pretrain_steps: int
     map_tile_px: int
+    pretrain_pixels: int = 16_384
+    probe_pixels: int = 8_192
+    encoder: dict = field(default_factory=dict)
+    pretrain_options: dict = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=300, map_tile_px=128),
-    "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=1500, map_tile_px=256),
+    "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=1_000, map_tile_px=128,
+                     pretrain_pixels=16_384, probe_pixels=16_384),
+    "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=2_500, map_tile_px=256,
+                    pretrain_pixels=32_768, probe_pixels=32_768),
 }
 
 

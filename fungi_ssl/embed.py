@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,7 @@ def patch_features_frame(patches: np.ndarray, sample_ids: Sequence[Any]) -> pd.D
 
 
 def cached_pretrain(
-    pixels: PixelTimeSeries,
+    pixels: PixelTimeSeries | Callable[[], PixelTimeSeries],
     config: EncoderConfig | None = None,
     steps: int = 300,
     batch_size: int = 512,
@@ -420,9 +420,13 @@ def cached_pretrain(
     The key covers the config, steps, batch size, seed, every extra keyword
     (``lr``, ``warmup`` …) and the training data: ``data_params`` (e.g. the
     simulation parameters) when given, otherwise a hash of the pixel arrays.
+    ``pixels`` may be a function that makes them: it is then called only when
+    nothing is cached (with ``data_params``, a cache hit never builds them).
     An interrupted training resumes from its checkpoint in the same directory.
     """
     config = config or EncoderConfig()
+    if data_params is None and callable(pixels):
+        pixels = pixels()
     kwargs.pop("checkpoint_dir", None)
     progress = kwargs.pop("progress", True)
     params = {
@@ -434,6 +438,8 @@ def cached_pretrain(
     enc_path, hist_path = d / "encoder.pt", d / "history.csv"
     if enc_path.exists() and hist_path.exists():
         return load_encoder(enc_path), pd.read_csv(hist_path)
+    if callable(pixels):
+        pixels = pixels()
     trained, history = pretrain(pixels, config, steps, batch_size, seed,
                                 checkpoint_dir=d / "checkpoints", progress=progress, **kwargs)
     history.to_csv(hist_path, index=False)

@@ -39,6 +39,7 @@ import copy
 import hashlib
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -808,7 +809,8 @@ def pretrain(
     -------
     trained : TrainedEncoder
     history : pandas.DataFrame
-        Columns ``step, loss, on_diag, off_diag, lr``.
+        Columns ``step, loss, on_diag, off_diag, lr`` and ``seconds``, the
+        wall time of optimisation so far (summed over resumed runs).
 
     Examples
     --------
@@ -821,7 +823,7 @@ def pretrain(
     >>> cfg = EncoderConfig(d_model=8, d_ff=16, n_timesteps=4, projector_dims=(16,))
     >>> trained, hist = pretrain(p, cfg, steps=3, batch_size=16, warmup=1, progress=False)
     >>> list(hist.columns), len(hist)
-    (['step', 'loss', 'on_diag', 'off_diag', 'lr'], 3)
+    (['step', 'loss', 'on_diag', 'off_diag', 'lr', 'seconds'], 3)
     """
     config = config or EncoderConfig()
     if steps < 1:
@@ -887,6 +889,7 @@ def pretrain(
         projector.train()
         bar = tqdm(range(start, steps), total=steps, initial=start, desc="Barlow Twins",
                    disable=not progress, leave=False)
+        clock0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
         for step in bar:
             idx = torch.randint(0, n, (bs,), generator=generator)
             batch = {k: v[idx] for k, v in data.items()}
@@ -906,7 +909,8 @@ def pretrain(
             scheduler.step()
             loss_v, on_v, off_v = (float(v.detach()) for v in (loss, on, off))
             history.append({"step": step + 1, "loss": loss_v, "on_diag": on_v,
-                            "off_diag": off_v, "lr": float(rate)})
+                            "off_diag": off_v, "lr": float(rate),
+                            "seconds": time.perf_counter() - clock0})
             bar.set_postfix(loss=f"{loss_v:.2f}")
             if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save(step + 1)
@@ -914,7 +918,7 @@ def pretrain(
     model.eval()
     trained = TrainedEncoder(model, config, normaliser, steps, batch_size, seed,
                              {k: v for k, v in run_meta.items() if k not in ("config",)})
-    return trained, pd.DataFrame(history, columns=["step", "loss", "on_diag", "off_diag", "lr"])
+    return trained, pd.DataFrame(history, columns=["step", "loss", "on_diag", "off_diag", "lr", "seconds"])
 
 
 # --------------------------------------------------------------------------

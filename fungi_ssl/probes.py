@@ -38,6 +38,7 @@ __all__ = [
     "EmbeddingPCs",
     "ProbeSplit",
     "embedding_pcs",
+    "encoder_probes",
     "env_r2_from_ssl",
     "linear_probe_classification",
     "linear_probe_regression",
@@ -193,6 +194,70 @@ def probe_split(
     train, test = next(gss.split(np.zeros(len(groups)), groups=groups))
     return ProbeSplit(np.sort(train), np.sort(test),
                       len(np.unique(groups[train])), len(np.unique(groups[test])))
+
+
+def encoder_probes(
+    embeddings: dict[str, np.ndarray], labels: pd.DataFrame, test_size: float = 0.3,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Land-cover and richness probes for several encoders on the same pixels.
+
+    Every encoder is probed on the same cluster split, and only on pixels that
+    every encoder embedded (a pixel cloudy on every date has a NaN embedding;
+    those are counted in ``attrs["n_dropped"]``).
+
+    Parameters
+    ----------
+    embeddings : dict
+        Encoder name → ``(n, d)`` embeddings of the same ``n`` pixels.
+    labels : pandas.DataFrame
+        ``cluster``, ``landcover`` and ``true_richness`` per pixel.
+    test_size, seed
+        As :func:`probe_split`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per encoder: ``landcover_accuracy`` (logistic probe) and
+        ``richness_r2`` (ridge probe of ``log1p(true_richness)``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> lab = pd.DataFrame({"cluster": np.repeat(np.arange(40), 16),
+    ...                     "landcover": rng.integers(0, 3, 640)})
+    >>> lab["true_richness"] = 10.0 * lab["landcover"] + rng.random(640)
+    >>> good = np.eye(3)[lab["landcover"]] + 0.1 * rng.normal(size=(640, 3))
+    >>> out = encoder_probes({"good": good, "noise": rng.normal(size=(640, 3))}, lab)
+    >>> out.loc["good", "landcover_accuracy"] > 0.95 > out.loc["noise", "landcover_accuracy"]
+    np.True_
+    """
+    missing = {"cluster", "landcover", "true_richness"} - set(labels.columns)
+    if missing:
+        raise ValueError(f"encoder_probes: labels lack columns {sorted(missing)}")
+    n = len(labels)
+    ok = np.ones(n, bool)
+    for name, emb in embeddings.items():
+        emb = np.asarray(emb)
+        if emb.ndim != 2 or len(emb) != n:
+            raise ValueError(f"encoder_probes: embeddings[{name!r}] must be ({n}, d), got {emb.shape}")
+        ok &= np.isfinite(emb).all(axis=1)
+    lab = labels[ok].reset_index(drop=True)
+    split = probe_split(lab, test_size=test_size, seed=seed)
+    lc = lab["landcover"].to_numpy()
+    lr = np.log1p(lab["true_richness"].to_numpy(np.float64))
+    tr, te = split.train, split.test
+    rows = {}
+    for name, emb in embeddings.items():
+        X = np.asarray(emb, np.float64)[ok]
+        rows[name] = {
+            "landcover_accuracy": linear_probe_classification(X[tr], lc[tr], X[te], lc[te]),
+            "richness_r2": linear_probe_regression(X[tr], lr[tr], X[te], lr[te]),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.attrs.update(n_dropped=int((~ok).sum()), n_train=len(tr), n_test=len(te),
+                     n_test_clusters=split.n_test_clusters)
+    return out
 
 
 # --------------------------------------------------------------------------

@@ -769,6 +769,19 @@ def _cloud_share(precipitation: np.ndarray) -> np.ndarray:
 
 
 _CLOUD_DATE_SD = 1.5  # SD of the per-date regional cloudiness anomaly
+# Within-class heterogeneity between stands (log-SD of brightness, of the
+# NIR and SWIR balance; SD of season timing in days and of season depth)
+_STAND_BRIGHTNESS_SD = 0.18
+_STAND_TILT_SD = 0.10
+_STAND_PHENO_SHIFT_SD = 10.0
+_STAND_AMPLITUDE_SD = 0.12
+_TILT_NIR = np.array([0, 0, 0, 1, 1, 0, 0.5, 1, 0, 0], dtype=np.float64)
+_TILT_SWIR = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], dtype=np.float64)
+# Cloud-mask omissions: the band of the cloud field just below the cloud
+# threshold is thin cloud, and the cloud field shifted by this offset (m, to
+# the east and south) casts shadow; both pass the mask as valid observations
+_THIN_CLOUD_MARGIN = 0.3
+_SHADOW_OFFSET_M = 1500.0
 
 
 @lru_cache(maxsize=8)
@@ -841,8 +854,21 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     eos_t = _EOS[tree_cls] - 3.0 * dt
     crop_shift = 25.0 * (hash_uniform(seed, 401, _zone_key(epsg)[:, None, None],
                                       L["stand_i"], L["stand_j"]) - 0.5)
-    sos_g = _SOS[ground_cls] + 4.0 * dt + (ground_cls == CROPLAND) * crop_shift
-    eos_g = _EOS[ground_cls] - 3.0 * dt + (ground_cls == CROPLAND) * crop_shift
+    # stand-level heterogeneity within a class: species mix, understorey and
+    # soil background change brightness, the visible/NIR/SWIR balance, the
+    # timing and the depth of the season from one stand (or field) to the next
+    zk = _zone_key(epsg)[:, None, None]
+    si, sj = L["stand_i"], L["stand_j"]
+    het = [hash_normal(seed, 411 + i, zk, si, sj) for i in range(5)]
+    stand_gain = np.exp(_STAND_BRIGHTNESS_SD * het[0][..., None]
+                        + _STAND_TILT_SD * het[1][..., None] * _TILT_NIR
+                        + _STAND_TILT_SD * het[2][..., None] * _TILT_SWIR)
+    stand_shift = _STAND_PHENO_SHIFT_SD * het[3]
+    stand_depth = np.clip(1.0 + _STAND_AMPLITUDE_SD * het[4], 0.5, 1.3)
+    sos_t = sos_t + stand_shift
+    eos_t = eos_t - 0.5 * stand_shift
+    sos_g = _SOS[ground_cls] + 4.0 * dt + (ground_cls == CROPLAND) * crop_shift + stand_shift
+    eos_g = _EOS[ground_cls] - 3.0 * dt + (ground_cls == CROPLAND) * crop_shift - 0.5 * stand_shift
     nir_gain = 1.0 + broadish * 0.08 * (h - 0.5)
     drought = (L["europe"] & np.isin(year_b, DROUGHT_YEARS)[:, None, None])
     zone = _zone_key(epsg)
@@ -868,8 +894,10 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
         dry = drought & (d >= 170) & (d <= 250)
         gt = _pheno(d, sos_t, eos_t, _GMIN[tree_cls], _GMAX[tree_cls]) * np.where(dry, 0.93, 1.0)
         gg = _pheno(d, sos_g, eos_g, _GMIN[ground_cls], _GMAX[ground_cls]) * np.where(dry, 0.8, 1.0)
+        gt, gg = np.clip(gt * stand_depth, 0, 1), np.clip(gg * stand_depth, 0, 1)
         refl = (c[..., None] * (gt[..., None] * Gt + (1 - gt[..., None]) * Ot) * gain
                 + (1 - c[..., None]) * (gg[..., None] * Gg + (1 - gg[..., None]) * Og))
+        refl = refl * stand_gain
         u1 = _key_uniform(keys, year_b[:, None, None], t, 1)
         u2 = _key_uniform(keys, year_b[:, None, None], t, 2)
         u3 = _key_uniform(keys, year_b[:, None, None], t, 3)
@@ -883,6 +911,15 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
         anomaly = _CLOUD_DATE_SD * hash_normal(seed, 501, year_b[:, None, None], t,
                                                zone[:, None, None], lat_cell)
         cloudy = cf + anomaly > theta
+        # what the cloud mask misses: thin cloud at the edges of masked cloud
+        # brightens the visible bands, and cloud shadow, cast a few hundred
+        # metres from the cloud, darkens every band; both stay flagged valid
+        x_year = xo + 1.0e5 * (year_b[:, None] - 2000)
+        thin = ~cloudy & (cf + anomaly > theta - _THIN_CLOUD_MARGIN)
+        refl = refl + thin[..., None] * haze_add * (2.0 + 4.0 * u3)[..., None]
+        cs = _cloud_fields(seed)[t].grid(x_year + _SHADOW_OFFSET_M, ys - _SHADOW_OFFSET_M)
+        shadow = ~cloudy & (cs + anomaly > theta)
+        refl = np.where(shadow[..., None], refl * (0.35 + 0.2 * u2)[..., None], refl)
         cloud_refl = (4800.0 + 1400.0 * n1)[..., None] * np.array(
             [1.0, 1.05, 1.02, 0.95, 0.95, 0.98, 0.96, 0.95, 0.7, 0.55])
         refl = np.where(cloudy[..., None], cloud_refl, refl)

@@ -2,7 +2,7 @@
 PYTHON_BOOTSTRAP ?= python3.11
 VENV    := .venv
 PY      := $(VENV)/bin/python
-PROFILE ?= quick
+PROFILE ?= full
 DATA    ?=
 SEED    ?= 0
 

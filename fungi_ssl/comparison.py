@@ -40,7 +40,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
 
@@ -683,7 +684,7 @@ def table1(
         return res.assign(scheme="spatial", seed=seed)
 
     jobs = (delayed(run)(*tasks[i]) for i in order)
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), _thread_warnings():
         runner = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")
         done = list(tqdm(runner(jobs), total=len(tasks), desc="Table 1", disable=not progress))
     parts = [done[order.index(i)] for i in range(len(tasks))]
@@ -702,6 +703,33 @@ def table1(
         task_seconds=dict(sorted(seconds.items())),
     )
     return out
+
+
+#: scikit-learn's complaint when two threads race on ``warnings.filters``.
+_SKLEARN_RACE = "`sklearn.utils.parallel.delayed` should be used with"
+
+
+@contextmanager
+def _thread_warnings() -> Iterator[None]:
+    """Collect the warnings of worker threads and re-issue them once each, afterwards.
+
+    scikit-learn's forests run their trees through ``sklearn.utils.parallel``,
+    whose task wrapper clears ``warnings.filters`` and rebuilds it for every
+    task. With two forests on two threads, one thread can find the filter list
+    empty in the middle of the other's rebuild, and scikit-learn then warns
+    that its ``delayed`` was used without its ``Parallel`` (it was not). That
+    race says nothing about the analysis, so its warning is dropped; every
+    other warning is re-issued, once per message, from the calling thread.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    seen = set()
+    for w in caught:
+        key = (w.category, str(w.message))
+        if _SKLEARN_RACE in str(w.message) or key in seen:
+            continue
+        seen.add(key)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _has_ssl(X: pd.DataFrame) -> bool:
@@ -1178,7 +1206,7 @@ def partition_groups(
     groups_arg = None
     if isinstance(splitter, SpatialKFold) and getattr(splitter, "_xy", None) is None:
         groups_arg = data[["longitude", "latitude"]].to_numpy(dtype=float)
-    with threadpool_limits(limits=1), parallel_config(backend="threading"):
+    with threadpool_limits(limits=1), parallel_config(backend="threading"), _thread_warnings():
         return commonality_partition(
             X_groups,
             y,

@@ -430,3 +430,16 @@ def test_shap_attribution_is_additive_and_ranks_ssl_first(frame):
     assert table.index[0] == "ssl"
     assert table["share"].sum() == pytest.approx(1.0)
     assert set(table.index) == {"ssl", "climate", "soil", "landcover"}
+
+
+def test_thread_warnings_drop_the_sklearn_filter_race_and_reissue_the_rest():
+    import warnings
+
+    from fungi_ssl.comparison import _thread_warnings
+
+    with pytest.warns(UserWarning) as record:
+        with _thread_warnings():
+            warnings.warn("`sklearn.utils.parallel.delayed` should be used with x", UserWarning)
+            for _ in range(3):
+                warnings.warn("a real problem", UserWarning)
+    assert [str(w.message) for w in record] == ["a real problem"]

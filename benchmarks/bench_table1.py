@@ -152,8 +152,9 @@ def main() -> None:
     busy = [n for n, r in runs.items() if r.get("load_1min_before", 0) > 0.5]
     if busy:
         print(
-            f"note: other work was running before {', '.join(busy)} (load > 0.5); "
-            "wall times are longer than on an idle machine, CPU times are not."
+            f"note: the 1-minute load average was above 0.5 before {', '.join(busy)}; if "
+            "other work was still running, wall times are longer than on an idle machine "
+            "(CPU times are not)."
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -145,3 +145,15 @@ def test_select_predictors_mapping_feeds_shap_by_group():
     sv = ShapValues(X * 0 + 1.0, 0.0, X)
     table = shap_by_group(sv, mapping)
     assert table.loc["ssl", "share"] == pytest.approx(0.5)
+
+
+def test_additivity_holds_for_early_stopped_lightgbm():
+    # Table 1's LightGBM stops early: SHAP must explain the trees predict() uses
+    from fungi_ssl.models import fit_model, make_model
+
+    X, y = study(600, seed=3)
+    model = make_model("lightgbm", n_jobs=1, n_estimators=1000, learning_rate=0.1)
+    fit_model(model, X.iloc[:400], y[:400], X.iloc[400:], y[400:])
+    assert model.best_iteration_ < 1000
+    sv = tree_shap(model, X, progress=False)
+    np.testing.assert_allclose(sv.predictions.to_numpy(), model.predict(X), atol=1e-9)

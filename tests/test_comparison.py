@@ -437,9 +437,12 @@ def test_thread_warnings_drop_the_sklearn_filter_race_and_reissue_the_rest():
 
     from fungi_ssl.comparison import _thread_warnings
 
-    with pytest.warns(UserWarning) as record:
+    def warn_from_workers() -> None:
         with _thread_warnings():
             warnings.warn("`sklearn.utils.parallel.delayed` should be used with x", UserWarning)
             for _ in range(3):
                 warnings.warn("a real problem", UserWarning)
+
+    with pytest.warns(UserWarning) as record:
+        warn_from_workers()
     assert [str(w.message) for w in record] == ["a real problem"]

@@ -638,6 +638,9 @@ def table1(
     has_coords = {"longitude", "latitude"} <= set(data.columns)
     lonlat = data[["longitude", "latitude"]].to_numpy(dtype=float) if has_coords else None
     splitter, groups = _resolve_splitter(spatial_splitter, data, lonlat, seed)
+    # spatial CV: early stopping holds out whole sites (the random protocol keeps
+    # the study's random 70/10/20)
+    site_ids = data["site_id"].to_numpy() if "site_id" in data.columns else None
 
     memo = ReductionMemo()
     matrices = {s: predictor_matrix(data, s) for s in sets}
@@ -680,7 +683,8 @@ def table1(
         if scheme == "random":
             res = evaluate_random_splits(X, y, model, n_seeds=int(n_seeds), seed=seed, **common)
             return res.assign(scheme="random", scope="seed", fold=pd.NA)
-        res = evaluate_cv(X, y, model, splitter, groups=groups, seed=seed, **common)
+        res = evaluate_cv(X, y, model, splitter, groups=groups, seed=seed,
+                          val_groups=site_ids, **common)
         return res.assign(scheme="spatial", seed=seed)
 
     jobs = (delayed(run)(*tasks[i]) for i in order)

@@ -437,6 +437,29 @@ def evaluate_random_splits(
     return pd.DataFrame(rows)
 
 
+def _group_holdout(
+    train: np.ndarray, labels: np.ndarray, n_val: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole groups of ``train`` until at least ``n_val`` rows (seeded).
+
+    Examples
+    --------
+    >>> val, rest = _group_holdout(np.arange(10), np.repeat([0, 1, 2, 3, 4], 2), 3, 0)
+    >>> len(val), set(np.repeat([0, 1, 2, 3, 4], 2)[val]) & set(np.repeat([0, 1, 2, 3, 4], 2)[rest])
+    (4, set())
+    """
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    sizes = np.bincount(inverse)[order]
+    n_groups = int(np.searchsorted(np.cumsum(sizes), n_val) + 1)
+    if n_groups >= len(uniq):  # too few groups to hold any out and keep some to train on
+        n_groups = max(len(uniq) - 1, 0)
+    held = np.zeros(len(uniq), bool)
+    held[order[:n_groups]] = True
+    mask = held[inverse]
+    return np.sort(train[mask]), np.sort(train[~mask])
+
+
 def evaluate_cv(
     X,
     y,
@@ -453,6 +476,7 @@ def evaluate_cv(
     nan_policy: NanPolicy = "raise",
     progress: bool = True,
     return_predictions: bool = False,
+    val_groups=None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Out-of-fold evaluation with any splitter, per fold and pooled.
 
@@ -479,6 +503,11 @@ def evaluate_cv(
         the models.
     val_size : float
         Share of each training fold held out for early stopping (0 for none).
+    val_groups : array_like, optional
+        A group label per row (e.g. ``site_id``). When given, the early-stopping
+        hold-out takes whole groups, so cores of one site are never split
+        between the rows a model is fitted on and the rows that stop it; a
+        random hold-out would let site information steer early stopping.
     return_predictions : bool
         Also return the out-of-fold predictions.
 
@@ -509,6 +538,13 @@ def evaluate_cv(
     make_model(model_name)
     if not 0 <= val_size < 1:
         raise ValueError(f"val_size must lie in [0, 1), got {val_size}")
+    if val_groups is not None:
+        val_groups = np.asarray(val_groups)
+        if len(val_groups) != len(rows) + n_drop:
+            raise ValueError(
+                f"val_groups has {len(val_groups)} labels for {len(rows) + n_drop} rows of X"
+            )
+        val_groups = val_groups[rows]
     if n_drop:
         if groups is not None:
             groups = _take(groups, rows)
@@ -529,7 +565,9 @@ def evaluate_cv(
         train = np.asarray(train)
         val = None
         n_val = round(val_size * len(train))
-        if n_val >= 1:
+        if n_val >= 1 and val_groups is not None:
+            val, train = _group_holdout(train, val_groups[train], n_val, seed + k)
+        elif n_val >= 1:
             perm = np.random.default_rng(seed + k).permutation(len(train))
             val, train = np.sort(train[perm[:n_val]]), np.sort(train[perm[n_val:]])
         pred = _fit_predict(

@@ -356,3 +356,23 @@ def test_summarise_skips_pooled_rows(sites):
     s = summarise(res)
     folds = res[res["scope"] == "fold"]
     assert s["ssl"]["ridge"]["r2_mean"] == pytest.approx(folds["r2"].mean())
+
+
+def test_spatial_cv_early_stopping_holds_out_whole_sites():
+    from fungi_ssl.models import _group_holdout
+
+    rng = np.random.default_rng(1)
+    sites = rng.integers(0, 60, 500)
+    train = np.arange(500)
+    val, rest = _group_holdout(train, sites, 50, seed=3)
+    assert len(val) >= 50 and len(val) + len(rest) == 500
+    assert not set(sites[val]) & set(sites[rest])
+    # evaluate_cv accepts site labels and checks their length
+    from sklearn.model_selection import KFold
+
+    X = rng.normal(size=(500, 3))
+    y = X[:, 0] + rng.normal(size=500)
+    res = evaluate_cv(X, y, "ridge", KFold(5), val_groups=sites, progress=False)
+    assert (res.loc[res["scope"] == "fold", "n_val"] > 0).all()
+    with pytest.raises(ValueError, match="val_groups"):
+        evaluate_cv(X, y, "ridge", KFold(5), val_groups=sites[:10], progress=False)

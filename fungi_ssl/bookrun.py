@@ -698,10 +698,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    # Kernels inherit this: OpenMP threads (LightGBM, torch) that busy-wait
-    # between tasks slow down by an order of magnitude when another process
-    # holds a core; passive waiting keeps a shared 2-core machine usable.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.data and not Path(args.data).is_dir():
         print(f"error: --data {args.data}: directory does not exist", file=sys.stderr)
         return 2

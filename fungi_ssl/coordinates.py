@@ -1,23 +1,152 @@
-"""Coordinate reference systems and projections shared by every stage.
+"""Coordinate reference systems, projections and distances shared by every stage.
 
 Samples arrive in WGS84 longitude/latitude; rasters (simulated tiles, TESSERA
 tiles) live in the UTM zone of their centre, at 10 m. Spatial cross-validation
 needs distances in metres. The functions here are the one place where those
 conversions happen, so that every module agrees on them.
+
+Distances
+---------
+Distances between samples are geodesic, on the WGS84 ellipsoid, wherever the
+samples are: :func:`nearest_distance_m` and :func:`geodesic_pairs_within`
+search a haversine :class:`sklearn.neighbors.BallTree` (a sphere of the WGS84
+mean radius, :data:`EARTH_RADIUS_M`) and then measure each pair found with
+:class:`pyproj.Geod`. A single projection cannot do this: one centred on
+Europe stretches East Asia by about x1.3 in one direction and Australia by
+about x2.4.
+
+:func:`check_lonlat` is the one range check of WGS84 longitude/latitude.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from pyproj import CRS, Transformer
+import pandas as pd
+from pyproj import CRS, Geod, Transformer
 
 WGS84 = CRS.from_epsg(4326)
+#: Mean radius of the WGS84 ellipsoid, (2a + b) / 3, in metres: the sphere the
+#: haversine search uses.
+EARTH_RADIUS_M = 6_371_008.8
+#: The WGS84 ellipsoid, for exact geodesic distances.
+WGS84_GEOD = Geod(ellps="WGS84")
+# The spherical (haversine) distance differs from the ellipsoidal one by less
+# than 0.6% anywhere (meridian radius 6335-6400 km against 6371 km): searches
+# on the sphere use this margin, then pairs are measured on the ellipsoid.
+_SPHERE_MARGIN = 1.01
+_MAX_SHOWN = 5
 #: Equal-area CRS used to measure distances between samples anywhere in
 #: Europe/Asia: Lambert azimuthal equal-area centred on Europe (ETRS89-LAEA
 #: uses 52N 10E). Distances up to a few hundred kilometres are within ~1%.
 EQUAL_AREA = CRS.from_proj4(
     "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +datum=WGS84 +units=m +no_defs"
 )
+
+
+def _as_float(values: Any, name: str, source: str) -> tuple[np.ndarray, str, str, Any]:
+    """Values as a flat float array, with how to name them in a message.
+
+    Returns ``(array, what, label, keys)``: ``what`` is ``column '<name>'``
+    for a named Series and ``name`` otherwise; ``label`` and ``keys`` name the
+    rows (the index for a Series, ``line`` when the index is so named, as for
+    tables read from a file; the position otherwise).
+    """
+    what, label, keys = name, "row", None
+    if isinstance(values, pd.Series):
+        if values.name is not None:
+            what = f"column '{values.name}'"
+        label = "line" if values.index.name == "line" else "row"
+        keys = values.index
+        values = values.to_numpy(dtype=float, na_value=np.nan)
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {what} must be numbers (degrees), got {values!r:.80}") from err
+    if arr.ndim == 0:
+        return arr.reshape(1), what, "", None
+    arr = arr.ravel()
+    if keys is None:
+        keys = pd.RangeIndex(len(arr))
+    return arr, what, label, keys
+
+
+def _shown(arr: np.ndarray, bad: np.ndarray, label: str, keys: Any) -> str:
+    idx = np.flatnonzero(bad)
+    if keys is None:  # a scalar
+        return repr(float(arr[0]))
+    parts = [f"{label} {keys[i]}: {float(arr[i])!r}" for i in idx[:_MAX_SHOWN]]
+    return ", ".join(parts) + (", ..." if len(idx) > _MAX_SHOWN else "")
+
+
+def check_lonlat(
+    longitude: Any, latitude: Any, source: str = "coordinates", *, allow_nan: bool = False
+) -> None:
+    """Check that values are WGS84 longitudes and latitudes, in degrees.
+
+    This is the package's one range check of coordinates: readers, splitters
+    and projections all call it, so a bad coordinate reads the same wherever
+    it is caught.
+
+    Parameters
+    ----------
+    longitude, latitude : float, array_like or pandas.Series
+        Degrees. A named Series is reported as ``column '<name>'`` and its
+        rows by their index (``line`` when the index is named so, as in
+        tables read from a file).
+    source : str
+        What holds the values (a file, a parameter, a function), first in the
+        message.
+    allow_nan : bool, default False
+        Accept NaN (a missing coordinate) and check only the finite values;
+        otherwise NaN and infinite values are an error.
+
+    Raises
+    ------
+    ValueError
+        If a value is missing or infinite (unless ``allow_nan``), a longitude
+        lies outside [-180, 180] or a latitude outside [-90, 90], or the two
+        have different lengths. The message names ``source``, the coordinate,
+        how many values are bad, and the first few with their rows.
+
+    Examples
+    --------
+    >>> check_lonlat([6.0, 151.2], [52.0, -33.9])          # fine: returns None
+    >>> check_lonlat([6.0, 200.0, 190.0], [52.0, 52.0, 52.0], "coords")
+    Traceback (most recent call last):
+    ...
+    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 2 of 3 value(s): row 1: 200.0, row 2: 190.0
+    >>> lines = pd.Index([2, 3], name="line")      # a table read from a file
+    >>> check_lonlat(pd.Series([6.0, 7.0], index=lines),
+    ...              pd.Series([52.0, -95.0], name="lat", index=lines), "samples.csv")
+    Traceback (most recent call last):
+    ...
+    ValueError: samples.csv: column 'lat' is outside -90..90 degrees (not a WGS84 longitude/latitude) in 1 of 2 value(s): line 3: -95.0
+    """
+    lon, lon_what, lon_label, lon_keys = _as_float(longitude, "longitude", source)
+    lat, lat_what, lat_label, lat_keys = _as_float(latitude, "latitude", source)
+    if lon.shape != lat.shape:
+        raise ValueError(
+            f"{source}: longitude has {lon.size} values but latitude has {lat.size}"
+        )
+    for arr, what, label, keys, limit in (
+        (lon, lon_what, lon_label, lon_keys, 180.0),
+        (lat, lat_what, lat_label, lat_keys, 90.0),
+    ):
+        finite = np.isfinite(arr)
+        if not allow_nan and not finite.all():
+            raise ValueError(
+                f"{source}: {what} is missing (NaN) or infinite in {int((~finite).sum())} of "
+                f"{arr.size} value(s): {_shown(arr, ~finite, label, keys)}"
+            )
+        outside = finite & (np.abs(np.where(finite, arr, 0.0)) > limit)
+        if outside.any():
+            raise ValueError(
+                f"{source}: {what} is outside -{limit:g}..{limit:g} degrees (not a WGS84 "
+                f"longitude/latitude) in {int(outside.sum())} of {arr.size} value(s): "
+                f"{_shown(arr, outside, label, keys)}"
+            )
 
 
 def utm_epsg(longitude: float, latitude: float) -> int:
@@ -40,10 +169,7 @@ def utm_epsg(longitude: float, latitude: float) -> int:
     >>> utm_epsg(151.2, -33.9)
     32756
     """
-    if not (-180.0 <= longitude <= 180.0 and -90.0 <= latitude <= 90.0):
-        raise ValueError(
-            f"utm_epsg: ({longitude}, {latitude}) is not a WGS84 longitude/latitude pair"
-        )
+    check_lonlat(longitude, latitude, "utm_epsg")
     zone = int(np.floor((longitude + 180.0) / 6.0)) % 60 + 1
     return (32600 if latitude >= 0 else 32700) + zone
 
@@ -106,3 +232,152 @@ def project_metres(longitude: np.ndarray, latitude: np.ndarray) -> np.ndarray:
     """
     x, y = lonlat_to_crs(longitude, latitude, EQUAL_AREA)
     return np.column_stack([np.atleast_1d(x), np.atleast_1d(y)])
+
+
+def _lonlat_arrays(
+    longitude: Any, latitude: Any, source: str
+) -> tuple[np.ndarray, np.ndarray]:
+    check_lonlat(longitude, latitude, source)
+    return (
+        np.atleast_1d(np.asarray(longitude, dtype=float)).ravel(),
+        np.atleast_1d(np.asarray(latitude, dtype=float)).ravel(),
+    )
+
+
+def _radians(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` [latitude, longitude] in radians, the order BallTree's haversine expects."""
+    return np.radians(np.column_stack([lat, lon]))
+
+
+def geodesic_distance_m(
+    lon1: Any, lat1: Any, lon2: Any, lat2: Any
+) -> np.ndarray:
+    """Geodesic distance on the WGS84 ellipsoid between paired points, in metres.
+
+    Parameters
+    ----------
+    lon1, lat1, lon2, lat2 : array_like
+        Degrees, WGS84; the i-th first point is paired with the i-th second.
+
+    Returns
+    -------
+    numpy.ndarray
+        Distances in metres (pyproj's :meth:`pyproj.Geod.inv`, Karney's
+        algorithm, accurate to nanometres).
+
+    Examples
+    --------
+    >>> round(float(geodesic_distance_m([10.0], [52.0], [10.0], [52.001])[0]), 2)
+    111.27
+    """
+    lon1, lat1 = _lonlat_arrays(lon1, lat1, "geodesic_distance_m: first points")
+    lon2, lat2 = _lonlat_arrays(lon2, lat2, "geodesic_distance_m: second points")
+    if lon1.shape != lon2.shape:
+        raise ValueError(
+            f"geodesic_distance_m: {lon1.size} first points but {lon2.size} second points"
+        )
+    _, _, dist = WGS84_GEOD.inv(lon1, lat1, lon2, lat2)
+    return np.asarray(dist, dtype=float)
+
+
+def nearest_distance_m(
+    query_lon: Any, query_lat: Any, ref_lon: Any, ref_lat: Any
+) -> np.ndarray:
+    """Geodesic distance from each query point to its nearest reference point, in metres.
+
+    The nearest reference is found on the sphere (a haversine
+    :class:`sklearn.neighbors.BallTree` of radius :data:`EARTH_RADIUS_M`,
+    O(log n) per query); its distance is then measured on the WGS84 ellipsoid
+    (:func:`geodesic_distance_m`). Where two references lie within about 1% of
+    the same distance the sphere may pick the farther one, so a distance can
+    exceed the true nearest by at most that much.
+
+    Parameters
+    ----------
+    query_lon, query_lat : array_like
+        Degrees, WGS84: the points to measure from (e.g. test samples).
+    ref_lon, ref_lat : array_like
+        Degrees, WGS84: the points to measure to (e.g. training samples); at
+        least one.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_query,)`` distances in metres; 0 where a query coincides with a
+        reference.
+
+    Raises
+    ------
+    ValueError
+        If a coordinate is missing or out of range, or there are no references.
+
+    Examples
+    --------
+    >>> d = nearest_distance_m([10.0, 151.2], [52.0, -33.9],      # Europe, Sydney
+    ...                        [10.0, 10.0, 151.2], [52.001, 53.0, -33.9])
+    >>> [round(float(v), 2) for v in d]
+    [111.27, 0.0]
+    """
+    qlon, qlat = _lonlat_arrays(query_lon, query_lat, "nearest_distance_m: query points")
+    rlon, rlat = _lonlat_arrays(ref_lon, ref_lat, "nearest_distance_m: reference points")
+    if rlon.size == 0:
+        raise ValueError("nearest_distance_m: no reference points (need at least one)")
+    if qlon.size == 0:
+        return np.zeros(0, dtype=float)
+    from sklearn.neighbors import BallTree
+
+    tree = BallTree(_radians(rlon, rlat), metric="haversine")
+    idx = tree.query(_radians(qlon, qlat), k=1, return_distance=False)[:, 0]
+    return geodesic_distance_m(qlon, qlat, rlon[idx], rlat[idx])
+
+
+def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> np.ndarray:
+    """Pairs of points whose geodesic distance is at most ``distance_m``.
+
+    Candidates come from a haversine :class:`sklearn.neighbors.BallTree`
+    radius query (widened by 1% to cover the sphere's error); each candidate
+    is then measured on the WGS84 ellipsoid and kept when within
+    ``distance_m`` (inclusive). Points at equal coordinates are always a pair.
+
+    Parameters
+    ----------
+    longitude, latitude : array_like
+        Degrees, WGS84.
+    distance_m : float
+        Largest distance of a pair, in metres (≥ 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_pairs, 2)`` integer array of indices ``i < j``, sorted.
+
+    Examples
+    --------
+    >>> geodesic_pairs_within([10.0, 10.0, 10.0, 11.0], [52.0, 52.0002, 52.0004, 52.0], 25.0)
+    array([[0, 1],
+           [1, 2]])
+    """
+    if not (np.isfinite(distance_m) and distance_m >= 0):
+        raise ValueError(
+            f"geodesic_pairs_within: distance_m must be a finite distance ≥ 0 in metres, "
+            f"got {distance_m}"
+        )
+    lon, lat = _lonlat_arrays(longitude, latitude, "geodesic_pairs_within")
+    if lon.size < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    from sklearn.neighbors import BallTree
+
+    pts = _radians(lon, lat)
+    tree = BallTree(pts, metric="haversine")
+    radius = distance_m * _SPHERE_MARGIN / EARTH_RADIUS_M + 1e-12
+    neighbours = tree.query_radius(pts, r=radius)
+    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
+    i = np.repeat(np.arange(lon.size, dtype=np.int64), counts)
+    j = np.concatenate(neighbours).astype(np.int64) if counts.sum() else np.zeros(0, np.int64)
+    keep = i < j
+    i, j = i[keep], j[keep]
+    if i.size:
+        close = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j]) <= distance_m
+        i, j = i[close], j[close]
+    pairs = np.column_stack([i, j])
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]

@@ -52,6 +52,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .hashing import hash_uniform_rows
+
 #: Sentinel-2 bands in TESSERA's order.
 S2_BANDS: tuple[str, ...] = ("B4", "B2", "B3", "B8", "B8A", "B5", "B6", "B7", "B11", "B12")
 #: Sentinel-1 polarisations in TESSERA's order.
@@ -312,27 +314,6 @@ class BandNormaliser:
 # --------------------------------------------------------------------------
 # timestep sampling
 # --------------------------------------------------------------------------
-
-
-def _hash_uniform(seed: int, pixel_ids: np.ndarray, stream: int, width: int) -> np.ndarray:
-    """Counter-based uniforms in [0, 1): ``(len(pixel_ids), width)``.
-
-    Each value depends only on ``(seed, pixel id, stream, column)``, so a pixel
-    gets the same draws whichever chunk or batch it is embedded in.
-    """
-    with np.errstate(over="ignore"):
-        x = (
-            np.asarray(pixel_ids, np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
-            + np.arange(width, dtype=np.uint64)[None, :] * np.uint64(0xBF58476D1CE4E5B9)
-            + np.uint64((int(seed) * 1_000_003 + int(stream) * 7919) % (1 << 63))
-        )
-        # splitmix64 finaliser
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return ((x >> np.uint64(40)).astype(np.float32)) * np.float32(1.0 / (1 << 24))
 
 
 def sample_timesteps(
@@ -1023,7 +1004,7 @@ def embed_pixels(
                 u = {}
                 for stream, (name, valid) in enumerate((("s2", pixels.s2_valid), ("s1", pixels.s1_valid))):
                     t_all = valid.shape[1]
-                    uu = _hash_uniform(seed, ids[sl], stream, t_all + T)
+                    uu = hash_uniform_rows(seed, ids[sl], stream, t_all + T)
                     u[name] = (torch.from_numpy(uu[:, :t_all]), torch.from_numpy(np.ascontiguousarray(uu[:, t_all:])))
                 t = {f.name: torch.from_numpy(np.require(getattr(pixels, f.name)[sl], requirements=["C", "W"]))
                      for f in fields(pixels)}

@@ -1,14 +1,33 @@
-"""Checked downloads of the public real-data tables.
+"""Checked downloads of the public real-data tables, on top of `pooch`_.
 
 The book runs offline on its simulated study. A user who wants the real
-tables fetches them once with :func:`download_real_tables`; every file is
-checked against its published sha256 before it is kept, so a changed or
-truncated file never reaches the analysis. Nothing in the book or the tests
-downloads at run time.
+tables fetches them once with :func:`download_real_tables` (or ``python -m
+fungi_ssl.download DEST_DIR``); every file is checked against its published
+sha256 before it is kept, so a changed or truncated file never reaches the
+analysis. Nothing in the book or the tests downloads at run time.
 
 The registry :data:`REAL_TABLES` records, for each table, the file name it is
 saved under (the names :func:`fungi_ssl.io.find_real_tables` looks for), its
-public URL and checksum.
+public URL and checksum; :data:`REGISTRY` is the same in pooch's form
+(file name to ``"sha256:<hex>"``) and :func:`real_tables_pooch` a
+:class:`pooch.Pooch` built from it.
+
+What a download guarantees
+--------------------------
+pooch streams each file to a temporary file (``tmp*``, made by
+:func:`tempfile.NamedTemporaryFile`) in the destination directory, checks its
+sha256, and only then moves it to its final name; on a mismatch, an error or
+Ctrl-C the temporary file is deleted. So a file under its final name is always
+complete and verified; an interrupted run leaves nothing behind (a killed
+process may leave a ``tmp*`` file, never a partial table).
+
+*Resumable* means per file: a table already present with the right sha256 is
+kept and not fetched again, so re-running after an interruption fetches only
+what is missing. pooch does not resume a single file part-way through (no HTTP
+range requests); the two tables are 0.6 and 3.6 MB, so a restart costs little.
+
+``file://`` URLs (mirrors on disk, the doctests) are read by a small
+downloader of this module, since pooch knows only HTTP(S), FTP, SFTP and DOI.
 
 Notes on the sources
 --------------------
@@ -18,6 +37,8 @@ URL points at branch ``main``; if the file has been removed there, the URL in
 ``mirrors``, pinned to commit ``73d3e1a5704e4b92cd6e63e3c0fd9f8a42b05ce0`` (a
 commit whose copy of the file has the same size and header as the published
 table), is tried next. Either way the sha256 decides whether the file is kept.
+
+.. _pooch: https://www.fatiando.org/pooch
 """
 
 from __future__ import annotations
@@ -25,19 +46,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pooch
 from tqdm.auto import tqdm
 
-__all__ = ["REAL_TABLES", "RealTable", "download_file", "download_real_tables", "sha256_of"]
+__all__ = [
+    "REAL_TABLES",
+    "REGISTRY",
+    "RealTable",
+    "download_file",
+    "download_real_tables",
+    "real_tables_pooch",
+    "sha256_of",
+]
 
 logger = logging.getLogger("fungi_ssl")
 
 _CHUNK = 1 << 16
+
+#: Seconds a connection may stay silent before an HTTP download fails.
+HTTP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,10 @@ REAL_TABLES: dict[str, RealTable] = {
 }
 
 
+#: The registry in pooch's form: saved file name to ``"sha256:<hex>"``.
+REGISTRY: dict[str, str] = {t.filename: f"sha256:{t.sha256}" for t in REAL_TABLES.values()}
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in chunks.
 
@@ -128,9 +165,86 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def _check_sha256(sha256: str) -> str:
     s = str(sha256).strip().lower()
+    s = s.removeprefix("sha256:")
     if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
         raise ValueError(f"sha256: expected 64 hexadecimal characters, got {sha256!r}")
     return s
+
+
+def _file_downloader(progress: bool) -> Callable[[str, str, object], None]:
+    """A pooch downloader for ``file://`` URLs (pooch has none)."""
+
+    def download(url: str, output_file: str, _pooch: object) -> None:
+        with urllib.request.urlopen(url) as response, open(output_file, "wb") as out:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            name = Path(urllib.request.url2pathname(url)).name
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=name, disable=not progress
+            ) as bar:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    bar.update(len(block))
+
+    return download
+
+
+def _downloader(url: str, progress: bool) -> Callable:
+    if url.lower().startswith("file:"):
+        return _file_downloader(progress)
+    return pooch.HTTPDownloader(progressbar=progress, timeout=HTTP_TIMEOUT_S)
+
+
+def real_tables_pooch(
+    dest_dir: str | os.PathLike,
+    tables: dict[str, RealTable] | None = None,
+    mirror: int = 0,
+    retries: int = 0,
+) -> pooch.Pooch:
+    """A :class:`pooch.Pooch` that fetches the real tables into ``dest_dir``.
+
+    Its registry is :data:`REGISTRY` (or the one of ``tables``); each file's
+    URL is the table's ``url`` (``mirror=0``) or its ``mirrors[mirror - 1]``
+    (tables without that mirror keep their ``url``). :func:`download_real_tables`
+    adds what pooch lacks: ``file://`` URLs, falling back to the mirrors, and
+    refusing to replace a file someone edited.
+
+    Parameters
+    ----------
+    dest_dir : path-like
+        The real data directory (created on the first fetch).
+    tables : dict, optional
+        Registry to use instead of :data:`REAL_TABLES`.
+    mirror : int
+        0 for the primary URLs, ``i`` for each table's ``i``-th mirror.
+    retries : int
+        Extra attempts of a failed download (pooch waits 1, 2, … s between them).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = real_tables_pooch(tempfile.mkdtemp())
+    >>> sorted(p.registry) == sorted(REGISTRY)
+    True
+    >>> p.registry["globalfungi_ecm_richness_europe.csv"][:15]
+    'sha256:7d304d56'
+    """
+    if not isinstance(mirror, (int,)) or mirror < 0:
+        raise ValueError(f"mirror: expected an integer ≥ 0, got {mirror!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries: expected an integer ≥ 0, got {retries!r}")
+    registry = REAL_TABLES if tables is None else tables
+    urls = {}
+    for table in registry.values():
+        sources = (table.url, *table.mirrors)
+        urls[table.filename] = sources[mirror] if mirror < len(sources) else table.url
+    return pooch.create(
+        path=Path(dest_dir),
+        base_url="",
+        registry={t.filename: f"sha256:{_check_sha256(t.sha256)}" for t in registry.values()},
+        urls=urls,
+        retry_if_failed=retries,
+    )
 
 
 def download_file(
@@ -139,12 +253,13 @@ def download_file(
     sha256: str,
     overwrite: bool = False,
     progress: bool = True,
+    retries: int = 0,
 ) -> Path:
-    """Download ``url`` to ``dest`` and keep it only if its sha256 matches.
+    """Download ``url`` to ``dest`` with pooch and keep it only if its sha256 matches.
 
-    The file is streamed to a temporary file in the destination directory
-    (with a progress bar), its checksum verified, then atomically renamed to
-    ``dest``, so ``dest`` is never left half-written.
+    pooch streams the file to a temporary file in the destination directory
+    (with a progress bar), verifies its checksum, then moves it to ``dest``,
+    so ``dest`` is never left half-written (see the module notes).
 
     Parameters
     ----------
@@ -153,12 +268,14 @@ def download_file(
     dest : path-like
         Where to save the file. Its directory is created if needed.
     sha256 : str
-        Expected sha256 (hex).
+        Expected sha256 (hex, optionally prefixed ``sha256:``).
     overwrite : bool, default False
         Replace an existing ``dest`` whose checksum is wrong. An existing file
         with the right checksum is always kept and not downloaded again.
     progress : bool, default True
         Show a tqdm progress bar.
+    retries : int, default 0
+        Extra attempts after a failed or corrupted download.
 
     Returns
     -------
@@ -173,7 +290,8 @@ def download_file(
         If the downloaded file's checksum differs (names url, expected and
         actual hash; nothing is left behind), or ``sha256`` is malformed.
     OSError
-        If the URL cannot be read (``urllib.error.URLError``, naming the url).
+        If the URL cannot be read: ``urllib.error.URLError`` naming the url
+        (also for HTTP errors such as 404, and refused connections).
 
     Examples
     --------
@@ -186,6 +304,8 @@ def download_file(
     >>> out.read_bytes()
     b'abc'
     """
+    import requests  # pooch's HTTP client
+
     expected = _check_sha256(sha256)
     dest = Path(dest)
     if dest.exists():
@@ -198,37 +318,22 @@ def download_file(
                 f"{dest} exists but its sha256 is {actual}, not the expected {expected}; "
                 f"pass overwrite=True to replace it with a fresh download of {url}"
             )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    table = RealTable(dest.name, url, expected, description="", citation="")
+    fetcher = real_tables_pooch(dest.parent, {"file": table}, retries=retries)
     try:
-        h = hashlib.sha256()
-        try:
-            response = urllib.request.urlopen(url, timeout=60)  # the sha256 check below vets it
-        except urllib.error.URLError as err:
-            raise urllib.error.URLError(f"could not open {url}: {err.reason}") from err
-        with response, open(tmp, "wb") as out:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress
-            ) as bar:
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-        actual = h.hexdigest()
-        if actual != expected:
-            raise ValueError(
-                f"sha256 mismatch for {url}: expected {expected}, got {actual}; "
-                f"the download was discarded and {dest} left untouched"
-            )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a data file is world-readable
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fetcher.fetch(dest.name, downloader=_downloader(url, progress))
+    except ValueError as err:
+        if "does not match the known hash" not in str(err):
+            raise
+        raise ValueError(
+            f"sha256 mismatch for {url}: {err} The download was discarded and {dest} "
+            "left untouched."
+        ) from err
+    except urllib.error.URLError as err:
+        raise urllib.error.URLError(f"could not open {url}: {err.reason}") from err
+    except requests.exceptions.RequestException as err:
+        raise urllib.error.URLError(f"could not download {url}: {err}") from err
+    os.chmod(dest, 0o644)  # pooch's temporary file is private; a data file is world-readable
     logger.info("downloaded %s to %s (sha256 verified)", url, dest)
     return dest
 
@@ -237,10 +342,15 @@ def download_real_tables(
     dest_dir: str | os.PathLike,
     overwrite: bool = False,
     tables: dict[str, RealTable] | None = None,
+    progress: bool = True,
+    retries: int = 0,
 ) -> dict[str, Path]:
     """Download every table of :data:`REAL_TABLES` into ``dest_dir``, checked.
 
-    Files already present with the right checksum are kept as they are.
+    Files already present with the right checksum are kept as they are, so a
+    second run after an interruption fetches only the missing tables. When a
+    table's URL fails (unreachable, or the wrong checksum) its mirrors are
+    tried in order.
 
     Parameters
     ----------
@@ -250,11 +360,20 @@ def download_real_tables(
         Replace files whose checksum is wrong (see :func:`download_file`).
     tables : dict, optional
         Registry to use instead of :data:`REAL_TABLES` (tests, mirrors).
+    progress : bool, default True
+        Show a progress bar per file.
+    retries : int, default 0
+        Extra attempts per URL before the next mirror is tried.
 
     Returns
     -------
     dict
         Table key to saved path.
+
+    Raises
+    ------
+    urllib.error.URLError or ValueError
+        From the last source of a table when every source failed.
 
     Examples
     --------
@@ -269,7 +388,14 @@ def download_real_tables(
         urls = (table.url, *table.mirrors)
         for i, url in enumerate(urls):
             try:
-                saved[key] = download_file(url, dest, table.sha256, overwrite=overwrite)
+                saved[key] = download_file(
+                    url,
+                    dest,
+                    table.sha256,
+                    overwrite=overwrite,
+                    progress=progress,
+                    retries=retries,
+                )
                 break
             except (urllib.error.URLError, ValueError) as err:
                 if i == len(urls) - 1:

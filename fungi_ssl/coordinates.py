@@ -33,9 +33,10 @@ EARTH_RADIUS_M = 6_371_008.8
 #: The WGS84 ellipsoid, for exact geodesic distances.
 WGS84_GEOD = Geod(ellps="WGS84")
 # The spherical (haversine) distance differs from the ellipsoidal one by less
-# than 0.6% anywhere (meridian radius 6335-6400 km against 6371 km): searches
-# on the sphere use this margin, then pairs are measured on the ellipsoid.
-_SPHERE_MARGIN = 1.01
+# than 0.6% anywhere (radii of curvature 6335-6400 km against 6371 km), so two
+# distances' order can flip within about 1%: searches on the sphere are widened
+# by this factor, then every candidate is measured on the ellipsoid.
+_SPHERE_MARGIN = 1.02
 _MAX_SHOWN = 5
 #: Equal-area CRS used to measure distances between samples anywhere in
 #: Europe/Asia: Lambert azimuthal equal-area centred on Europe (ETRS89-LAEA
@@ -127,9 +128,7 @@ def check_lonlat(
     lon, lon_what, lon_label, lon_keys = _as_float(longitude, "longitude", source)
     lat, lat_what, lat_label, lat_keys = _as_float(latitude, "latitude", source)
     if lon.shape != lat.shape:
-        raise ValueError(
-            f"{source}: longitude has {lon.size} values but latitude has {lat.size}"
-        )
+        raise ValueError(f"{source}: longitude has {lon.size} values but latitude has {lat.size}")
     for arr, what, label, keys, limit in (
         (lon, lon_what, lon_label, lon_keys, 180.0),
         (lat, lat_what, lat_label, lat_keys, 90.0),
@@ -234,9 +233,7 @@ def project_metres(longitude: np.ndarray, latitude: np.ndarray) -> np.ndarray:
     return np.column_stack([np.atleast_1d(x), np.atleast_1d(y)])
 
 
-def _lonlat_arrays(
-    longitude: Any, latitude: Any, source: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _lonlat_arrays(longitude: Any, latitude: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     check_lonlat(longitude, latitude, source)
     return (
         np.atleast_1d(np.asarray(longitude, dtype=float)).ravel(),
@@ -249,9 +246,7 @@ def _radians(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.radians(np.column_stack([lat, lon]))
 
 
-def geodesic_distance_m(
-    lon1: Any, lat1: Any, lon2: Any, lat2: Any
-) -> np.ndarray:
+def geodesic_distance_m(lon1: Any, lat1: Any, lon2: Any, lat2: Any) -> np.ndarray:
     """Geodesic distance on the WGS84 ellipsoid between paired points, in metres.
 
     Parameters
@@ -280,17 +275,15 @@ def geodesic_distance_m(
     return np.asarray(dist, dtype=float)
 
 
-def nearest_distance_m(
-    query_lon: Any, query_lat: Any, ref_lon: Any, ref_lat: Any
-) -> np.ndarray:
+def nearest_distance_m(query_lon: Any, query_lat: Any, ref_lon: Any, ref_lat: Any) -> np.ndarray:
     """Geodesic distance from each query point to its nearest reference point, in metres.
 
-    The nearest reference is found on the sphere (a haversine
-    :class:`sklearn.neighbors.BallTree` of radius :data:`EARTH_RADIUS_M`,
-    O(log n) per query); its distance is then measured on the WGS84 ellipsoid
-    (:func:`geodesic_distance_m`). Where two references lie within about 1% of
-    the same distance the sphere may pick the farther one, so a distance can
-    exceed the true nearest by at most that much.
+    Exact on the WGS84 ellipsoid: a haversine :class:`sklearn.neighbors.BallTree`
+    (a sphere of radius :data:`EARTH_RADIUS_M`) finds the nearest reference
+    on the sphere, every reference up to 2% farther than it is measured on the
+    ellipsoid (:func:`geodesic_distance_m`), and the smallest distance is
+    returned. The sphere's error is below 0.6%, so the true nearest reference
+    is always among those measured.
 
     Parameters
     ----------
@@ -327,15 +320,29 @@ def nearest_distance_m(
     from sklearn.neighbors import BallTree
 
     tree = BallTree(_radians(rlon, rlat), metric="haversine")
-    idx = tree.query(_radians(qlon, qlat), k=1, return_distance=False)[:, 0]
-    return geodesic_distance_m(qlon, qlat, rlon[idx], rlat[idx])
+    q = _radians(qlon, qlat)
+    sphere, _ = tree.query(q, k=1)
+    candidates = tree.query_radius(q, r=sphere[:, 0] * _SPHERE_MARGIN + 1e-12)
+    qi, rj = _flatten_neighbours(candidates)
+    dist = geodesic_distance_m(qlon[qi], qlat[qi], rlon[rj], rlat[rj])
+    out = np.full(qlon.size, np.inf)
+    np.minimum.at(out, qi, dist)
+    return out
+
+
+def _flatten_neighbours(neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BallTree.query_radius's array of index arrays as two flat index arrays."""
+    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
+    i = np.repeat(np.arange(len(neighbours), dtype=np.int64), counts)
+    j = np.concatenate(neighbours).astype(np.int64) if counts.sum() else np.zeros(0, np.int64)
+    return i, j
 
 
 def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> np.ndarray:
     """Pairs of points whose geodesic distance is at most ``distance_m``.
 
     Candidates come from a haversine :class:`sklearn.neighbors.BallTree`
-    radius query (widened by 1% to cover the sphere's error); each candidate
+    radius query (widened by 2% to cover the sphere's error); each candidate
     is then measured on the WGS84 ellipsoid and kept when within
     ``distance_m`` (inclusive). Points at equal coordinates are always a pair.
 
@@ -370,10 +377,7 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
     pts = _radians(lon, lat)
     tree = BallTree(pts, metric="haversine")
     radius = distance_m * _SPHERE_MARGIN / EARTH_RADIUS_M + 1e-12
-    neighbours = tree.query_radius(pts, r=radius)
-    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(neighbours))
-    i = np.repeat(np.arange(lon.size, dtype=np.int64), counts)
-    j = np.concatenate(neighbours).astype(np.int64) if counts.sum() else np.zeros(0, np.int64)
+    i, j = _flatten_neighbours(tree.query_radius(pts, r=radius))
     keep = i < j
     i, j = i[keep], j[keep]
     if i.size:
@@ -381,3 +385,60 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
         i, j = i[close], j[close]
     pairs = np.column_stack([i, j])
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def utm_zone(longitude: Any) -> np.ndarray:
+    """UTM zone number (1-60) of each longitude (standard 6° zones, no exceptions).
+
+    Examples
+    --------
+    >>> utm_zone([-3.2, 10.0, 151.2, 180.0]).tolist()
+    [30, 32, 56, 1]
+    """
+    lon = np.atleast_1d(np.asarray(longitude, dtype=float))
+    return (np.floor((lon + 180.0) / 6.0).astype(np.int64) % 60) + 1
+
+
+def utm_grid_cells(longitude: Any, latitude: Any, size_m: float) -> np.ndarray:
+    """Square grid cell of ``size_m`` metres holding each point, per UTM zone.
+
+    Each point is projected to the transverse Mercator of its own UTM zone
+    (always with the northern false northing, EPSG:326zz, so that the grid
+    runs on across the equator) and falls in cell ``(zone, floor(x / size_m),
+    floor(y / size_m))``. Within a zone the projection's scale stays within
+    0.9996-1.001, so a cell's ground size and area are the same to 0.2% on
+    every continent; cell edges are aligned on the zone's central meridian
+    (x = 500 km) and the equator. Cells end at zone boundaries (every 6° of
+    longitude), so a cell that a boundary crosses is two smaller cells.
+
+    Parameters
+    ----------
+    longitude, latitude : array_like
+        Degrees, WGS84.
+    size_m : float
+        Side of the cells in metres (> 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 3)`` int64 array: UTM zone, column and row of each point's cell.
+
+    Examples
+    --------
+    >>> utm_grid_cells([9.0, 9.0, 9.9, 151.2], [52.0, 52.3, 52.0, -33.9], 50_000).tolist()
+    [[32, 10, 115], [32, 10, 115], [32, 11, 115], [56, 6, -76]]
+    """
+    if not (np.isfinite(size_m) and size_m > 0):
+        raise ValueError(
+            f"utm_grid_cells: size_m must be a positive distance in metres, got {size_m}"
+        )
+    lon, lat = _lonlat_arrays(longitude, latitude, "utm_grid_cells")
+    zone = utm_zone(lon)
+    x = np.empty_like(lon)
+    y = np.empty_like(lat)
+    for z in np.unique(zone):
+        m = zone == z
+        x[m], y[m] = lonlat_to_crs(lon[m], lat[m], 32600 + int(z))
+    return np.column_stack(
+        [zone, np.floor(x / size_m).astype(np.int64), np.floor(y / size_m).astype(np.int64)]
+    )

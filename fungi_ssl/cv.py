@@ -19,10 +19,28 @@ the sample coordinates in one of two ways:
 
 Coordinates given at construction win; giving both is an error. They are an
 ``(n, 2)`` array, or a DataFrame with ``longitude``/``latitude`` columns (or
-``x``/``y`` with ``coordinates="metres"``). With ``coordinates="lonlat"`` (the
-default) they are WGS84 degrees and are projected with
-:func:`fungi_ssl.coordinates.project_metres`; with ``coordinates="metres"``
-they are used as given (any metric, projected CRS).
+``x``/``y`` with ``coordinates="metres"``).
+
+Distances
+---------
+With ``coordinates="lonlat"`` (the default) the coordinates are WGS84 degrees
+and every distance is measured on the ground, the same on every continent:
+
+* site linking and buffers use geodesic distances on the WGS84 ellipsoid
+  (:func:`fungi_ssl.coordinates.geodesic_pairs_within`,
+  :func:`fungi_ssl.coordinates.nearest_distance_m`);
+* blocks are squares of ``block_size_m`` in the UTM zone of each site
+  (:func:`fungi_ssl.coordinates.utm_grid_cells`). A zone's transverse
+  Mercator keeps scale within 0.9996-1.001, so a 50 km block is 50 km on the
+  ground to 0.1% anywhere; a single projection cannot (one centred on Europe
+  stretches Australia by up to x2.4). UTM zones were preferred over an
+  equal-area projection centred on each cluster of samples because they need
+  no clustering choice and are the same for any subset of the samples (a
+  sample's block does not depend on which other samples are in the table);
+  the price is that blocks end at zone boundaries, every 6° of longitude.
+
+With ``coordinates="metres"`` the coordinates are planar x/y in metres (a
+projected CRS) and distances are Euclidean, blocks aligned on the origin.
 
 The splitters
 -------------
@@ -32,13 +50,14 @@ The splitters
     scikit-learn; :meth:`RandomTrainValTest.split_train_val_test` yields the
     triples.
 :func:`site_groups`
-    Samples within ``distance_m`` (25 m, as in the study's supplement) of each
-    other join one site, by single linkage.
+    The package's one definition of a site: samples within ``distance_m``
+    (25 m geodesic, as in the study's supplement) of each other join one site,
+    by single linkage. :func:`fungi_ssl.io.derive_site_ids` names these sites.
 :class:`SiteGroupKFold`
     K-fold over those sites, balanced by sample count.
 :class:`BlockKFold`
-    K-fold over square blocks of ``block_size_m`` in the projected plane;
-    sites are kept whole.
+    K-fold over square blocks of ``block_size_m`` (in each site's UTM zone
+    for lon/lat); sites are kept whole.
 :class:`BufferedKFold`
     Either of the two above, with training samples closer than ``buffer_m``
     to any test sample removed.
@@ -58,11 +77,17 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from sklearn.model_selection import BaseCrossValidator
 
-from fungi_ssl.coordinates import project_metres
+from fungi_ssl.coordinates import (
+    check_lonlat,
+    geodesic_pairs_within,
+    nearest_distance_m,
+    project_metres,
+    utm_grid_cells,
+)
 
 CoordinateKind = Literal["lonlat", "metres"]
 
-#: Site radius of the study's supplement: samples within 25 m are one site.
+#: Site radius of the study's supplement: samples within 25 m (geodesic) are one site.
 SITE_DISTANCE_M = 25.0
 
 __all__ = [
@@ -73,6 +98,7 @@ __all__ = [
     "SiteGroupKFold",
     "SpatialKFold",
     "as_metres",
+    "check_coords",
     "site_groups",
 ]
 
@@ -80,12 +106,12 @@ __all__ = [
 # --------------------------------------------------------------------------
 # coordinates
 # --------------------------------------------------------------------------
-def as_metres(
+def check_coords(
     coords: np.ndarray | pd.DataFrame,
     coordinates: CoordinateKind = "lonlat",
     name: str = "coords",
 ) -> np.ndarray:
-    """Validate sample coordinates and return them as an ``(n, 2)`` array in metres.
+    """Validate sample coordinates and return them as a float ``(n, 2)`` array.
 
     Parameters
     ----------
@@ -102,24 +128,24 @@ def as_metres(
     Returns
     -------
     numpy.ndarray
-        ``(n, 2)`` float array of metres; lon/lat is projected with
-        :func:`fungi_ssl.coordinates.project_metres`. The input is not modified.
+        ``(n, 2)`` float array, a copy of ``coords`` in the same units (the
+        input is not modified).
 
     Raises
     ------
     ValueError
         If the shape is not ``(n, 2)``, a value is NaN or infinite, or a
-        longitude/latitude is out of range.
+        longitude/latitude is out of range
+        (:func:`fungi_ssl.coordinates.check_lonlat`).
 
     Examples
     --------
-    >>> xy = as_metres([[10.0, 52.0], [10.0, 52.001]])
-    >>> round(float(np.hypot(*(xy[1] - xy[0]))))
-    111
-    >>> as_metres([[200.0, 52.0]])
+    >>> check_coords([[10.0, 52.0], [151.2, -33.9]]).shape
+    (2, 2)
+    >>> check_coords([[200.0, 52.0]])
     Traceback (most recent call last):
     ...
-    ValueError: coords: longitude must lie in [-180, 180] degrees; 1 value(s) outside, e.g. 200.0 (pass coordinates='metres' for projected coordinates)
+    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 1 of 1 value(s): row 0: 200.0 (pass coordinates='metres' for projected coordinates)
     """
     if coordinates not in ("lonlat", "metres"):
         raise ValueError(f"coordinates must be 'lonlat' or 'metres', got {coordinates!r}")
@@ -152,16 +178,32 @@ def as_metres(
         raise ValueError(
             f"{name}: {int(bad.sum())} row(s) with NaN or infinite coordinates, first at row {first}"
         )
+    if coordinates == "lonlat":
+        try:
+            check_lonlat(arr[:, 0], arr[:, 1], name)
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (pass coordinates='metres' for projected coordinates)"
+            ) from None
+    return arr
+
+
+def as_metres(
+    coords: np.ndarray | pd.DataFrame,
+    coordinates: CoordinateKind = "lonlat",
+    name: str = "coords",
+) -> np.ndarray:
+    """Deprecated: lon/lat projected on one Europe-centred plane (wrong elsewhere).
+
+    Kept only until :func:`fungi_ssl.comparison.nearest_training_distances`
+    measures with :func:`fungi_ssl.coordinates.nearest_distance_m`; the
+    splitters here no longer use it. Use :func:`check_coords` to validate
+    coordinates and the geodesic functions of :mod:`fungi_ssl.coordinates`
+    for distances.
+    """
+    arr = check_coords(coords, coordinates, name)
     if coordinates == "metres":
         return arr
-    for col, label, limit in ((0, "longitude", 180.0), (1, "latitude", 90.0)):
-        out = np.abs(arr[:, col]) > limit
-        if out.any():
-            raise ValueError(
-                f"{name}: {label} must lie in [-{limit:g}, {limit:g}] degrees; "
-                f"{int(out.sum())} value(s) outside, e.g. {arr[out, col][0]} "
-                "(pass coordinates='metres' for projected coordinates)"
-            )
     return project_metres(arr[:, 0], arr[:, 1])
 
 
@@ -172,14 +214,20 @@ def site_groups(
 ) -> np.ndarray:
     """Label sites: samples within ``distance_m`` of each other share a label.
 
-    Single linkage: two samples are in one site when a chain of samples, each
-    within ``distance_m`` (inclusive) of the next, joins them. These are the
-    connected components of the radius graph.
+    This is the package's one definition of a site (the ``site_id`` of
+    ``CONTRIBUTING.md``; :func:`fungi_ssl.io.derive_site_ids` names these
+    groups). Single linkage: two samples are in one site when a chain of
+    samples, each within ``distance_m`` (inclusive) of the next, joins them.
+    These are the connected components of the radius graph, so samples at
+    equal coordinates are always one site. For lon/lat the distance is the
+    geodesic on the WGS84 ellipsoid
+    (:func:`fungi_ssl.coordinates.geodesic_pairs_within`), the same on every
+    continent; for metres it is Euclidean.
 
     Parameters
     ----------
     coords : array_like of shape (n, 2) or DataFrame
-        Sample coordinates (see :func:`as_metres`).
+        Sample coordinates (see :func:`check_coords`).
     distance_m : float
         Linkage distance in metres (default 25 m, the study's supplement).
         0 groups only samples at identical coordinates.
@@ -197,15 +245,20 @@ def site_groups(
     >>> xy = [[0.0, 0.0], [20.0, 0.0], [40.0, 0.0], [500.0, 0.0]]
     >>> site_groups(xy, distance_m=25, coordinates="metres")
     array([0, 0, 0, 1])
+    >>> site_groups([[151.2, -33.9], [151.2, -33.9002], [151.2, -33.9004]])  # ~22 m steps
+    array([0, 0, 0])
     """
     if not np.isfinite(distance_m) or distance_m < 0:
         raise ValueError(f"distance_m must be a finite distance ≥ 0 in metres, got {distance_m}")
-    xy = as_metres(coords, coordinates)
+    arr = check_coords(coords, coordinates)
     # Many cores share one plot coordinate: link unique points only.
-    unique, inverse = np.unique(xy, axis=0, return_inverse=True)
+    unique, inverse = np.unique(arr, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     m = len(unique)
-    pairs = cKDTree(unique).query_pairs(r=float(distance_m), output_type="ndarray")
+    if coordinates == "lonlat":
+        pairs = geodesic_pairs_within(unique[:, 0], unique[:, 1], float(distance_m))
+    else:
+        pairs = cKDTree(unique).query_pairs(r=float(distance_m), output_type="ndarray")
     graph = coo_matrix(
         (np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(m, m)
     )
@@ -215,6 +268,35 @@ def site_groups(
     _, first, relabel = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))
     return order[relabel.ravel()].astype(np.int64)
+
+
+def _site_centres(coords: np.ndarray, sites: np.ndarray, coordinates: CoordinateKind) -> np.ndarray:
+    """Centre of each site (``(n_sites, 2)``), in the units of ``coords``.
+
+    The mean position; for lon/lat, a site that spans the antimeridian is
+    averaged across it, and a site whose samples share one coordinate keeps
+    that coordinate exactly (so a sample on a block or zone edge stays put).
+    """
+    counts = np.bincount(sites)
+    x = coords[:, 0].copy()
+    if coordinates == "lonlat":
+        lo = np.full(len(counts), np.inf)
+        hi = np.full(len(counts), -np.inf)
+        np.minimum.at(lo, sites, x)
+        np.maximum.at(hi, sites, x)
+        wraps = (hi - lo > 180.0)[sites]
+        x[wraps & (x < 0)] += 360.0
+    centre = np.column_stack(
+        [np.bincount(sites, weights=x) / counts, np.bincount(sites, weights=coords[:, 1]) / counts]
+    )
+    if coordinates == "lonlat":
+        centre[:, 0] = (centre[:, 0] + 180.0) % 360.0 - 180.0
+    first = np.zeros(len(counts), dtype=np.int64)
+    first[sites[::-1]] = np.arange(len(sites))[::-1]
+    same = np.ones(len(counts), dtype=bool)
+    np.logical_and.at(same, sites, (coords == coords[first[sites]]).all(axis=1))
+    centre[same] = coords[first[same]]
+    return centre
 
 
 # --------------------------------------------------------------------------
@@ -357,8 +439,9 @@ def _n_samples(X) -> int:
 class SpatialKFold(BaseCrossValidator):
     """Base of the spatial splitters: coordinate handling and ``split``.
 
-    Subclasses implement ``_folds_metres(xy)``, returning a fold number per
-    sample, and may override ``_split_metres``.
+    Subclasses implement ``_folds(coords)``, returning a fold number per
+    sample from the validated ``(n, 2)`` coordinates (lon/lat or metres, as
+    ``self.coordinates`` says), and may override ``_split_coords``.
     """
 
     # Like sklearn's GroupsConsumerMixin: ``groups`` (here, coordinates) is used.
@@ -369,7 +452,8 @@ class SpatialKFold(BaseCrossValidator):
             raise ValueError(f"coordinates must be 'lonlat' or 'metres', got {coordinates!r}")
         self.coordinates = coordinates
         self.coords = coords
-        self._xy = None if coords is None else as_metres(coords, coordinates, "coords")
+        # validated (n, 2) copy, in the units of ``coordinates``
+        self._xy = None if coords is None else check_coords(coords, coordinates, "coords")
 
     def with_coords(self, coords) -> SpatialKFold:
         """A copy of this splitter holding other coordinates (e.g. after dropping rows).
@@ -384,8 +468,17 @@ class SpatialKFold(BaseCrossValidator):
         new._set_coords(coords, self.coordinates)
         return new
 
-    def metres(self, X=None, groups=None) -> np.ndarray:
-        """The coordinates in metres that ``split`` uses, checked against ``X``."""
+    def sample_coords(self, X=None, groups=None) -> np.ndarray:
+        """The validated ``(n, 2)`` coordinates that ``split`` uses, checked against ``X``.
+
+        Lon/lat degrees or metres, as ``coordinates`` says.
+
+        Examples
+        --------
+        >>> SiteGroupKFold(2, coords=[[10.0, 52.0], [11.0, 52.0]]).sample_coords()
+        array([[10., 52.],
+               [11., 52.]])
+        """
         if self._xy is not None and groups is not None:
             raise ValueError(
                 "coordinates given twice: the splitter was built with coords=..., "
@@ -395,7 +488,7 @@ class SpatialKFold(BaseCrossValidator):
             xy = self._xy
             source = "coords"
         elif groups is not None:
-            xy = as_metres(groups, self.coordinates, "groups")
+            xy = check_coords(groups, self.coordinates, "groups")
             source = "groups"
         else:
             raise ValueError(
@@ -409,11 +502,11 @@ class SpatialKFold(BaseCrossValidator):
             )
         return xy
 
-    def _folds_metres(self, xy: np.ndarray) -> np.ndarray:
+    def _folds(self, xy: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _split_metres(self, xy: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        folds = self._folds_metres(xy)
+    def _split_coords(self, xy: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        folds = self._folds(xy)
         idx = np.arange(len(xy))
         for k in range(self.n_splits):
             yield idx[folds != k], idx[folds == k]
@@ -427,7 +520,7 @@ class SpatialKFold(BaseCrossValidator):
         >>> SiteGroupKFold(n_splits=2, coords=xy, coordinates="metres").fold_labels()
         array([0, 0, 1, 1])
         """
-        return self._folds_metres(self.metres(X, groups))
+        return self._folds(self.sample_coords(X, groups))
 
     def split(self, X=None, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train, test)`` index arrays.
@@ -443,7 +536,7 @@ class SpatialKFold(BaseCrossValidator):
             ``coords`` (this is how ``cross_val_score(..., groups=coords)``
             reaches it).
         """
-        yield from self._split_metres(self.metres(X, groups))
+        yield from self._split_coords(self.sample_coords(X, groups))
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
         """Number of folds, ``n_splits``."""
@@ -515,8 +608,8 @@ class SiteGroupKFold(SpatialKFold):
         self.seed = int(seed)
         self._set_coords(coords, coordinates)
 
-    def _folds_metres(self, xy: np.ndarray) -> np.ndarray:
-        sites = site_groups(xy, self.distance_m, coordinates="metres")
+    def _folds(self, xy: np.ndarray) -> np.ndarray:
+        sites = site_groups(xy, self.distance_m, self.coordinates)
         sizes = np.bincount(sites)
         site_fold = _assign_folds(sizes, self.n_splits, self.shuffle, self.seed, True, "sites")
         return site_fold[sites]
@@ -525,10 +618,13 @@ class SiteGroupKFold(SpatialKFold):
 class BlockKFold(SpatialKFold):
     """K-fold over square spatial blocks of ``block_size_m`` metres.
 
-    The projected plane is cut into squares of side ``block_size_m`` aligned
-    on the origin; each block's samples share a fold. Sites (samples within
-    ``site_distance_m`` of each other) are never cut by a block edge: a whole
-    site goes to the block that holds its centroid.
+    For lon/lat, each UTM zone is cut into squares of side ``block_size_m``
+    (:func:`fungi_ssl.coordinates.utm_grid_cells`: the same ground size on
+    every continent, to 0.1%; blocks end at zone boundaries); for metres, the
+    plane is cut into squares aligned on the origin. Each block's samples
+    share a fold. Sites (samples within ``site_distance_m`` of each other) are
+    never cut by a block edge: a whole site goes to the block that holds its
+    centre.
 
     Parameters
     ----------
@@ -590,29 +686,35 @@ class BlockKFold(SpatialKFold):
         self.site_distance_m = None if site_distance_m is None else float(site_distance_m)
         self._set_coords(coords, coordinates)
 
-    def block_labels(self, xy: np.ndarray) -> np.ndarray:
-        """Block number (``0 … n_blocks - 1``) of each sample, from metres.
+    def block_labels(self, coords: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Block number (``0 … n_blocks - 1``) of each sample.
+
+        Parameters
+        ----------
+        coords : array_like of shape (n, 2) or DataFrame
+            Sample coordinates, in the splitter's ``coordinates`` units.
 
         Examples
         --------
-        >>> BlockKFold(1000, site_distance_m=None).block_labels(
+        >>> BlockKFold(1000, site_distance_m=None, coordinates="metres").block_labels(
         ...     np.array([[10.0, 10.0], [990.0, 20.0], [1010.0, 20.0]]))
         array([0, 0, 1])
+        >>> BlockKFold(50_000).block_labels([[9.0, 52.0], [9.5, 52.0], [9.9, 52.0]])
+        array([0, 0, 1])
         """
-        xy = as_metres(xy, "metres", "xy")
+        xy = check_coords(coords, self.coordinates, "coords")
         pos = xy
         if self.site_distance_m is not None:
-            sites = site_groups(xy, self.site_distance_m, coordinates="metres")
-            counts = np.bincount(sites)
-            centroid = np.column_stack(
-                [np.bincount(sites, weights=xy[:, j]) / counts for j in range(2)]
-            )
-            pos = centroid[sites]
-        cells = np.floor(pos / self.block_size_m).astype(np.int64)
+            sites = site_groups(xy, self.site_distance_m, self.coordinates)
+            pos = _site_centres(xy, sites, self.coordinates)[sites]
+        if self.coordinates == "lonlat":
+            cells = utm_grid_cells(pos[:, 0], pos[:, 1], self.block_size_m)
+        else:
+            cells = np.floor(pos / self.block_size_m).astype(np.int64)
         _, blocks = np.unique(cells, axis=0, return_inverse=True)
         return blocks.ravel()
 
-    def _folds_metres(self, xy: np.ndarray) -> np.ndarray:
+    def _folds(self, xy: np.ndarray) -> np.ndarray:
         blocks = self.block_labels(xy)
         sizes = np.bincount(blocks)
         block_fold = _assign_folds(
@@ -628,7 +730,8 @@ class BufferedKFold(SpatialKFold):
     a :class:`SiteGroupKFold`; then every training sample within ``buffer_m``
     (inclusive) of any test sample is dropped from that fold's training set,
     so each training sample lies *farther* than ``buffer_m`` from every test
-    sample. Dropped samples are neither trained nor tested on in that fold.
+    sample (geodesic distance for lon/lat). Dropped samples are neither
+    trained nor tested on in that fold.
 
     Parameters
     ----------
@@ -695,15 +798,18 @@ class BufferedKFold(SpatialKFold):
             )
         self._set_coords(coords, coordinates)
 
-    def _folds_metres(self, xy: np.ndarray) -> np.ndarray:
-        return self.folds._folds_metres(xy)
+    def _folds(self, xy: np.ndarray) -> np.ndarray:
+        return self.folds._folds(xy)
 
-    def _split_metres(self, xy: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for train, test in super()._split_metres(xy):
+    def _split_coords(self, xy: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for train, test in super()._split_coords(xy):
             if len(train):
-                dist, _ = cKDTree(xy[test]).query(
-                    xy[train], k=1, distance_upper_bound=self.buffer_m * (1 + 1e-9) + 1e-9
-                )
+                if self.coordinates == "lonlat":  # geodesic
+                    dist = nearest_distance_m(xy[train, 0], xy[train, 1], xy[test, 0], xy[test, 1])
+                else:
+                    dist, _ = cKDTree(xy[test]).query(
+                        xy[train], k=1, distance_upper_bound=self.buffer_m * (1 + 1e-9) + 1e-9
+                    )
                 train = train[dist > self.buffer_m]
             if len(train) == 0:
                 raise ValueError(

@@ -5,32 +5,43 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.spatial.distance import cdist
+from pyproj import Geod
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_score
 
-from fungi_ssl.coordinates import project_metres
+from fungi_ssl.coordinates import crs_to_lonlat, lonlat_to_crs
 from fungi_ssl.cv import (
     BlockKFold,
     BufferedKFold,
     RandomTrainValTest,
     SiteGroupKFold,
-    as_metres,
     site_groups,
 )
+
+GEOD = Geod(ellps="WGS84")
+UTM32 = 32632  # the UTM zone of the fixture (central meridian 9° E)
+
+
+def geodesic_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All geodesic distances (metres) between lon/lat rows of ``a`` and ``b``, by pyproj."""
+    i, j = np.meshgrid(np.arange(len(a)), np.arange(len(b)), indexing="ij")
+    _, _, d = GEOD.inv(a[i.ravel(), 0], a[i.ravel(), 1], b[j.ravel(), 0], b[j.ravel(), 1])
+    return np.asarray(d).reshape(len(a), len(b))
 
 
 @pytest.fixture(scope="module")
 def clustered_lonlat() -> np.ndarray:
     """~600 samples at 150 plots in central Europe, cores of a plot within ~10 m.
 
-    A third of the plots sit on 10 km grid lines so that block edges cut
+    Laid out in UTM zone 32 metres (where the lon/lat blocks are drawn). A
+    third of the plots sit on 10 km grid lines so that block edges cut
     through them, and a few plots are chains of cores 20 m apart (one site by
     single linkage, wider than 25 m end to end).
     """
     rng = np.random.default_rng(42)
     n_plots = 150
-    centre = project_metres([10.0], [50.0])[0]
+    x0, y0 = lonlat_to_crs([10.0], [50.0], UTM32)
+    centre = np.array([x0[0], y0[0]])
     plots = centre + rng.uniform(-60_000, 60_000, size=(n_plots, 2))
     on_edge = rng.random(n_plots) < 0.33
     plots[on_edge, 0] = np.round(plots[on_edge, 0] / 10_000) * 10_000  # straddle x edges
@@ -42,15 +53,19 @@ def clustered_lonlat() -> np.ndarray:
             k = rng.integers(1, 7)
             xy.extend(p + rng.normal(0, 3, size=(k, 2)))
     xy = np.asarray(xy)
-    from fungi_ssl.coordinates import EQUAL_AREA, crs_to_lonlat
-
-    lon, lat = crs_to_lonlat(xy[:, 0], xy[:, 1], EQUAL_AREA)
+    lon, lat = crs_to_lonlat(xy[:, 0], xy[:, 1], UTM32)
     return np.column_stack([lon, lat])
 
 
-def _close_pairs(lonlat: np.ndarray, distance_m: float) -> tuple[np.ndarray, np.ndarray]:
-    d = cdist(as_metres(lonlat), as_metres(lonlat))
-    i, j = np.nonzero(np.triu(d <= distance_m, k=1))
+@pytest.fixture(scope="module")
+def clustered_distances(clustered_lonlat) -> np.ndarray:
+    return geodesic_matrix(clustered_lonlat, clustered_lonlat)
+
+
+@pytest.fixture(scope="module")
+def close_pairs(clustered_distances) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of fixture samples within 25 m (geodesic, pyproj)."""
+    i, j = np.nonzero(np.triu(clustered_distances <= 25.0, k=1))
     return i, j
 
 
@@ -63,15 +78,14 @@ def test_site_groups_single_linkage_chain():
     assert site_groups(xy, 23, coordinates="metres").tolist() == [0, 1, 2, 3, 4, 4]
 
 
-def test_site_groups_matches_brute_force(clustered_lonlat):
+def test_site_groups_matches_brute_force(clustered_lonlat, clustered_distances, close_pairs):
     labels = site_groups(clustered_lonlat, 25)
-    i, j = _close_pairs(clustered_lonlat, 25)
+    i, j = close_pairs
     assert len(i) > 0
     assert np.all(labels[i] == labels[j])
     # and distinct sites are really apart: every site is far from all others
-    d = cdist(as_metres(clustered_lonlat), as_metres(clustered_lonlat))
     other = labels[:, None] != labels[None, :]
-    assert d[other].min() > 25
+    assert clustered_distances[other].min() > 25
 
 
 def test_site_groups_does_not_modify_input(clustered_lonlat):
@@ -92,7 +106,7 @@ def test_site_groups_does_not_modify_input(clustered_lonlat):
     ],
     ids=["sitegroup", "block", "block-unbalanced", "buffered-sites", "buffered-blocks"],
 )
-def test_no_site_is_split_across_folds(clustered_lonlat, make):
+def test_no_site_is_split_across_folds(clustered_lonlat, close_pairs, make):
     cv = make(clustered_lonlat)
     n = len(clustered_lonlat)
     fold = np.full(n, -1)
@@ -101,16 +115,16 @@ def test_no_site_is_split_across_folds(clustered_lonlat, make):
         assert np.all(fold[test] == -1), "a sample was tested twice"
         fold[test] = k
     assert np.all(fold >= 0), "every sample is tested once"
-    i, j = _close_pairs(clustered_lonlat, 25)
+    i, j = close_pairs
     assert np.all(fold[i] == fold[j]), "samples within 25 m ended in different folds"
     assert cv.get_n_splits() == k + 1
 
 
-def test_block_edges_would_cut_sites_without_site_merging(clustered_lonlat):
+def test_block_edges_would_cut_sites_without_site_merging(clustered_lonlat, close_pairs):
     """The fixture does put sites on block edges, so the test above means something."""
     cv = BlockKFold(block_size_m=10_000, site_distance_m=None, coords=clustered_lonlat)
-    blocks = cv.block_labels(as_metres(clustered_lonlat))
-    i, j = _close_pairs(clustered_lonlat, 25)
+    blocks = cv.block_labels(clustered_lonlat)
+    i, j = close_pairs
     assert np.any(blocks[i] != blocks[j])
 
 
@@ -135,19 +149,20 @@ def test_blocks_are_squares_of_block_size():
 
 # ------------------------------------------------------------------ buffer
 @pytest.mark.parametrize("block_size_m", [None, 15_000])
-def test_buffered_training_points_are_beyond_buffer(clustered_lonlat, block_size_m):
+def test_buffered_training_points_are_beyond_buffer(
+    clustered_lonlat, clustered_distances, block_size_m
+):
     buffer_m = 5_000.0
-    xy = as_metres(clustered_lonlat)
+    d = clustered_distances  # geodesic, pyproj
     cv = BufferedKFold(buffer_m, n_splits=5, block_size_m=block_size_m, seed=7)
     dropped_any = False
-    for train, test in cv.split(xy, groups=clustered_lonlat):
-        d = cdist(xy[train], xy[test])
-        assert d.min() > buffer_m
+    for train, test in cv.split(clustered_lonlat, groups=clustered_lonlat):
+        assert d[np.ix_(train, test)].min() > buffer_m
         # nothing beyond the buffer was dropped: the rest are all within it
-        rest = np.setdiff1d(np.arange(len(xy)), np.concatenate([train, test]))
+        rest = np.setdiff1d(np.arange(len(d)), np.concatenate([train, test]))
         if len(rest):
             dropped_any = True
-            assert cdist(xy[rest], xy[test]).min(axis=1).max() <= buffer_m
+            assert d[np.ix_(rest, test)].min(axis=1).max() <= buffer_m
     assert dropped_any
 
 
@@ -248,7 +263,7 @@ def test_coordinate_length_and_source_errors(clustered_lonlat):
 
 def test_metres_and_dataframe_inputs_agree(clustered_lonlat):
     df = pd.DataFrame(clustered_lonlat, columns=["longitude", "latitude"])
-    xy = as_metres(clustered_lonlat)
+    xy = np.column_stack(lonlat_to_crs(clustered_lonlat[:, 0], clustered_lonlat[:, 1], UTM32))
     a = SiteGroupKFold(4, coords=df).fold_labels()
     b = SiteGroupKFold(4, coords=xy, coordinates="metres").fold_labels()
     c = SiteGroupKFold(4, coords=pd.DataFrame(xy, columns=["x", "y"]), coordinates="metres")

@@ -232,7 +232,8 @@ class StudyConfig:
     median_reads : float
         Median total fungal reads per sample.
     reads_sdlog : float
-        Log-SD of total reads (between and within campaigns).
+        Log-SD of total reads per sample; half its variance lies between
+        campaigns (each campaign's median depth) and half within them.
     rarefaction_depth : int
         Total reads to which every sample is rarefied; shallower samples get
         ``rarefied = NaN`` as in GlobalFungi.
@@ -256,7 +257,7 @@ class StudyConfig:
     core_sd: float = 0.30
     campaign_bias_sd: float = 0.25
     median_reads: float = 12_000.0
-    reads_sdlog: float = 0.9
+    reads_sdlog: float = 0.85
     rarefaction_depth: int = 4_000
     otu_pool: int = 3_000
     sad_sdlog: float = 1.6
@@ -1125,7 +1126,7 @@ class SimulatedStudy:
             "year": rng.choice(np.asarray(c.years), size=n),
             "focus": focus,
             "weight": rng.lognormal(0.0, 1.0, n),
-            "median_reads": c.median_reads * rng.lognormal(0.0, 0.6, n),
+            "median_reads": c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n),
             "bias": rng.lognormal(0.0, c.campaign_bias_sd, n),
         })
 
@@ -1248,13 +1249,15 @@ class SimulatedStudy:
         # water cores are moved to the site pixel's value (soil cores are not taken in lakes)
         log_s = np.where(np.isfinite(L["log_richness"]), L["log_richness"],
                          site_log_s[site_idx])
-        log_s = np.where(np.isfinite(log_s), log_s, np.log(RichnessModel().floor * 30))
+        rm = c.richness
+        log_s = np.where(np.isfinite(log_s), log_s, np.log(rm.floor * rm.s_max))
         true_core = np.exp(log_s + c.core_sd * rng.standard_normal(n))
         cmp = camp.loc[s["campaign"].to_numpy()]
         detectable = true_core * cmp["bias"].to_numpy()
         n_species = np.minimum(rng.poisson(detectable), c.otu_pool)
         total_reads = np.maximum(
-            1, np.round(cmp["median_reads"].to_numpy() * rng.lognormal(0.0, 0.6, n))).astype(
+            1, np.round(cmp["median_reads"].to_numpy()
+                        * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n))).astype(
             np.int64)
         host_basal = (L["host_fraction"] * L["canopy"]).astype(float)
         share_mean = np.clip(0.05 + 0.35 * host_basal, 0.01, 0.9)
@@ -1612,7 +1615,7 @@ PARAMETER_RATIONALE: dict[str, str] = {
     "core_sd": "micro-habitat variation between cores of one plot; gives ~14% within-site variance",
     "campaign_bias_sd": "primer, extraction and pipeline differences between studies (~25%)",
     "median_reads": "typical Illumina ITS libraries: 10^4 fungal reads",
-    "reads_sdlog": "sequencing depth varies ~10-fold between samples",
+    "reads_sdlog": "sequencing depth varies ~10-fold between samples; half of its log-variance between campaigns",
     "rarefaction_depth": "every sample is rarefied to the same fungal read depth",
     "otu_pool": "ECM OTUs in a continental pool (GlobalFungi: thousands)",
     "sad_sdlog": "lognormal species abundances, as typical for soil fungi",

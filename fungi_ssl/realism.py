@@ -49,6 +49,8 @@ __all__ = [
     "QUANTILES",
     "REFERENCE_FILE",
     "STATISTICS",
+    "TOLERANCES",
+    "agreement",
     "compare_statistics",
     "compute_reference",
     "load_reference",
@@ -71,6 +73,7 @@ STATISTICS: dict[str, str] = {
     "share_zero": "share of samples with rarefied richness 0",
     "within_site_share_log_variance": "within-site share of the variance of log(1 + rarefied)",
     "spearman_raw_vs_rarefied": "Spearman correlation of raw_obs_div and rarefied",
+    "share_rarefied_above_raw": "share of samples whose rarefied value exceeds raw_obs_div",
     "share_coords_le2_decimals": "share of samples whose coordinate has at most 2 decimals",
     "share_coords_le1_decimals": "share of samples whose coordinate has at most 1 decimal",
 }
@@ -81,6 +84,21 @@ REFERENCE_FILE = "globalfungi_europe_summary.json"
 REFERENCE_TABLE = "globalfungi_ecm_richness_europe.csv"
 #: Decimal places to which coordinates are compared when grouping samples into sites.
 SITE_DECIMALS = 6
+
+#: How close a simulated statistic must be to the real one to count as matching:
+#: ``("relative", t)`` means within ±t of the real value times t, ``("absolute", t)``
+#: within ±t. Statistics not listed here are shown but not judged (sizes,
+#: the largest site, the upper tail, which the text discusses).
+TOLERANCES: dict[str, tuple[str, float]] = {
+    "rarefied_q25": ("relative", 0.30),
+    "rarefied_q50": ("relative", 0.30),
+    "rarefied_q75": ("relative", 0.30),
+    "rarefied_q90": ("relative", 0.30),
+    "samples_per_site_mean": ("relative", 0.25),
+    "within_site_share_log_variance": ("absolute", 0.06),
+    "share_without_value": ("absolute", 0.05),
+    "share_coords_le2_decimals": ("absolute", 0.07),
+}
 
 _REQUIRED = ("longitude", "latitude", "rarefied")
 
@@ -143,7 +161,8 @@ def sample_table_statistics(samples: pd.DataFrame, source: str = "sample table")
 
     Examples
     --------
-    >>> t = pd.DataFrame({"longitude": [6.02, 6.02, 7.5, 8.123], "latitude": [52.01, 52.01, 50.1, 49.876],
+    >>> t = pd.DataFrame({"longitude": [6.02, 6.02, 7.5, 8.123],
+    ...                   "latitude": [52.01, 52.01, 50.1, 49.876],
     ...                   "raw_obs_div": [3, 5, 0, 9], "rarefied": [4.0, 6.0, 0.0, float("nan")]})
     >>> s = sample_table_statistics(t)
     >>> s["n_samples"], s["n_sites"], s["samples_per_site_max"], s["share_zero"]
@@ -179,8 +198,9 @@ def sample_table_statistics(samples: pd.DataFrame, source: str = "sample table")
         raw = _numeric_column(samples, "raw_obs_div", source).to_numpy()[has_value]
         both = np.isfinite(raw)
         rho = float(pd.Series(raw[both]).corr(pd.Series(r[both]), method="spearman"))
+        above = float(np.mean(r[both] > raw[both])) if both.any() else float("nan")
     else:
-        rho = float("nan")
+        rho = above = float("nan")
 
     decimals = np.minimum(coordinate_decimals(lon), coordinate_decimals(lat))
     quantiles = np.quantile(r, QUANTILES)  # linear interpolation, as pandas
@@ -194,6 +214,7 @@ def sample_table_statistics(samples: pd.DataFrame, source: str = "sample table")
         "share_zero": float(np.mean(r == 0)),
         "within_site_share_log_variance": within_ss / total_ss if total_ss > 0 else float("nan"),
         "spearman_raw_vs_rarefied": rho,
+        "share_rarefied_above_raw": above,
         "share_coords_le2_decimals": float(np.mean(decimals <= 2)),
         "share_coords_le1_decimals": float(np.mean(decimals <= 1)),
     }
@@ -327,6 +348,47 @@ def compare_statistics(
                           for name, stats in columns.items()}, index=keys)
     frame.index = pd.Index([f"{k} ({STATISTICS[k]})" for k in keys], name="statistic")
     return frame
+
+
+def agreement(
+    simulated: Mapping[str, float], real: Mapping[str, float],
+    tolerances: Mapping[str, tuple[str, float]] | None = None,
+) -> pd.DataFrame:
+    """Which statistics of a simulated table lie within tolerance of the real table's.
+
+    Parameters
+    ----------
+    simulated, real : mapping
+        Statistics from :func:`sample_table_statistics` (or the shipped reference).
+    tolerances : mapping, optional
+        Default :data:`TOLERANCES`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by statistic: ``simulated``, ``real``, ``low``, ``high`` (the
+        accepted range) and ``matches`` (bool).
+
+    Examples
+    --------
+    >>> a = agreement({"rarefied_q50": 44.0, "samples_per_site_mean": 3.5},
+    ...               {"rarefied_q50": 40.0, "samples_per_site_mean": 2.3})
+    >>> a["matches"].to_dict()
+    {'rarefied_q50': True, 'samples_per_site_mean': False}
+    """
+    tolerances = TOLERANCES if tolerances is None else tolerances
+    rows = {}
+    for key, (kind, tol) in tolerances.items():
+        if key not in simulated or key not in real:
+            continue
+        if kind not in ("relative", "absolute"):
+            raise ValueError(f"tolerance kind for {key!r} must be 'relative' or 'absolute'")
+        ref = float(real[key])
+        half = abs(ref) * tol if kind == "relative" else tol
+        sim = float(simulated[key])
+        rows[key] = {"simulated": sim, "real": ref, "low": ref - half, "high": ref + half,
+                     "matches": bool(ref - half <= sim <= ref + half)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("statistic")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

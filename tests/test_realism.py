@@ -45,9 +45,26 @@ def test_statistics_by_hand():
     )
     # raw and rarefied rank the same except the tie at site B: rho = 1
     assert s["spearman_raw_vs_rarefied"] == pytest.approx(1.0)
+    # rarefied never exceeds raw_obs_div in this table
+    assert s["share_rarefied_above_raw"] == 0.0
     # coordinates: site A one decimal (x3), site B two (x2), site C five
     assert s["share_coords_le1_decimals"] == pytest.approx(3 / 6)
     assert s["share_coords_le2_decimals"] == pytest.approx(5 / 6)
+
+
+def test_rarefied_above_raw_share():
+    t = _table().assign(raw_obs_div=[2, 10, 30, 5, 8, 0, 5])  # a and d exceed
+    assert realism.sample_table_statistics(t)["share_rarefied_above_raw"] == pytest.approx(2 / 6)
+
+
+def test_agreement_ranges():
+    real = {"rarefied_q25": 10.0, "within_site_share_log_variance": 0.14}
+    sim = {"rarefied_q25": 13.1, "within_site_share_log_variance": 0.19}
+    a = realism.agreement(sim, real)
+    assert a.loc["rarefied_q25", "high"] == pytest.approx(13.0)
+    assert not a.loc["rarefied_q25", "matches"]
+    assert a.loc["within_site_share_log_variance", "matches"]
+    assert list(a.index) == ["rarefied_q25", "within_site_share_log_variance"]
 
 
 def test_coarser_of_longitude_and_latitude_sets_precision():

@@ -1,4 +1,4 @@
-"""Chunked embedding of satellite cubes to Zarr, and patch sampling at points.
+"""Chunked embedding of satellite cubes to Zarr, and patch sampling at points of one raster.
 
 On-disk layout of an embedding store (a Zarr group written by
 :func:`embed_cube`, opened with :func:`open_embeddings`):
@@ -52,16 +52,16 @@ from .encoder import (
     quantise,
     save_encoder,
 )
+from .tessera import dequantise
 
 __all__ = [
     "EmbeddingRun",
     "cached_embed_cube",
     "cached_pretrain",
-    "dequantised",
     "embed_cube",
     "open_embeddings",
     "patch_features_frame",
-    "sample_patches",
+    "raster_patches",
 ]
 
 
@@ -279,21 +279,6 @@ def open_embeddings(store: str | Path) -> xr.Dataset:
     return ds
 
 
-def dequantised(ds: xr.Dataset) -> xr.DataArray:
-    """Lazy float32 embeddings ``embedding * scale`` (y, x, dim); NaN where missing.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> ds = xr.Dataset({"embedding": (("y", "x", "dim"), np.full((1, 1, 2), 10, np.int8)),
-    ...                  "scale": (("y", "x"), np.full((1, 1), 0.5, np.float32))})
-    >>> dequantised(ds).values.tolist()
-    [[[5.0, 5.0]]]
-    """
-    out = ds["embedding"].astype(np.float32) * ds["scale"].astype(np.float32)
-    return out.transpose("y", "x", "dim").rename("embedding")
-
-
 def _pixel_index(coord: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the pixel containing each value, and whether it is inside."""
     c0 = float(coord[0])
@@ -304,26 +289,50 @@ def _pixel_index(coord: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
     return idx, inside
 
 
-def sample_patches(
+def raster_patches(
     emb_ds: xr.Dataset,
     x: Sequence[float] | None = None,
     y: Sequence[float] | None = None,
     longitude: Sequence[float] | None = None,
     latitude: Sequence[float] | None = None,
     k: int = 3,
-) -> np.ndarray:
-    """k×k patches of dequantised embeddings centred on each point's pixel.
+) -> xr.DataArray:
+    """Dequantised k×k patches centred on points, from one embedding raster.
+
+    The raster is any Dataset with ``embedding (y, x, dim)`` int8 and
+    ``scale (y, x)``: an embedding store (:func:`open_embeddings`) or one
+    TESSERA tile (:func:`fungi_ssl.tessera.open_tile`). For points spread over
+    a directory of TESSERA tiles use :func:`fungi_ssl.tessera.sample_patches`,
+    which returns patches in the same layout.
 
     Points are given in the raster CRS (``x``, ``y``) or as WGS84
     ``longitude``/``latitude`` (reprojected with
     :func:`fungi_ssl.coordinates.lonlat_to_crs`). A point outside the raster
-    gets an all-NaN patch (counted, with a warning); patch cells beyond the
-    raster edge are NaN too.
+    gets an all-NaN patch; patch cells beyond the raster edge, and pixels with
+    a non-finite scale (no data), are NaN too. A warning counts both kinds.
+
+    Parameters
+    ----------
+    emb_ds : xarray.Dataset
+        The embedding raster, with ``x``/``y`` pixel-centre coordinates (and a
+        CRS when points are given as lon/lat).
+    x, y : array_like, optional
+        Points in the raster CRS.
+    longitude, latitude : array_like, optional
+        Points in WGS84 degrees (NaN gives an all-NaN patch).
+    k : int
+        Odd patch width in pixels (3 gives the study's 3×3×128 = 1,152 features).
 
     Returns
     -------
-    numpy.ndarray
-        float32 ``(n, k, k, dim)``, rows north to south as the raster's ``y``.
+    xarray.DataArray
+        float32 ``(sample, row, col, dim)`` = ``(n, k, k, dim)`` in input
+        order; ``row``/``col`` are pixel offsets from the centre pixel (row +1
+        is the next raster row, one pixel south on a north-up raster; col +1 one
+        pixel east). ``.values.reshape(n, -1)`` is the (row, col, dim)
+        flattening of :func:`patch_features_frame`. ``attrs["n_outside"]``
+        counts points outside the raster, ``attrs["n_incomplete"]`` points
+        inside whose patch has NaN pixels.
 
     Examples
     --------
@@ -331,25 +340,29 @@ def sample_patches(
     >>> ds = xr.Dataset({"embedding": (("y", "x", "dim"), np.ones((4, 4, 2), np.int8)),
     ...                  "scale": (("y", "x"), np.ones((4, 4), np.float32))},
     ...                 coords={"y": [35., 25., 15., 5.], "x": [5., 15., 25., 35.]})
-    >>> p = sample_patches(ds, x=[15.0], y=[25.0])
-    >>> p.shape, float(np.nansum(p))
-    ((1, 3, 3, 2), 18.0)
+    >>> p = raster_patches(ds, x=[15.0], y=[25.0])
+    >>> p.dims, p.shape, float(np.nansum(p)), p.attrs["n_outside"]
+    (('sample', 'row', 'col', 'dim'), (1, 3, 3, 2), 18.0, 0)
     """
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"sample_patches: k must be a positive odd integer, got {k}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
+        raise ValueError(f"raster_patches: k must be a positive odd integer, got {k!r}")
     if (x is None) != (y is None) or (longitude is None) != (latitude is None):
-        raise ValueError("sample_patches: give both x and y, or both longitude and latitude")
+        raise ValueError("raster_patches: give both x and y, or both longitude and latitude")
     if (x is None) == (longitude is None):
-        raise ValueError("sample_patches: give either x/y (raster CRS) or longitude/latitude, not both")
+        raise ValueError("raster_patches: give either x/y (raster CRS) or longitude/latitude, not both")
     if longitude is not None:
+        lon = np.atleast_1d(np.asarray(longitude, float))
+        lat = np.atleast_1d(np.asarray(latitude, float))
+        coordinates.check_lonlat(lon, lat, "raster_patches", allow_nan=True)
         crs = emb_ds.rio.crs
         if crs is None:
-            raise ValueError("sample_patches: the embedding Dataset has no CRS to project lon/lat into")
-        px, py = coordinates.lonlat_to_crs(np.atleast_1d(longitude), np.atleast_1d(latitude), crs)
+            raise ValueError("raster_patches: the embedding Dataset has no CRS to project lon/lat into")
+        px, py = coordinates.lonlat_to_crs(lon, lat, crs)
+        px, py = np.atleast_1d(np.asarray(px, float)), np.atleast_1d(np.asarray(py, float))
     else:
         px, py = np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(y, float))
     if px.shape != py.shape:
-        raise ValueError(f"sample_patches: x and y have different lengths ({px.size}, {py.size})")
+        raise ValueError(f"raster_patches: x and y have different lengths ({px.size}, {py.size})")
     cols, in_x = _pixel_index(emb_ds["x"].values, px)
     rows, in_y = _pixel_index(emb_ds["y"].values, py)
     inside = in_x & in_y
@@ -357,14 +370,6 @@ def sample_patches(
     ny, nx = emb_ds.sizes["y"], emb_ds.sizes["x"]
     dim = emb_ds.sizes["dim"]
     out = np.full((n, k, k, dim), np.nan, np.float32)
-    n_out = int((~inside).sum())
-    if n_out:
-        warnings.warn(
-            f"sample_patches: {n_out} of {n} points lie outside the raster; their patches are NaN",
-            stacklevel=2,
-        )
-    if not inside.any():
-        return out
     emb = emb_ds["embedding"]
     scale = emb_ds["scale"]
     pts = np.flatnonzero(inside)
@@ -376,14 +381,33 @@ def sample_patches(
                 continue
             rr = xr.DataArray(r[ok], dims="point")
             cc = xr.DataArray(c[ok], dims="point")
-            q = np.asarray(emb.isel(y=rr, x=cc).transpose("point", "dim").values, np.float32)
+            q = np.asarray(emb.isel(y=rr, x=cc).transpose("point", "dim").values)
             s = np.asarray(scale.isel(y=rr, x=cc).values, np.float32)
-            out[pts[ok], a, b, :] = q * s[:, None]
-    return out
+            out[pts[ok], a, b, :] = dequantise(q, s)
+    n_out = int((~inside).sum())
+    n_incomplete = int((inside & np.isnan(out).any(axis=(1, 2, 3))).sum())
+    if n_out or n_incomplete:
+        warnings.warn(
+            f"raster_patches: {n_out} of {n} points lie outside the raster (all NaN) and "
+            f"{n_incomplete} have a {k}×{k} patch with NaN pixels (raster edge or no-data pixel)",
+            UserWarning, stacklevel=2,
+        )
+    offsets = np.arange(-h, h + 1)
+    return xr.DataArray(
+        out,
+        dims=("sample", "row", "col", "dim"),
+        coords={"sample": np.arange(n), "row": offsets, "col": offsets, "dim": np.arange(dim)},
+        name="embedding_patch",
+        attrs={"k": int(k), "n_outside": n_out, "n_incomplete": n_incomplete},
+    )
 
 
-def patch_features_frame(patches: np.ndarray, sample_ids: Sequence[Any]) -> pd.DataFrame:
+def patch_features_frame(patches: np.ndarray | xr.DataArray, sample_ids: Sequence[Any]) -> pd.DataFrame:
     """Flatten ``(n, k, k, dim)`` patches to ``ssl_0000 …`` columns (row, col, dim order).
+
+    ``patches`` is the output of :func:`raster_patches` or
+    :func:`fungi_ssl.tessera.sample_patches` (a ``(sample, row, col, dim)``
+    DataArray), or the same values as a numpy array.
 
     Examples
     --------
@@ -392,6 +416,8 @@ def patch_features_frame(patches: np.ndarray, sample_ids: Sequence[Any]) -> pd.D
     >>> df.shape, df.columns[-1], df.index.name
     ((2, 1152), 'ssl_1151', 'sample_id')
     """
+    if isinstance(patches, xr.DataArray) and set(patches.dims) == {"sample", "row", "col", "dim"}:
+        patches = patches.transpose("sample", "row", "col", "dim")
     patches = np.asarray(patches, np.float32)
     if patches.ndim != 4:
         raise ValueError(f"patch_features_frame: patches must be (n, k, k, dim), got {patches.shape}")

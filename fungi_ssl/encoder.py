@@ -29,7 +29,9 @@ sensor" vector; pre-training drops each sensor of each view with probability
 embedding stays meaningful from the other sensor alone.
 
 Embeddings are stored as TESSERA stores them: int8 values with a float32
-per-pixel scale, ``scale = max|x| / 127`` (:func:`quantise`).
+per-pixel scale, ``scale = max|x| / 127`` (:func:`quantise`). The inverse,
+``dequantise``, is :func:`fungi_ssl.tessera.dequantise` (the reader of
+TESSERA's storage format), importable from here too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .hashing import hash_uniform_rows
+from .tessera import dequantise  # noqa: F401  (re-exported: the inverse of quantise)
 
 #: Sentinel-2 bands in TESSERA's order.
 S2_BANDS: tuple[str, ...] = ("B4", "B2", "B3", "B8", "B8A", "B5", "B6", "B7", "B11", "B12")
@@ -1052,18 +1055,6 @@ def quantise(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0).astype(np.float32)
     q = np.rint(np.nan_to_num(x / safe[..., None], nan=0.0))
     return np.clip(q, -127, 127).astype(np.int8), scale
-
-
-def dequantise(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """float32 ``values * scale`` (inverse of :func:`quantise`).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> dequantise(np.array([[127, -1]], np.int8), np.array([0.5], np.float32)).tolist()
-    [[63.5, -0.5]]
-    """
-    return np.asarray(values, np.float32) * np.asarray(scale, np.float32)[..., None]
 
 
 def save_encoder(trained: TrainedEncoder, path: str | Path) -> Path:

@@ -41,11 +41,11 @@ from .encoder import (
     EncoderConfig,
     PixelTimeSeries,
     TrainedEncoder,
-    dequantise,
     embed_pixels,
     quantise,
 )
 from .study import SIMULATOR_VERSION, FieldData, open_field_data
+from .tessera import dequantise
 
 __all__ = [
     "TARGET",
@@ -300,7 +300,7 @@ def predictor_table(
         year = int(np.nanmedian(years)) if years is not None and years.notna().any() else 2024
         da = sample_patches(Path(data_dir) / "tessera", year, samples["longitude"].to_numpy(),
                             samples["latitude"].to_numpy(), k=3, progress=progress)
-        ssl = patch_features_frame(np.asarray(da.values), samples["sample_id"].to_numpy())
+        ssl = patch_features_frame(da, samples["sample_id"].to_numpy())
         parts.append(ssl.reset_index(drop=True))
         has_ssl = True
     frame = pd.concat(parts, axis=1)

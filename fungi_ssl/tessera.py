@@ -66,7 +66,6 @@ there. All code here is our own; only the facts above come from geotessera.
 from __future__ import annotations
 
 import json
-import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -78,7 +77,7 @@ import xarray as xr
 from affine import Affine
 from pyproj import CRS
 
-from fungi_ssl.coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+from fungi_ssl.coordinates import check_lonlat, crs_to_lonlat, lonlat_to_crs, utm_epsg
 
 EMBEDDINGS_DIR_NAME = "global_0.1_degree_representation"
 LANDMASKS_DIR_NAME = "global_0.1_degree_tiff_all"
@@ -99,16 +98,6 @@ _CELL_ORDER = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1
 # --------------------------------------------------------------------------
 # Names and paths
 # --------------------------------------------------------------------------
-
-
-def _check_lonlat(lon: float, lat: float, where: str) -> None:
-    if not (math.isfinite(lon) and math.isfinite(lat)):
-        raise ValueError(f"{where}: longitude/latitude must be finite numbers, got ({lon}, {lat})")
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        raise ValueError(
-            f"{where}: ({lon}, {lat}) is not a WGS84 longitude/latitude pair "
-            "(longitude in [-180, 180], latitude in [-90, 90])"
-        )
 
 
 def _cell_index(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +139,7 @@ def tile_for_point(lon: float, lat: float) -> tuple[float, float]:
     >>> tile_for_point(0.1, 52.0)      # on an edge: the cell to the east/north
     (0.15, 52.05)
     """
-    _check_lonlat(lon, lat, "tile_for_point")
+    check_lonlat(lon, lat, "tile_for_point")
     i_lon, i_lat = _cell_index(np.array([lon]), np.array([lat]))
     return _cell_centre(int(i_lon[0]), int(i_lat[0]))
 
@@ -193,7 +182,7 @@ def parse_tile_name(name: str) -> tuple[float, float]:
             f"parse_tile_name: {name!r} is not a geotessera grid name like 'grid_0.15_52.05'"
         )
     lon, lat = float(m.group(1)), float(m.group(2))
-    _check_lonlat(lon, lat, f"parse_tile_name({name!r})")
+    check_lonlat(lon, lat, f"parse_tile_name({name!r})")
     if tile_for_point(lon, lat) != (lon, lat):
         raise ValueError(
             f"parse_tile_name: {name!r} is not a tile centre (centres lie at 0.05° offsets, "
@@ -441,7 +430,7 @@ def read_tile(root: str | Path, year: int, lon: float, lat: float) -> TesseraTil
     ('grid_0.15_52.05', 32631, (4, 5, 128))
     """
     root = _root_dir(root)
-    _check_lonlat(lon, lat, "read_tile")
+    check_lonlat(lon, lat, "read_tile")
     return _read_tile(root, int(year), lon, lat)
 
 
@@ -852,17 +841,7 @@ def sample_patches(
         raise ValueError(f"sample_patches: k must be a positive odd integer, got {k!r}")
     lon = np.asarray(longitude, dtype=float).ravel()
     lat = np.asarray(latitude, dtype=float).ravel()
-    if lon.shape != lat.shape:
-        raise ValueError(
-            f"sample_patches: longitude has {lon.size} values but latitude has {lat.size}"
-        )
-    finite = np.isfinite(lon) & np.isfinite(lat)
-    if np.any((np.abs(lon[finite]) > 180) | (np.abs(lat[finite]) > 90)):
-        bad = int(np.flatnonzero(finite & ((np.abs(lon) > 180) | (np.abs(lat) > 90)))[0])
-        raise ValueError(
-            f"sample_patches: point {bad} ({lon[bad]}, {lat[bad]}) is not a WGS84 "
-            "longitude/latitude pair (longitude in [-180, 180], latitude in [-90, 90])"
-        )
+    check_lonlat(lon, lat, "sample_patches", allow_nan=True)
     root = _root_dir(root)
     _year_dir(root, year)
     cache = _TileCache(root, int(year), mask_water)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
@@ -11,11 +12,10 @@ from fungi_ssl.coordinates import crs_to_lonlat
 from fungi_ssl.embed import (
     cached_embed_cube,
     cached_pretrain,
-    dequantised,
     embed_cube,
     open_embeddings,
     patch_features_frame,
-    sample_patches,
+    raster_patches,
 )
 from fungi_ssl.encoder import (
     S1_BANDS,
@@ -90,7 +90,10 @@ def test_chunked_equals_whole_array(tmp_path, trained):
     whole = embed_pixels(trained, PixelTimeSeries.from_cube(make_cube()), seed=3,
                          return_flags=True)[0]
     q, s = quantise(whole)
-    got = dequantised(ds).values.reshape(-1, 128)
+    lazy = dequantise(ds)
+    assert lazy.chunks is not None  # the store is read window by window, not loaded whole
+    assert lazy.dims == ("y", "x", "dim") and lazy.dtype == np.float32
+    got = lazy.values.reshape(-1, 128)
     ref = dequantise(q, s)
     assert np.isnan(got[0]).all() and np.isnan(ref[0]).all()
     # identical up to one int8 step where float rounding differs across batch shapes
@@ -125,25 +128,56 @@ def test_resume_equals_uninterrupted(tmp_path, trained):
 def test_patch_sampling_at_lonlat(tmp_path, trained):
     cube = make_cube()
     ds = open_embeddings(embed_cube(cube, trained, tmp_path / "e.zarr", chunk=5, progress=False).store)
-    full = dequantised(ds).values
+    full = dequantise(ds).values
     # pixel (row 4, col 6), moved 3 m off its centre, given as lon/lat
     x, y = cube.x.values[6] + 3.0, cube.y.values[4] - 2.0
     lon, lat = crs_to_lonlat([x], [y], 32630)
-    patches = sample_patches(ds, longitude=lon, latitude=lat, k=3)
-    assert patches.shape == (1, 3, 3, 128)
-    np.testing.assert_allclose(patches[0], full[3:6, 5:8], rtol=1e-6)
+    patches = raster_patches(ds, longitude=lon, latitude=lat, k=3)
+    assert patches.dims == ("sample", "row", "col", "dim") and patches.shape == (1, 3, 3, 128)
+    assert patches.attrs["n_outside"] == patches.attrs["n_incomplete"] == 0
+    np.testing.assert_allclose(patches.values[0], full[3:6, 5:8], rtol=1e-6)
     # the same via raster coordinates, and a corner point whose patch runs off the edge
-    p2 = sample_patches(ds, x=[x, cube.x.values[0]], y=[y, cube.y.values[0]], k=3)
-    np.testing.assert_allclose(p2[0], patches[0])
-    assert np.isnan(p2[1, 0]).all() and np.isnan(p2[1, :, 0]).all()
-    assert np.isnan(p2[1, 1, 1]).all()  # pixel (0, 0) has no data at all
-    np.testing.assert_allclose(p2[1, 2, 2], full[1, 1], rtol=1e-6)
+    with pytest.warns(UserWarning, match="0 of 2 points lie outside .* and 1 have a 3×3 patch"):
+        p2 = raster_patches(ds, x=[x, cube.x.values[0]], y=[y, cube.y.values[0]], k=3)
+    assert (p2.attrs["n_outside"], p2.attrs["n_incomplete"]) == (0, 1)
+    v = p2.values
+    np.testing.assert_allclose(v[0], patches.values[0])
+    assert np.isnan(v[1, 0]).all() and np.isnan(v[1, :, 0]).all()
+    assert np.isnan(v[1, 1, 1]).all()  # pixel (0, 0) has no data at all
+    np.testing.assert_allclose(v[1, 2, 2], full[1, 1], rtol=1e-6)
+    # row +1 is the next raster row (south), col +1 the next column (east)
+    np.testing.assert_allclose(p2.sel(sample=0, row=1, col=-1).values, full[5, 5], rtol=1e-6)
 
     df = patch_features_frame(p2, ["s1", "s2"])
     assert df.shape == (2, 1152) and list(df.columns[:2]) == ["ssl_0000", "ssl_0001"]
     # (row, col, dim) order: column 4*128 + d is the centre pixel
     np.testing.assert_allclose(df.loc["s1", [f"ssl_{512 + d:04d}" for d in range(128)]].values,
                                full[4, 6], rtol=1e-6)
+    # the DataArray and its numpy values flatten alike, whatever the dimension order
+    pd.testing.assert_frame_equal(df, patch_features_frame(v, ["s1", "s2"]))
+    pd.testing.assert_frame_equal(df, patch_features_frame(p2.transpose("dim", "col", "row", "sample"),
+                                                           ["s1", "s2"]))
+
+
+def test_raster_patches_match_tessera_patches_on_one_tile(tmp_path):
+    """One concept, two sources: a single raster and a tile directory give the same patches."""
+    from fungi_ssl import tessera
+    from fungi_ssl.coordinates import lonlat_to_crs
+
+    rng = np.random.default_rng(4)
+    grid = tessera.tile_grid(0.15, 52.05)
+    emb = rng.integers(-127, 128, (grid.height, grid.width, 8), dtype=np.int8)
+    scale = rng.uniform(0.01, 0.1, (grid.height, grid.width)).astype(np.float32)
+    tessera.write_tile(tmp_path, 2024, 0.15, 52.05, emb, scale)
+    lon = np.array([0.12, 0.17, 0.141])
+    lat = np.array([52.02, 52.07, 52.09])
+    a = raster_patches(tessera.open_tile(tmp_path, 2024, 0.15, 52.05), longitude=lon, latitude=lat)
+    b = tessera.sample_patches(tmp_path, 2024, lon, lat, progress=False)
+    assert a.dims == b.dims and a.shape == b.shape == (3, 3, 3, 8)
+    np.testing.assert_array_equal(a.values, b.values)
+    x, y = lonlat_to_crs(lon, lat, grid.epsg)
+    np.testing.assert_array_equal(raster_patches(tessera.open_tile(tmp_path, 2024, 0.15, 52.05),
+                                                 x=x, y=y).values, a.values)
 
 
 def test_points_outside_give_nan_with_count(tmp_path, trained):
@@ -152,11 +186,14 @@ def test_points_outside_give_nan_with_count(tmp_path, trained):
     xs = [cube.x.values[2], cube.x.values[-1] + 6.0, 400_000.0]   # inside, just past the edge, far
     ys = [cube.y.values[2], cube.y.values[2], cube.y.values[2]]
     with pytest.warns(UserWarning, match="2 of 3 points lie outside"):
-        p = sample_patches(ds, x=xs, y=ys, k=3)
-    assert np.isfinite(p[0]).all()
-    assert np.isnan(p[1:]).all()
+        p = raster_patches(ds, x=xs, y=ys, k=3)
+    assert p.attrs["n_outside"] == 2
+    assert np.isfinite(p.values[0]).all()
+    assert np.isnan(p.values[1:]).all()
     with pytest.raises(ValueError, match="odd"):
-        sample_patches(ds, x=xs, y=ys, k=2)
+        raster_patches(ds, x=xs, y=ys, k=2)
+    with pytest.raises(ValueError, match="latitude"):
+        raster_patches(ds, longitude=[-3.0], latitude=[95.0])
 
 
 def test_cached_pretrain_reuses_matching_parameters(tmp_path):

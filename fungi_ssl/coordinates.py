@@ -344,7 +344,8 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
     Candidates come from a haversine :class:`sklearn.neighbors.BallTree`
     radius query (widened by 2% to cover the sphere's error); each candidate
     is then measured on the WGS84 ellipsoid and kept when within
-    ``distance_m`` (inclusive). Points at equal coordinates are always a pair.
+    ``distance_m`` (inclusive, to a micrometre of rounding). Points at equal
+    coordinates are always a pair.
 
     Parameters
     ----------
@@ -381,7 +382,8 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
     keep = i < j
     i, j = i[keep], j[keep]
     if i.size:
-        close = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j]) <= distance_m
+        # inclusive, to a micrometre: a pair laid out exactly distance_m apart is a pair
+        close = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j]) <= distance_m + 1e-6
         i, j = i[close], j[close]
     pairs = np.column_stack([i, j])
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]

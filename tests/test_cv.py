@@ -310,3 +310,89 @@ def test_repr_summarises_coordinates(clustered_lonlat):
     text = repr(BlockKFold(5_000, 3, coords=clustered_lonlat))
     assert text.startswith("BlockKFold(block_size_m=5000.0, n_splits=3")
     assert f"coords=<{len(clustered_lonlat)} points>" in text
+
+
+# ------------------------------------------------------------------ every continent
+#: (longitude, latitude) of a point on each continent: central Europe, Japan, New South Wales.
+CONTINENTS = {"europe": (10.0, 50.0), "east_asia": (135.0, 35.0), "australia": (150.0, -33.0)}
+
+
+@pytest.mark.parametrize("name", list(CONTINENTS))
+@pytest.mark.parametrize("azimuth", [0.0, 90.0, 45.0], ids=["north", "east", "northeast"])
+def test_site_radius_is_25_m_on_the_ground_on_every_continent(name, azimuth):
+    lon0, lat0 = CONTINENTS[name]
+    steps = [0.0, 25.0, 25.0 + 1000.0, 25.0 + 1000.0 + 30.0]  # geodesic distances from the start
+    lon, lat, _ = GEOD.fwd(np.full(4, lon0), np.full(4, lat0), np.full(4, azimuth), steps)
+    labels = site_groups(np.column_stack([lon, lat]))
+    # 25 m apart link into one site; 30 m apart do not
+    assert labels.tolist() == [0, 0, 1, 2]
+
+
+def _block_edge_spacing_m(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Ground distance between successive block changes along a densely sampled line."""
+    blocks = BlockKFold(50_000, site_distance_m=None).block_labels(np.column_stack([lon, lat]))
+    _, _, step = GEOD.inv(lon[:-1], lat[:-1], lon[1:], lat[1:])
+    along = np.concatenate([[0.0], np.cumsum(step)])
+    change = np.flatnonzero(np.diff(blocks) != 0) + 1
+    return np.diff((along[change - 1] + along[change]) / 2)
+
+
+@pytest.mark.parametrize("name", list(CONTINENTS))
+def test_50_km_blocks_are_50_km_on_the_ground_on_every_continent(name):
+    lon0, lat0 = CONTINENTS[name]
+    meridian = np.floor(lon0 / 6.0) * 6.0 + 3.0  # central meridian of the UTM zone
+    epsg = 32600 + int((meridian + 180) // 6) + 1
+    # an east-west line halfway between two block rows, so only columns change along it
+    _, y0 = lonlat_to_crs([meridian], [lat0], epsg)
+    _, lat_mid = crs_to_lonlat([500_000.0], [(np.floor(y0[0] / 50_000) + 0.5) * 50_000], epsg)
+    lon = np.arange(meridian - 2.5, meridian + 2.5, 0.0005)
+    ew = _block_edge_spacing_m(lon, np.full_like(lon, lat_mid[0]))
+    # a north-south line between two block columns
+    lat = np.arange(lat0 - 1.5, lat0 + 1.5, 0.0005)
+    ns = _block_edge_spacing_m(np.full_like(lat, meridian + 0.2), lat)
+    assert len(ew) >= 3 and len(ns) >= 3
+    # within 1% (the zone's scale is within 0.1%; the lines are sampled every ~50 m)
+    np.testing.assert_allclose(ew, 50_000, rtol=0.01)
+    np.testing.assert_allclose(ns, 50_000, rtol=0.01)
+
+
+def test_spatial_cv_on_samples_from_three_continents():
+    rng = np.random.default_rng(3)
+    parts, origin = [], []
+    for k, (lon0, lat0) in enumerate(CONTINENTS.values()):
+        n = 150
+        lon, lat, _ = GEOD.fwd(
+            np.full(n, lon0), np.full(n, lat0), rng.uniform(0, 360, n), rng.uniform(0, 150e3, n)
+        )
+        parts.append(np.column_stack([lon, lat]))
+        origin += [k] * n
+    lonlat, origin = np.vstack(parts), np.array(origin)
+    cv = BlockKFold(50_000, n_splits=5, coords=lonlat)
+    blocks = cv.block_labels(lonlat)
+    for b in np.unique(blocks):  # no block holds samples of two continents
+        assert np.unique(origin[blocks == b]).size == 1
+    # sizes like Europe's on every continent: about (300 km / 50 km)^2 * pi / 4 blocks each
+    per_continent = [np.unique(blocks[origin == k]).size for k in range(3)]
+    assert max(per_continent) / min(per_continent) < 1.4
+    folds = cv.fold_labels()
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3, 4]
+    buffered = BufferedKFold(10_000, n_splits=3, block_size_m=50_000, coords=lonlat)
+    for train, test in buffered.split(lonlat):
+        assert geodesic_matrix(lonlat[train], lonlat[test]).min() > 10_000
+
+
+def test_site_linking_is_fast_on_a_table_of_14k_samples():
+    """The simulated study has ~14,000 samples; linking them must not slow a chapter."""
+    import time
+
+    rng = np.random.default_rng(0)
+    n_plots = 5_000
+    plots = np.column_stack([rng.uniform(-10, 30, n_plots), rng.uniform(36, 70, n_plots)])
+    cores = rng.integers(1, 5, n_plots)
+    lonlat = np.repeat(plots, cores, axis=0)
+    lonlat = lonlat + rng.normal(0, 5e-5, lonlat.shape) * (rng.random(len(lonlat)) < 0.5)[:, None]
+    start = time.perf_counter()
+    labels = site_groups(lonlat)
+    elapsed = time.perf_counter() - start
+    assert labels.max() + 1 <= n_plots
+    assert elapsed < 5.0, f"site_groups took {elapsed:.1f} s for {len(lonlat)} samples"

@@ -36,6 +36,7 @@ from scipy.special import gammaln
 from tqdm.auto import tqdm
 
 __all__ = [
+    "CHAO1_FORMS",
     "chao1",
     "drop_shallow_samples",
     "extrapolated_richness",
@@ -412,37 +413,52 @@ def rarefaction_curve(counts: Any, depths: Any, total_reads: Any = None) -> Any:
     return out
 
 
-def _chao1_parts(tab: _Table, total: np.ndarray, bias_corrected: bool):
+#: The Chao1 forms :func:`chao1` computes.
+CHAO1_FORMS = ("bias-corrected", "classic", "chao2014")
+
+
+def _chao1_parts(tab: _Table, total: np.ndarray, form: str):
+    if form not in CHAO1_FORMS:
+        raise ValueError(f"chao1: form must be one of {list(CHAO1_FORMS)}, got {form!r}")
     s_obs = np.bincount(tab.rows, minlength=tab.n_samples).astype(float)
     f1 = np.bincount(tab.rows, weights=(tab.values == 1), minlength=tab.n_samples)
     f2 = np.bincount(tab.rows, weights=(tab.values == 2), minlength=tab.n_samples)
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(total > 0, (total - 1) / total, np.nan)
-        f0_bc = factor * f1 * (f1 - 1) / (2 * (f2 + 1))
-        if bias_corrected:
-            f0 = f0_bc
-        else:
-            f0 = np.where(f2 > 0, factor * f1**2 / (2 * np.where(f2 > 0, f2, 1)), f0_bc)
+        if form == "classic":
+            factor = np.where(total > 0, 1.0, np.nan)
+        # f1 (f1 - 1) / (2 (f2 + 1)): the bias-corrected term, and the f2 = 0 case of the others
+        f0 = factor * f1 * (f1 - 1) / (2 * (f2 + 1))
+        if form != "bias-corrected":
+            f0 = np.where(f2 > 0, factor * f1**2 / (2 * np.where(f2 > 0, f2, 1)), f0)
     f0 = np.where(total > 0, f0, np.nan)
     return s_obs, f1, f2, f0
 
 
-def chao1(counts: Any, bias_corrected: bool = True, total_reads: Any = None) -> Any:
+def chao1(counts: Any, form: str = "bias-corrected", total_reads: Any = None) -> Any:
     """Chao1 lower-bound estimate of total richness from singletons and doubletons.
 
-    With ``f1`` singletons, ``f2`` doubletons and ``n`` reads:
+    With ``S_obs`` observed OTUs, ``f1`` singletons, ``f2`` doubletons and
+    ``n`` reads, ``Chao1 = S_obs + f0`` where the undetected richness ``f0`` is
 
-    * bias-corrected (Chao 2005; the form used by vegan and iNEXT):
-      ``S_obs + (n-1)/n * f1 (f1-1) / (2 (f2+1))``;
-    * classic (Chao 1984): ``S_obs + (n-1)/n * f1^2 / (2 f2)``, falling back
-      to the bias-corrected form when ``f2 = 0``.
+    * ``"bias-corrected"`` (default; Chao 2005, *Species estimation and
+      applications*, Encyclopedia of Statistical Sciences; vegan's
+      ``estimateR``): ``(n-1)/n * f1 (f1-1) / (2 (f2+1))``, finite for every
+      sample;
+    * ``"classic"`` (Chao 1984, Scand. J. Stat. 11:265): ``f1^2 / (2 f2)``.
+      It is infinite when ``f2 = 0``; then ``f1 (f1-1) / 2`` is used;
+    * ``"chao2014"`` (Chao et al. 2014, Ecol. Monogr. 84:45, eq. for
+      abundance data; Chiu et al. 2014, Biometrics 70:671; iNEXT):
+      the classic form times the small-sample factor ``(n-1)/n``,
+      ``(n-1)/n * f1^2 / (2 f2)``, and ``(n-1)/n * f1 (f1-1) / 2`` when
+      ``f2 = 0``.
 
     Parameters
     ----------
     counts : array_like, scipy.sparse matrix or pandas.DataFrame
         Read counts per OTU, 1-D or 2-D ``(samples, OTUs)``.
-    bias_corrected : bool, default True
-        Use the bias-corrected form (finite even when ``f2 = 0``).
+    form : {"bias-corrected", "classic", "chao2014"}
+        Which estimator (see above).
     total_reads : int or array_like, optional
         Community size ``n`` per sample when the table lists only some OTUs.
 
@@ -453,16 +469,19 @@ def chao1(counts: Any, bias_corrected: bool = True, total_reads: Any = None) -> 
 
     Examples
     --------
-    S_obs = 4, f1 = 2, f2 = 1, n = 7: ``4 + 6/7 * 2*1/(2*2) = 4.4286``.
+    ``[1, 1, 1, 2, 2, 5]``: S_obs = 6, f1 = 3, f2 = 2, n = 12.
 
-    >>> round(chao1([1, 1, 2, 3]), 4)
-    4.4286
-    >>> round(chao1([1, 1, 2, 3], bias_corrected=False), 4)
-    5.7143
+    >>> counts = [1, 1, 1, 2, 2, 5]
+    >>> chao1(counts, form="classic")                 # 6 + 9/4
+    8.25
+    >>> round(chao1(counts, form="chao2014"), 4)       # 6 + 11/12 * 9/4
+    8.0625
+    >>> round(chao1(counts), 4)                        # 6 + 11/12 * 3*2/(2*3)
+    6.9167
     """
     tab = _Table(counts)
     total = tab.total(total_reads)
-    s_obs, _, _, f0 = _chao1_parts(tab, total, bias_corrected)
+    s_obs, _, _, f0 = _chao1_parts(tab, total, form)
     return tab.wrap(s_obs + f0, "chao1")
 
 
@@ -474,7 +493,9 @@ def extrapolated_richness(counts: Any, depth: int, total_reads: Any = None) -> A
 
     * ``m <= n``: hypergeometric interpolation, as :func:`rarefied_richness`;
     * ``m > n``: ``S_obs + f0 * [1 - (1 - f1 / (n f0 + f1))^(m - n)]``, with
-      ``f0`` the bias-corrected Chao1 estimate of undetected OTUs.
+      ``f0`` the bias-corrected Chao1 estimate of undetected OTUs
+      (:func:`chao1`'s default form; Chao et al. 2014 use their
+      ``"chao2014"`` form, which is larger when ``f1 > 0`` and ``f2 > 0``).
 
     The curve is continuous at ``m = n`` (both give ``S_obs``) and rises
     towards bias-corrected Chao1 as ``m`` grows. With ``f1 = 0`` or ``f0 = 0``
@@ -508,7 +529,7 @@ def extrapolated_richness(counts: Any, depth: int, total_reads: Any = None) -> A
     m = _check_depth(depth)
     tab = _Table(counts)
     n = tab.total(total_reads)
-    s_obs, f1, _, f0 = _chao1_parts(tab, n, bias_corrected=True)
+    s_obs, f1, _, f0 = _chao1_parts(tab, n, form="bias-corrected")
     interp = n >= m
     out = np.full(tab.n_samples, np.nan)
     if interp.any():

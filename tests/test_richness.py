@@ -211,14 +211,36 @@ def test_total_reads_below_listed_reads_is_an_error():
 
 
 def test_chao1_hand_case():
-    # S_obs = 5, f1 = 3, f2 = 1, n = 1+1+1+2+4 = 9
-    counts = [1, 1, 1, 2, 4]
-    assert chao1(counts) == pytest.approx(5 + (8 / 9) * 3 * 2 / (2 * 2))
-    assert chao1(counts, bias_corrected=False) == pytest.approx(5 + (8 / 9) * 9 / 2)
-    # f2 = 0: the classic form falls back to the bias-corrected one, stays finite
-    assert chao1([1, 1, 5], bias_corrected=False) == pytest.approx(3 + (6 / 7) * 2 / 2)
-    # no singletons: nothing is missing
-    assert chao1([2, 3, 4]) == pytest.approx(3.0)
+    # worked by hand: S_obs = 6, f1 = 3, f2 = 2, n = 1+1+1+2+2+5 = 12
+    counts = [1, 1, 1, 2, 2, 5]
+    assert chao1(counts, form="classic") == 8.25                      # Chao 1984: 6 + 3**2 / (2*2)
+    assert chao1(counts, form="chao2014") == pytest.approx(8.0625)    # 6 + 11/12 * 9/4
+    assert chao1(counts) == pytest.approx(6 + 11 / 12)                # 6 + 11/12 * 3*2 / (2*3)
+    # the same sample listed with ECM OTUs only: n comes from total_reads and
+    # changes only the (n-1)/n forms
+    assert chao1([1, 1, 1, 2, 2], form="classic", total_reads=12) == 7.25
+    assert chao1([1, 1, 1, 2, 2], form="chao2014", total_reads=12) == pytest.approx(5 + 33 / 16)
+    # S_obs = 5, f1 = 3, f2 = 1, n = 9
+    assert chao1([1, 1, 1, 2, 4]) == pytest.approx(5 + (8 / 9) * 3 * 2 / (2 * 2))
+    assert chao1([1, 1, 1, 2, 4], form="classic") == pytest.approx(5 + 9 / 2)
+    # f2 = 0: the classic form would be infinite; f1 (f1-1) / 2 keeps it finite
+    assert chao1([1, 1, 5], form="classic") == pytest.approx(3 + 2 / 2)
+    assert chao1([1, 1, 5], form="chao2014") == pytest.approx(3 + (6 / 7) * 2 / 2)
+    # no singletons: nothing is missing, in every form
+    for form in ("bias-corrected", "classic", "chao2014"):
+        assert chao1([2, 3, 4], form=form) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="form must be one of"):
+        chao1(counts, form="Chao1984")
+
+
+def test_chao1_forms_order_and_zero_reads():
+    table = np.random.default_rng(6).poisson(0.6, size=(40, 60))
+    table[0] = 0
+    bc, classic, c14 = (chao1(table, form=f) for f in ("bias-corrected", "classic", "chao2014"))
+    assert np.isnan(bc[0]) and np.isnan(classic[0]) and np.isnan(c14[0])
+    ok = slice(1, None)
+    # bias-corrected <= (n-1)/n classic <= classic
+    assert np.all(bc[ok] <= c14[ok] + 1e-12) and np.all(c14[ok] <= classic[ok] + 1e-12)
 
 
 def test_chao1_at_least_observed_and_vectorised():

@@ -156,3 +156,15 @@ def test_command_line_refuses_a_table_with_another_checksum(tmp_path, capsys):
     out = tmp_path / "summary.json"
     assert realism.main([str(csv), "--output", str(out)]) == 2
     assert "published sha256" in capsys.readouterr().err and not out.exists()
+
+
+def test_chapter_00_does_not_need_the_shared_folder():
+    """Chapter 00 takes the real column from reference_statistics (table or shipped), never
+    from ../shared, so its results JSON has a realism block in any clone."""
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parent.parent / "notebooks"
+                     / "00_simulated_study.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "realism.reference_statistics(data_dir)" in code
+    assert "realism_report(" not in code and "../shared" not in code

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .coordinates import lonlat_to_crs
+from .coordinates import check_lonlat, lonlat_to_crs
+from .cv import SITE_DISTANCE_M, site_groups
 from .download import REAL_TABLES
 
 __all__ = [
@@ -51,8 +52,6 @@ logger = logging.getLogger("fungi_ssl")
 
 #: Columns every sample table must carry.
 SAMPLE_COLUMNS = ("sample_id", "longitude", "latitude", "raw_obs_div", "rarefied")
-#: Samples whose coordinates agree to this many decimals of a degree share a site.
-SITE_DECIMALS = 6
 #: How many offending rows an error message shows.
 _MAX_SHOWN = 5
 
@@ -150,17 +149,8 @@ def _check_finite_nonnegative(values: pd.Series, column: str, source: str) -> No
 
 
 def _check_coordinates(lon: pd.Series, lat: pd.Series, names: tuple[str, str], source: str) -> None:
-    for values, name, limit in ((lon, names[0], 180.0), (lat, names[1], 90.0)):
-        bad = values.isna().to_numpy()
-        if bad.any():
-            raise ValueError(_rows_message(source, name, "is missing", bad, values))
-        bad = (~values.between(-limit, limit)).to_numpy()
-        if bad.any():
-            raise ValueError(
-                _rows_message(
-                    source, name, f"is outside -{limit:g}..{limit:g} degrees", bad, values
-                )
-            )
+    """The shared lon/lat check, naming the file's columns and lines."""
+    check_lonlat(lon.rename(names[0]), lat.rename(names[1]), source)
 
 
 def _check_ids(ids: pd.Series, column: str, source: str) -> pd.Series:
@@ -198,19 +188,25 @@ def _drop_na_target(
 # ---------------------------------------------------------------------------
 
 
-def derive_site_ids(longitude: Any, latitude: Any, decimals: int = SITE_DECIMALS) -> np.ndarray:
-    """Site ids: samples at the same coordinate (to ``decimals``) share one.
+def derive_site_ids(
+    longitude: Any, latitude: Any, distance_m: float = SITE_DISTANCE_M
+) -> np.ndarray:
+    """Site ids: samples within ``distance_m`` (25 m) of each other share one.
 
-    GlobalFungi records one plot coordinate for every core taken at a plot,
-    so equal coordinates mean one site. Ids are ``site_00000``, ``site_00001``
-    ... in order of first appearance, so they are stable for a given table.
+    The sites are those of :func:`fungi_ssl.cv.site_groups`, the package's one
+    definition of a site: single linkage at 25 m geodesic distance, the
+    study's site radius. This includes samples at equal coordinates
+    (GlobalFungi records one plot coordinate for every core taken at a plot)
+    and also joins plots recorded a few metres apart, which share a satellite
+    pixel. Ids are ``site_00000``, ``site_00001`` ... in order of first
+    appearance, so they are stable for a given table.
 
     Parameters
     ----------
     longitude, latitude : array_like
-        Degrees.
-    decimals : int, default 6
-        Rounding before comparison (1e-6 degree is about 0.1 m).
+        Degrees, WGS84.
+    distance_m : float, default 25
+        Linkage distance in metres.
 
     Returns
     -------
@@ -218,14 +214,16 @@ def derive_site_ids(longitude: Any, latitude: Any, decimals: int = SITE_DECIMALS
 
     Examples
     --------
-    >>> derive_site_ids([6.0208331, 6.0208333, 5.9], [52.0, 52.0, 52.0]).tolist()
-    ['site_00000', 'site_00000', 'site_00001']
+    >>> derive_site_ids([6.0, 6.0, 6.0002, 5.9], [52.0, 52.0, 52.0, 52.0]).tolist()  # 14 m
+    ['site_00000', 'site_00000', 'site_00000', 'site_00001']
     """
-    scale = 10.0**decimals
-    lon = np.rint(np.asarray(longitude, dtype=float) * scale).astype(np.int64)
-    lat = np.rint(np.asarray(latitude, dtype=float) * scale).astype(np.int64)
-    codes, _ = pd.factorize(pd.MultiIndex.from_arrays([lon, lat]), sort=False)
-    width = max(5, len(str(int(codes.max()) if codes.size else 0)))
+    lon = np.asarray(longitude, dtype=float).ravel()
+    lat = np.asarray(latitude, dtype=float).ravel()
+    check_lonlat(lon, lat, "derive_site_ids")
+    if lon.size == 0:
+        return np.array([], dtype=str)
+    codes = site_groups(np.column_stack([lon, lat]), distance_m, coordinates="lonlat")
+    width = max(5, len(str(int(codes.max()))))
     return np.array([f"site_{c:0{width}d}" for c in codes], dtype=object).astype(str)
 
 

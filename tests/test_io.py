@@ -13,6 +13,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from fungi_ssl.coordinates import crs_to_lonlat
+from fungi_ssl.cv import site_groups
 from fungi_ssl.io import (
     derive_site_ids,
     find_real_tables,
@@ -22,8 +23,6 @@ from fungi_ssl.io import (
     sample_raster_at_points,
     validate_samples,
 )
-
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 HEADER = '"","sample_id","longitude","latitude","continent","raw_obs_div","rarefied"\n'
 GOOD_ROWS = [
@@ -80,13 +79,62 @@ def test_site_ids_shared_by_equal_coordinates(tmp_path):
     assert len({sites["A1"], sites["A4"], sites["A5"]}) == 3
 
 
-def test_derive_site_ids_rounds_to_a_micro_degree():
-    lon = [10.0, 10.0 + 4e-8, 10.0 + 2e-6, 10.0]
-    lat = [50.0, 50.0, 50.0, 50.0 + 2e-6]
+def test_derive_site_ids_link_samples_within_25_m():
+    # 10 E 50 N: 1e-4 degree of longitude is 7.2 m, of latitude 11.1 m
+    lon = [10.0, 10.0, 10.0003, 10.0, 10.0, 10.0]
+    lat = [50.0, 50.0, 50.0, 50.0 + 2e-3, 50.0 + 2e-3 + 2.5e-4, 50.01]
     ids = derive_site_ids(lon, lat)
-    assert ids[0] == ids[1]  # 4e-8 degrees apart: the same coordinate
-    assert len(set(ids)) == 3
-    assert ids[0] == "site_00000"
+    # equal coordinates, then 21.6 m east: one site; 222 m north: another,
+    # which 27.8 m further north does not join; 1.1 km north: a third
+    assert ids.tolist() == [
+        "site_00000",
+        "site_00000",
+        "site_00000",
+        "site_00001",
+        "site_00002",
+        "site_00003",
+    ]
+    assert derive_site_ids([], []).tolist() == []
+    with pytest.raises(ValueError, match="derive_site_ids: latitude is outside"):
+        derive_site_ids([1.0], [91.0])
+
+
+def io_and_cv_partitions(frame: pd.DataFrame) -> tuple[list, list]:
+    """The sites of ``frame`` as io names them and as cv groups them, as sorted partitions."""
+
+    def partition(labels) -> list:
+        groups = pd.Series(np.arange(len(labels))).groupby(np.asarray(labels)).agg(tuple)
+        return sorted(groups.tolist())
+
+    cv_labels = site_groups(frame[["longitude", "latitude"]])
+    return partition(frame["site_id"].to_numpy()), partition(cv_labels)
+
+
+def test_io_site_ids_and_cv_site_groups_are_the_same_sites(tmp_path):
+    rng = np.random.default_rng(0)
+    # plots of several cores in Europe, East Asia and Australia, some cores a few metres
+    # off the plot coordinate and some plots 15-40 m apart (chains across 25 m)
+    plots = np.vstack(
+        [
+            np.column_stack(
+                [rng.uniform(c[0], c[0] + 0.05, 40), rng.uniform(c[1], c[1] + 0.05, 40)]
+            )
+            for c in [(10.0, 50.0), (135.0, 35.0), (150.0, -33.0)]
+        ]
+    )
+    near = plots[::4] + rng.uniform(-4e-4, 4e-4, size=plots[::4].shape)
+    plots = np.vstack([plots, near])
+    idx = rng.integers(0, len(plots), 400)
+    lonlat = plots[idx] + rng.normal(0, 2e-5, (400, 2)) * (rng.random(400) < 0.3)[:, None]
+    rows = [f"s{i},{lon!r},{lat!r},1,{1 + i % 7}\n" for i, (lon, lat) in enumerate(lonlat.tolist())]
+    frame = read_samples(
+        write(tmp_path, rows, "sample_id,longitude,latitude,raw_obs_div,rarefied\n")
+    )
+    io_sites, cv_sites = io_and_cv_partitions(frame)
+    assert io_sites == cv_sites
+    # the table is a real test: some sites join distinct coordinates, some do not
+    n_coordinates = len(np.unique(lonlat, axis=0))
+    assert len(cv_sites) < n_coordinates and len(cv_sites) > len(plots) / 2
 
 
 def test_year_and_given_site_id_are_kept(tmp_path):
@@ -167,7 +215,7 @@ def test_many_bad_rows_show_the_first_few_and_the_count(tmp_path):
     with pytest.raises(ValueError) as err:
         read_samples(path)
     message = str(err.value)
-    assert "12 row(s)" in message and "line 2: 200.0" in message and "..." in message
+    assert "in 12 of 12 row(s)" in message and "line 2: 200.0" in message and "..." in message
     assert "line 13" not in message
 
 
@@ -356,15 +404,12 @@ def test_find_real_tables(tmp_path):
     assert find_real_tables(tmp_path).samples.name == "globalfungi_ecm_richness_europe.csv"
 
 
-@pytest.fixture
-def real_dir() -> Path:
-    if not REAL_DIR.is_dir():
-        pytest.skip(f"real data directory absent: {REAL_DIR}")
-    return REAL_DIR
+# Tests below read the real tables from --real-data DIR (or FUNGI_SSL_REAL_DATA) and
+# skip when neither is given: the fixture real_data_dir is in conftest.py.
 
 
-def test_real_globalfungi_table(real_dir):
-    found = find_real_tables(real_dir)
+def test_real_globalfungi_table(real_data_dir):
+    found = find_real_tables(real_data_dir)
     if found.samples is None:
         pytest.skip("GlobalFungi table absent")
     before = sha256(found.samples)
@@ -372,13 +417,31 @@ def test_real_globalfungi_table(real_dir):
     assert sha256(found.samples) == before
     assert len(df) == 8321 and df.attrs["n_dropped_na"] == 811
     assert df["sample_id"].is_unique and df["rarefied"].notna().all()
-    assert df["site_id"].nunique() == 3650  # DESIGN.md: 3,650 distinct coordinates
+    lonlat = df[["longitude", "latitude"]].to_numpy()
+    assert len(np.unique(lonlat, axis=0)) == 3650  # DESIGN.md: 3,650 distinct coordinates
+    # 25 m single linkage joins 354 of them into neighbours' sites
+    assert df["site_id"].nunique() == 3296
+    assert df["site_id"].value_counts().max() == 215  # DESIGN.md: up to 215 at one site
     assert df["longitude"].between(-180, 180).all() and df["latitude"].between(-90, 90).all()
     assert df["rarefied"].median() == pytest.approx(40.2, abs=0.5)  # DESIGN.md: median 40
 
 
-def test_real_spun_table(real_dir):
-    found = find_real_tables(real_dir)
+def test_real_tables_io_sites_equal_cv_sites_and_link_fast(real_data_dir):
+    import time
+
+    found = find_real_tables(real_data_dir)
+    if found.samples is None:
+        pytest.skip("GlobalFungi table absent")
+    df = read_samples(found.samples)
+    start = time.perf_counter()
+    io_sites, cv_sites = io_and_cv_partitions(df)
+    elapsed = time.perf_counter() - start
+    assert io_sites == cv_sites
+    assert elapsed < 5.0, f"linking {len(df)} samples took {elapsed:.1f} s"
+
+
+def test_real_spun_table(real_data_dir):
+    found = find_real_tables(real_data_dir)
     if found.spun_covariates is None:
         pytest.skip("SPUN covariate table absent")
     samples, cov = read_spun_covariates(found.spun_covariates)

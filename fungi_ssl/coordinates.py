@@ -15,6 +15,10 @@ mean radius, :data:`EARTH_RADIUS_M`) and then measure each pair found with
 Europe stretches East Asia by about x1.3 in one direction and Australia by
 about x2.4.
 
+Spatial blocks are squares in each point's UTM zone (:func:`utm_grid_cells`),
+whose scale stays within 0.1% of true, so a 50 km block is 50 km on the
+ground on every continent.
+
 :func:`check_lonlat` is the one range check of WGS84 longitude/latitude.
 """
 
@@ -38,12 +42,6 @@ WGS84_GEOD = Geod(ellps="WGS84")
 # by this factor, then every candidate is measured on the ellipsoid.
 _SPHERE_MARGIN = 1.02
 _MAX_SHOWN = 5
-#: Equal-area CRS used to measure distances between samples anywhere in
-#: Europe/Asia: Lambert azimuthal equal-area centred on Europe (ETRS89-LAEA
-#: uses 52N 10E). Distances up to a few hundred kilometres are within ~1%.
-EQUAL_AREA = CRS.from_proj4(
-    "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +datum=WGS84 +units=m +no_defs"
-)
 
 
 def _as_float(values: Any, name: str, source: str) -> tuple[np.ndarray, str, str, Any]:
@@ -117,13 +115,13 @@ def check_lonlat(
     >>> check_lonlat([6.0, 200.0, 190.0], [52.0, 52.0, 52.0], "coords")
     Traceback (most recent call last):
     ...
-    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 2 of 3 value(s): row 1: 200.0, row 2: 190.0
+    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 2 of 3 row(s): row 1: 200.0, row 2: 190.0
     >>> lines = pd.Index([2, 3], name="line")      # a table read from a file
     >>> check_lonlat(pd.Series([6.0, 7.0], index=lines),
     ...              pd.Series([52.0, -95.0], name="lat", index=lines), "samples.csv")
     Traceback (most recent call last):
     ...
-    ValueError: samples.csv: column 'lat' is outside -90..90 degrees (not a WGS84 longitude/latitude) in 1 of 2 value(s): line 3: -95.0
+    ValueError: samples.csv: column 'lat' is outside -90..90 degrees (not a WGS84 longitude/latitude) in 1 of 2 row(s): line 3: -95.0
     """
     lon, lon_what, lon_label, lon_keys = _as_float(longitude, "longitude", source)
     lat, lat_what, lat_label, lat_keys = _as_float(latitude, "latitude", source)
@@ -137,13 +135,13 @@ def check_lonlat(
         if not allow_nan and not finite.all():
             raise ValueError(
                 f"{source}: {what} is missing (NaN) or infinite in {int((~finite).sum())} of "
-                f"{arr.size} value(s): {_shown(arr, ~finite, label, keys)}"
+                f"{arr.size} row(s): {_shown(arr, ~finite, label, keys)}"
             )
         outside = finite & (np.abs(np.where(finite, arr, 0.0)) > limit)
         if outside.any():
             raise ValueError(
                 f"{source}: {what} is outside -{limit:g}..{limit:g} degrees (not a WGS84 "
-                f"longitude/latitude) in {int(outside.sum())} of {arr.size} value(s): "
+                f"longitude/latitude) in {int(outside.sum())} of {arr.size} row(s): "
                 f"{_shown(arr, outside, label, keys)}"
             )
 
@@ -215,22 +213,6 @@ def crs_to_lonlat(
     t = Transformer.from_crs(CRS.from_user_input(crs), WGS84, always_xy=True)
     lon, lat = t.transform(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
     return np.asarray(lon), np.asarray(lat)
-
-
-def project_metres(longitude: np.ndarray, latitude: np.ndarray) -> np.ndarray:
-    """Project lon/lat to metres in :data:`EQUAL_AREA`, as an ``(n, 2)`` array.
-
-    This is what spatial cross-validation and distance buffers use, so that a
-    "25 m site radius" or a "100 km block" means the same thing everywhere.
-
-    Examples
-    --------
-    >>> xy = project_metres([10.0, 10.0], [52.0, 52.001])
-    >>> round(float(np.hypot(*(xy[1] - xy[0]))))
-    111
-    """
-    x, y = lonlat_to_crs(longitude, latitude, EQUAL_AREA)
-    return np.column_stack([np.atleast_1d(x), np.atleast_1d(y)])
 
 
 def _lonlat_arrays(longitude: Any, latitude: Any, source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -81,7 +81,6 @@ from fungi_ssl.coordinates import (
     check_lonlat,
     geodesic_pairs_within,
     nearest_distance_m,
-    project_metres,
     utm_grid_cells,
 )
 
@@ -97,7 +96,6 @@ __all__ = [
     "RandomTrainValTest",
     "SiteGroupKFold",
     "SpatialKFold",
-    "as_metres",
     "check_coords",
     "site_groups",
 ]
@@ -145,7 +143,7 @@ def check_coords(
     >>> check_coords([[200.0, 52.0]])
     Traceback (most recent call last):
     ...
-    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 1 of 1 value(s): row 0: 200.0 (pass coordinates='metres' for projected coordinates)
+    ValueError: coords: longitude is outside -180..180 degrees (not a WGS84 longitude/latitude) in 1 of 1 row(s): row 0: 200.0 (pass coordinates='metres' for projected coordinates)
     """
     if coordinates not in ("lonlat", "metres"):
         raise ValueError(f"coordinates must be 'lonlat' or 'metres', got {coordinates!r}")
@@ -186,25 +184,6 @@ def check_coords(
                 f"{err} (pass coordinates='metres' for projected coordinates)"
             ) from None
     return arr
-
-
-def as_metres(
-    coords: np.ndarray | pd.DataFrame,
-    coordinates: CoordinateKind = "lonlat",
-    name: str = "coords",
-) -> np.ndarray:
-    """Deprecated: lon/lat projected on one Europe-centred plane (wrong elsewhere).
-
-    Kept only until :func:`fungi_ssl.comparison.nearest_training_distances`
-    measures with :func:`fungi_ssl.coordinates.nearest_distance_m`; the
-    splitters here no longer use it. Use :func:`check_coords` to validate
-    coordinates and the geodesic functions of :mod:`fungi_ssl.coordinates`
-    for distances.
-    """
-    arr = check_coords(coords, coordinates, name)
-    if coordinates == "metres":
-        return arr
-    return project_metres(arr[:, 0], arr[:, 1])
 
 
 def site_groups(

@@ -1,0 +1,373 @@
+"""Layer 2 of the simulated world: what the sensors and the 1 km products see.
+
+* **Sentinel-2 and Sentinel-1** time series (:func:`sentinel_observations`):
+  class spectra mixed by canopy, phenology shifted by temperature and host
+  composition, stand-level heterogeneity within a class, clouds as coherent
+  fields whose frequency follows precipitation (with the thin cloud and
+  shadow a mask misses), SAR backscatter from biomass, moisture and speckle.
+* **1 km covariates** (:func:`covariates_1km`) with the SPUN table's names and
+  units, as a climate/soil/land-cover model would see them.
+
+Observations are deterministic functions of a pixel's place, year and date
+(counter-based random numbers, :mod:`fungi_ssl.hashing`), so a chunk equals
+the same pixels cut from the whole tile.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pyproj import CRS
+from scipy.special import ndtri
+from tqdm.auto import tqdm
+
+from ..hashing import hash_keys, hash_normal, hash_uniform, splitmix64
+from .landscape import (
+    BROADLEAF,
+    CROPLAND,
+    DROUGHT_YEARS,
+    GRASSLAND,
+    HEATH,
+    LANDCOVER_CLASSES,
+    MIXED,
+    PIXEL_SIZE,
+    WOODLAND_CODES,
+    GaussianField,
+    Landscape,
+    _zone_key,
+)
+
+#: Consensus land-cover class (SPUN covariate name) of each simulated class.
+CONSENSUS_CLASS = {
+    "broadleaf": "ConsensusLandCoverClass_Deciduous_Broadleaf_Trees",
+    "conifer": "ConsensusLandCoverClass_Evergreen_Deciduous_Needleleaf_Trees",
+    "mixed": "ConsensusLandCoverClass_Mixed_Other_Trees",
+    "grassland": "ConsensusLandCoverClass_Herbaceous_Vegetation",
+    "heath": "ConsensusLandCoverClass_Shrubs",
+    "cropland": "ConsensusLandCoverClass_Cultivated_and_Managed_Vegetation",
+    "urban": "ConsensusLandCoverClass_Urban_Built_up",
+    "water": "ConsensusLandCoverClass_Open_Water",
+}
+
+S2_REVISIT_DAYS = 5
+S1_REVISIT_DAYS = 6
+#: splitmix64's increment (2**64 / golden ratio), as in :mod:`fungi_ssl.hashing`.
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+# Reflectance x 10,000 in TESSERA band order (B4 B2 B3 B8 B8A B5 B6 B7 B11 B12):
+# "green" = full leaf-on, "off" = leaf-off / senescent / bare.
+_GREEN = np.array([
+    [350, 300, 650, 3800, 3900, 1000, 2800, 3500, 2000, 1000],   # broadleaf
+    [220, 200, 420, 2400, 2500, 650, 1700, 2150, 1150, 500],     # conifer
+    [285, 250, 535, 3100, 3200, 825, 2250, 2825, 1575, 750],     # mixed
+    [400, 350, 750, 3600, 3700, 1050, 2700, 3300, 2300, 1200],   # grassland
+    [450, 330, 600, 2500, 2600, 800, 1800, 2300, 1800, 1000],    # heath
+    [350, 320, 700, 4200, 4300, 1050, 3000, 3900, 2200, 1050],   # cropland
+    [1500, 1200, 1350, 2100, 2150, 1600, 1850, 2000, 2500, 2200],  # urban
+    [250, 450, 550, 150, 120, 220, 150, 130, 60, 40],            # water
+], dtype=np.float32)
+_OFF = np.array([
+    [900, 600, 850, 2000, 2100, 1150, 1600, 1850, 2400, 1700],
+    [300, 250, 480, 2000, 2100, 700, 1450, 1800, 1250, 600],
+    [600, 425, 665, 2000, 2100, 925, 1525, 1825, 1825, 1150],
+    [1000, 700, 1000, 2500, 2600, 1300, 2000, 2300, 2700, 1900],
+    [650, 420, 700, 2000, 2100, 850, 1500, 1800, 2000, 1300],
+    [1700, 1100, 1400, 2300, 2400, 1850, 2100, 2200, 3200, 2600],
+    [1500, 1200, 1350, 2100, 2150, 1600, 1850, 2000, 2500, 2200],
+    [250, 450, 550, 150, 120, 220, 150, 130, 60, 40],
+], dtype=np.float32)
+# Phenology per class: minimum and maximum greenness, start and end of season
+# (day of year at a mean annual temperature of 7.5 degC).
+_GMIN = np.array([0.05, 0.60, 0.35, 0.25, 0.35, 0.00, 0.00, 0.0], dtype=np.float32)
+_GMAX = np.array([1.00, 1.00, 1.00, 0.95, 0.80, 1.00, 0.20, 0.0], dtype=np.float32)
+_SOS = np.array([120, 100, 115, 95, 130, 125, 120, 120], dtype=np.float32)
+_EOS = np.array([290, 300, 292, 300, 270, 215, 290, 290], dtype=np.float32)
+# Sentinel-1 backscatter (dB) of the ground / low vegetation of each class, and
+# of a full-biomass woody canopy.
+_S1_GROUND = np.array([[-12.0, -19.0]] * 4 + [[-11.0, -17.5], [-11.0, -18.0],
+                                              [-5.0, -11.0], [-21.0, -27.0]], dtype=np.float32)
+_S1_WOOD = np.array([-8.0, -13.5], dtype=np.float32)
+
+
+
+
+# --------------------------------------------------------------------------- #
+# Sentinel-2 and Sentinel-1
+# --------------------------------------------------------------------------- #
+
+def s2_doys(epsg: int) -> np.ndarray:
+    """Sentinel-2 acquisition days of year for a UTM zone (every 5 days, 73 dates).
+
+    Examples
+    --------
+    >>> d = s2_doys(32630); len(d), int(d[1] - d[0])
+    (73, 5)
+    """
+    return 1 + (int(epsg) - 32600) % S2_REVISIT_DAYS + S2_REVISIT_DAYS * np.arange(73)
+
+
+def s1_doys(epsg: int) -> np.ndarray:
+    """Sentinel-1 acquisition days of year (every 6 days, alternating orbits, 60 dates)."""
+    return 1 + (int(epsg) - 32600) % S1_REVISIT_DAYS + S1_REVISIT_DAYS * np.arange(60)
+
+
+def s1_orbits(n: int = 60) -> np.ndarray:
+    """Orbit direction of each Sentinel-1 date (alternating)."""
+    return np.where(np.arange(n) % 2 == 0, "ascending", "descending")
+
+
+def _cloud_share(precipitation: np.ndarray) -> np.ndarray:
+    """Mean share of cloudy Sentinel-2 dates as a function of annual precipitation."""
+    return np.clip(0.30 + 0.35 * (precipitation - 600.0) / 900.0, 0.15, 0.85)
+
+
+_CLOUD_DATE_SD = 1.5  # SD of the per-date regional cloudiness anomaly
+# Within-class heterogeneity between stands (log-SD of brightness, of the
+# NIR and SWIR balance; SD of season timing in days and of season depth)
+_STAND_BRIGHTNESS_SD = 0.18
+_STAND_TILT_SD = 0.10
+_STAND_PHENO_SHIFT_SD = 10.0
+_STAND_AMPLITUDE_SD = 0.12
+_TILT_NIR = np.array([0, 0, 0, 1, 1, 0, 0.5, 1, 0, 0], dtype=np.float64)
+_TILT_SWIR = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], dtype=np.float64)
+# Cloud-mask omissions: the band of the cloud field just below the cloud
+# threshold is thin cloud, and the cloud field shifted by this offset (m, to
+# the east and south) casts shadow; both pass the mask as valid observations
+_THIN_CLOUD_MARGIN = 0.3
+_SHADOW_OFFSET_M = 1500.0
+
+
+@lru_cache(maxsize=8)
+def _cloud_fields(seed: int) -> list[GaussianField]:
+    """One coherent cloud field (2.5 km length scale) per Sentinel-2 date."""
+    return [GaussianField(seed, 10_000 + t, 2500.0, 24) for t in range(73)]
+
+
+def _pheno(doy, sos, eos, gmin, gmax):
+    rise = 1.0 / (1.0 + np.exp(-(doy - sos) / 8.0))
+    fall = 1.0 / (1.0 + np.exp(-(doy - eos) / 10.0))
+    return gmin + (gmax - gmin) * np.clip(rise - fall, 0.0, 1.0)
+
+
+def _pixel_keys(epsg: np.ndarray, xs: np.ndarray, ys: np.ndarray, seed: int) -> np.ndarray:
+    """One uint64 key per pixel from its zone and global pixel index, (B, H, W)."""
+    col = np.rint(xs / PIXEL_SIZE - 0.5).astype(np.int64)
+    row = np.rint(-ys / PIXEL_SIZE - 0.5).astype(np.int64)
+    zone = _zone_key(epsg)
+    return hash_keys(seed, 301, zone[:, None, None], row[:, :, None], col[:, None, :])
+
+
+def _key_uniform(key: np.ndarray, *more) -> np.ndarray:
+    h = key
+    for k in more:
+        with np.errstate(over="ignore"):
+            h = splitmix64(h ^ (np.asarray(k).astype(np.int64).astype(np.uint64) + _GOLD
+                          + (h << np.uint64(6))))
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray,
+                          ys: np.ndarray, year: int | np.ndarray,
+                          layers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Sentinel-2 and Sentinel-1 time series for batched grids in one year.
+
+    Parameters
+    ----------
+    landscape : Landscape
+        The world.
+    epsg, xs, ys, year
+        As in :meth:`Landscape.layers`; all grids of one call must share a
+        UTM zone's acquisition calendar only if a single time axis is wanted
+        (per-grid days of year are returned).
+    layers : dict, optional
+        Latent layers already computed for the same grids.
+
+    Returns
+    -------
+    dict
+        ``s2 (T2, 10, B, H, W)`` float32 reflectance x 10,000, ``s2_valid (T2, B, H, W)``,
+        ``s2_doy (B, T2)``, ``s1 (T1, 2, B, H, W)`` float32 dB, ``s1_valid (T1, B, H, W)``,
+        ``s1_doy (B, T1)``.
+    """
+    seed = landscape.seed
+    epsg = np.asarray(epsg, dtype=np.int64)
+    B = xs.shape[0]
+    year_b = np.broadcast_to(np.asarray(year, dtype=np.int64), (B,))
+    L = layers if layers is not None else landscape.layers(epsg, xs, ys, year_b)
+    lc = L["landcover"].astype(np.int64)
+    c = L["canopy"].astype(np.float64)
+    h = L["host_fraction"].astype(np.float64)
+    temp = L["temperature"].astype(np.float64)
+    is_wood = np.isin(lc, WOODLAND_CODES)
+    tree_cls = np.where(is_wood, lc, BROADLEAF)
+    ground_cls = np.where(is_wood, GRASSLAND, lc)
+    dt = 7.5 - temp
+    broadish = np.isin(tree_cls, (BROADLEAF, MIXED))
+    sos_t = _SOS[tree_cls] + 4.0 * dt + broadish * 12.0 * (0.6 - h)
+    eos_t = _EOS[tree_cls] - 3.0 * dt
+    crop_shift = 25.0 * (hash_uniform(seed, 401, _zone_key(epsg)[:, None, None],
+                                      L["stand_i"], L["stand_j"]) - 0.5)
+    # stand-level heterogeneity within a class: species mix, understorey and
+    # soil background change brightness, the visible/NIR/SWIR balance, the
+    # timing and the depth of the season from one stand (or field) to the next
+    zk = _zone_key(epsg)[:, None, None]
+    si, sj = L["stand_i"], L["stand_j"]
+    het = [hash_normal(seed, 411 + i, zk, si, sj) for i in range(5)]
+    stand_gain = np.exp(_STAND_BRIGHTNESS_SD * het[0][..., None]
+                        + _STAND_TILT_SD * het[1][..., None] * _TILT_NIR
+                        + _STAND_TILT_SD * het[2][..., None] * _TILT_SWIR)
+    stand_shift = _STAND_PHENO_SHIFT_SD * het[3]
+    stand_depth = np.clip(1.0 + _STAND_AMPLITUDE_SD * het[4], 0.5, 1.3)
+    sos_t = sos_t + stand_shift
+    eos_t = eos_t - 0.5 * stand_shift
+    sos_g = _SOS[ground_cls] + 4.0 * dt + (ground_cls == CROPLAND) * crop_shift + stand_shift
+    eos_g = _EOS[ground_cls] - 3.0 * dt + (ground_cls == CROPLAND) * crop_shift - 0.5 * stand_shift
+    nir_gain = 1.0 + broadish * 0.08 * (h - 0.5)
+    drought = (L["europe"] & np.isin(year_b, DROUGHT_YEARS)[:, None, None])
+    zone = _zone_key(epsg)
+    keys = _pixel_keys(epsg, xs, ys, seed)
+    lat_cell = np.floor(L["latitude"] / 2.0).astype(np.int64)
+    xo = xs + 1.0e7 * zone[:, None]
+    theta = -math.sqrt(1 + _CLOUD_DATE_SD ** 2) * ndtri(_cloud_share(L["precipitation"]))
+
+    doy2 = np.stack([s2_doys(e) for e in epsg])  # (B, T2)
+    T2 = doy2.shape[1]
+    s2 = np.empty((T2, 10, *lc.shape), dtype=np.float32)
+    s2_valid = np.empty((T2, *lc.shape), dtype=bool)
+    G, O = _GREEN.astype(np.float64), _OFF.astype(np.float64)
+    Gt, Ot = G[tree_cls], O[tree_cls]          # (B, H, W, 10)
+    Gg, Og = G[ground_cls], O[ground_cls]
+    nir = np.zeros(10)
+    nir[[3, 4, 7]] = 1.0
+    gain = 1.0 + (nir_gain[..., None] - 1.0) * nir
+    tilt_load = np.array([-1, -1, -1, 1, 1, 0, 0.5, 1, 0.3, 0.3])
+    haze_add = np.array([600, 700, 650, 300, 300, 450, 350, 320, 150, 100], dtype=float)
+    for t in range(T2):
+        d = doy2[:, t][:, None, None]
+        dry = drought & (d >= 170) & (d <= 250)
+        gt = _pheno(d, sos_t, eos_t, _GMIN[tree_cls], _GMAX[tree_cls]) * np.where(dry, 0.93, 1.0)
+        gg = _pheno(d, sos_g, eos_g, _GMIN[ground_cls], _GMAX[ground_cls]) * np.where(dry, 0.8, 1.0)
+        gt, gg = np.clip(gt * stand_depth, 0, 1), np.clip(gg * stand_depth, 0, 1)
+        refl = (c[..., None] * (gt[..., None] * Gt + (1 - gt[..., None]) * Ot) * gain
+                + (1 - c[..., None]) * (gg[..., None] * Gg + (1 - gg[..., None]) * Og))
+        refl = refl * stand_gain
+        u1 = _key_uniform(keys, year_b[:, None, None], t, 1)
+        u2 = _key_uniform(keys, year_b[:, None, None], t, 2)
+        u3 = _key_uniform(keys, year_b[:, None, None], t, 3)
+        n1, n2 = ndtri(u1), ndtri(u2)
+        refl = refl * (1.0 + 0.035 * n1[..., None] + 0.025 * n2[..., None] * tilt_load)
+        refl = refl + (u3 < 0.06)[..., None] * haze_add * (0.5 + u3 / 0.12)[..., None]
+        # clouds: a coherent field per date plus a regional daily anomaly
+        # the year shifts the field far along x, which for a stationary field is a
+        # fresh realisation, so one field per date serves every year and zone
+        cf = _cloud_fields(seed)[t].grid(xo + 1.0e5 * (year_b[:, None] - 2000), ys)
+        anomaly = _CLOUD_DATE_SD * hash_normal(seed, 501, year_b[:, None, None], t,
+                                               zone[:, None, None], lat_cell)
+        cloudy = cf + anomaly > theta
+        # what the cloud mask misses: thin cloud at the edges of masked cloud
+        # brightens the visible bands, and cloud shadow, cast a few hundred
+        # metres from the cloud, darkens every band; both stay flagged valid
+        x_year = xo + 1.0e5 * (year_b[:, None] - 2000)
+        thin = ~cloudy & (cf + anomaly > theta - _THIN_CLOUD_MARGIN)
+        refl = refl + thin[..., None] * haze_add * (2.0 + 4.0 * u3)[..., None]
+        cs = _cloud_fields(seed)[t].grid(x_year + _SHADOW_OFFSET_M, ys - _SHADOW_OFFSET_M)
+        shadow = ~cloudy & (cs + anomaly > theta)
+        refl = np.where(shadow[..., None], refl * (0.35 + 0.2 * u2)[..., None], refl)
+        cloud_refl = (4800.0 + 1400.0 * n1)[..., None] * np.array(
+            [1.0, 1.05, 1.02, 0.95, 0.95, 0.98, 0.96, 0.95, 0.7, 0.55])
+        refl = np.where(cloudy[..., None], cloud_refl, refl)
+        s2[t] = np.moveaxis(np.clip(refl, 1.0, 15000.0), -1, 0)
+        s2_valid[t] = ~cloudy
+
+    doy1 = np.stack([s1_doys(e) for e in epsg])
+    T1 = doy1.shape[1]
+    s1 = np.empty((T1, 2, *lc.shape), dtype=np.float32)
+    s1_valid = np.empty((T1, *lc.shape), dtype=bool)
+    biomass = c * (1.0 - np.exp(-L["stand_age"].astype(np.float64) / 40.0)) * is_wood
+    ground_db = _S1_GROUND[lc].astype(np.float64)          # (B, H, W, 2)
+    open_veg = np.isin(lc, (GRASSLAND, HEATH, CROPLAND))
+    for t in range(T1):
+        d = doy1[:, t][:, None, None]
+        moist = hash_normal(seed, 601, year_b[:, None, None], t, zone[:, None, None], lat_cell)
+        orbit = 0.5 if t % 2 == 0 else -0.5
+        leaf = c * _pheno(d, sos_t, eos_t, _GMIN[tree_cls], _GMAX[tree_cls]) * broadish
+        crop = (lc == CROPLAND) * _pheno(d, sos_g, eos_g, 0.0, 1.0)
+        u1 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 1)
+        u2 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 2)
+        u3 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 3)
+        wet = (1.0 - biomass) * 1.6 * moist * open_veg
+        vv = ((1 - biomass) * ground_db[..., 0] + biomass * _S1_WOOD[0] + wet + orbit
+              + 1.5 * crop + 1.3 * ndtri(u1))
+        vh = ((1 - biomass) * ground_db[..., 1] + biomass * _S1_WOOD[1] + 0.8 * wet + orbit
+              + 0.8 * leaf + 2.0 * crop + 1.3 * ndtri(u2))
+        s1[t, 0] = vv
+        s1[t, 1] = vh
+        s1_valid[t] = u3 > 0.03
+    return {"s2": s2, "s2_valid": s2_valid, "s2_doy": doy2, "s1": s1, "s1_valid": s1_valid,
+            "s1_doy": doy1}
+
+
+
+def _with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
+    """Attach the CRS (rioxarray ``spatial_ref``) and the affine transform."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    ds = ds.rio.write_crs(CRS.from_epsg(int(epsg)))
+    return ds.rio.write_transform(ds.rio.transform(recalc=True))
+
+
+def covariates_1km(landscape: Landscape, sites: pd.DataFrame,
+                   samples: pd.DataFrame) -> pd.DataFrame:
+    """1 km covariates of every sample, with the SPUN table's names and units.
+
+    Each sample's 1 km cell is the 1,000 m UTM cell holding its site pixel.
+    Climate is the cell-mean climate plus a small downscaling error; soil is
+    the cell mean plus a SoilGrids-like prediction error (hashed per cell, so
+    both sites of one cell see the same value); land cover is the share of
+    each class on a 20 x 20 (50 m) sub-grid of the cell, from the 2017 map.
+    """
+    seed = landscape.seed
+    cell_col = np.floor(sites["col"].to_numpy() / 100).astype(np.int64)
+    cell_row = np.floor(sites["row"].to_numpy() / 100).astype(np.int64)
+    cells = pd.DataFrame({"epsg": sites["epsg"], "cc": cell_col, "cr": cell_row})
+    uniq, inverse = np.unique(cells.to_numpy(), axis=0, return_inverse=True)
+    n = len(uniq)
+    k = np.arange(20)
+    out = []
+    for start in tqdm(range(0, n, 500), desc="1 km covariates", leave=False, disable=n < 1000):
+        u = uniq[start:start + 500]
+        epsg = u[:, 0]
+        xs = u[:, 1:2] * 1000.0 + 25.0 + 50.0 * k[None]
+        ys = -(u[:, 2:3] * 1000.0 + 25.0 + 50.0 * k[None])
+        L = landscape.layers(epsg, xs, ys, 2017)
+        key = (seed, 801, _zone_key(epsg), u[:, 1], u[:, 2])
+        lc = L["landcover"].reshape(len(u), -1)
+        frac = {CONSENSUS_CLASS[name]: 100.0 * (lc == code).mean(axis=1)
+                for code, name in enumerate(LANDCOVER_CLASSES)}
+        def mean(a: np.ndarray, n: int = len(u)) -> np.ndarray:
+            return a.reshape(n, -1).mean(axis=1)
+
+        out.append(pd.DataFrame({
+            "CHELSA_BIO_Annual_Mean_Temperature":
+                10.0 * (mean(L["temperature"]) + 0.3 * hash_normal(*key, 1)),
+            "CHELSA_BIO_Annual_Precipitation":
+                mean(L["precipitation"]) * np.exp(0.05 * hash_normal(*key, 2)),
+            "SG_Soil_pH_H2O_005cm": 10.0 * np.clip(
+                mean(L["soil_ph"]) + 0.35 * hash_normal(*key, 3), 3.5, 9.0),
+            "SG_SOC_Content_005cm": mean(L["soil_soc"]) * np.exp(0.3 * hash_normal(*key, 4)),
+            "SG_Sand_Content_005cm": np.clip(
+                mean(L["sand"]) + 6.0 * hash_normal(*key, 5), 1.0, 95.0),
+            **frac,
+            "EarthEnvTopoMed_Elevation": mean(L["elevation"]),
+        }))
+    per_cell = pd.concat(out, ignore_index=True)
+    per_site = per_cell.iloc[inverse.ravel()].set_index(sites["site_id"].to_numpy())
+    cov = per_site.loc[samples["site_id"].to_numpy()].set_index(
+        pd.Index(samples["sample_id"].to_numpy(), name="sample_id"))
+    return cov.astype(np.float32)
+
+

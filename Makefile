@@ -6,7 +6,7 @@ PROFILE ?= full
 DATA    ?=
 SEED    ?= 0
 
-.PHONY: setup test book notebooks html bench clean-book clean-cache format check
+.PHONY: setup test book notebooks html bench check-min-deps clean-book clean-cache format check
 
 setup:
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -29,6 +29,10 @@ html:
 
 bench:
 	$(PY) benchmarks/run_all.py
+
+# Every dependency at its pyproject.toml floor in a throwaway venv, then pytest (needs PyPI).
+check-min-deps:
+	.ci/check-min-versions
 
 format:
 	$(VENV)/bin/ruff format fungi_ssl tests benchmarks

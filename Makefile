@@ -2,7 +2,8 @@
 PYTHON_BOOTSTRAP ?= python3.11
 VENV    := .venv
 PY      := $(VENV)/bin/python
-PROFILE ?= full
+# empty: bookrun's default, fungi_ssl.config.DEFAULT_PROFILE (the one place it is set)
+PROFILE ?=
 DATA    ?=
 SEED    ?= 0
 
@@ -22,7 +23,7 @@ test:
 book: notebooks html
 
 notebooks:
-	$(PY) -m fungi_ssl.bookrun --profile $(PROFILE) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),)
 
 html:
 	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror

@@ -2,15 +2,22 @@
 
 ``make notebooks`` calls this module::
 
-    python -m fungi_ssl.bookrun --profile quick --seed 0 [--data DIR] [--only 01]
+    python -m fungi_ssl.bookrun [--profile quick] [--seed 0] [--data DIR] [--only 01]
+
+Without ``--profile`` the book is built with :data:`fungi_ssl.config.DEFAULT_PROFILE`.
 
 Every ``notebooks/NN_*.ipynb`` (two-digit prefix) is executed in order into
 ``book/NN_*.ipynb``, which Jupyter Book then renders without re-executing. Each
 notebook receives, as papermill parameters, only those of ``profile``,
 ``seed``, ``data_dir`` and ``results_dir`` that its cell tagged ``parameters``
 declares. ``data_dir`` is the empty string (or ``None``, if that is the
-notebook's own default) for the embedded simulated study, and an absolute path
-for a real data directory.
+notebook's own default) for the embedded simulated study, and a path for a real
+data directory. Paths are injected relative to the notebook's folder (where the
+kernel runs), so the book shows no machine's absolute paths; after the run,
+any absolute path that remains in the executed notebook (the repository, the
+home folder, a data or results folder elsewhere) is replaced by a placeholder
+(:func:`scrub_machine_paths`). Kernels talk to the runner over IPC sockets,
+not unencrypted local TCP (:data:`KERNEL_TRANSPORT`).
 
 Numbers a chapter wants to keep (for the text of later chapters, or for tests)
 go through :func:`write_results`, which writes ``book/results/NN_<name>.json``;
@@ -55,6 +62,9 @@ RESULT_NAME_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9][A-Za-z0-9_\-]*$")
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 #: Lines of the failing cell's source shown in the error message.
 SOURCE_LINES_SHOWN = 6
+#: How the runner talks to kernels: IPC (Unix domain sockets in Jupyter's runtime
+#: folder) rather than TCP on localhost, which ipykernel warns is unencrypted.
+KERNEL_TRANSPORT = "ipc"
 
 
 # --------------------------------------------------------------------------
@@ -261,6 +271,27 @@ def declared_parameters(notebook: str | Path) -> dict[str, str]:
     return {name: str(p["default"]) for name, p in inspected.items()}
 
 
+def shown_path(path: str | Path, cwd: str | Path | None) -> str:
+    """A path as the book injects it: relative to ``cwd`` when they share a folder below ``/``.
+
+    Examples
+    --------
+    >>> shown_path("/work/repo/book/results", "/work/repo/notebooks")
+    '../book/results'
+    >>> shown_path("/data/real", "/work/repo/notebooks")
+    '/data/real'
+    >>> shown_path("/data/real", None)
+    '/data/real'
+    """
+    path = Path(os.path.abspath(path))
+    if cwd is None:
+        return str(path)
+    cwd = Path(os.path.abspath(cwd))
+    if os.path.commonpath([path, cwd]) == path.anchor:
+        return str(path)
+    return os.path.relpath(path, cwd)
+
+
 def notebook_parameters(
     declared: Mapping[str, str],
     *,
@@ -268,32 +299,105 @@ def notebook_parameters(
     seed: int,
     data_dir: str | Path | None,
     results_dir: str | Path,
+    cwd: str | Path | None = None,
 ) -> dict[str, Any]:
     """The parameters to inject: the book's parameters that the notebook declares.
 
-    ``data_dir`` is an absolute path string for real data; for the simulated
-    study it is ``None`` if the notebook's default is ``None``, else ``""``.
+    ``data_dir`` is a path string for real data; for the simulated study it is
+    ``None`` if the notebook's default is ``None``, else ``""``. Paths are
+    relative to ``cwd`` (the kernel's working directory) where
+    :func:`shown_path` can make them so, else absolute.
 
     Examples
     --------
     >>> notebook_parameters({"profile": "'quick'", "data_dir": "None"},
     ...                     profile="full", seed=1, data_dir=None, results_dir="/r")
     {'profile': 'full', 'data_dir': None}
-    >>> notebook_parameters({"seed": "0", "data_dir": "''"},
-    ...                     profile="full", seed=1, data_dir=None, results_dir="/r")
-    {'seed': 1, 'data_dir': ''}
+    >>> notebook_parameters({"seed": "0", "data_dir": "''", "results_dir": "''"},
+    ...                     profile="full", seed=1, data_dir=None, results_dir="/w/book/results",
+    ...                     cwd="/w/notebooks")
+    {'seed': 1, 'data_dir': '', 'results_dir': '../book/results'}
     """
     if data_dir:
-        data_value: str | None = str(Path(data_dir).resolve())
+        data_value: str | None = shown_path(data_dir, cwd)
     else:
         data_value = None if declared.get("data_dir", "").strip() == "None" else ""
     values: dict[str, Any] = {
         "profile": profile,
         "seed": int(seed),
         "data_dir": data_value,
-        "results_dir": str(Path(results_dir).resolve()),
+        "results_dir": shown_path(results_dir, cwd),
     }
     return {k: values[k] for k in BOOK_PARAMETERS if k in declared}
+
+
+def machine_path_placeholders(
+    data_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    notebook_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+) -> dict[str, str]:
+    """Absolute paths that must not appear in the book, and what to show instead.
+
+    The data, results, source-notebook and output folders become
+    ``<data_dir>``, ``<results_dir>``, ``<notebooks>`` and ``<book>``, the
+    repository ``<repo>`` and the home folder ``~``. Longest paths come first,
+    so a folder inside the repository keeps its own placeholder.
+
+    Examples
+    --------
+    >>> m = machine_path_placeholders("/mnt/real", None)
+    >>> m["/mnt/real"]
+    '<data_dir>'
+    >>> m[str(config.REPO_ROOT)]
+    '<repo>'
+    """
+    mapping: dict[str, str] = {}
+    if data_dir:
+        mapping[os.path.abspath(data_dir)] = "<data_dir>"
+    if results_dir:
+        mapping[os.path.abspath(results_dir)] = "<results_dir>"
+    if notebook_dir:
+        mapping.setdefault(os.path.abspath(notebook_dir), "<notebooks>")
+    if output_dir:
+        mapping.setdefault(os.path.abspath(output_dir), "<book>")
+    mapping.setdefault(str(config.REPO_ROOT), "<repo>")
+    home = os.path.expanduser("~")
+    if home not in ("", "/"):
+        mapping.setdefault(home, "~")
+    return dict(sorted(mapping.items(), key=lambda kv: -len(kv[0])))
+
+
+def _scrub(value: Any, pattern: re.Pattern, mapping: Mapping[str, str], key: str = "") -> Any:
+    if isinstance(value, str):
+        if key.startswith("image/") or key == "application/pdf":
+            return value  # base64 data
+        return pattern.sub(lambda m: mapping[m.group(0)], value)
+    if isinstance(value, Mapping):
+        return {k: _scrub(v, pattern, mapping, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, pattern, mapping, key) for v in value]
+    return value
+
+
+def scrub_machine_paths(executed: str | Path, mapping: Mapping[str, str]) -> bool:
+    """Replace machine-specific absolute paths everywhere in an executed notebook.
+
+    Cell sources (the injected parameters), text outputs, tracebacks and
+    papermill's metadata (``input_path``, ``output_path``) are rewritten with
+    ``mapping`` (e.g. from :func:`machine_path_placeholders`); images are left
+    alone. Returns True if anything changed.
+    """
+    path = Path(executed)
+    if not mapping:
+        return False
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)))
+    nb = json.loads(path.read_text())
+    cleaned = _scrub(nb, pattern, mapping)
+    if cleaned == nb:
+        return False
+    path.write_text(json.dumps(cleaned, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -456,13 +560,17 @@ def execute_notebook(
     output: str | Path,
     parameters: Mapping[str, Any],
     kernel_name: str = KERNEL_NAME,
+    path_placeholders: Mapping[str, str] | None = None,
 ) -> float:
     """Execute one notebook with papermill; return the seconds it took.
 
     The kernel runs in the notebook's own directory, headless, with
-    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`. In the executed copy the
-    default ``parameters`` cell is hidden from the book
-    (:func:`hide_default_parameters`); the injected values stay visible.
+    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`, and is reached over
+    :data:`KERNEL_TRANSPORT`. In the executed copy the default ``parameters``
+    cell is hidden from the book (:func:`hide_default_parameters`); the
+    injected values stay visible. Absolute paths in ``path_placeholders``
+    (default: :func:`machine_path_placeholders` of the repository and home
+    folder) are replaced in the executed copy (:func:`scrub_machine_paths`).
 
     Raises
     ------
@@ -471,7 +579,10 @@ def execute_notebook(
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
+    kernel_config = Config()
+    kernel_config.KernelManager.transport = KERNEL_TRANSPORT
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -484,8 +595,10 @@ def execute_notebook(
                 kernel_name=kernel_name,
                 progress_bar=False,
                 cwd=str(notebook.parent),
+                config=kernel_config,
             )
         except PapermillExecutionError as err:
+            scrub_machine_paths(output, _placeholders(path_placeholders))
             raise NotebookFailure(
                 notebook=notebook,
                 output=output,
@@ -499,6 +612,8 @@ def execute_notebook(
             # The kernel did not start (unknown kernel name, no response) or died
             # (out of memory); name the cell that was running, if any.
             index, count, source = _running_cell(output)
+            with contextlib.suppress(OSError, ValueError):
+                scrub_machine_paths(output, _placeholders(path_placeholders))
             raise NotebookFailure(
                 notebook=notebook,
                 output=output,
@@ -510,7 +625,12 @@ def execute_notebook(
             ) from err
     seconds = time.perf_counter() - start
     hide_default_parameters(output)
+    scrub_machine_paths(output, _placeholders(path_placeholders))
     return seconds
+
+
+def _placeholders(given: Mapping[str, str] | None) -> Mapping[str, str]:
+    return machine_path_placeholders() if given is None else given
 
 
 def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merge: bool) -> Path:
@@ -556,7 +676,7 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 
 def run_book(
     *,
-    profile: str = "quick",
+    profile: str | None = None,
     seed: int = 0,
     data_dir: str | Path | None = None,
     only: Sequence[str] | None = None,
@@ -570,8 +690,9 @@ def run_book(
 
     Parameters
     ----------
-    profile : {"quick", "full"}
-        Book profile (:data:`fungi_ssl.config.PROFILES`).
+    profile : {"quick", "full"}, optional
+        Book profile (:data:`fungi_ssl.config.PROFILES`); default
+        :data:`fungi_ssl.config.DEFAULT_PROFILE`.
     seed : int
         Seed passed to every notebook that declares ``seed``.
     data_dir : str or pathlib.Path, optional
@@ -599,6 +720,7 @@ def run_book(
     """
     from tqdm.auto import tqdm
 
+    profile = profile or config.DEFAULT_PROFILE
     config.get_profile(profile)  # validates the name
     if data_dir:
         data_path = Path(data_dir)
@@ -612,6 +734,7 @@ def run_book(
     results_dir = Path(results_dir) if results_dir else output_dir / "results"
     notebooks = find_notebooks(notebook_dir, only)
     results_dir.mkdir(parents=True, exist_ok=True)
+    placeholders = machine_path_placeholders(data_dir, results_dir, notebook_dir, output_dir)
 
     runs: list[NotebookRun] = []
     bar = tqdm(notebooks, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
@@ -624,10 +747,13 @@ def run_book(
                 seed=seed,
                 data_dir=data_dir,
                 results_dir=results_dir,
+                cwd=nb_path.parent,
             )
             start = time.perf_counter()
             try:
-                seconds = execute_notebook(nb_path, output_dir / nb_path.name, params, kernel_name)
+                seconds = execute_notebook(
+                    nb_path, output_dir / nb_path.name, params, kernel_name, placeholders
+                )
             except NotebookFailure as failure:
                 runs.append(
                     NotebookRun(
@@ -654,8 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--profile",
         choices=sorted(config.PROFILES),
-        default="quick",
-        help="book profile (default: quick)",
+        default=config.DEFAULT_PROFILE,
+        help=f"book profile (default: {config.DEFAULT_PROFILE}, from fungi_ssl.config)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed passed to notebooks (default: 0)"

@@ -9,7 +9,10 @@ Data roots move with environment variables, never by editing code:
 
 A *profile* sizes the book: ``quick`` is small and used by CI, ``full`` is the
 real book. Notebooks receive the profile name as a papermill parameter and look
-up their sizes here, so one edit resizes the whole book.
+up their sizes here, so one edit resizes the whole book. :data:`DEFAULT_PROFILE`
+is the one default: ``make book`` and ``python -m fungi_ssl.bookrun`` use it
+when no profile is given, and every notebook's ``parameters`` cell declares the
+same value (``tests/test_bookrun.py`` checks it).
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ PROFILES: dict[str, Profile] = {
     "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=2_500, map_tile_px=256,
                     pretrain_pixels=32_768, probe_pixels=32_768),
 }
+
+
+#: The profile the book is built with when none is given (the real book).
+DEFAULT_PROFILE = "full"
 
 
 def get_profile(name: str) -> Profile:

@@ -194,7 +194,8 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     # --only re-runs one chapter and keeps the other's summary entry
     assert (
         bookrun.main(
-            ["--only", "01", "--notebooks", str(notebooks), "--output", str(book), "--no-progress"]
+            ["--only", "01", "--profile", "quick", "--notebooks", str(notebooks),
+             "--output", str(book), "--no-progress"]
         )
         == 0
     )
@@ -256,3 +257,120 @@ def test_unknown_kernel_is_a_clear_failure(book_dirs):
             notebook_dir=notebooks, output_dir=book, kernel_name="no_such_kernel", progress=False
         )
     assert info.value.cell_index is None and "before any cell ran" in info.value.describe()
+
+
+# ---------------------------------------------------------------- one default profile
+
+
+def test_one_default_profile_for_make_bookrun_and_notebooks():
+    """config.DEFAULT_PROFILE is the only default: bookrun's, make's (by omission) and each
+    notebook's parameters cell, so a chapter re-run with bookrun matches `make book`."""
+    import inspect
+    import subprocess
+
+    from fungi_ssl import config
+
+    default = config.DEFAULT_PROFILE
+    assert default in config.PROFILES
+    assert bookrun.build_parser().parse_args([]).profile == default
+    assert inspect.signature(bookrun.run_book).parameters["profile"].default is None
+    make = subprocess.run(["make", "-n", "notebooks"], cwd=config.REPO_ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    assert "fungi_ssl.bookrun" in make and "--profile" not in make  # leaves it to bookrun
+    make_quick = subprocess.run(["make", "-n", "notebooks", "PROFILE=quick"],
+                                cwd=config.REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--profile quick" in make_quick
+    notebooks = bookrun.find_notebooks(config.NOTEBOOK_DIR)
+    for nb in notebooks:
+        declared = bookrun.declared_parameters(nb)
+        assert set(bookrun.BOOK_PARAMETERS) <= set(declared), (nb.name, sorted(declared))
+        assert declared["profile"].strip("'\"") == default, (
+            f"{nb.name}: parameters cell says profile = {declared['profile']}, "
+            f"config.DEFAULT_PROFILE is {default!r}"
+        )
+
+
+def test_run_book_without_profile_uses_the_default(book_dirs):
+    from fungi_ssl import config
+
+    notebooks, book = book_dirs
+    _notebook(notebooks / "00_p.ipynb", "profile = 'x'", "print('PROFILE', profile)")
+    runs = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    assert runs[0].profile == config.DEFAULT_PROFILE
+    assert f"PROFILE {config.DEFAULT_PROFILE}" in _outputs_text(book / "00_p.ipynb")
+
+
+# ---------------------------------------------------------------- nothing machine-specific
+
+
+def test_executed_notebooks_hold_no_machine_paths(tmp_path):
+    """The book (HTML and the executed .ipynb it offers for download) shows no absolute path
+    of this machine: injected paths are relative, and any that a cell prints is replaced."""
+    from fungi_ssl import config
+
+    notebooks, book = tmp_path / "notebooks", tmp_path / "book"
+    notebooks.mkdir()
+    real = tmp_path / "real"
+    real.mkdir()
+    _notebook(
+        notebooks / "00_paths.ipynb",
+        "profile = 'full'\nseed = 0\ndata_dir = ''\nresults_dir = ''",
+        "import os, warnings\nfrom fungi_ssl import config\nfrom fungi_ssl.bookrun import write_results\n"
+        "print(os.path.abspath(data_dir), os.path.abspath(results_dir))\n"
+        "print(config.REPO_ROOT, os.path.expanduser('~'))\n"
+        "warnings.warn(f'something in {config.REPO_ROOT}/fungi_ssl')\n"
+        "write_results('00_paths', {'ok': os.path.isdir(data_dir)}, results_dir)",
+        "raise_in = None",
+    )
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, data_dir=real, progress=False)
+    text = (book / "00_paths.ipynb").read_text()
+    for machine in (str(tmp_path), str(config.REPO_ROOT), os.path.expanduser("~")):
+        assert machine not in text, machine
+    nb = nbformat.read(str(book / "00_paths.ipynb"), as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'data_dir = "../real"' in injected.source
+    assert 'results_dir = "../book/results"' in injected.source
+    out = _outputs_text(book / "00_paths.ipynb")
+    assert "<data_dir> <results_dir>" in out and "<repo> ~" in out
+    # the relative paths worked: results landed in book/results, data_dir was found
+    assert bookrun.read_results("00_paths", book / "results") == {"ok": True}
+
+
+def test_a_failing_notebook_is_scrubbed_too(tmp_path):
+    from fungi_ssl import config
+
+    notebooks, book = tmp_path / "notebooks", tmp_path / "book"
+    notebooks.mkdir()
+    _notebook(notebooks / "00_fail.ipynb", "seed = 0",
+              "from fungi_ssl import config\nraise FileNotFoundError(str(config.REPO_ROOT))")
+    with pytest.raises(bookrun.NotebookFailure):
+        bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    assert str(config.REPO_ROOT) not in (book / "00_fail.ipynb").read_text()
+
+
+def test_scrub_leaves_images_alone(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output(
+        "display_data", data={"image/png": "L2hvbWUvdXNlcg==", "text/plain": "/home/user/x"})]
+    nb.cells.append(cell)
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, str(path))
+    assert bookrun.scrub_machine_paths(path, {"/home/user": "~"})
+    data = nbformat.read(str(path), as_version=4).cells[0].outputs[0]["data"]
+    assert data["text/plain"] == "~/x" and data["image/png"] == "L2hvbWUvdXNlcg=="
+    assert not bookrun.scrub_machine_paths(path, {"/home/user": "~"})  # nothing left
+
+
+# ---------------------------------------------------------------- kernel transport
+
+
+def test_kernels_run_over_ipc_without_the_tcp_warning(book_dirs, capfd):
+    notebooks, book = book_dirs
+    _notebook(notebooks / "00_k.ipynb", "seed = 0",
+              "from ipykernel.connect import get_connection_info\n"
+              "print('TRANSPORT', get_connection_info(unpack=True)['transport'])")
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    assert "TRANSPORT ipc" in _outputs_text(book / "00_k.ipynb")
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.out + captured.err

@@ -236,3 +236,15 @@ def test_design_constants_apply_only_to_their_phrase():
     design = DESIGN_CONSTANTS["notebooks/00_simulated_study.ipynb"]
     assert not typed_numbers("12% of non-ancient conifer and mixed stands", design=design)
     assert typed_numbers("12% of samples are too shallow", design=design)
+
+
+def test_front_page_lists_built_chapters_as_built():
+    """book/index.md says in the present tense only what exists: its 'Built' list is exactly
+    the chapters in notebooks/, and no planned chapter has a notebook yet."""
+    text = (REPO / "book" / "index.md").read_text()
+    built = text.split("### Built", 1)[1].split("###", 1)[0]
+    planned = text.split("### Planned", 1)[1].split("##", 1)[0]
+    chapter = re.compile(r"^- \*\*(\d{2})\*\*", re.MULTILINE)
+    have = {p.name[:2] for p in NOTEBOOKS if re.match(r"\d{2}_", p.name)}
+    assert set(chapter.findall(built)) == have
+    assert not set(chapter.findall(planned)) & have

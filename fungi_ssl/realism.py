@@ -20,10 +20,11 @@ Definitions
 -----------
 - Statistics of richness are computed on the rows that have a ``rarefied``
   value, as GlobalFungi's users model them.
-- A *site* is a distinct recorded coordinate (longitude and latitude to
-  1e-6°). GlobalFungi gives every core of a plot the plot's coordinate, so
-  this counts plots as the table records them, whatever grouping a
-  cross-validation later uses.
+- A *site* is the package's one definition (:func:`fungi_ssl.cv.site_groups`):
+  samples joined by a chain of samples within 25 m of each other, which
+  includes all cores that share a plot coordinate (GlobalFungi gives every
+  core of a plot the plot's coordinate). ``n_coordinates`` counts the distinct
+  recorded coordinates as well, as ``shared/tools/realism_report.py`` does.
 - The *precision* of a coordinate is the number of decimals of the coarser of
   its longitude and latitude: ``46.5, 7.1234`` has one decimal. Coarse
   coordinates put a sample's satellite patch up to hundreds of metres from
@@ -65,7 +66,8 @@ QUANTILES = (0.10, 0.25, 0.50, 0.75, 0.90, 0.99)
 STATISTICS: dict[str, str] = {
     "n_samples": "samples with a rarefied value",
     "share_without_value": "share of rows without a rarefied value (too shallow to rarefy)",
-    "n_sites": "sites (distinct coordinates)",
+    "n_coordinates": "distinct recorded coordinates",
+    "n_sites": "sites (samples within 25 m, fungi_ssl.cv.site_groups)",
     "samples_per_site_mean": "samples per site, mean",
     "samples_per_site_max": "samples per site, max",
     **{f"rarefied_q{round(q * 100):02d}": f"rarefied richness, {round(q * 100)}% quantile"
@@ -82,8 +84,8 @@ STATISTICS: dict[str, str] = {
 REFERENCE_FILE = "globalfungi_europe_summary.json"
 #: The real table the shipped summary describes (its name in a real data directory).
 REFERENCE_TABLE = "globalfungi_ecm_richness_europe.csv"
-#: Decimal places to which coordinates are compared when grouping samples into sites.
-SITE_DECIMALS = 6
+#: Decimal places to which coordinates are compared when counting distinct coordinates.
+COORDINATE_DECIMALS = 6
 
 #: How close a simulated statistic must be to the real one to count as matching:
 #: ``("relative", t)`` means within ±t of the real value times t, ``("absolute", t)``
@@ -184,10 +186,12 @@ def sample_table_statistics(samples: pd.DataFrame, source: str = "sample table")
     lat = _numeric_column(samples, "latitude", source).to_numpy()[has_value]
     r = rarefied.to_numpy()[has_value]
 
-    site = pd.MultiIndex.from_arrays(
-        [np.round(lon, SITE_DECIMALS), np.round(lat, SITE_DECIMALS)]
+    from .cv import site_groups
+
+    coordinates = pd.MultiIndex.from_arrays(
+        [np.round(lon, COORDINATE_DECIMALS), np.round(lat, COORDINATE_DECIMALS)]
     )
-    codes = pd.factorize(site)[0]
+    codes = site_groups(np.column_stack([lon, lat]))
     per_site = np.bincount(codes)
     log_r = np.log1p(r)
     site_mean = np.bincount(codes, weights=log_r) / per_site
@@ -207,6 +211,7 @@ def sample_table_statistics(samples: pd.DataFrame, source: str = "sample table")
     out: dict[str, float] = {
         "n_samples": float(len(r)),
         "share_without_value": float(1.0 - len(r) / n_rows),
+        "n_coordinates": float(coordinates.nunique()),
         "n_sites": float(len(per_site)),
         "samples_per_site_mean": float(per_site.mean()),
         "samples_per_site_max": float(per_site.max()),

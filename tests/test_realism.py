@@ -106,7 +106,8 @@ def test_shipped_reference_without_data_dir(tmp_path):
         assert set(stats) == set(realism.STATISTICS)
         assert all(np.isfinite(v) for v in stats.values())
     # the real table's documented shape (shared/data/real/README.md, DESIGN.md)
-    assert stats["n_samples"] == 8321 and stats["n_sites"] == 3650
+    assert stats["n_samples"] == 8321 and stats["n_coordinates"] == 3650
+    assert stats["n_sites"] == 3296  # 25 m linkage joins plots recorded metres apart
     assert stats["samples_per_site_max"] == 215
     assert 0.9 < stats["spearman_raw_vs_rarefied"] < 1.0
 

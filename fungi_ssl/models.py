@@ -6,7 +6,8 @@ early stopping on the validation part, and compared the per-seed test scores
 with paired Wilcoxon tests. This module holds that protocol
 (:func:`evaluate_random_splits`), its spatial counterpart for the splitters of
 :mod:`fungi_ssl.cv` (:func:`evaluate_cv`), the metrics, the paired comparison
-and the summary that chapter 04 writes to JSON.
+(Wilcoxon and the corrected resampled t-test, :func:`paired_comparison`) and
+the summary that chapter 04 writes to JSON.
 
 Models (:func:`make_model`):
 
@@ -19,6 +20,13 @@ Models (:func:`make_model`):
     31 leaves, row and column subsampling 0.8; :func:`fit_model` stops early
     (50 rounds without improvement of the validation L2) when it is given a
     validation part.
+``"xgboost"``
+    :class:`xgboost.XGBRegressor` (the CPU-only ``xgboost-cpu`` wheel), the
+    same schedule as LightGBM: up to 1,000 trees at learning rate 0.05, row
+    and column subsampling 0.8, L2 penalty 1, at least 20 samples' weight per
+    leaf (``min_child_weight``, LightGBM's ``min_child_samples``), trees grown
+    depth-wise to XGBoost's default depth 6 with the ``hist`` method;
+    :func:`fit_model` stops it early by the same rule as LightGBM.
 ``"ridge"``
     Standardised :class:`~sklearn.linear_model.RidgeCV` (alpha chosen by
     efficient leave-one-out over 10⁻³ … 10⁵), the linear baseline.
@@ -26,9 +34,10 @@ Models (:func:`make_model`):
 Every model is seeded and uses ``n_jobs=2`` (the two cores) unless told otherwise.
 Keyword ``params`` override the defaults. Measured on 7,000 × 100 features on
 the book machine (2 cores shared with other work): ridge < 1 s, LightGBM
-about 1 s (≈ 300 rounds before early stopping), RF about 10–15 s per fit. For
-the 1,152 raw patch features, reduce them in-fold first (``feature_transform``)
-or lower ``max_features`` for RF.
+about 1 s (≈ 300 rounds before early stopping), XGBoost about the same
+(≈ 200 rounds), RF about 10–15 s per fit. For the 1,152 raw patch features,
+reduce them in-fold first (``feature_transform``) or lower ``max_features``
+for RF.
 
 Missing values
 --------------
@@ -36,9 +45,10 @@ A row with NaN (or ±inf) in ``X`` or ``y`` raises a ValueError that counts
 them (``nan_policy="raise"``, the default). With ``nan_policy="drop"`` those
 rows are dropped before splitting, a warning gives the count, and the result's
 ``n_dropped`` column records it. With ``nan_policy="allow"`` NaN in ``X`` is
-passed on to the transform and the model (LightGBM and scikit-learn's random
-forest split on missing values; ridge does not), e.g. for samples whose
-embedding is missing; a NaN or inf in ``y``, or an inf in ``X``, still raises.
+passed on to the transform and the model (LightGBM, XGBoost and
+scikit-learn's random forest split on missing values; ridge does not), e.g.
+for samples whose embedding is missing; a NaN or inf in ``y``, or an inf in
+``X``, still raises.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from typing import Any, Literal
 import lightgbm
 import numpy as np
 import pandas as pd
+import xgboost
 from scipy import stats
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.ensemble import RandomForestRegressor
@@ -66,6 +77,7 @@ __all__ = [
     "METRIC_NAMES",
     "MODEL_NAMES",
     "PairedComparison",
+    "corrected_resampled_ttest",
     "evaluate_cv",
     "evaluate_random_splits",
     "fit_model",
@@ -75,9 +87,9 @@ __all__ = [
     "summarise",
 ]
 
-MODEL_NAMES = ("rf", "lightgbm", "ridge")
+MODEL_NAMES = ("rf", "lightgbm", "xgboost", "ridge")
 METRIC_NAMES = ("r2", "rmse", "mae", "medae", "me")
-#: Rounds without improvement of the validation loss before LightGBM stops.
+#: Rounds without improvement of the validation loss before LightGBM or XGBoost stops.
 EARLY_STOPPING_ROUNDS = 50
 
 NanPolicy = Literal["raise", "drop", "allow"]
@@ -92,7 +104,7 @@ def make_model(name: str, seed: int = 0, n_jobs: int = 2, **params: Any) -> Base
 
     Parameters
     ----------
-    name : {"rf", "lightgbm", "ridge"}
+    name : {"rf", "lightgbm", "xgboost", "ridge"}
         Model family (see the module docstring for the defaults).
     seed : int
         ``random_state`` of the model (ridge has no randomness).
@@ -110,6 +122,8 @@ def make_model(name: str, seed: int = 0, n_jobs: int = 2, **params: Any) -> Base
     --------
     >>> make_model("lightgbm", seed=1, n_estimators=10).get_params()["n_estimators"]
     10
+    >>> make_model("xgboost", seed=1).get_params()["max_depth"]
+    6
     >>> make_model("ridge").steps[-1][0]
     'ridgecv'
     """
@@ -141,6 +155,21 @@ def make_model(name: str, seed: int = 0, n_jobs: int = 2, **params: Any) -> Base
             "verbose": -1,
         }
         return lightgbm.LGBMRegressor(**{**defaults, **params})
+    if name == "xgboost":
+        defaults = {
+            "n_estimators": 1000,
+            "learning_rate": 0.05,
+            "max_depth": 6,
+            "min_child_weight": 20,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "reg_lambda": 1.0,
+            "tree_method": "hist",
+            "random_state": seed,
+            "n_jobs": n_jobs,
+            "verbosity": 0,
+        }
+        return xgboost.XGBRegressor(**{**defaults, **params})
     if name == "ridge":
         defaults = {"alphas": np.logspace(-3, 5, 33)}
         return make_pipeline(StandardScaler(), RidgeCV(**{**defaults, **params}))
@@ -157,11 +186,13 @@ def fit_model(
 ) -> BaseEstimator:
     """Fit ``model``, with early stopping on the validation part where it applies.
 
-    LightGBM given ``X_val``/``y_val`` stops when the validation L2 has not
-    improved for ``early_stopping_rounds`` rounds and predicts with the best
-    iteration (``model.best_iteration_``). Other models ignore the validation
-    part: they are fitted on the training part only, so every model sees the
-    same training data.
+    LightGBM and XGBoost given ``X_val``/``y_val`` stop when the validation
+    L2 (XGBoost: its square root, lowest at the same round) has not
+    improved for ``early_stopping_rounds`` rounds and predict with the best
+    iteration (LightGBM's ``model.best_iteration_``, XGBoost's
+    ``model.best_iteration``). Other models ignore the validation part: they are
+    fitted on the training part only, so every model sees the same training
+    data.
 
     Parameters
     ----------
@@ -186,6 +217,9 @@ def fit_model(
     >>> m = fit_model(make_model("lightgbm", n_estimators=500), X[:200], y[:200], X[200:], y[200:])
     >>> m.best_iteration_ < 500
     True
+    >>> x = fit_model(make_model("xgboost", n_estimators=500), X[:200], y[:200], X[200:], y[200:])
+    >>> x.best_iteration < 499
+    True
     """
     if (X_val is None) != (y_val is None):
         raise ValueError("X_val and y_val must be given together (or neither)")
@@ -198,6 +232,14 @@ def fit_model(
             callbacks=[lightgbm.early_stopping(early_stopping_rounds, verbose=False)],
         )
         return model
+    if isinstance(model, xgboost.XGBRegressor):
+        # XGBoost takes the patience as a model parameter; without a validation
+        # part it must be None, or fit refuses to run
+        rounds = early_stopping_rounds if X_val is not None else None
+        model.set_params(early_stopping_rounds=rounds)
+        if X_val is not None:
+            model.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
+            return model
     model.fit(X_train, y_train)
     return model
 
@@ -628,9 +670,14 @@ class PairedComparison:
     mean_diff : float
         Mean of ``a − b``.
     ci_low, ci_high : float
-        t-interval for the mean difference (``confidence``, default 95%).
+        t-interval for the mean difference (``confidence``, default 95%),
+        treating the pairs as independent.
     wilcoxon_p : float
         Two-sided Wilcoxon signed-rank p-value (1.0 when all differences are 0).
+    corrected_t_p : float or None
+        Two-sided p of the corrected resampled t-test
+        (:func:`corrected_resampled_ttest`); None when no test/train ratio
+        was given.
     """
 
     n: int
@@ -638,14 +685,84 @@ class PairedComparison:
     ci_low: float
     ci_high: float
     wilcoxon_p: float
+    corrected_t_p: float | None = None
 
     def to_dict(self) -> dict[str, float | int]:
         """The fields as a plain dict (for JSON)."""
         return asdict(self)
 
 
-def paired_comparison(a, b, confidence: float = 0.95) -> PairedComparison:
-    """Compare paired per-seed scores: mean difference, t-interval, Wilcoxon p.
+def corrected_resampled_ttest(differences, test_train_ratio: float) -> tuple[float, float]:
+    """The corrected resampled t-test of Nadeau & Bengio (2003), two-sided.
+
+    Scores from J random train/test splits of one data set are not
+    independent: the training parts overlap (two 70% parts share about half
+    their rows) and so do the test parts, so the J differences vary less
+    than J independent replications would, and the plain paired t-test (and
+    the Wilcoxon test, which also assumes independent pairs) calls
+    differences significant far too often. Nadeau & Bengio inflate the
+    variance of the mean difference from σ²/J to
+
+    .. math:: \\left(\\frac{1}{J} + \\frac{n_\\text{test}}{n_\\text{train}}\\right) \\hat\\sigma^2,
+
+    with σ̂² the sample variance (ddof 1) of the J differences, and refer
+    t = mean / √(that) to Student's t with J − 1 degrees of freedom.
+
+    Parameters
+    ----------
+    differences : array_like
+        Per-split differences of a score (e.g. R² of set A − R² of set B),
+        at least 2.
+    test_train_ratio : float
+        n_test / n_train of one split (0.2 / 0.7 for the study's 70/10/20
+        splits, counting as training the part a model is fitted on).
+
+    Returns
+    -------
+    t, p : float
+        The statistic and its two-sided p-value. All differences equal to
+        zero give ``(0.0, 1.0)``; equal non-zero differences (no variance)
+        give ``(±inf, 0.0)``.
+
+    References
+    ----------
+    Nadeau, C. & Bengio, Y. (2003) Inference for the generalization error.
+    Machine Learning 52:239-281.
+
+    Examples
+    --------
+    Three splits with differences 0.02, 0.04, 0.06 (mean 0.04, variance
+    0.0004) and n_test / n_train = 2 / 7: t² = 0.04² / ((1/3 + 2/7) × 0.0004)
+    = 84 / 13, and with 2 degrees of freedom p = 1 − |t| / √(t² + 2) = 1 − √(42/55):
+
+    >>> t, p = corrected_resampled_ttest([0.02, 0.04, 0.06], 2 / 7)
+    >>> round(t ** 2, 4), round(p, 4), round(1 - (42 / 55) ** 0.5, 4)
+    (6.4615, 0.1261, 0.1261)
+    """
+    d = np.asarray(differences, dtype=float).ravel()
+    if d.size < 2:
+        raise ValueError(f"differences: need at least 2 splits, got {d.size}")
+    if not np.isfinite(d).all():
+        raise ValueError("differences must be finite (no NaN or inf)")
+    ratio = float(test_train_ratio)
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"test_train_ratio must be a positive number, got {test_train_ratio!r}")
+    n = d.size
+    mean = float(d.mean())
+    var = float(d.var(ddof=1))
+    if var == 0.0:
+        if mean == 0.0:
+            return 0.0, 1.0
+        return math.copysign(math.inf, mean), 0.0
+    t = mean / math.sqrt((1.0 / n + ratio) * var)
+    p = float(2.0 * stats.t.sf(abs(t), df=n - 1))
+    return t, p
+
+
+def paired_comparison(
+    a, b, confidence: float = 0.95, test_train_ratio: float | None = None
+) -> PairedComparison:
+    """Compare paired per-seed scores: mean difference, t-interval, Wilcoxon p, corrected t p.
 
     Pairs are per seed: ``a[i]`` and ``b[i]`` come from the same split. When
     both are :class:`pandas.Series` they are paired by index (e.g. seed),
@@ -656,12 +773,20 @@ def paired_comparison(a, b, confidence: float = 0.95) -> PairedComparison:
     3 seeds, 0.0625 for 5, 0.002 for 10, about 2e-15 for 50. With fewer than 6
     pairs no difference can reach p < 0.05, so read the interval, not just p.
 
+    Both the Wilcoxon test and the t-interval treat the pairs as independent.
+    Random splits of one data set are not: their training and test parts
+    overlap, so given ``test_train_ratio`` (n_test / n_train) the result also
+    holds the corrected resampled t-test (:func:`corrected_resampled_ttest`),
+    which allows for that overlap and is the one to lean on for random splits.
+
     Parameters
     ----------
     a, b : array_like or Series
         Scores of the two predictor sets or models (e.g. test R² per seed).
     confidence : float
         Level of the t-interval.
+    test_train_ratio : float, optional
+        n_test / n_train of one split; when given, ``corrected_t_p`` is set.
 
     Returns
     -------
@@ -671,8 +796,8 @@ def paired_comparison(a, b, confidence: float = 0.95) -> PairedComparison:
     --------
     >>> r = paired_comparison([0.61, 0.58, 0.63, 0.60, 0.59, 0.62],
     ...                       [0.50, 0.49, 0.55, 0.50, 0.47, 0.52])
-    >>> round(r.mean_diff, 3), r.n, round(r.wilcoxon_p, 4)
-    (0.1, 6, 0.0312)
+    >>> round(r.mean_diff, 3), r.n, round(r.wilcoxon_p, 4), r.corrected_t_p is None
+    (0.1, 6, 0.0312, True)
     """
     if isinstance(a, pd.Series) and isinstance(b, pd.Series):
         if set(a.index) != set(b.index) or a.index.has_duplicates:
@@ -696,8 +821,16 @@ def paired_comparison(a, b, confidence: float = 0.95) -> PairedComparison:
         p = 1.0
     else:
         p = float(stats.wilcoxon(av, bv, alternative="two-sided").pvalue)
+    corrected = None
+    if test_train_ratio is not None:
+        corrected = corrected_resampled_ttest(d, test_train_ratio)[1]
     return PairedComparison(
-        n=n, mean_diff=mean, ci_low=mean - half, ci_high=mean + half, wilcoxon_p=p
+        n=n,
+        mean_diff=mean,
+        ci_low=mean - half,
+        ci_high=mean + half,
+        wilcoxon_p=p,
+        corrected_t_p=corrected,
     )
 
 

@@ -1,7 +1,8 @@
 """Wall time of chapter 04's Table 1 (:func:`fungi_ssl.comparison.table1`) on this machine.
 
-Times Table 1 (5 predictor sets × 3 models, random 70/10/20 seeds plus
-5-fold 50 km spatial blocks) at three sizes:
+Times Table 1 (5 predictor sets × 4 models: random forest, LightGBM,
+XGBoost, ridge; random 70/10/20 seeds plus 5-fold 50 km spatial blocks) at
+three sizes:
 
 1. the ``quick`` profile's number of seeds (3);
 2. the ``full`` profile's (10);
@@ -83,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "table1.json")
     args = ap.parse_args()
 
-    from fungi_ssl.comparison import available_sets
+    from fungi_ssl.pipelines import available_sets
     from fungi_ssl.config import get_profile
     from fungi_ssl.predictors import predictor_table
 

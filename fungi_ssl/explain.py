@@ -7,9 +7,29 @@ the last step of a :class:`~sklearn.pipeline.Pipeline` whose earlier steps
 are additive: for every sample, ``expected_value + values.sum(axis=1)`` is the
 model's prediction.
 
-:func:`shap_by_group` sums attributions over the columns of each predictor
-group (``ssl``, ``climate``, ``soil``, …; see :mod:`fungi_ssl.features`),
-which is how the study compares blocks of predictors.
+:func:`shap_by_group` attributes each prediction to the predictor groups
+(``ssl``, ``climate``, ``soil``, …; see :mod:`fungi_ssl.features`).
+
+Group attribution: |Σ φ| rather than Σ |φ|
+------------------------------------------
+Two ways to turn per-feature SHAP values φ_j into one number per group are
+in use. The default here, ``how="abs_sum"``, takes for every sample the
+group's **summed** SHAP value, Σ_{j∈G} φ_j, which is the group's own
+additive part of that prediction (the prediction is the base value plus
+the groups' sums), and averages its absolute value over samples. The other,
+``how="sum_abs"``, averages Σ_{j∈G} |φ_j|, as summing blocks of per-feature
+importances does.
+
+``sum_abs`` grows with the number of columns a group is spread over: the
+|φ_j| of a group's columns add up even where they cancel in the
+prediction, so a group of many columns collects attribution that a group of
+two columns carrying the same signal cannot. In this book the SSL group
+enters as 32 principal components and climate as two columns, so under
+``sum_abs`` part of ``ssl``'s share comes from its column count alone. ``abs_sum`` does not depend on
+how a group's information is split over its columns when the contributions
+add up the same: one column, or the same signal split into many that
+partly cancel, give the same group value. For a group of one column both
+are the usual mean |SHAP|.
 """
 
 from __future__ import annotations
@@ -189,9 +209,9 @@ def _resolve_groups(
 def shap_by_group(
     shap_values: ShapValues | pd.DataFrame,
     column_groups: Mapping[str, str] | None = None,
-    how: Literal["sum_abs", "abs_sum"] = "sum_abs",
+    how: Literal["abs_sum", "sum_abs"] = "abs_sum",
 ) -> pd.DataFrame:
-    """Attribution of each predictor group: summed |SHAP| and its share.
+    """Attribution of each predictor group: mean |group SHAP| and its share.
 
     Parameters
     ----------
@@ -201,22 +221,30 @@ def shap_by_group(
         Column -> group. Columns not in it are grouped by their prefix
         (:func:`fungi_ssl.features.group_of`), so reduced SSL columns
         (``ssl_pca_00`` …) need no entry.
-    how : {"sum_abs", "abs_sum"}
-        ``"sum_abs"``: mean over samples of Σ|φ_j| over the group's features
-        (importance, as blocks of feature importances are summed).
-        ``"abs_sum"``: mean over samples of |Σφ_j|, the size of the group's own
-        additive contribution, where opposite attributions within a group cancel.
+    how : {"abs_sum", "sum_abs"}
+        ``"abs_sum"`` (default): mean over samples of |Σφ_j| over the group's
+        features, the size of the group's own additive contribution to each
+        prediction, where opposite attributions within a group cancel.
+        ``"sum_abs"``: mean over samples of Σ|φ_j| (as blocks of feature
+        importances are summed), which grows with the group's number of
+        columns. The module docstring compares the two.
 
     Returns
     -------
     pandas.DataFrame
-        Indexed by group, largest first, with columns ``mean_abs_shap``,
-        ``share`` (sums to 1) and ``n_features``.
+        Indexed by group, largest first, with columns ``mean_abs_shap``
+        (the mean over samples defined by ``how``), ``share`` (sums to 1)
+        and ``n_features``; ``attrs["how"]`` records ``how``.
 
     Examples
     --------
-    >>> sv = pd.DataFrame({"ssl_pca_00": [1.0, -1.0], "ssl_pca_01": [0.5, 0.5], "CGIAR_PET": [0.5, 0.5]})
+    Two SSL columns that partly cancel, one climate column:
+
+    >>> sv = pd.DataFrame({"ssl_pca_00": [1.0, -1.0], "ssl_pca_01": [-0.5, 0.5],
+    ...                    "CGIAR_PET": [0.5, 0.5]})
     >>> shap_by_group(sv)["share"].round(2).to_dict()
+    {'ssl': 0.5, 'climate': 0.5}
+    >>> shap_by_group(sv, how="sum_abs")["share"].round(2).to_dict()
     {'ssl': 0.75, 'climate': 0.25}
     """
     values = shap_values.values if isinstance(shap_values, ShapValues) else shap_values
@@ -235,13 +263,18 @@ def shap_by_group(
     total = table["mean_abs_shap"].sum()
     table["share"] = table["mean_abs_shap"] / total if total > 0 else np.nan
     table.index.name = "group"
-    return table[["mean_abs_shap", "share", "n_features"]].sort_values(
+    table = table[["mean_abs_shap", "share", "n_features"]].sort_values(
         "mean_abs_shap", ascending=False
     )
+    table.attrs["how"] = how
+    return table
 
 
 def plot_shap_groups(
-    group_table: pd.DataFrame, ax: Any = None, value: Literal["share", "mean_abs_shap"] = "share"
+    group_table: pd.DataFrame,
+    ax: Any = None,
+    value: Literal["share", "mean_abs_shap"] = "share",
+    title: str | None = None,
 ) -> Any:
     """Horizontal bar chart of the SHAP attribution per predictor group.
 
@@ -252,6 +285,8 @@ def plot_shap_groups(
     ax : matplotlib Axes, optional
     value : {"share", "mean_abs_shap"}
         Plot the share of the total (default) or the mean |SHAP| itself.
+    title : str, optional
+        Axes title; default names the table's ``how``.
 
     Returns
     -------
@@ -263,7 +298,7 @@ def plot_shap_groups(
     >>> matplotlib.use("Agg")
     >>> t = shap_by_group(pd.DataFrame({"ssl_pca_00": [1.0], "CGIAR_PET": [0.5]}))
     >>> plot_shap_groups(t).get_xlabel()
-    'share of mean |SHAP|'
+    'share of mean |group SHAP|'
     """
     import matplotlib.pyplot as plt
 
@@ -279,8 +314,14 @@ def plot_shap_groups(
         ax.text(v, p, f"{label} ({n} feature{'s' if n != 1 else ''})", va="center", fontsize=8)
     ax.set_yticks(pos, table.index)
     ax.set_xlim(0, float(table[value].max()) * 1.35 if len(table) else 1)
-    ax.set_xlabel("share of mean |SHAP|" if value == "share" else "mean |SHAP| (target units)")
-    ax.set_title("SHAP attribution by predictor group")
+    how = group_table.attrs.get("how", "abs_sum")
+    what = "mean |group SHAP|" if how == "abs_sum" else "mean Σ|SHAP| over a group's columns"
+    ax.set_xlabel(f"share of {what}" if value == "share" else f"{what} (target units)")
+    if title is None:
+        title = "SHAP attribution by predictor group" + (
+            "" if how == "abs_sum" else " (per-column |SHAP| summed)"
+        )
+    ax.set_title(title)
     return ax
 
 

@@ -1,4 +1,5 @@
-"""Tests for fungi_ssl.comparison: chapter 04's Table 1 driver."""
+"""Tests for fungi_ssl.comparison (chapter 04's Table 1 driver) and the pipelines and
+worker threads it runs on (fungi_ssl.pipelines, fungi_ssl.worker_threads)."""
 
 from __future__ import annotations
 
@@ -16,29 +17,35 @@ from threadpoolctl import threadpool_limits
 
 from fungi_ssl.comparison import (
     COMPARED_SETS,
-    MemoPatchReducer,
-    ReductionMemo,
-    available_sets,
     best_model,
     comparison_json,
+    nearest_training_distances,
     paired_tests,
-    partition_groups,
     plot_table1,
-    predictor_matrix,
-    reduced_model,
-    shap_attribution,
     spatial_splitter,
     table1,
     table1_wide,
 )
 from fungi_ssl.cv import SiteGroupKFold
 from fungi_ssl.features import PatchReducer, select_predictors
-from fungi_ssl.models import MODEL_NAMES, evaluate_random_splits
-from fungi_ssl.partition import commonality_partition, subsumed_share
+from fungi_ssl.models import MODEL_NAMES, corrected_resampled_ttest, evaluate_random_splits
+from fungi_ssl.pipelines import (
+    MemoPatchReducer,
+    ReductionMemo,
+    available_sets,
+    predictor_matrix,
+    reduced_model,
+)
 
 #: Small models so that a whole Table 1 runs in seconds.
-FAST = {"rf": {"n_estimators": 15}, "lightgbm": {"n_estimators": 60, "learning_rate": 0.2}}
+FAST = {
+    "rf": {"n_estimators": 15},
+    "lightgbm": {"n_estimators": 60, "learning_rate": 0.2},
+    "xgboost": {"n_estimators": 60, "learning_rate": 0.2},
+}
 STATS = {"r2_mean", "r2_sd", "rmse_mean", "me_mean"}
+TESTS = ("wilcoxon_p", "wilcoxon_p_spatial", "corrected_t_p")
+COMPARISONS = {"ssl_vs_climate", "ssl_vs_soil", "ssl_vs_landcover"}
 
 
 def predictor_frame(n_sites: int = 90, cores: int = 3, seed: int = 0, ssl: bool = True):
@@ -104,7 +111,7 @@ def results(frame) -> pd.DataFrame:
 
 def test_json_has_exactly_the_book_shape(results):
     out = comparison_json(results)
-    assert set(out) == {"random", "spatial", "wilcoxon_p"}
+    assert set(out) == {"random", "spatial", *TESTS}
     for scheme in ("random", "spatial"):
         assert set(out[scheme]) == set(COMPARED_SETS)
         for set_name in COMPARED_SETS:
@@ -112,8 +119,9 @@ def test_json_has_exactly_the_book_shape(results):
             for stats in out[scheme][set_name].values():
                 assert set(stats) == STATS
                 assert all(isinstance(v, float) and np.isfinite(v) for v in stats.values())
-    assert set(out["wilcoxon_p"]) == {"ssl_vs_climate", "ssl_vs_soil", "ssl_vs_landcover"}
-    assert all(0 < p <= 1 for p in out["wilcoxon_p"].values())
+    for key in TESTS:
+        assert set(out[key]) == COMPARISONS, key
+        assert all(isinstance(p, float) and 0 < p <= 1 for p in out[key].values()), key
     json.dumps(out, allow_nan=False)  # plain JSON, no NaN
 
 
@@ -135,8 +143,23 @@ def test_ssl_wins_and_wilcoxon_uses_the_best_model(results):
     out = comparison_json(results)
     model = best_model(results)
     tests = paired_tests(results, "ssl", model=model, others=["climate", "soil", "landcover"])
-    for name, p in out["wilcoxon_p"].items():
-        assert p == pytest.approx(tests.loc[name, "wilcoxon_p"])
+    spatial = paired_tests(
+        results, "ssl", model=model, scheme="spatial", others=["climate", "soil", "landcover"]
+    )
+    for name in COMPARISONS:
+        assert out["wilcoxon_p"][name] == pytest.approx(tests.loc[name, "wilcoxon_p"])
+        assert out["corrected_t_p"][name] == pytest.approx(tests.loc[name, "corrected_t_p"])
+        assert out["wilcoxon_p_spatial"][name] == pytest.approx(spatial.loc[name, "wilcoxon_p"])
+    # 4 folds all in favour of ssl: the exact two-sided Wilcoxon p is 2 / 2**4
+    assert (spatial["n"] == 4).all()
+    assert spatial["wilcoxon_p"].max() == pytest.approx(2 / 2**4)
+    # the corrected t-test by hand from the per-seed R² (n_test / n_train about 0.2 / 0.7)
+    rnd = results[(results["scheme"] == "random") & (results["model"] == model)]
+    r2 = {k: g.set_index("seed")["r2"] for k, g in rnd.groupby("set")}
+    ratio = rnd["n_test"].mean() / rnd["n_train"].mean()
+    assert ratio == pytest.approx(0.2 / 0.7, abs=0.01)
+    _, p_soil = corrected_resampled_ttest(r2["ssl"] - r2["soil"], ratio)
+    assert out["corrected_t_p"]["ssl_vs_soil"] == pytest.approx(p_soil)
     # host (seen only by SSL) carries most of the variance: ssl beats every 1 km set
     assert (tests["mean_diff"] > 0.3).all()
     assert (tests["ci_low"] > 0).all()
@@ -220,8 +243,8 @@ def test_memo_patch_reducer_matches_patch_reducer_and_keys_on_rows(frame):
 def test_unknown_set_or_model_names_the_parameter(frame):
     with pytest.raises(ValueError, match="sets: .*'sat'"):
         table1(frame, "log_richness", sets=["ssl", "sat"], progress=False)
-    with pytest.raises(ValueError, match="models: unknown \\['xgboost'\\]"):
-        table1(frame, "log_richness", models=["rf", "xgboost"], progress=False)
+    with pytest.raises(ValueError, match="models: unknown \\['svm'\\]"):
+        table1(frame, "log_richness", models=["rf", "svm"], progress=False)
     with pytest.raises(ValueError, match="target"):
         table1(frame, "richness", sets=["soil"], progress=False)
     with pytest.raises(ValueError, match="n_seeds"):
@@ -250,13 +273,14 @@ def test_real_mode_without_ssl():
         progress=False,
     )
     out = comparison_json(res)
-    assert set(out) == {"random", "spatial", "wilcoxon_p"}
+    assert set(out) == {"random", "spatial", *TESTS}
     assert set(out["random"]) == set(out["spatial"]) == set(sets)
-    assert out["wilcoxon_p"] == {
-        "ssl_vs_climate": None,
-        "ssl_vs_soil": None,
-        "ssl_vs_landcover": None,
-    }
+    for key in TESTS:
+        assert out[key] == {
+            "ssl_vs_climate": None,
+            "ssl_vs_soil": None,
+            "ssl_vs_landcover": None,
+        }
     # the biome code became 0/1 columns that stay in the "other" group (so in "all")
     X = predictor_matrix(frame, "all")
     assert {"Resolve_Biome_4", "Resolve_Biome_5", "Resolve_Biome_12"} <= set(X.columns)
@@ -302,7 +326,7 @@ def test_paired_tests_errors(results):
     with pytest.raises(ValueError, match="reference"):
         paired_tests(results, reference="coords")
     with pytest.raises(ValueError, match="model"):
-        paired_tests(results, model="xgboost")
+        paired_tests(results, model="svm")
     with pytest.raises(ValueError, match="scheme"):
         paired_tests(results, scheme="blocks")
     spatial = paired_tests(results, scheme="spatial", model="ridge")
@@ -337,108 +361,13 @@ def test_reduced_model_pipeline_is_shap_additive(frame):
         reduced_model("svm")
 
 
-# --------------------------------------------------------------------------
-# chapter 05: commonality analysis and SHAP through the book's pipelines
-# --------------------------------------------------------------------------
-def latent_frame(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
-    """y = s + a + c + noise; the SSL patch sees (s, a), climate sees (s, c).
-
-    True commonalities (share of var y): unique ssl = var(a)/V, unique
-    climate = var(c)/V, shared ssl+climate = var(s)/V.
-    """
-    rng = np.random.default_rng(seed)
-    s, a, c, e = rng.normal(size=(4, n))
-    beta = {"s": 1.0, "a": 0.8, "c": 0.6}
-    y = beta["s"] * s + beta["a"] * a + beta["c"] * c + e
-    patch = np.column_stack([s, a]) @ rng.normal(size=(2, 1152)) + 0.05 * rng.normal(size=(n, 1152))
-    frame = pd.DataFrame(patch, columns=[f"ssl_{i:04d}" for i in range(1152)])
-    frame["CHELSA_BIO_Annual_Mean_Temperature"] = s
-    frame["CHELSA_BIO_Annual_Precipitation"] = c
-    frame["longitude"] = rng.uniform(0, 10, n)
-    frame["latitude"] = rng.uniform(44, 52, n)
-    frame["y"] = y
-    var_y = sum(b**2 for b in beta.values()) + 1.0
-    truth = {
-        "unique:ssl": beta["a"] ** 2 / var_y,
-        "unique:climate": beta["c"] ** 2 / var_y,
-        "shared:ssl+climate": beta["s"] ** 2 / var_y,
-    }
-    return frame, truth
-
-
-def test_partition_groups_recovers_a_known_partition():
-    frame, truth = latent_frame()
-    res = partition_groups(
-        frame, "y", ["ssl", "climate", "soil"], model="ridge", n_components=4, progress=False
-    )
-    assert res.groups == ["ssl", "climate"]  # no soil columns: left out
-    assert abs(sum(res.fractions.values()) - res.full_r2) < 1e-9
-    for name, value in truth.items():
-        assert res.fractions[name] == pytest.approx(value, abs=0.02), name
-    assert subsumed_share(res, "ssl", "climate") == pytest.approx(
-        truth["shared:ssl+climate"] / (truth["shared:ssl+climate"] + truth["unique:climate"]),
-        abs=0.03,
-    )
-
-
-def test_partition_groups_threads_and_memo_change_no_number(frame):
-    res = partition_groups(
-        frame,
-        "log_richness",
-        cv="block",
-        n_components=4,
-        model_params={"n_estimators": 40},
-        progress=False,
-    )
-    assert res.groups == ["ssl", "climate", "soil", "landcover"]
-    assert abs(sum(res.fractions.values()) - res.full_r2) < 1e-9
-    # the same analysis, serial, with a plain PatchReducer pipeline per fit
-    from sklearn.pipeline import make_pipeline
-
-    from fungi_ssl.comparison import PARTITION_LIGHTGBM
-    from fungi_ssl.models import make_model
-
-    def plain():
-        params = {**PARTITION_LIGHTGBM, "n_estimators": 40}
-        return make_pipeline(PatchReducer(4), make_model("lightgbm", seed=0, n_jobs=1, **params))
-
-    X_groups = {g: predictor_matrix(frame, g) for g in res.groups}
-    with threadpool_limits(limits=1):
-        serial = commonality_partition(
-            X_groups,
-            frame["log_richness"].to_numpy(),
-            plain,
-            spatial_splitter(frame, n_splits=5, seed=0),
-            n_jobs=1,
-            progress=False,
-        )
-    assert serial.subset_r2 == pytest.approx(res.subset_r2, abs=1e-12)
-    with pytest.raises(ValueError, match="scheme"):
-        partition_groups(frame, "log_richness", cv="kfold", progress=False)
-    with pytest.raises(ValueError, match="groups"):
-        partition_groups(frame, "log_richness", ["topography"], progress=False)
-
-
-def test_shap_attribution_is_additive_and_ranks_ssl_first(frame):
-    model, sv, table = shap_attribution(
-        frame, "log_richness", n_components=4, max_samples=120, progress=False
-    )
-    assert len(sv.values) == 120
-    np.testing.assert_allclose(
-        sv.predictions.to_numpy(), model[-1].predict(sv.data), rtol=1e-6, atol=1e-6
-    )
-    assert table.index[0] == "ssl"
-    assert table["share"].sum() == pytest.approx(1.0)
-    assert set(table.index) == {"ssl", "climate", "soil", "landcover"}
-
-
 def test_thread_warnings_drop_the_sklearn_filter_race_and_reissue_the_rest():
     import warnings
 
-    from fungi_ssl.comparison import _thread_warnings
+    from fungi_ssl.worker_threads import worker_warnings
 
     def warn_from_workers() -> None:
-        with _thread_warnings():
+        with worker_warnings():
             warnings.warn("`sklearn.utils.parallel.delayed` should be used with x", UserWarning)
             for _ in range(3):
                 warnings.warn("a real problem", UserWarning)
@@ -446,3 +375,52 @@ def test_thread_warnings_drop_the_sklearn_filter_race_and_reissue_the_rest():
     with pytest.warns(UserWarning) as record:
         warn_from_workers()
     assert [str(w.message) for w in record] == ["a real problem"]
+
+
+def test_xgboost_is_in_table1_and_stops_early(frame, results):
+    rows = results[(results["model"] == "xgboost") & (results["scope"] != "pooled")]
+    assert len(rows) == len(COMPARED_SETS) * (6 + 4)  # every set: 6 seeds + 4 folds
+    # xgboost learns the host signal through the SSL patch as LightGBM does
+    ssl = rows[(rows["set"] == "ssl") & (rows["scheme"] == "random")]["r2"].mean()
+    gbm = results[
+        (results["model"] == "lightgbm")
+        & (results["set"] == "ssl")
+        & (results["scheme"] == "random")
+    ]["r2"].mean()
+    assert ssl > 0.6 and abs(ssl - gbm) < 0.1
+    assert "random/ssl/xgboost" in results.attrs["task_seconds"]
+
+
+def _line_of_sites(lon0: float, lat0: float, n_sites: int = 40, spacing_m: float = 2_000.0):
+    """Sites on a meridian ``spacing_m`` apart (geodesic), 3 cores per site."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    lon, lat = [lon0], [lat0]
+    for _ in range(n_sites - 1):
+        x, y, _ = geod.fwd(lon[-1], lat[-1], 0.0, spacing_m)
+        lon.append(x)
+        lat.append(y)
+    site = np.repeat(np.arange(n_sites), 3)
+    return pd.DataFrame({"longitude": np.array(lon)[site], "latitude": np.array(lat)[site]}), site
+
+
+@pytest.mark.parametrize(
+    "where", [(10.0, 50.0), (135.0, 35.0), (147.0, -38.0)], ids=["Europe", "Japan", "Australia"]
+)
+def test_nearest_training_distances_are_geodesic_on_every_continent(where):
+    from sklearn.model_selection import PredefinedSplit
+
+    frame, site = _line_of_sites(*where)
+    # train on even sites, test on odd ones: every test core's nearest training
+    # core is a neighbouring site, 2 km away on the ground
+    alternate = PredefinedSplit(np.where(site % 2 == 1, 0, -1))
+    d = nearest_training_distances(frame, n_seeds=2, splitter=alternate)
+    spatial = d.loc[d["scheme"] == "spatial", "distance_m"]
+    assert len(spatial) == (site % 2 == 1).sum()
+    np.testing.assert_allclose(spatial, 2_000.0, rtol=1e-3)
+    # random splits: most test cores share their site with a training core (0 m)
+    rnd = d.loc[d["scheme"] == "random", "distance_m"]
+    assert set(d.loc[d["scheme"] == "random", "split"]) == {0, 1}
+    assert (rnd == 0).mean() > 0.7
+    assert rnd.max() <= 2_000.0 * (1 + 1e-3) * 3  # never farther than a few sites

@@ -81,8 +81,9 @@ def test_group_shares_sum_to_one_and_null_feature_gets_nothing(fitted):
     assert table.index[0] == "ssl"  # 2*x0 + sin(2*x1) dominates
     assert table.loc["soil", "share"] < 0.03, (name, table)  # pH has no effect on y
     assert table.loc["ssl", "n_features"] == 2
+    assert table.attrs["how"] == "abs_sum"  # the default
     # the other aggregation also sums to one and keeps the null feature small
-    alt = shap_by_group(sv, how="abs_sum")
+    alt = shap_by_group(sv, how="sum_abs")
     assert alt["share"].sum() == pytest.approx(1.0, abs=1e-12)
     assert alt.loc["soil", "share"] < 0.03
 
@@ -157,3 +158,57 @@ def test_additivity_holds_for_early_stopped_lightgbm():
     assert model.best_iteration_ < 1000
     sv = tree_shap(model, X, progress=False)
     np.testing.assert_allclose(sv.predictions.to_numpy(), model.predict(X), atol=1e-9)
+
+
+def test_group_sum_and_per_column_sum_differ_where_columns_cancel():
+    """A 32-column group whose SHAP values cancel in every sample.
+
+    By hand: per sample the ssl columns hold +0.25 and -0.25 sixteen times
+    each (sum 0, sum of |.| 8); the two climate columns hold 0.5 each (sum 1).
+    abs_sum: ssl 0, climate 1 -> shares 0 and 1.
+    sum_abs: ssl 8, climate 1 -> shares 8/9 and 1/9.
+    """
+    n = 10
+    ssl = np.tile(np.r_[np.full(16, 0.25), np.full(16, -0.25)], (n, 1))
+    rng = np.random.default_rng(0)
+    ssl = ssl * rng.choice([-1.0, 1.0], size=(n, 1))  # flip whole rows: still cancels
+    values = pd.DataFrame(ssl, columns=[f"ssl_pca_{i:02d}" for i in range(32)])
+    values["CHELSA_BIO_Annual_Mean_Temperature"] = 0.5
+    values["CHELSA_BIO_Annual_Precipitation"] = 0.5
+    by_sum = shap_by_group(values)
+    per_column = shap_by_group(values, how="sum_abs")
+    assert by_sum.loc["climate", "mean_abs_shap"] == pytest.approx(1.0)
+    assert by_sum.loc["ssl", "mean_abs_shap"] == pytest.approx(0.0)
+    assert by_sum.loc["climate", "share"] == pytest.approx(1.0)
+    assert per_column.loc["ssl", "mean_abs_shap"] == pytest.approx(8.0)
+    assert per_column.loc["ssl", "share"] == pytest.approx(8 / 9)
+    assert per_column.loc["climate", "share"] == pytest.approx(1 / 9)
+    assert list(by_sum["n_features"].sort_index()) == [2, 32]
+
+
+def test_per_column_sum_favours_a_group_of_many_noise_columns():
+    """A fitted model: y depends on two climate columns; 32 SSL columns are noise.
+
+    Trees still split on the noise columns a little. Their |SHAP| add up over
+    32 columns under sum_abs, while their signed values largely cancel under
+    abs_sum, so the noise group's share is predictably smaller by group sum.
+    """
+    rng = np.random.default_rng(1)
+    n = 1500
+    X = pd.DataFrame(rng.normal(size=(n, 32)), columns=[f"ssl_pca_{i:02d}" for i in range(32)])
+    X["CHELSA_BIO_Annual_Mean_Temperature"] = rng.normal(size=n)
+    X["CHELSA_BIO_Annual_Precipitation"] = rng.normal(size=n)
+    y = X["CHELSA_BIO_Annual_Mean_Temperature"] + X["CHELSA_BIO_Annual_Precipitation"]
+    y = y + rng.normal(0, 1.0, n)
+    model = lgb.LGBMRegressor(n_estimators=150, num_leaves=15, random_state=0, verbose=-1)
+    model.fit(X, y)
+    sv = tree_shap(model, X, max_samples=500, progress=False)
+    by_sum = shap_by_group(sv)
+    per_column = shap_by_group(sv, how="sum_abs")
+    assert by_sum.index[0] == per_column.index[0] == "climate"
+    # per column, the 32 noise columns take a sizeable share; by group sum their
+    # contributions largely cancel (measured: 0.41 against 1.00 log units)
+    assert per_column.loc["ssl", "share"] > 0.3
+    assert by_sum.loc["ssl", "mean_abs_shap"] < 0.5 * per_column.loc["ssl", "mean_abs_shap"]
+    assert by_sum.loc["ssl", "share"] < per_column.loc["ssl", "share"] - 0.1
+    assert by_sum.loc["climate", "share"] > per_column.loc["climate", "share"]

@@ -75,7 +75,7 @@ def test_check_lonlat_names_source_count_and_example(lon, lat, expected):
         for i, (a, b) in enumerate(zip(lon, lat, strict=True))
         if not (np.isfinite(a) and np.isfinite(b) and abs(a) <= 180 and abs(b) <= 90)
     ]
-    assert f"in {len(bad)} of {len(lon)} value(s)" in message
+    assert f"in {len(bad)} of {len(lon)} row(s)" in message
     assert f"row {bad[0]}: " in message
 
 
@@ -93,7 +93,7 @@ def test_check_lonlat_shows_at_most_five_examples():
     with pytest.raises(ValueError) as err:
         check_lonlat(np.arange(300.0, 310.0), np.zeros(10))
     message = str(err.value)
-    assert "in 10 of 10 value(s)" in message and message.endswith(", ...")
+    assert "in 10 of 10 row(s)" in message and message.endswith(", ...")
     assert "row 4: 304.0" in message and "row 5:" not in message
 
 

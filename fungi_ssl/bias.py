@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -422,15 +422,15 @@ def error_table(
     for name, (a, b) in rows.items():
         m = mean_error(a, b)
         out.append(
-            dict(
-                scale=name,
-                n=m.n,
-                mean_observed=m.mean_observed,
-                mean_predicted=float(b.mean()),
-                mean_error=m.mean_error,
-                mean_error_pct_of_mean=m.mean_error_pct_of_mean,
-                rmse=float(np.sqrt(np.mean((b - a) ** 2))),
-            )
+            {
+                "scale": name,
+                "n": m.n,
+                "mean_observed": m.mean_observed,
+                "mean_predicted": float(b.mean()),
+                "mean_error": m.mean_error,
+                "mean_error_pct_of_mean": m.mean_error_pct_of_mean,
+                "rmse": float(np.sqrt(np.mean((b - a) ** 2))),
+            }
         )
     return pd.DataFrame(out).set_index("scale")
 
@@ -554,18 +554,20 @@ def calibration_bins(
             continue
         tb, pb = t[m], p[m]
         rows.append(
-            dict(
-                bin=b,
-                pred_lo=float(edges[b]),
-                pred_hi=float(edges[b + 1]),
-                n=float(m.sum()),
-                predicted_mean=float(pb.mean()),
-                observed_mean=float(tb.mean()),
-                observed_se=float(tb.std(ddof=1) / math.sqrt(tb.size)) if tb.size > 1 else math.nan,
-                observed_q25=float(np.quantile(tb, 0.25)),
-                observed_q75=float(np.quantile(tb, 0.75)),
-                mean_error=float((pb - tb).mean()),
-            )
+            {
+                "bin": b,
+                "pred_lo": float(edges[b]),
+                "pred_hi": float(edges[b + 1]),
+                "n": float(m.sum()),
+                "predicted_mean": float(pb.mean()),
+                "observed_mean": float(tb.mean()),
+                "observed_se": float(tb.std(ddof=1) / math.sqrt(tb.size))
+                if tb.size > 1
+                else math.nan,
+                "observed_q25": float(np.quantile(tb, 0.25)),
+                "observed_q75": float(np.quantile(tb, 0.75)),
+                "mean_error": float((pb - tb).mean()),
+            }
         )
     return pd.DataFrame(rows)
 
@@ -645,7 +647,7 @@ def _covariate_frame(covariates: Any, n: int) -> pd.DataFrame:
     if isinstance(covariates, pd.Series):
         covariates = covariates.to_frame()
     if not isinstance(covariates, pd.DataFrame):
-        raise ValueError(
+        raise TypeError(
             f"covariates: expected a DataFrame (one column per covariate), got "
             f"{type(covariates).__name__}"
         )
@@ -699,7 +701,7 @@ def error_covariate_correlation(y_true: Any, y_pred: Any, covariates: Any) -> pd
         else:
             res = stats.spearmanr(x[ok], err[ok])
             rho, pval = float(res.statistic), float(res.pvalue)
-        rows.append(dict(covariate=str(c), spearman_rho=rho, p_value=pval, n=int(ok.sum())))
+        rows.append({"covariate": str(c), "spearman_rho": rho, "p_value": pval, "n": int(ok.sum())})
     out = pd.DataFrame(rows).set_index("covariate")
     order = out["spearman_rho"].abs().sort_values(ascending=False, na_position="last").index
     return out.loc[order]
@@ -754,16 +756,16 @@ def error_covariate_bins(
                 continue
             e = es[m]
             rows.append(
-                dict(
-                    covariate=str(c),
-                    bin=b,
-                    lo=float(edges[b]),
-                    hi=float(edges[b + 1]),
-                    covariate_mean=float(xs[m].mean()),
-                    n=float(m.sum()),
-                    mean_error=float(e.mean()),
-                    se=float(e.std(ddof=1) / math.sqrt(e.size)) if e.size > 1 else math.nan,
-                )
+                {
+                    "covariate": str(c),
+                    "bin": b,
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "covariate_mean": float(xs[m].mean()),
+                    "n": float(m.sum()),
+                    "mean_error": float(e.mean()),
+                    "se": float(e.std(ddof=1) / math.sqrt(e.size)) if e.size > 1 else math.nan,
+                }
             )
     return pd.DataFrame(rows)
 
@@ -843,12 +845,13 @@ def error_by_class(y_true: Any, y_pred: Any, classes: Any) -> pd.DataFrame:
             "rmse": np.sqrt(g["e"].apply(lambda e: float(np.mean(e**2)))),
         }
     )
-    out["mean_error_pct_of_mean"] = 100 * out["mean_error"] / out["mean_observed"].replace(
-        0, np.nan
+    out["mean_error_pct_of_mean"] = (
+        100 * out["mean_error"] / out["mean_observed"].replace(0, np.nan)
     )
     out.index.name = "class"
-    out = out[["n", "mean_observed", "mean_predicted", "mean_error", "mean_error_pct_of_mean",
-               "rmse"]]
+    out = out[
+        ["n", "mean_observed", "mean_predicted", "mean_error", "mean_error_pct_of_mean", "rmse"]
+    ]
     return out.sort_values("n", ascending=False, kind="stable")
 
 
@@ -1049,9 +1052,7 @@ def morans_i_bands(
     _finite(z, "residuals")
     lon, lat = _check_lonlat(longitude, latitude, z.size)
     if colocated not in ("separate", "include", "exclude"):
-        raise ValueError(
-            f"colocated must be 'separate', 'include' or 'exclude', got {colocated!r}"
-        )
+        raise ValueError(f"colocated must be 'separate', 'include' or 'exclude', got {colocated!r}")
     bands = [(float(lo), float(hi)) for lo, hi in bands_km]
     if not bands:
         raise ValueError("bands_km is empty; give (lo, hi) pairs in km")
@@ -1075,19 +1076,19 @@ def morans_i_bands(
     rows = []
     for name, lo, hi, sel in tqdm(todo, desc="Moran's I", disable=not progress):
         mi, n_conn = _moran(z, i[sel], j[sel], int(permutations), seed)
-        row = dict(
-            band=name,
-            lo_km=lo,
-            hi_km=hi,
-            n=n_conn,
-            n_pairs=int(sel.sum()) // 2,
-            islands=int(z.size - n_conn),
-            I=math.nan,
-            expected_I=math.nan,
-            z_rand=math.nan,
-            p_sim=math.nan,
-            p_rand=math.nan,
-        )
+        row = {
+            "band": name,
+            "lo_km": lo,
+            "hi_km": hi,
+            "n": n_conn,
+            "n_pairs": int(sel.sum()) // 2,
+            "islands": int(z.size - n_conn),
+            "I": math.nan,
+            "expected_I": math.nan,
+            "z_rand": math.nan,
+            "p_sim": math.nan,
+            "p_rand": math.nan,
+        }
         if mi is not None:
             row.update(
                 I=float(mi.I),
@@ -1224,7 +1225,7 @@ class ConformalRegressor:
 
     Parameters
     ----------
-    model : {"lightgbm", "rf", "ridge"}
+    model : {"lightgbm", "xgboost", "rf", "ridge"}
         See :func:`fungi_ssl.models.make_model`.
     method : {"split", "cv+"}
     confidence : float
@@ -1234,9 +1235,9 @@ class ConformalRegressor:
     n_splits : int
         Folds of CV+.
     val_size : float
-        Share of each fitting part held out for LightGBM's early stopping
-        (0 for none; other models train on the rest, as in
-        :func:`fungi_ssl.models.evaluate_cv`).
+        Share of each fitting part held out (as whole groups) for the early
+        stopping of LightGBM and XGBoost (0 for none); other models use every
+        fitting row.
     feature_transform : "auto", transformer, factory or None
         In-fold reduction; ``"auto"`` is ``PatchReducer(seed=seed)`` when
         ``X`` has SSL patch columns and nothing otherwise.
@@ -1258,11 +1259,11 @@ class ConformalRegressor:
     Examples
     --------
     >>> rng = np.random.default_rng(0)
-    >>> X = rng.normal(size=(400, 3)); y = X[:, 0] + rng.normal(0, 0.5, 400)
-    >>> cr = ConformalRegressor("ridge", confidence=0.9, seed=0).fit(X[:300], y[:300])
-    >>> pred, lo, hi = cr.predict_interval(X[300:])
-    >>> float(np.mean((lo <= y[300:]) & (y[300:] <= hi)))    # 100 test points, nominal 0.9
-    0.98
+    >>> X = rng.normal(size=(3000, 3)); y = X[:, 0] + rng.normal(0, 0.5, 3000)
+    >>> cr = ConformalRegressor("ridge", confidence=0.9, seed=0).fit(X[:1000], y[:1000])
+    >>> pred, lo, hi = cr.predict_interval(X[1000:])
+    >>> cr.n_calibration_, round(interval_coverage(y[1000:], lo, hi), 2)   # nominal 0.9
+    (200, 0.89)
     """
 
     def __init__(
@@ -1317,12 +1318,13 @@ class ConformalRegressor:
 
         return _new_transform(ft)
 
-    def _fit_chain(self, X: Any, y: np.ndarray, rows: np.ndarray, groups: np.ndarray,
-                   seed: int) -> _FittedChain:
+    def _fit_chain(
+        self, X: Any, y: np.ndarray, rows: np.ndarray, groups: np.ndarray, seed: int
+    ) -> _FittedChain:
         from fungi_ssl.models import fit_model, make_model
 
         val = None
-        if self.val_size > 0 and self.model == "lightgbm":
+        if self.val_size > 0 and self.model in ("lightgbm", "xgboost"):
             val, rows = _hold_out_groups(rows, groups[rows], self.val_size, seed + 7919)
         tf = self._transform(X)
         X_tr = _take(X, rows)
@@ -1467,8 +1469,14 @@ def interval_coverage(y_true: Any, lower: Any, upper: Any) -> float:
 
 
 def _scheme_splits(
-    scheme: str, n: int, lonlat: np.ndarray, n_seeds: int, test_size: float,
-    block_size_m: float, n_splits: int, seed: int,
+    scheme: str,
+    n: int,
+    lonlat: np.ndarray,
+    n_seeds: int,
+    test_size: float,
+    block_size_m: float,
+    n_splits: int,
+    seed: int,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     from fungi_ssl.cv import BlockKFold, RandomTrainValTest
 
@@ -1611,10 +1619,16 @@ def conformal_holdout(
         if kind == "matched":
             kind = "random" if scheme == "random" else "block"
         reg = ConformalRegressor(
-            model=model, method=method, confidence=confidence,
-            calibration_size=calibration_size, n_splits=n_splits, val_size=val_size,
-            feature_transform=feature_transform, model_params=model_params,
-            seed=seed + int(s), n_jobs=n_jobs,
+            model=model,
+            method=method,
+            confidence=confidence,
+            calibration_size=calibration_size,
+            n_splits=n_splits,
+            val_size=val_size,
+            feature_transform=feature_transform,
+            model_params=model_params,
+            seed=seed + int(s),
+            n_jobs=n_jobs,
         )
         reg.fit(_take(X, train), yv[train], groups=labels[kind][train])
         pred, lo, hi = reg.predict_interval(_take(X, test))
@@ -1709,8 +1723,9 @@ class _NearestTraining:
     ~75,000 per CPU-second (see ``benchmarks/bench_aoa.py``).
     """
 
-    def __init__(self, points: np.ndarray, n_jobs: int = 2, query_block: int = 512,
-                 train_block: int = 2048) -> None:
+    def __init__(
+        self, points: np.ndarray, n_jobs: int = 2, query_block: int = 512, train_block: int = 2048
+    ) -> None:
         pts = np.ascontiguousarray(points, dtype=np.float64)
         self.unique, self.inverse, self.counts = np.unique(
             pts, axis=0, return_inverse=True, return_counts=True
@@ -1747,8 +1762,9 @@ class _NearestTraining:
         diff = Q - self.unique[arg]
         return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
-    def query(self, Q: np.ndarray, exclude: np.ndarray | None = None,
-              progress: bool = False) -> np.ndarray:
+    def query(
+        self, Q: np.ndarray, exclude: np.ndarray | None = None, progress: bool = False
+    ) -> np.ndarray:
         """Distance from each row of ``Q`` (float64, finite) to the nearest stored point.
 
         ``exclude[i]`` (a unique-point index, or −1) is never chosen for row ``i``.
@@ -1876,7 +1892,9 @@ class AreaOfApplicability:
             return np.asarray([str(c) for c in X.columns], dtype=object), X.to_numpy(float)
         arr = np.asarray(X, dtype=float)
         if arr.ndim != 2:
-            raise ValueError(f"{what}: expected a 2-D table (samples × predictors), got {arr.shape}")
+            raise ValueError(
+                f"{what}: expected a 2-D table (samples × predictors), got {arr.shape}"
+            )
         return None, arr
 
     def _weights(self, weights: Any, names: np.ndarray) -> np.ndarray:
@@ -2232,7 +2250,8 @@ def bias_results(
         The keys of :data:`RESULT_KEYS` (None where an input is missing),
         plus ``n_random``, ``n_spatial`` and the richness-scale keys.
         ``morans_i_residuals``/``morans_i_p`` are for the shortest *distance*
-        band (co-located cores excluded, see :func:`morans_i_bands`).
+        band that has pairs (co-located cores excluded, see
+        :func:`morans_i_bands`); ``morans_i_band_lo_km``/``_hi_km`` name it.
 
     Examples
     --------
@@ -2290,15 +2309,20 @@ def bias_results(
             if "sample_id" in rows.columns:
                 rows = rows.drop_duplicates("sample_id")
             moran = morans_i_bands(
-                rows["y_pred"] - rows["y_true"], rows["longitude"], rows["latitude"],
-                permutations=permutations, seed=seed,
+                rows["y_pred"] - rows["y_true"],
+                rows["longitude"],
+                rows["latitude"],
+                permutations=permutations,
+                seed=seed,
             )
     if moran is not None and len(moran):
-        bands = moran[moran["hi_km"] > 0]
+        bands = moran[(moran["hi_km"] > 0) & np.isfinite(moran["I"])]
         if len(bands):
             first = bands.sort_values("hi_km").iloc[0]
             out["morans_i_residuals"] = float(first["I"])
             out["morans_i_p"] = float(first["p_sim"])
+            out["morans_i_band_lo_km"] = float(first["lo_km"])
+            out["morans_i_band_hi_km"] = float(first["hi_km"])
     if aoa_map is not None:
         need = ["y_true", "y_pred", "inside"]
         missing = [c for c in need if c not in aoa_map.columns]

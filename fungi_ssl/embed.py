@@ -137,6 +137,7 @@ def embed_cube(
     max_chunks: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    n_draws: int = 1,
 ) -> EmbeddingRun:
     """Embed a satellite cube window by window into a Zarr store.
 
@@ -162,6 +163,9 @@ def embed_cube(
         Stop after this many newly embedded windows (an interruption on purpose).
     overwrite : bool
         Replace a store made with other parameters instead of raising.
+    n_draws : int
+        Timestep draws averaged per pixel (see
+        :func:`fungi_ssl.encoder.embed_pixels`); recorded in the store.
 
     Returns
     -------
@@ -204,6 +208,7 @@ def embed_cube(
     attrs = {
         "encoder": _encoder_signature(model),
         "seed": int(seed),
+        "n_draws": int(n_draws),
         "chunk": chunk,
         "shape": json.dumps([ny, nx, dim]),
         "description": "TESSERA-style int8 embeddings; value = embedding * scale",
@@ -211,13 +216,15 @@ def embed_cube(
     if store.exists() and not overwrite:
         try:
             old = xr.open_zarr(store, consolidated=False)
-            same = all(str(old.attrs.get(k)) == str(v) for k, v in attrs.items() if k != "description")
+            # stores written before n_draws existed averaged one draw
+            recorded = {"n_draws": 1, **old.attrs}
+            same = all(str(recorded.get(k)) == str(v) for k, v in attrs.items() if k != "description")
         except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
             same = False  # not a readable embedding store
         if not same:
             raise ValueError(
                 f"embed_cube: store {store} exists but was made with other parameters "
-                "(encoder, seed, chunk or shape); pass overwrite=True or another path"
+                "(encoder, seed, n_draws, chunk or shape); pass overwrite=True or another path"
             )
     else:
         tmpl = _template(cube, chunk, n_cy, n_cx, dim, attrs)
@@ -242,7 +249,7 @@ def embed_cube(
         rows, cols = np.meshgrid(np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop), indexing="ij")
         ids = (rows * nx + cols).ravel().astype(np.int64)
         emb, flags = embed_pixels(model, pixels, batch_size=batch_size, seed=seed,
-                                  pixel_ids=ids, return_flags=True)
+                                  pixel_ids=ids, return_flags=True, n_draws=n_draws)
         q, s = quantise(emb)
         root["embedding"][ys, xs, :] = q.reshape(wy, wx, dim)
         root["scale"][ys, xs] = s.reshape(wy, wx)
@@ -480,21 +487,22 @@ def cached_embed_cube(
     chunk: int = 256,
     seed: int = 0,
     root: str | Path | None = None,
+    n_draws: int = 1,
     **kwargs: Any,
 ) -> xr.Dataset:
     """:func:`embed_cube` into ``data/cache/embeddings/<key>/embeddings.zarr``.
 
     ``cube_params`` must identify the cube (e.g. simulation parameters, tile
-    and year); the key also covers the encoder, ``chunk`` and ``seed``. A
-    finished store is reopened; an unfinished one resumes.
+    and year); the key also covers the encoder, ``chunk``, ``seed`` and
+    ``n_draws``. A finished store is reopened; an unfinished one resumes.
     """
     params = {"cube": cube_params, "encoder": _encoder_signature(model),
-              "chunk": chunk, "seed": seed}
+              "chunk": chunk, "seed": seed, "n_draws": int(n_draws)}
     d = cache.cache_dir("embeddings", params, root=Path(root) if root is not None else None)
     store = d / "embeddings.zarr"
     if store.exists():
         ds = open_embeddings(store)
         if ds.attrs["complete"]:
             return ds
-    embed_cube(cube, model, store, chunk=chunk, seed=seed, **kwargs)
+    embed_cube(cube, model, store, chunk=chunk, seed=seed, n_draws=n_draws, **kwargs)
     return open_embeddings(store)

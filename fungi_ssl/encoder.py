@@ -950,6 +950,7 @@ def embed_pixels(
     n_threads: int | None = None,
     return_flags: bool = False,
     progress: bool = False,
+    n_draws: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, EmbeddingFlags]:
     """Embed pixels to float32 ``(n, 128)``.
 
@@ -958,6 +959,14 @@ def embed_pixels(
     it is in. Pixels with no valid observation from either sensor get a NaN
     row (counted; a warning is issued unless ``return_flags``). Runs under
     ``torch.inference_mode()``.
+
+    Each embedding sees one random draw of ``T`` dates per sensor, so two
+    draws give two (close) embeddings. With ``n_draws > 1`` the embedding is
+    the mean over ``n_draws`` independent draws, which costs ``n_draws``
+    times the time; draw ``j`` uses the hash streams ``2j`` (S2) and ``2j + 1``
+    (S1), so draw 0 is the single-draw embedding. How much a draw moves an
+    embedding and a prediction is measured by
+    ``benchmarks/bench_embedding_draws.py``.
 
     Parameters
     ----------
@@ -976,6 +985,8 @@ def embed_pixels(
         moves the embeddings (cosine similarity ≥ 0.99).
     return_flags : bool
         Also return :class:`EmbeddingFlags`.
+    n_draws : int
+        Timestep draws averaged per pixel (≥ 1).
 
     Examples
     --------
@@ -990,6 +1001,8 @@ def embed_pixels(
     n = len(pixels)
     if batch_size < 1:
         raise ValueError(f"embed_pixels: batch_size must be ≥ 1, got {batch_size}")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        raise ValueError(f"embed_pixels: n_draws must be an integer ≥ 1, got {n_draws!r}")
     ids = np.arange(n, dtype=np.int64) if pixel_ids is None else np.asarray(pixel_ids, np.int64)
     if ids.shape != (n,):
         raise ValueError(f"embed_pixels: pixel_ids must have shape ({n},), got {ids.shape}")
@@ -1004,17 +1017,21 @@ def embed_pixels(
             for a in tqdm(range(0, n, batch_size), disable=not progress, desc="embedding", leave=False):
                 b = min(n, a + batch_size)
                 sl = slice(a, b)
-                u = {}
-                for stream, (name, valid) in enumerate((("s2", pixels.s2_valid), ("s1", pixels.s1_valid))):
-                    t_all = valid.shape[1]
-                    uu = hash_uniform_rows(seed, ids[sl], stream, t_all + T)
-                    u[name] = (torch.from_numpy(uu[:, :t_all]), torch.from_numpy(np.ascontiguousarray(uu[:, t_all:])))
                 t = {f.name: torch.from_numpy(np.require(getattr(pixels, f.name)[sl], requirements=["C", "W"]))
                      for f in fields(pixels)}
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    z, no_data = enc.encode(t["s2"], t["s2_valid"], t["s2_doy"], t["s1"],
-                                            t["s1_valid"], t["s1_doy"], uniforms=u)
-                z = z.float()
+                total = None
+                for draw in range(int(n_draws)):
+                    u = {}
+                    for sensor, (name, valid) in enumerate((("s2", pixels.s2_valid), ("s1", pixels.s1_valid))):
+                        t_all = valid.shape[1]
+                        uu = hash_uniform_rows(seed, ids[sl], 2 * draw + sensor, t_all + T)
+                        u[name] = (torch.from_numpy(uu[:, :t_all]), torch.from_numpy(np.ascontiguousarray(uu[:, t_all:])))
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        z, no_data = enc.encode(t["s2"], t["s2_valid"], t["s2_doy"], t["s1"],
+                                                t["s1_valid"], t["s1_doy"], uniforms=u)
+                    z = z.float()
+                    total = z if total is None else total + z
+                z = total if n_draws == 1 else total / n_draws
                 z[no_data] = float("nan")
                 out[sl] = z.numpy()
     finally:

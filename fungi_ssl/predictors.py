@@ -48,6 +48,7 @@ from .study import SIMULATOR_VERSION, FieldData, open_field_data
 from .tessera import dequantise
 
 __all__ = [
+    "SSL_DRAWS",
     "TARGET",
     "PredictorTable",
     "encoder_config",
@@ -59,6 +60,11 @@ __all__ = [
 
 #: Name of the regression target column, ``log1p(rarefied)``.
 TARGET = "log_richness"
+
+#: Timestep draws averaged per pixel embedding in the SSL patch features
+#: (:func:`fungi_ssl.encoder.embed_pixels`); ``benchmarks/bench_embedding_draws.py``
+#: measures how much a single draw moves embeddings and predictions.
+SSL_DRAWS = 1
 
 #: Fields of :class:`fungi_ssl.encoder.PixelTimeSeries` in the simulator's arrays.
 _SERIES_FIELDS = ("s2", "s2_valid", "s2_doy", "s1", "s1_valid", "s1_doy")
@@ -156,11 +162,12 @@ def probe_pixels(field: FieldData, n: int, seed: int = 0) -> tuple[PixelTimeSeri
     return pixel_series(arrays), labels
 
 
-def _embed_quantised(trained: TrainedEncoder, pixels: PixelTimeSeries, seed: int) -> np.ndarray:
+def _embed_quantised(trained: TrainedEncoder, pixels: PixelTimeSeries, seed: int,
+                     n_draws: int = SSL_DRAWS) -> np.ndarray:
     """Embed, then store and read back as TESSERA does (int8 + per-pixel scale)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-cloud pixels: counted by caller
-        emb = embed_pixels(trained, pixels, seed=seed)
+        emb = embed_pixels(trained, pixels, seed=seed, n_draws=n_draws)
     ok = np.isfinite(emb).all(axis=1)
     out = np.full(emb.shape, np.nan, np.float32)
     if ok.any():
@@ -171,13 +178,15 @@ def _embed_quantised(trained: TrainedEncoder, pixels: PixelTimeSeries, seed: int
 
 def ssl_patch_features(
     field: FieldData, trained: TrainedEncoder, profile: str = "quick", seed: int = 0,
-    k: int = 3,
+    k: int = 3, n_draws: int = SSL_DRAWS,
 ) -> pd.DataFrame:
     """SSL features of every sample: the k × k × 128 embedding patch at its site.
 
     Cores of one site share the plot coordinate and the sampling year, so one
-    patch per site is embedded and joined to its samples. Cached under
-    ``data/cache/ssl_patches/<key>`` (study, encoder, k, seed).
+    patch per site is embedded and joined to its samples. Each pixel's
+    embedding is the mean over ``n_draws`` random draws of its dates
+    (:data:`SSL_DRAWS`). Cached under ``data/cache/ssl_patches/<key>``
+    (study, encoder, k, seed, n_draws).
 
     Returns
     -------
@@ -191,14 +200,14 @@ def ssl_patch_features(
     if k < 1 or k % 2 == 0:
         raise ValueError(f"ssl_patch_features: k must be a positive odd patch size, got {k}")
     params = {**_study_params(field), "encoder": trained.meta, "encoder_config":
-              trained.config.to_dict(), "k": k, "seed": seed}
+              trained.config.to_dict(), "k": k, "seed": seed, "n_draws": int(n_draws)}
     path = cache_dir("ssl_patches", params) / "patches.npz"
     if path.exists():
         z = np.load(path, allow_pickle=False)
         site_ids, patches, n_nan = z["site_id"], z["patches"], int(z["n_nan_pixels"])
     else:
         arrays, index = field.study.site_patch_series(k=k)
-        emb = _embed_quantised(trained, pixel_series(arrays), seed)
+        emb = _embed_quantised(trained, pixel_series(arrays), seed, n_draws)
         n_nan = int((~np.isfinite(emb).all(axis=1)).sum())
         dim = emb.shape[1]
         patches = emb.reshape(-1, k, k, dim)

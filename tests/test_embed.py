@@ -123,6 +123,9 @@ def test_resume_equals_uninterrupted(tmp_path, trained):
     assert rest.n_nan == full.n_nan == 1
     with pytest.raises(ValueError, match="other parameters"):
         embed_cube(cube, trained, tmp_path / "part.zarr", chunk=4, seed=9, progress=False)
+    with pytest.raises(ValueError, match="other parameters"):
+        embed_cube(cube, trained, tmp_path / "part.zarr", chunk=4, n_draws=2, progress=False)
+    assert open_embeddings(full.store).attrs["n_draws"] == 1
 
 
 def test_patch_sampling_at_lonlat(tmp_path, trained):

@@ -296,6 +296,37 @@ def test_embedding_independent_of_batching():
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_averaging_draws_shrinks_the_draw_noise():
+    """``n_draws`` averages independent timestep draws: one draw is the default,
+    and the spread between two seeds falls about as 1/sqrt(n)."""
+    p = random_pixels(400, p_valid=0.7)
+    model = TesseraEncoder(TINY)
+    one = embed_pixels(model, p, seed=0)
+    np.testing.assert_array_equal(embed_pixels(model, p, seed=0, n_draws=1), one)
+
+    def spread(n: int) -> float:
+        a = embed_pixels(model, p, seed=0, n_draws=n)
+        b = embed_pixels(model, p, seed=1, n_draws=n)
+        return float(np.median(np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)))
+
+    s1, s4 = spread(1), spread(4)
+    assert s1 > 0.01  # the draw does move the embedding
+    assert 0.35 < s4 / s1 < 0.7  # 1/sqrt(4) = 0.5
+    # batch-independent, and a no-data pixel stays NaN
+    four = embed_pixels(model, p, seed=0, n_draws=4)
+    parts = np.concatenate([embed_pixels(model, p[:150], seed=0, n_draws=4, batch_size=41),
+                            embed_pixels(model, p[150:], seed=0, n_draws=4, batch_size=64,
+                                         pixel_ids=np.arange(150, 400))])
+    np.testing.assert_allclose(parts, four, rtol=1e-5, atol=1e-5)
+    empty = PixelTimeSeries(p.s2[:2], np.zeros((2, 30), bool), p.s2_doy[:2], p.s1[:2],
+                            np.zeros((2, 20), bool), p.s1_doy[:2])
+    emb, flags = embed_pixels(model, empty, n_draws=3, return_flags=True)
+    assert np.isnan(emb).all() and flags.n_nan == 2
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="n_draws"):
+            embed_pixels(model, p[:4], n_draws=bad)
+
+
 def test_bf16_probe_stays_close_to_fp32():
     """The check behind ``embed_pixels(bf16=...)``: bf16 autocast must keep
     embeddings within cosine 0.99 and relative L2 0.03 of fp32 to be usable.

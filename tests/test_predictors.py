@@ -62,6 +62,13 @@ def test_ssl_patch_features_join_sites_to_samples(field, tmp_path, monkeypatch):
     # a different seed (another draw of dates) is another cache entry
     predictors.ssl_patch_features(small, trained, seed=1)
     assert len(list((tmp_path / "ssl_patches").iterdir())) == 2
+    # so is another number of averaged draws, and it moves the features
+    other = 3 if predictors.SSL_DRAWS != 3 else 2
+    avg = predictors.ssl_patch_features(small, trained, seed=0, n_draws=other)
+    assert len(list((tmp_path / "ssl_patches").iterdir())) == 3
+    ok = np.isfinite(feats.to_numpy()).all(axis=1)
+    assert np.isfinite(avg.to_numpy()[ok]).all()
+    assert not np.allclose(avg.to_numpy()[ok], feats.to_numpy()[ok])
     with pytest.raises(ValueError, match="odd"):
         predictors.ssl_patch_features(small, trained, k=2)
 

@@ -500,8 +500,8 @@ def comparison_json(results: pd.DataFrame, model: str | None = None) -> dict[str
         ``corrected_t_p`` the corrected resampled t-test (Nadeau & Bengio
         2003) of the random splits, which allows for their overlap. A p is
         None when either set (or the spatial CV) is missing, e.g. for the real
-        SPUN table, which has no SSL embeddings. ``me_mean`` is predicted −
-        observed.
+        SPUN table, which has no SSL embeddings, or when there are fewer
+        than two pairs. ``me_mean`` is predicted − observed.
 
     Examples
     --------
@@ -528,7 +528,8 @@ def comparison_json(results: pd.DataFrame, model: str | None = None) -> dict[str
         rows = _scheme_rows(results, scheme)
         sets = set(rows["set"])
         others = [s for s in WILCOXON_SETS if s in sets]
-        if "ssl" in sets and others and model in set(rows["model"]):
+        pairs = rows[rows["model"] == model].groupby("set").size()  # seeds or folds per set
+        if "ssl" in sets and others and len(pairs) and pairs.min() >= 2:
             table = paired_tests(results, "ssl", model=model, scheme=scheme, others=others)
             for name, p in table[column].items():
                 values[str(name)] = None if p is None or pd.isna(p) else float(p)

@@ -1564,7 +1564,8 @@ def conformal_holdout(
     -------
     pandas.DataFrame
         One row per test prediction: ``sample_id, scheme, split,
-        calibration, y_true, y_pred, lower, upper, longitude, latitude``.
+        calibration, confidence, y_true, y_pred, lower, upper, longitude,
+        latitude``.
         Feed it to :func:`coverage_table`; ``y_pred`` are ordinary held-out
         predictions for the other checks.
 
@@ -1639,6 +1640,7 @@ def conformal_holdout(
                     "scheme": scheme,
                     "split": int(s),
                     "calibration": kind,
+                    "confidence": float(confidence),
                     "y_true": yv[test],
                     "y_pred": pred,
                     "lower": lo,
@@ -2224,8 +2226,9 @@ def bias_results(
         ``random`` rows (the study's protocol and the issue's criteria).
     intervals : pandas.DataFrame, optional
         ``scheme, y_true, lower, upper`` of 90% intervals (e.g.
-        :func:`conformal_holdout`); coverage per scheme, median width of
-        ``width_scheme`` on the target's scale.
+        :func:`conformal_holdout`; its ``confidence`` column, when present,
+        must be 0.9); coverage per scheme, median width of ``width_scheme``
+        on the target's scale.
     aoa_map : pandas.DataFrame, optional
         ``y_true, y_pred, inside`` per map pixel (truth-scored), for the
         ``aoa_*`` and ``rmse_*_aoa`` keys.
@@ -2288,6 +2291,11 @@ def bias_results(
             out["mean_error_richness"] = mr.mean_error
             out["mean_error_pct_of_mean_richness"] = mr.mean_error_pct_of_mean
     if intervals is not None:
+        if "confidence" in intervals.columns and not np.allclose(intervals["confidence"], 0.9):
+            raise ValueError(
+                "intervals: the results keys are for 90% intervals, got confidence "
+                f"{sorted(intervals['confidence'].unique().tolist())}"
+            )
         cov = coverage_table(intervals, log1p_target=log1p_target)
         if "calibration" in cov.columns and cov["scheme"].duplicated().any():
             raise ValueError(

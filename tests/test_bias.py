@@ -590,6 +590,16 @@ def test_bias_results_end_to_end_from_evaluate_cv():
     assert r["mean_error"] == pytest.approx((rnd["y_pred"] - rnd["y_true"]).mean())
 
 
+def test_bias_results_refuses_intervals_of_another_level():
+    X, y, ll, _ = clustered_sites(60, 2)
+    iv = conformal_holdout(
+        X, y, ll, schemes=("random",), model="ridge", confidence=0.8, n_seeds=1, progress=False
+    )
+    held = iv[["scheme", "y_true", "y_pred"]]
+    with pytest.raises(ValueError, match=r"90% intervals, got confidence \[0.8\]"):
+        bias_results(held, iv)
+
+
 def test_bias_module_import_does_not_load_pysal():
     import subprocess
     import sys

@@ -1718,16 +1718,29 @@ class _NearestTraining:
     where either is as near to that precision. Blocks run on ``n_jobs``
     threads, each with one BLAS thread.
 
-    Why not a tree: in ~32 weighted dimensions a KD- or ball tree prunes
-    almost nothing; measured here on 10,000 training × 100,000 query points
-    (32 dimensions, 2 cores): scikit-learn ``KDTree`` ~1,000–3,000 points/s,
-    its brute-force ``NearestNeighbors`` ~30,000 points/s per CPU-second, this
-    ~75,000 per CPU-second (see ``benchmarks/bench_aoa.py``).
+    Why not scikit-learn's ``KDTree`` or ``NearestNeighbors``: in ~32
+    weighted dimensions a KD- or ball tree prunes little. Measured by
+    ``benchmarks/bench_aoa.py`` (10,000 distinct training rows, 32
+    predictors): ``KDTree`` about 18,000 points per CPU-second, brute-force
+    ``NearestNeighbors`` about 27,000, this about 75,000 (130,000 when the
+    rows are the simulated study's ~2.2 cores per site), with DI equal to
+    scikit-learn's to 1e-13.
     """
 
     def __init__(
-        self, points: np.ndarray, n_jobs: int = 2, query_block: int = 512, train_block: int = 2048
+        self,
+        points: np.ndarray,
+        n_jobs: int = 2,
+        query_block: int = 512,
+        train_block: int = 2048,
+        algorithm: str = "gemm",
     ) -> None:
+        if algorithm not in ("gemm", "brute", "kd_tree", "ball_tree"):
+            raise ValueError(
+                f"algorithm must be 'gemm' or a scikit-learn NearestNeighbors algorithm "
+                f"('brute', 'kd_tree', 'ball_tree'), got {algorithm!r}"
+            )
+        self.algorithm = algorithm
         pts = np.ascontiguousarray(points, dtype=np.float64)
         self.unique, self.inverse, self.counts = np.unique(
             pts, axis=0, return_inverse=True, return_counts=True
@@ -1741,8 +1754,22 @@ class _NearestTraining:
         self.n_jobs = max(1, int(n_jobs))
         self.query_block = int(query_block)
         self.train_block = int(train_block)
+        self._sk = None
+        if algorithm != "gemm" and u:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._sk = NearestNeighbors(algorithm=algorithm, n_jobs=self.n_jobs).fit(self.unique)
+
+    def _block_sklearn(self, Q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        if exclude is None:
+            return self._sk.kneighbors(Q, n_neighbors=1)[0][:, 0]
+        dist, idx = self._sk.kneighbors(Q, n_neighbors=2)
+        first_is_self = idx[:, 0] == exclude
+        return np.where(first_is_self, dist[:, 1], dist[:, 0])
 
     def _block(self, Q: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        if self._sk is not None:
+            return self._block_sklearn(Q, exclude)
         k, d = Q.shape
         xb = np.empty((k, d + 1), dtype=np.float32)
         xb[:, :d] = Q
@@ -1861,6 +1888,11 @@ class AreaOfApplicability:
     ----------
     n_jobs : int
         Threads of the nearest-neighbour search.
+    algorithm : {"gemm", "brute", "kd_tree", "ball_tree"}
+        ``"gemm"`` (default): the blocked float32 matrix-product search, the
+        fastest measured here; the others use scikit-learn's
+        ``NearestNeighbors`` with that algorithm (same DI, slower in ~32
+        dimensions; for checks and low-dimensional predictors).
 
     Attributes
     ----------
@@ -1881,8 +1913,9 @@ class AreaOfApplicability:
     [True, False]
     """
 
-    def __init__(self, n_jobs: int = 2) -> None:
+    def __init__(self, n_jobs: int = 2, algorithm: str = "gemm") -> None:
         self.n_jobs = int(n_jobs)
+        self.algorithm = algorithm
 
     # -- helpers ---------------------------------------------------------
     @staticmethod
@@ -1993,7 +2026,7 @@ class AreaOfApplicability:
             )
         self.weights_ = self._weights(weights, names)
         Z = self._scaled(values)
-        index = _NearestTraining(Z, n_jobs=self.n_jobs)
+        index = _NearestTraining(Z, n_jobs=self.n_jobs, algorithm=self.algorithm)
         self.mean_distance_ = _mean_pairwise_distance(index.unique, index.counts)
         if self.mean_distance_ == 0:
             raise ValueError("X: all training samples are identical in the weighted space")
@@ -2030,7 +2063,8 @@ class AreaOfApplicability:
                 continue
             if train.size == 0:
                 raise ValueError("folds: a fold has no training samples")
-            out[test] = _NearestTraining(Z[train], n_jobs=self.n_jobs).query(Z[test])
+            fold_index = _NearestTraining(Z[train], n_jobs=self.n_jobs, algorithm=self.algorithm)
+            out[test] = fold_index.query(Z[test])
         return out
 
     @staticmethod

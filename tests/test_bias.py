@@ -490,6 +490,26 @@ def test_aoa_nearest_neighbours_and_mean_distance_are_exact():
     assert np.allclose(aoa.dissimilarity(new), ref / aoa.mean_distance_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["brute", "kd_tree"])
+def test_aoa_sklearn_index_gives_the_same_di(algorithm):
+    rng = np.random.default_rng(16)
+    train = rng.normal(size=(300, 5))
+    train = np.vstack([train, train[:20]])
+    new = rng.normal(size=(500, 5)) * 1.5
+    folds = np.arange(len(train)) % 4
+    ref = AreaOfApplicability().fit(train, folds=folds)
+    sk = AreaOfApplicability(algorithm=algorithm).fit(train, folds=folds)
+    assert np.allclose(sk.train_di_, ref.train_di_) and sk.threshold_ == pytest.approx(
+        ref.threshold_
+    )
+    assert np.allclose(sk.dissimilarity(new), ref.dissimilarity(new))
+    none_ref = AreaOfApplicability().fit(train)
+    none_sk = AreaOfApplicability(algorithm=algorithm).fit(train)
+    assert np.allclose(none_sk.train_di_, none_ref.train_di_)
+    with pytest.raises(ValueError, match="algorithm must be"):
+        AreaOfApplicability(algorithm="annoy").fit(train)
+
+
 def test_aoa_negative_weights_warn_and_count_as_zero():
     X = pd.DataFrame({"a": [0.0, 1.0, 3.0], "b": [5.0, 1.0, 2.0]})
     with pytest.warns(UserWarning, match="negative weight"):

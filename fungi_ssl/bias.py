@@ -328,6 +328,14 @@ def crossfit_smearing(y_true: Any, y_pred: Any, split: Any, sample_id: Any = Non
     splits (and, with ``sample_id``, over other samples only, because random
     seeds test a sample more than once).
 
+    The factor assumes the log-scale errors have one distribution everywhere.
+    Where their spread changes with the prediction (wide where richness is
+    low, as zeros and near-zeros make it), a few large positive errors set the
+    factor for every prediction and the corrected mean overshoots: on the
+    simulated study's 1 km covariates (LightGBM, random splits), ``expm1``
+    gave −26% of the mean and smearing +20%. Read both beside the log-scale
+    mean error.
+
     Parameters
     ----------
     y_true, y_pred : array_like

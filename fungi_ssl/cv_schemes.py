@@ -750,6 +750,15 @@ def compare_cv_schemes(
         raise ValueError(
             f"covariates: {len(covariates)} rows for {len(samples)} samples; one row per sample"
         )
+    if (
+        covariates.index.name == "sample_id"
+        and "sample_id" in samples.columns
+        and not np.array_equal(covariates.index.astype(str), samples["sample_id"].astype(str))
+    ):
+        raise ValueError(
+            "covariates: its sample_id index is not in the order of samples['sample_id']; "
+            "reorder it, e.g. covariates.loc[samples['sample_id']]"
+        )
     runs = [tuple(r) for r in runs]
     if not runs:
         raise ValueError("runs is empty; give (model, predictor set) pairs")

@@ -245,6 +245,10 @@ def test_compare_rejects_bad_input():
         cs.compare_cv_schemes(t, cov, "y", runs=[("svm", "climate")], progress=False)
     with pytest.raises(ValueError, match="schemes: unknown"):
         cs.compare_cv_schemes(t, cov, "y", schemes=["loo"], progress=False)
+    t["sample_id"] = [f"x{i}" for i in range(20)]
+    shuffled = cov.set_axis(pd.Index(t["sample_id"][::-1].to_numpy(), name="sample_id"))
+    with pytest.raises(ValueError, match="not in the order of samples"):
+        cs.compare_cv_schemes(t, shuffled, "y", progress=False)
 
 
 def test_design_matrix_one_hot_keeps_group_prefix_and_missing_values():

@@ -80,6 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_BANDS_KM",
+    "DEFAULT_CONFIDENCE",
+    "RESULT_KEYS",
     "AreaOfApplicability",
     "Calibration",
     "ConformalRegressor",

@@ -22,7 +22,11 @@ and any other process on them stretches wall time but not CPU time.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_table1.py [--run-50] [--data DIR] [--seed 0]
+    .venv/bin/python benchmarks/bench_table1.py [--run-50] [--data DIR] [--seed 0] \
+        [--models rf lightgbm ridge] [--out FILE]
+
+``--models`` times a subset of the models (e.g. without XGBoost, to measure
+what the study's third model costs).
 
 Writes ``benchmarks/results/table1.json``.
 """
@@ -44,13 +48,15 @@ sys.path.insert(0, str(REPO))
 STUDY_SEEDS = 50
 
 
-def timed_table1(frame, target, sets, n_seeds: int, seed: int) -> dict:
+def timed_table1(frame, target, sets, models, n_seeds: int, seed: int) -> dict:
     """Run Table 1 once; wall and CPU seconds, load before, and the slowest tasks."""
     from fungi_ssl.comparison import table1
 
     load = os.getloadavg()[0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    res = table1(frame, target, sets=sets, n_seeds=n_seeds, seed=seed, progress=False)
+    res = table1(
+        frame, target, sets=sets, models=models, n_seeds=n_seeds, seed=seed, progress=False
+    )
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     tasks = res.attrs["task_seconds"]
     by_model: dict[str, float] = {}
@@ -58,8 +64,17 @@ def timed_table1(frame, target, sets, n_seeds: int, seed: int) -> dict:
         model = key.rsplit("/", 1)[1]
         by_model[model] = by_model.get(model, 0.0) + sec
     n_folds = int(((res["scheme"] == "spatial") & (res["scope"] == "fold")).sum())
+    r2 = (
+        res[res["scope"] != "pooled"]
+        .groupby(["scheme", "set", "model"])["r2"]
+        .mean()
+        .round(4)
+        .unstack("model")
+    )
     return {
         "n_seeds": n_seeds,
+        "models": list(models),
+        "r2_mean": {f"{k[0]}/{k[1]}": v for k, v in r2.to_dict(orient="index").items()},
         "n_fits": int((res["scope"] != "pooled").sum()),
         "n_spatial_fits": n_folds,
         "wall_s": wall,
@@ -81,11 +96,18 @@ def main() -> None:
     ap.add_argument("--data", default="", help="real data directory (default: simulated study)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--table-profile", default="quick", help="profile of the predictor table")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="models to fit (default: all of fungi_ssl.models.MODEL_NAMES)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "table1.json")
     args = ap.parse_args()
 
-    from fungi_ssl.pipelines import available_sets
     from fungi_ssl.config import get_profile
+    from fungi_ssl.models import MODEL_NAMES
+    from fungi_ssl.pipelines import available_sets
     from fungi_ssl.predictors import predictor_table
 
     warnings.simplefilter("ignore")
@@ -94,16 +116,17 @@ def main() -> None:
     table_s = time.perf_counter() - t0
     frame, target = pt.frame, pt.target
     sets = available_sets(frame)
+    models = list(args.models or MODEL_NAMES)
     n_quick, n_full = get_profile("quick").n_seeds, get_profile("full").n_seeds
 
     runs = {
-        "quick": timed_table1(frame, target, sets, n_quick, args.seed),
-        "full": timed_table1(frame, target, sets, n_full, args.seed),
+        "quick": timed_table1(frame, target, sets, models, n_quick, args.seed),
+        "full": timed_table1(frame, target, sets, models, n_full, args.seed),
     }
     per_seed = (runs["full"]["wall_s"] - runs["quick"]["wall_s"]) / (n_full - n_quick)
     per_seed_cpu = (runs["full"]["cpu_s"] - runs["quick"]["cpu_s"]) / (n_full - n_quick)
     if args.run_50:
-        runs["study_50"] = timed_table1(frame, target, sets, STUDY_SEEDS, args.seed)
+        runs["study_50"] = timed_table1(frame, target, sets, models, STUDY_SEEDS, args.seed)
     else:
         runs["study_50"] = {
             "n_seeds": STUDY_SEEDS,
@@ -129,6 +152,7 @@ def main() -> None:
             "n_samples": len(frame),
             "n_columns": frame.shape[1],
             "sets": sets,
+            "models": models,
             "build_or_cache_read_s": table_s,
         },
         "per_seed_wall_s": per_seed,
@@ -136,7 +160,8 @@ def main() -> None:
     }
 
     print(
-        f"Table 1 on {len(frame):,} samples ({pt.source}), sets {', '.join(sets)}; "
+        f"Table 1 on {len(frame):,} samples ({pt.source}), sets {', '.join(sets)}, "
+        f"models {', '.join(models)}; "
         f"predictor table ready in {table_s:.1f} s (not counted)"
     )
     print(f"\n{'run':<10}{'seeds':>6}{'fits':>7}{'wall s':>9}{'cpu s':>9}{'load':>7}  how")

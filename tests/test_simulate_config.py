@@ -1,15 +1,18 @@
 """Every simulator parameter does something.
 
-Chapter 00 lists each field of :class:`~fungi_ssl.simulate.StudyConfig` and
-:class:`~fungi_ssl.simulate.RichnessModel` with the reason for its value. A
-field that the simulator never reads would be a false statement in that table
-(issue 7: ``reads_sdlog`` was listed but unused, and the configured ``floor``
-was ignored). This test changes one field at a time on a small study and
-checks that the samples, the truth or the 1 km covariates change.
+Chapter 00 lists each field of :class:`~fungi_ssl.simulate.StudyConfig` and of
+its records (:class:`~fungi_ssl.simulate.LandscapeModel`,
+:class:`~fungi_ssl.simulate.SensorModel`, :class:`~fungi_ssl.simulate.RichnessModel`)
+with the reason for its value. A field that the simulator never reads would be
+a false statement in that table (issue 7: ``reads_sdlog`` was listed but
+unused, and the configured ``floor`` was ignored). This test changes one field
+at a time on a small study and checks that the samples, the truth or the 1 km
+covariates change.
 
 A field that cannot change those tables is listed in :data:`NO_EFFECT_ON_TABLES`
-with the reason; the test also fails if a new field is added without a
-perturbation or a listed reason, so the table cannot grow a dead parameter.
+with the reason, and checked on what it does change (the Sentinel-2 series).
+The test also fails if a new field is added without a perturbation, so the
+table cannot grow a dead parameter.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl.simulate import RichnessModel, SimulatedStudy, StudyConfig
+from fungi_ssl.simulate import (
+    LandscapeModel,
+    RichnessModel,
+    SensorModel,
+    SimulatedStudy,
+    StudyConfig,
+)
 
 #: The small study every field is perturbed on. Its years are the two
 #: drought years, both after 2017, so the drought and decline terms act.
@@ -41,9 +50,30 @@ STUDY_CHANGES: dict[str, object] = {
     "median_reads": 5_000.0,
     "reads_sdlog": 1.6,
     "rarefaction_depth": 2_000,
-    "otu_pool": 800,
+    "otu_pool": 40,   # caps the species a core can hold (and names the OTUs)
     "sad_sdlog": 2.4,
     "years": (2019, 2020),
+    "coordinate_decimals": (0.5, 0.5, 0.0, 0.0, 0.0, 0.0),
+    "ecm_read_share": 0.6,
+}
+
+LANDSCAPE_CHANGES: dict[str, object] = {
+    "stand_area_median_ha": 12.0,
+    "stand_area_sdlog": 0.2,
+}
+
+SENSOR_CHANGES: dict[str, object] = {
+    "host_phenology_days": 20.0,
+    "host_nir_gain": 0.2,
+    "phenology_weather_sd": 0.0,
+    "temperature_error_sd": 2.0,
+    "precipitation_error_sdlog": 0.5,
+    "soil_ph_error_sd": 1.0,
+    "soil_soc_error_sdlog": 1.0,
+    "sand_error_sd": 20.0,
+    "covariate_error_km": 5.0,
+    "covariate_error_correlated_share": 0.1,
+    "landcover_accuracy": 0.5,
 }
 
 RICHNESS_CHANGES: dict[str, object] = {
@@ -63,20 +93,35 @@ RICHNESS_CHANGES: dict[str, object] = {
     "nitrogen_slope": 0.05,
     "regional_sd": 0.6,
     "fine_sd": 0.8,
+    "hidden_host_sd": 1.2,
+    "fine_nitrogen_sd": 0.9,
     "decline_rate": 0.3,
     "drought_effect": -0.5,
 }
 
-#: Fields that cannot change the samples, truth or covariates, and why.
+#: Fields that are records, not values: each of their fields is checked on its own.
+RECORDS = {"landscape": LANDSCAPE_CHANGES, "sensors": SENSOR_CHANGES,
+           "richness": RICHNESS_CHANGES}
+
+#: Fields that cannot change the samples, truth or covariates, and why. They
+#: are checked on what they do change: the Sentinel-2 time series.
 NO_EFFECT_ON_TABLES: dict[str, str] = {
-    # ``richness`` is a record, not a value: each of its fields is checked on its own.
-    "richness": "a RichnessModel record; its fields are perturbed one by one below",
+    "host_phenology_days": "changes only the Sentinel-2 phenology of broadleaf canopies",
+    "host_nir_gain": "changes only the Sentinel-2 NIR brightness of broadleaf canopies",
+    "phenology_weather_sd": "changes only the Sentinel-2 timing of green-up",
 }
 
 
 def _tables(cfg: StudyConfig) -> dict[str, pd.DataFrame]:
     study = SimulatedStudy(cfg)
     return {"samples": study.samples, "truth": study.truth, "covariates": study.covariates}
+
+
+def _s2(cfg: StudyConfig) -> np.ndarray:
+    """Sentinel-2 series of the 3 x 3 patches of the first sites (woodland and open land)."""
+    study = SimulatedStudy(cfg)
+    arrays, _ = study.site_patch_series(k=3)
+    return arrays["s2"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +132,8 @@ def base_tables() -> dict[str, pd.DataFrame]:
 def _differs(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> list[str]:
     """Names of the tables that differ between two studies."""
     out = []
-    for name in a:
-        x, y = a[name], b[name]
+    for name, x in a.items():
+        y = b[name]
         if x.shape != y.shape or not x.columns.equals(y.columns):
             out.append(name)
             continue
@@ -101,20 +146,44 @@ def _differs(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> list[str
 
 def test_every_field_is_perturbed_or_explained():
     study_fields = {f.name for f in dataclasses.fields(StudyConfig)}
-    richness_fields = {f.name for f in dataclasses.fields(RichnessModel)}
-    assert study_fields == set(STUDY_CHANGES) | set(NO_EFFECT_ON_TABLES), (
-        study_fields ^ (set(STUDY_CHANGES) | set(NO_EFFECT_ON_TABLES)))
-    assert richness_fields == set(RICHNESS_CHANGES), richness_fields ^ set(RICHNESS_CHANGES)
-    for name, value in {**STUDY_CHANGES}.items():
+    assert study_fields == set(STUDY_CHANGES) | set(RECORDS), (
+        study_fields ^ (set(STUDY_CHANGES) | set(RECORDS)))
+    for name, value in STUDY_CHANGES.items():
         assert value != getattr(BASE, name), name
-    for name, value in RICHNESS_CHANGES.items():
-        assert value != getattr(BASE.richness, name), name
+    for record, changes in RECORDS.items():
+        names = {f.name for f in dataclasses.fields(getattr(BASE, record))}
+        assert names == set(changes), (record, names ^ set(changes))
+        for name, value in changes.items():
+            assert value != getattr(getattr(BASE, record), name), name
+    assert set(NO_EFFECT_ON_TABLES) <= set(SENSOR_CHANGES)
+    assert {LandscapeModel, SensorModel, RichnessModel} == {
+        type(getattr(BASE, r)) for r in RECORDS}
 
 
 @pytest.mark.parametrize("name", sorted(STUDY_CHANGES))
 def test_study_field_changes_the_study(name, base_tables):
     changed = dataclasses.replace(BASE, **{name: STUDY_CHANGES[name]})
     assert _differs(base_tables, _tables(changed)), f"StudyConfig.{name} changes nothing"
+
+
+@pytest.mark.parametrize("name", sorted(LANDSCAPE_CHANGES))
+def test_landscape_field_changes_the_study(name, base_tables):
+    rec = dataclasses.replace(BASE.landscape, **{name: LANDSCAPE_CHANGES[name]})
+    assert _differs(base_tables, _tables(dataclasses.replace(BASE, landscape=rec))), name
+
+
+@pytest.mark.parametrize("name", sorted(set(SENSOR_CHANGES) - set(NO_EFFECT_ON_TABLES)))
+def test_sensor_field_changes_the_covariates(name, base_tables):
+    rec = dataclasses.replace(BASE.sensors, **{name: SENSOR_CHANGES[name]})
+    differ = _differs(base_tables, _tables(dataclasses.replace(BASE, sensors=rec)))
+    assert differ == ["covariates"], (name, differ)
+
+
+@pytest.mark.parametrize("name", sorted(NO_EFFECT_ON_TABLES))
+def test_sensor_field_changes_the_satellite_series(name):
+    small = dataclasses.replace(BASE, n_samples=12, n_campaigns=2)
+    rec = dataclasses.replace(small.sensors, **{name: SENSOR_CHANGES[name]})
+    assert not np.array_equal(_s2(small), _s2(dataclasses.replace(small, sensors=rec))), name
 
 
 @pytest.mark.parametrize("name", sorted(RICHNESS_CHANGES))

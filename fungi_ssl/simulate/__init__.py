@@ -35,7 +35,13 @@ The public names of all five are importable from here
 from __future__ import annotations
 
 from ..hashing import hash_normal, hash_uniform
-from .communities import RichnessModel, true_log_richness
+from .communities import (
+    COARSE_TERMS,
+    INVISIBLE_TERMS,
+    RichnessModel,
+    richness_terms,
+    true_log_richness,
+)
 from .landscape import (
     BROADLEAF,
     CONIFER,
@@ -46,20 +52,24 @@ from .landscape import (
     LANDCOVER_CLASSES,
     MIXED,
     PIXEL_SIZE,
-    STAND_SPACING,
+    STAND_BLOCK_SPACING,
     URBAN,
     WATER,
     WOODLAND_CODES,
     GaussianField,
     Landscape,
+    LandscapeModel,
     Window,
     on_land,
 )
 from .sampling import CONTINENT_SHARE, CONTINENTS
 from .sensors import (
     CONSENSUS_CLASS,
+    LANDCOVER_CONFUSION,
     S1_REVISIT_DAYS,
     S2_REVISIT_DAYS,
+    SensorModel,
+    classified_landcover,
     covariates_1km,
     s1_doys,
     s1_orbits,
@@ -67,23 +77,26 @@ from .sensors import (
     sentinel_observations,
 )
 from .study import (
+    PARAMETER_LAYERS,
     PARAMETER_RATIONALE,
     UK_PARKS,
     SimulatedStudy,
     StudyConfig,
     parameter_table,
-    realism_report,
+    richness_variance,
     variance_below_1km,
 )
 
 __all__ = [
-    "BROADLEAF", "CONIFER", "CONSENSUS_CLASS", "CONTINENTS", "CONTINENT_SHARE", "CROPLAND",
-    "DROUGHT_YEARS", "GRASSLAND", "HEATH", "LANDCOVER_CLASSES", "MIXED", "PARAMETER_RATIONALE",
-    "PIXEL_SIZE", "S1_BANDS", "S1_REVISIT_DAYS", "S2_BANDS", "S2_REVISIT_DAYS", "STAND_SPACING",
-    "UK_PARKS", "URBAN", "WATER", "WOODLAND_CODES", "GaussianField", "Landscape", "RichnessModel",
-    "SimulatedStudy", "StudyConfig", "Window", "covariates_1km", "hash_normal", "hash_uniform",
-    "on_land", "parameter_table", "realism_report", "s1_doys", "s1_orbits", "s2_doys",
-    "sentinel_observations", "true_log_richness", "variance_below_1km",
+    "BROADLEAF", "COARSE_TERMS", "CONIFER", "CONSENSUS_CLASS", "CONTINENTS", "CONTINENT_SHARE",
+    "CROPLAND", "DROUGHT_YEARS", "GRASSLAND", "HEATH", "INVISIBLE_TERMS", "LANDCOVER_CLASSES",
+    "LANDCOVER_CONFUSION", "MIXED", "PARAMETER_LAYERS", "PARAMETER_RATIONALE", "PIXEL_SIZE",
+    "S1_BANDS", "S1_REVISIT_DAYS", "S2_BANDS", "S2_REVISIT_DAYS", "STAND_BLOCK_SPACING",
+    "UK_PARKS", "URBAN", "WATER", "WOODLAND_CODES", "GaussianField", "Landscape",
+    "LandscapeModel", "RichnessModel", "SensorModel", "SimulatedStudy", "StudyConfig", "Window",
+    "classified_landcover", "covariates_1km", "hash_normal", "hash_uniform", "on_land",
+    "parameter_table", "richness_terms", "richness_variance", "s1_doys",
+    "s1_orbits", "s2_doys", "sentinel_observations", "true_log_richness", "variance_below_1km",
 ]
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 from pyproj import CRS
 
 from ..coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
-from ..hashing import hash_uniform
+from ..hashing import hash_keys, hash_normal, hash_uniform
 from .communities import RichnessModel, true_log_richness
 
 # --------------------------------------------------------------------------- #
@@ -49,8 +49,35 @@ BROADLEAF, CONIFER, MIXED, GRASSLAND, HEATH, CROPLAND, URBAN, WATER = range(8)
 WOODLAND_CODES = (BROADLEAF, CONIFER, MIXED)
 
 PIXEL_SIZE = 10.0
-STAND_SPACING = 120.0
 DROUGHT_YEARS = (2018, 2022)
+#: Spacing (m) of the coarse tessellation whose cells each hold stands of one size class.
+STAND_BLOCK_SPACING = 800.0
+#: Smallest and largest stand spacing (m): stands of 0.09 to 64 ha.
+STAND_SPACING_RANGE = (30.0, 800.0)
+
+
+@dataclass(frozen=True)
+class LandscapeModel:
+    """Parameters of the landscape's stands.
+
+    Stands (woods, fields, heaths) are the cells of a jittered-grid Voronoi
+    tessellation whose spacing changes from place to place: the landscape is
+    cut into blocks (a Voronoi tessellation of :data:`STAND_BLOCK_SPACING`
+    spacing), and each block draws a stand area from a log-normal
+    distribution and is tessellated at the matching spacing. Stand areas are
+    therefore log-normal across the landscape, from a fraction of a hectare
+    to tens of hectares, rather than one size.
+
+    Attributes
+    ----------
+    stand_area_median_ha : float
+        Median stand area (ha), over stands.
+    stand_area_sdlog : float
+        Log-SD of stand areas.
+    """
+
+    stand_area_median_ha: float = 1.5
+    stand_area_sdlog: float = 1.1
 
 
 # --------------------------------------------------------------------------- #
@@ -197,6 +224,47 @@ def _zone_key(epsg: np.ndarray) -> np.ndarray:
 # The world
 # --------------------------------------------------------------------------- #
 
+#: The share of arbuscular-mycorrhizal (AM) trees in a broadleaf or mixed stand is
+#: ``logistic(AM_SHARE_LOGIT[0] + AM_SHARE_LOGIT[1] * z)`` (median 0.23), and a
+#: stand of AM trees only keeps ``1 - AM_LOSS`` of its ECM richness.
+AM_SHARE_LOGIT = (-1.2, 2.0)
+AM_LOSS = 0.9
+
+
+def _am_log_effect(z: np.ndarray) -> np.ndarray:
+    share = 1.0 / (1.0 + np.exp(-(AM_SHARE_LOGIT[0] + AM_SHARE_LOGIT[1] * np.asarray(z))))
+    return np.log1p(-AM_LOSS * share)
+
+
+def _am_moments() -> tuple[float, float]:
+    x, w = np.polynomial.hermite_e.hermegauss(80)
+    w = w / w.sum()
+    g = _am_log_effect(x)
+    mean = float(w @ g)
+    return mean, float(np.sqrt(w @ (g - mean) ** 2))
+
+
+_AM_MEAN, _AM_SD = _am_moments()
+
+
+def hidden_host_deficit(z: np.ndarray) -> np.ndarray:
+    """Unit-variance, mean-zero ECM richness effect of a stand's unseen AM share.
+
+    Which trees a broadleaf or mixed stand holds is barely visible from
+    space: ash and maple (AM) against oak, beech and birch (ECM). Most
+    stands are mostly ECM hosts; a few are dominated by AM trees and hold few
+    ECM species, so the effect, ``log(1 - AM_LOSS * share)`` standardised, is
+    bounded above and skewed to the low side.
+
+    Examples
+    --------
+    >>> d = hidden_host_deficit(np.random.default_rng(0).standard_normal(200_000))
+    >>> abs(float(d.mean())) < 0.01, round(float(d.std()), 2), bool(-5 < d.min() < -2 < 0.5 < d.max() < 1)
+    (True, 1.0, True)
+    """
+    return (_am_log_effect(z) - _AM_MEAN) / _AM_SD
+
+
 class Landscape:
     """Latent 10 m layers and true richness anywhere, for a seed.
 
@@ -205,9 +273,11 @@ class Landscape:
     set of pixels is a batch of 1 x 1 grids.
     """
 
-    def __init__(self, seed: int, richness: RichnessModel | None = None):
+    def __init__(self, seed: int, richness: RichnessModel | None = None,
+                 model: LandscapeModel | None = None):
         self.seed = seed
         self.rm = richness or RichnessModel()
+        self.model = model or LandscapeModel()
         f = lambda key, scale, k=48: GaussianField(seed, key, scale, k)
         # coarse fields, in degrees
         self.c_elev = f(1, 1.2)
@@ -228,6 +298,7 @@ class Landscape:
         self.f_relief = f(25, 300.0, 32)
         self.f_noise = f(26, 40.0, 32)
         self.f_continuity = f(27, 600.0, 32)
+        self.f_nitrogen = f(29, 30.0, 32)
         self.f_soc = f(28, 80.0, 32)
 
     # ---- coarse -------------------------------------------------------- #
@@ -288,26 +359,59 @@ class Landscape:
         return out
 
     # ---- stands ------------------------------------------------------- #
-    def _stands(self, zone: np.ndarray, X: np.ndarray, Y: np.ndarray):
-        """Nearest jittered-grid seed (Voronoi stand) of each pixel."""
-        s = STAND_SPACING
-        ci = np.floor(X / s).astype(np.int64)
-        cj = np.floor(Y / s).astype(np.int64)
+    @staticmethod
+    def _nearest_seed(seed: int, key: int, zone: np.ndarray, X: np.ndarray, Y: np.ndarray,
+                      spacing, *parent: np.ndarray):
+        """Nearest seed of a jittered grid of ``spacing`` (m, scalar or per pixel).
+
+        Seeds sit at a hashed position inside each grid cell (15-85% of the
+        cell), keyed by ``(seed, key, zone, *parent, i, j)``. Returns the
+        winning cell's ``(i, j)`` and the seed's position.
+        """
+        ci = np.floor(X / spacing).astype(np.int64)
+        cj = np.floor(Y / spacing).astype(np.int64)
         best = np.full(X.shape, np.inf)
         bi, bj = ci.copy(), cj.copy()
+        bx, by = np.zeros(X.shape), np.zeros(X.shape)
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
                 i, j = ci + di, cj + dj
-                sx = (i + 0.15 + 0.7 * hash_uniform(self.seed, 101, zone, i, j)) * s
-                sy = (j + 0.15 + 0.7 * hash_uniform(self.seed, 102, zone, i, j)) * s
+                sx = (i + 0.15 + 0.7 * hash_uniform(seed, key, zone, *parent, i, j)) * spacing
+                sy = (j + 0.15 + 0.7 * hash_uniform(seed, key + 1, zone, *parent, i, j)) * spacing
                 d = (X - sx) ** 2 + (Y - sy) ** 2
                 closer = d < best
                 best = np.where(closer, d, best)
-                bi = np.where(closer, i, bi)
-                bj = np.where(closer, j, bj)
-        sx = (bi + 0.15 + 0.7 * hash_uniform(self.seed, 101, zone, bi, bj)) * s
-        sy = (bj + 0.15 + 0.7 * hash_uniform(self.seed, 102, zone, bi, bj)) * s
-        return bi, bj, sx, sy
+                bi, bj = np.where(closer, i, bi), np.where(closer, j, bj)
+                bx, by = np.where(closer, sx, bx), np.where(closer, sy, by)
+        return bi, bj, bx, by
+
+    def stand_spacing(self, zone: np.ndarray, block_i: np.ndarray,
+                      block_j: np.ndarray) -> np.ndarray:
+        """Stand spacing (m) of each block: the side of a log-normal stand area.
+
+        A block of small stands holds more of them, so the block's log area
+        is centred ``stand_area_sdlog**2`` above that of the median stand:
+        counted over stands, areas are then log-normal with the median
+        ``stand_area_median_ha``.
+        """
+        m = self.model
+        z = hash_normal(self.seed, 105, zone, block_i, block_j)
+        area_m2 = 1.0e4 * m.stand_area_median_ha * np.exp(m.stand_area_sdlog * z
+                                                          + m.stand_area_sdlog ** 2)
+        return np.clip(np.sqrt(area_m2), *STAND_SPACING_RANGE)
+
+    def _stands(self, zone: np.ndarray, X: np.ndarray, Y: np.ndarray):
+        """The stand of each pixel: its id and its seed's position.
+
+        A pixel lies in a block (nearest seed of an 800 m jittered grid); the
+        block's stands are the Voronoi cells of a jittered grid at the
+        block's own spacing; a stand is cut where its block ends.
+        """
+        bi, bj, _, _ = self._nearest_seed(self.seed, 103, zone, X, Y, STAND_BLOCK_SPACING)
+        spacing = self.stand_spacing(zone, bi, bj)
+        si, sj, sx, sy = self._nearest_seed(self.seed, 101, zone, X, Y, spacing, bi, bj)
+        stand = hash_keys(self.seed, 107, zone, bi, bj, si, sj).view(np.int64)
+        return stand, sx, sy
 
     # ---- all latent layers -------------------------------------------- #
     def layers(self, epsg: np.ndarray, xs: np.ndarray, ys: np.ndarray,
@@ -329,7 +433,10 @@ class Landscape:
             ``landcover`` (code), ``canopy``, ``host_fraction``, ``stand_age``,
             ``ancient``, ``declining``, ``soil_ph``, ``soil_soc``, ``elevation``,
             ``temperature``, ``precipitation``, ``nitrogen``, ``sand``, ``longitude``,
-            ``latitude``, ``stand_i``, ``stand_j``, ``log_richness``.
+            ``latitude``, ``stand`` (int64 id), ``log_richness``, ``europe``, and
+            ``richness_inputs``: a dict of the inputs of
+            :func:`~fungi_ssl.simulate.communities.true_log_richness` (float64),
+            from which ``log_richness`` is computed (``-inf`` on water).
         """
         epsg = np.asarray(epsg, dtype=np.int64)
         B, W, H = xs.shape[0], xs.shape[1], ys.shape[1]
@@ -355,11 +462,10 @@ class Landscape:
         noise = self.f_noise.grid(xo, ys)
         soc_fine = self.f_soc.grid(xo, ys)
 
-        # stands and their attributes
-        bi, bj, sx, sy = self._stands(zone, X + 1.0e7 * zone, Y)
-        u = lambda k: hash_uniform(self.seed, k, zone, bi, bj)
-        # bi already differs between zones (zone-offset x), so (bi, bj) names a stand
-        inv, stands = pd.factorize(bi.ravel() * 1_000_000 + bj.ravel())
+        # stands and their attributes (the stand id already differs between zones)
+        stand, sx, sy = self._stands(zone, X + 1.0e7 * zone, Y)
+        u = lambda k: hash_uniform(self.seed, k, stand)
+        inv, stands = pd.factorize(stand.ravel())
         first = np.zeros(stands.size, dtype=np.int64)
         first[inv] = np.arange(inv.size)
         ssx, ssy = sx.ravel()[first], sy.ravel()[first]  # already zone-offset
@@ -419,11 +525,19 @@ class Landscape:
                              - 0.06 * (temp - 8.0) + 0.0003 * (c["precipitation"] - 800.0)),
                       5.0, 500.0)
 
-        log_s = true_log_richness(
-            host=host, canopy=canopy, age=age, ancient=ancient, ph=ph, temperature=temp,
-            precipitation=c["precipitation"], nitrogen=c["nitrogen"],
-            regional=c["regional"], fine=noise, declining=declining, years_since_2017=yrs,
-            drought=c["europe"] & np.isin(year, DROUGHT_YEARS), model=self.rm)
+        # drivers no sensor sees: which hosts a broadleaf or mixed stand holds,
+        # and fine-scale soil nitrogen
+        hidden_host = np.where(np.isin(lc, (BROADLEAF, MIXED)),
+                               hidden_host_deficit(hash_normal(self.seed, 214, stand)), 0.0)
+        inputs = {
+            "host": host, "canopy": canopy, "age": age, "ancient": ancient, "ph": ph,
+            "temperature": temp, "precipitation": c["precipitation"], "nitrogen": c["nitrogen"],
+            "regional": c["regional"], "fine": noise, "hidden_host": hidden_host,
+            "fine_nitrogen": self.f_nitrogen.grid(xo, ys), "declining": declining,
+            "years_since_2017": np.broadcast_to(yrs, lc.shape),
+            "drought": c["europe"] & np.isin(year, DROUGHT_YEARS),
+        }
+        log_s = true_log_richness(model=self.rm, **inputs)
         log_s = np.where(lc == WATER, -np.inf, log_s)
         return {
             "landcover": lc, "canopy": canopy.astype(np.float32),
@@ -433,8 +547,8 @@ class Landscape:
             "temperature": temp.astype(np.float32),
             "precipitation": c["precipitation"].astype(np.float32),
             "nitrogen": c["nitrogen"].astype(np.float32), "sand": c["sand"].astype(np.float32),
-            "longitude": lon, "latitude": lat, "stand_i": bi, "stand_j": bj,
-            "log_richness": log_s, "europe": c["europe"],
+            "longitude": lon, "latitude": lat, "stand": stand,
+            "log_richness": log_s, "europe": c["europe"], "richness_inputs": inputs,
         }
 
 

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from ..coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+from .communities import draw_community_counts
 from .landscape import (
     LANDCOVER_CLASSES,
     PIXEL_SIZE,
@@ -39,8 +38,9 @@ from .landscape import (
 if TYPE_CHECKING:
     from .study import StudyConfig
 
-__all__ = ["CONTINENTS", "CONTINENT_SHARE", "draw_campaigns", "draw_samples", "place_sites",
-           "point_layers", "site_sizes"]
+__all__ = ["CONTINENTS", "CONTINENT_SHARE", "ECM_SHARE_CONCENTRATION", "campaign_decimals",
+           "core_layers", "draw_campaigns", "observe_cores", "place_plots", "point_layers",
+           "sample_tables", "sequencing_depth", "site_sizes", "sites_of"]
 
 #: Two "continents" as lon/lat boxes; campaigns fall on land inside them.
 CONTINENTS: dict[str, tuple[float, float, float, float]] = {
@@ -51,7 +51,8 @@ CONTINENT_SHARE = {"Europe": 0.75, "Asia": 0.25}
 
 
 def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFrame:
-    """Sampling campaigns: centre, spread, year, habitat focus, depth and bias."""
+    """Sampling campaigns: centre, spread, year, habitat focus, depth, bias and
+    the decimals their coordinates are recorded with (:func:`campaign_decimals`)."""
     c = config
     n = c.n_campaigns
     continent = rng.choice(list(CONTINENT_SHARE), size=n, p=list(CONTINENT_SHARE.values()))
@@ -75,7 +76,8 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
         "weight": rng.lognormal(0.0, 1.0, n),
         "median_reads": c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n),
         "bias": rng.lognormal(0.0, c.campaign_bias_sd, n),
-    })
+    }).pipe(lambda t: t.assign(decimals=campaign_decimals(
+        t["weight"].to_numpy(), c.coordinate_decimals, rng)))
 
 
 def site_sizes(config: StudyConfig, rng: np.random.Generator) -> np.ndarray:
@@ -117,9 +119,57 @@ def point_layers(landscape: Landscape, lon, lat, year, keys) -> dict[str, np.nda
     return {k: L[k][:, 0, 0] for k in keys}
 
 
-def place_sites(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFrame,
+def campaign_decimals(weights: np.ndarray, shares: tuple[float, ...],
+                      rng: np.random.Generator) -> np.ndarray:
+    """Decimals each campaign records its coordinates with.
+
+    A study reports all its plots at one precision. Campaigns are put in a
+    random order and the precision classes laid along their cumulative share
+    of the expected samples (systematic sampling), so the share of *samples*
+    at each precision matches ``shares`` to within one campaign's weight,
+    whatever the campaign sizes.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        Each campaign's expected share of the samples (any positive scale).
+    shares : tuple of float
+        Share of samples recorded with 1, 2, ... decimals (sums to 1).
+
+    Examples
+    --------
+    >>> d = campaign_decimals(np.ones(1000), (0.2, 0.3, 0.5), np.random.default_rng(0))
+    >>> [round(float(np.mean(d == k)), 2) for k in (1, 2, 3)]
+    [0.2, 0.3, 0.5]
+    """
+    shares = np.asarray(shares, float)
+    if shares.ndim != 1 or (shares < 0).any() or abs(shares.sum() - 1.0) > 1e-6:
+        raise ValueError(f"coordinate_decimals must be shares that sum to 1, got {tuple(shares)}")
+    w = np.asarray(weights, float)
+    order = rng.permutation(w.size)
+    cum = np.cumsum(w[order]) / w.sum()
+    mid = cum - w[order] / w.sum() / 2
+    cls = np.searchsorted(np.cumsum(shares), mid, side="right")
+    out = np.empty(w.size, dtype=np.int64)
+    out[order] = np.minimum(cls, shares.size - 1) + 1
+    return out
+
+
+def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFrame,
                 rng: np.random.Generator) -> pd.DataFrame:
-    """Sites: one plot coordinate each (the pixel centre), campaign and year."""
+    """Plots: where each campaign's sites really are, and how their coordinate is recorded.
+
+    A plot is sampled around its campaign's centre, on land, accepted by the
+    campaign's habitat focus, and snapped to a 10 m pixel centre (its true
+    location). Its *recorded* coordinate is that location rounded to the
+    campaign's number of decimals (``campaigns["decimals"]``), as field
+    studies report them; two decimals move a point by up to ~550 m. The
+    recorded coordinate's own pixel (``rec_epsg``, ``rec_col``, ``rec_row``)
+    is where a satellite patch or a 1 km map is read for the plot.
+
+    Plots with the same recorded coordinate and year are one *site*
+    (``site_id``), as the real table's samples at one coordinate are.
+    """
     camp = campaigns
     sizes = site_sizes(config, rng)
     n = sizes.size
@@ -150,123 +200,220 @@ def place_sites(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
         lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
         todo = todo[~ok]
     keep = ~np.isnan(lon)
-    epsg = np.array([utm_epsg(a, b) for a, b in zip(lon[keep], lat[keep])])
-    # snap to the pixel centre; the recorded coordinate is that centre
-    col = np.empty(keep.sum(), dtype=np.int64)
-    row = np.empty(keep.sum(), dtype=np.int64)
-    for code in np.unique(epsg):
-        m = epsg == code
-        x, y = lonlat_to_crs(lon[keep][m], lat[keep][m], int(code))
-        col[m] = np.floor(x / PIXEL_SIZE).astype(np.int64)
-        row[m] = np.floor(-y / PIXEL_SIZE).astype(np.int64)
-    cx, cy = (col + 0.5) * PIXEL_SIZE, -(row + 0.5) * PIXEL_SIZE
-    slon, slat = np.empty(col.size), np.empty(col.size)
-    for code in np.unique(epsg):
-        m = epsg == code
-        slon[m], slat[m] = crs_to_lonlat(cx[m], cy[m], int(code))
+    epsg, col, row = _pixel_of(lon[keep], lat[keep])
+    tlon, tlat = _pixel_centre(epsg, col, row)
     chosen = camp.iloc[cid[keep]]
+    decimals = chosen["decimals"].to_numpy()
+    rlon = np.array([round(float(v), int(k)) for v, k in zip(tlon, decimals)])
+    rlat = np.array([round(float(v), int(k)) for v, k in zip(tlat, decimals)])
+    rec_epsg, rec_col, rec_row = _pixel_of(rlon, rlat)
+    year = chosen["year"].to_numpy()
+    site_key = pd.MultiIndex.from_arrays([np.round(rlon, 6), np.round(rlat, 6), year])
+    site_code = pd.factorize(site_key)[0]
     return pd.DataFrame({
-        "site_id": [f"SIMS{i:05d}" for i in range(col.size)],
+        "plot_id": [f"SIMP{i:05d}" for i in range(col.size)],
+        "site_id": [f"SIMS{i:05d}" for i in site_code],
         "campaign": chosen["campaign"].to_numpy(),
         "continent": chosen["continent"].to_numpy(),
-        "year": chosen["year"].to_numpy(),
+        "year": year,
         "n_cores": sizes[keep],
         "epsg": epsg, "col": col, "row": row,
-        "longitude": np.round(slon, 6), "latitude": np.round(slat, 6),
+        "true_longitude": np.round(tlon, 6), "true_latitude": np.round(tlat, 6),
+        "decimals": decimals,
+        "longitude": rlon, "latitude": rlat,
+        "rec_epsg": rec_epsg, "rec_col": rec_col, "rec_row": rec_row,
     })
 
 
-def draw_samples(landscape: Landscape, config: StudyConfig, sites: pd.DataFrame,
-                 campaigns: pd.DataFrame, rng: np.random.Generator,
-                 pool_rng: np.random.Generator) -> dict:
-    """Cores, their truth, OTU tables and rarefied richness (drawn together).
+def sites_of(plots: pd.DataFrame) -> pd.DataFrame:
+    """Sites as the data record them: one row per recorded coordinate and year.
+
+    ``epsg``, ``col`` and ``row`` are the recorded coordinate's pixel;
+    ``n_cores`` sums the cores of the plots recorded there.
+    """
+    g = plots.groupby("site_id", sort=True)
+    first = g.first()
+    return pd.DataFrame({
+        "site_id": first.index.to_numpy(),
+        "campaign": first["campaign"].to_numpy(),
+        "continent": first["continent"].to_numpy(),
+        "year": first["year"].to_numpy(),
+        "n_cores": g["n_cores"].sum().to_numpy(),
+        "n_plots": g.size().to_numpy(),
+        "epsg": first["rec_epsg"].to_numpy(), "col": first["rec_col"].to_numpy(),
+        "row": first["rec_row"].to_numpy(),
+        "longitude": first["longitude"].to_numpy(), "latitude": first["latitude"].to_numpy(),
+        "decimals": first["decimals"].to_numpy(),
+    })
+
+
+def _pixel_of(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UTM zone and 10 m pixel (col, row) holding each lon/lat point."""
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    epsg = np.array([utm_epsg(a, b) for a, b in zip(lon, lat)], dtype=np.int64)
+    col = np.empty(lon.size, dtype=np.int64)
+    row = np.empty(lon.size, dtype=np.int64)
+    for code in np.unique(epsg):
+        m = epsg == code
+        x, y = lonlat_to_crs(lon[m], lat[m], int(code))
+        col[m] = np.floor(x / PIXEL_SIZE).astype(np.int64)
+        row[m] = np.floor(-y / PIXEL_SIZE).astype(np.int64)
+    return epsg, col, row
+
+
+def _pixel_centre(epsg: np.ndarray, col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Lon/lat of pixel centres."""
+    cx, cy = (col + 0.5) * PIXEL_SIZE, -(row + 0.5) * PIXEL_SIZE
+    lon, lat = np.empty(col.size), np.empty(col.size)
+    for code in np.unique(epsg):
+        m = epsg == code
+        lon[m], lat[m] = crs_to_lonlat(cx[m], cy[m], int(code))
+    return lon, lat
+
+
+def core_layers(landscape: Landscape, config: StudyConfig, plots: pd.DataFrame,
+                rng: np.random.Generator) -> dict:
+    """Where each core lies and the latent layers there (nothing about fungi yet).
+
+    Cores lie up to ``core_spread_px`` pixels from their plot's true pixel.
+    A core on water takes the plot pixel's layers (soil cores are not taken
+    in lakes).
 
     Returns
     -------
     dict
-        ``samples`` (GlobalFungi schema), ``truth`` (what no model may see),
-        ``otu`` (samples x OTUs read counts, CSR) and ``total_reads``.
+        ``plot_index``, ``dcol``, ``drow`` per core; ``layers`` (dict of 1-D
+        arrays: land cover, canopy, ... at each core) and ``inputs`` (the
+        inputs of :func:`~fungi_ssl.simulate.communities.true_log_richness`
+        at each core); ``plot_inputs`` (the same at each plot's own pixel).
+    """
+    c = config
+    plot_idx = np.repeat(np.arange(len(plots)), plots["n_cores"].to_numpy())
+    n = plot_idx.size
+    p = plots.iloc[plot_idx]
+    dcol = rng.integers(-c.core_spread_px, c.core_spread_px + 1, n)
+    drow = rng.integers(-c.core_spread_px, c.core_spread_px + 1, n)
+    xs = ((p["col"].to_numpy() + dcol + 0.5) * PIXEL_SIZE)[:, None]
+    ys = (-(p["row"].to_numpy() + drow + 0.5) * PIXEL_SIZE)[:, None]
+    L = landscape.layers(p["epsg"].to_numpy(), xs, ys, p["year"].to_numpy())
+    px = ((plots["col"].to_numpy() + 0.5) * PIXEL_SIZE)[:, None]
+    py = (-(plots["row"].to_numpy() + 0.5) * PIXEL_SIZE)[:, None]
+    P = landscape.layers(plots["epsg"].to_numpy(), px, py, plots["year"].to_numpy())
+    on_water = L["landcover"][:, 0, 0] == WATER
+    flat = {k: v[:, 0, 0] for k, v in L.items() if k != "richness_inputs"}
+    plot_flat = {k: v[:, 0, 0] for k, v in P.items() if k != "richness_inputs"}
+    flat = {k: np.where(on_water, plot_flat[k][plot_idx], v) for k, v in flat.items()}
+    inputs = {k: np.where(on_water, P["richness_inputs"][k][:, 0, 0][plot_idx], v[:, 0, 0])
+              for k, v in L["richness_inputs"].items()}
+    plot_inputs = {k: v[:, 0, 0] for k, v in P["richness_inputs"].items()}
+    return {"plot_index": plot_idx, "dcol": dcol, "drow": drow, "layers": flat,
+            "inputs": inputs, "plot_inputs": plot_inputs}
+
+
+def sequencing_depth(config: StudyConfig, campaigns: pd.DataFrame, campaign: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Total fungal reads of each core, and how many of them are ECM reads.
+
+    Total reads are log-normal around the campaign's median depth
+    (``reads_sdlog``, half of its variance within campaigns). The ECM share
+    of the reads is Beta-distributed around ``ecm_read_share``, the same in
+    every habitat: the host effect on ECM fungi is in the true richness, and
+    is not counted a second time through the reads.
+    """
+    c = config
+    camp = campaigns.set_index("campaign").loc[campaign]
+    n = len(campaign)
+    total = np.maximum(1, np.round(camp["median_reads"].to_numpy() * rng.lognormal(
+        0.0, c.reads_sdlog / math.sqrt(2), n))).astype(np.int64)
+    share = rng.beta(c.ecm_read_share * ECM_SHARE_CONCENTRATION,
+                     (1.0 - c.ecm_read_share) * ECM_SHARE_CONCENTRATION, n)
+    return total, rng.binomial(total, share)
+
+
+#: Concentration (alpha + beta) of the Beta distribution of the ECM share of reads.
+ECM_SHARE_CONCENTRATION = 8.0
+
+
+def observe_cores(log_richness: np.ndarray, cores: dict, plots: pd.DataFrame,
+                  campaigns: pd.DataFrame, config: StudyConfig, seed: int) -> dict:
+    """What sequencing a core shows, given the true log richness at each core.
+
+    Every random draw has its own stream, keyed by the study seed, so the
+    sequencing depth and ECM reads of a core do not depend on its richness:
+    a study that differs only in its richness model keeps its depths, its
+    too-shallow samples and its micro-habitat noise.
+
+    Returns
+    -------
+    dict
+        ``true_core`` (micro-habitat richness of the core), ``n_species``
+        (species present after the campaign's detection bias), ``counts``
+        (CSR, cores x species slots), ``total_reads``, ``ecm_reads`` and
+        ``rarefied`` (NaN below ``rarefaction_depth``).
     """
     from ..richness import rarefied_richness
 
     c = config
-    camp = campaigns.set_index("campaign")
-    site_idx = np.repeat(np.arange(len(sites)), sites["n_cores"].to_numpy())
-    n = site_idx.size
-    s = sites.iloc[site_idx]
-    dcol = rng.integers(-c.core_spread_px, c.core_spread_px + 1, n)
-    drow = rng.integers(-c.core_spread_px, c.core_spread_px + 1, n)
-    epsg = s["epsg"].to_numpy()
-    xs = ((s["col"].to_numpy() + dcol + 0.5) * PIXEL_SIZE)[:, None]
-    ys = (-(s["row"].to_numpy() + drow + 0.5) * PIXEL_SIZE)[:, None]
-    year = s["year"].to_numpy()
-    L = {k: v[:, 0, 0] for k, v in landscape.layers(epsg, xs, ys, year).items()}
-    site_x = ((sites["col"].to_numpy() + 0.5) * PIXEL_SIZE)[:, None]
-    site_y = (-(sites["row"].to_numpy() + 0.5) * PIXEL_SIZE)[:, None]
-    site_log_s = landscape.layers(sites["epsg"].to_numpy(), site_x, site_y,
-                                  sites["year"].to_numpy())["log_richness"][:, 0, 0]
-    # water cores are moved to the site pixel's value (soil cores are not taken in lakes)
-    log_s = np.where(np.isfinite(L["log_richness"]), L["log_richness"],
-                     site_log_s[site_idx])
-    rm = c.richness
-    log_s = np.where(np.isfinite(log_s), log_s, np.log(rm.floor * rm.s_max))
-    true_core = np.exp(log_s + c.core_sd * rng.standard_normal(n))
-    cmp = camp.loc[s["campaign"].to_numpy()]
-    detectable = true_core * cmp["bias"].to_numpy()
-    n_species = np.minimum(rng.poisson(detectable), c.otu_pool)
-    total_reads = np.maximum(
-        1, np.round(cmp["median_reads"].to_numpy()
-                    * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n))).astype(
-        np.int64)
-    host_basal = (L["host_fraction"] * L["canopy"]).astype(float)
-    share_mean = np.clip(0.05 + 0.35 * host_basal, 0.01, 0.9)
-    share = rng.beta(share_mean * 8.0, (1 - share_mean) * 8.0)
-    ecm_reads = rng.binomial(total_reads, share)
-    pool_logw = pool_rng.normal(0.0, 1.0, c.otu_pool)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indices, data = [], []
-    for i in tqdm(range(n), desc="OTU tables", leave=False, disable=n < 2000):
-        k = int(n_species[i])
-        if k == 0 or ecm_reads[i] == 0:
-            indptr[i + 1] = indptr[i]
-            continue
-        g = pool_logw + rng.gumbel(size=c.otu_pool)
-        otus = np.sort(np.argpartition(-g, k - 1)[:k])
-        p = rng.lognormal(0.0, c.sad_sdlog, k)
-        counts = rng.multinomial(int(ecm_reads[i]), p / p.sum())
-        nz = counts > 0
-        indices.append(otus[nz])
-        data.append(counts[nz])
-        indptr[i + 1] = indptr[i] + int(nz.sum())
-    otu = sp.csr_matrix(
-        (np.concatenate(data) if data else np.zeros(0, np.int64),
-         np.concatenate(indices) if indices else np.zeros(0, np.int64), indptr),
-        shape=(n, c.otu_pool))
+
+    def rng(stream: int) -> np.random.Generator:
+        return np.random.default_rng([seed, stream])
+
+    n = log_richness.size
+    campaign = plots["campaign"].to_numpy()[cores["plot_index"]]
+    bias = campaigns.set_index("campaign").loc[campaign, "bias"].to_numpy()
+    true_core = np.exp(log_richness + c.core_sd * rng(16).standard_normal(n))
+    total_reads, ecm_reads = sequencing_depth(c, campaigns, campaign, rng(18))
+    counts, n_species = draw_community_counts(true_core * bias, ecm_reads, c.otu_pool,
+                                              c.sad_sdlog, rng(17), rng(19))
     deep = total_reads >= c.rarefaction_depth
     rarefied = np.full(n, np.nan)
-    rarefied[deep] = rarefied_richness(otu[deep], depth=c.rarefaction_depth,
+    rarefied[deep] = rarefied_richness(counts[deep], depth=c.rarefaction_depth,
                                        total_reads=total_reads[deep])
+    return {"true_core": true_core, "n_species": n_species, "counts": counts,
+            "total_reads": total_reads, "ecm_reads": ecm_reads, "rarefied": rarefied,
+            "bias": bias}
+
+
+def sample_tables(plots: pd.DataFrame, cores: dict, obs: dict, log_richness_plot: np.ndarray,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sample table (GlobalFungi schema) and the truth table of the cores."""
+    p = plots.iloc[cores["plot_index"]]
+    n = len(p)
+    L = cores["layers"]
     sample_id = np.array([f"SIM{i:06d}" for i in range(n)])
     samples = pd.DataFrame({
         "sample_id": sample_id,
-        "longitude": s["longitude"].to_numpy(), "latitude": s["latitude"].to_numpy(),
-        "continent": s["continent"].to_numpy(),
-        "raw_obs_div": np.diff(otu.indptr).astype(float),
-        "rarefied": rarefied,
-        "year": pd.array(year, dtype="Int64"),
-        "site_id": s["site_id"].to_numpy(),
+        "longitude": p["longitude"].to_numpy(), "latitude": p["latitude"].to_numpy(),
+        "continent": p["continent"].to_numpy(),
+        "raw_obs_div": np.diff(obs["counts"].indptr).astype(float),
+        "rarefied": obs["rarefied"],
+        "year": pd.array(p["year"].to_numpy(), dtype="Int64"),
+        "site_id": p["site_id"].to_numpy(),
     })
     truth = pd.DataFrame({
-        "sample_id": sample_id, "site_id": s["site_id"].to_numpy(),
-        "campaign": s["campaign"].to_numpy(),
-        "true_richness": true_core,
-        "true_richness_pixel": np.exp(site_log_s[site_idx]),
+        "sample_id": sample_id, "site_id": p["site_id"].to_numpy(),
+        "plot_id": p["plot_id"].to_numpy(),
+        "campaign": p["campaign"].to_numpy(),
+        "true_richness": obs["true_core"],
+        "true_richness_pixel": np.exp(log_richness_plot[cores["plot_index"]]),
         "landcover": np.asarray(LANDCOVER_CLASSES)[L["landcover"].astype(int)],
         "canopy": L["canopy"], "host_fraction": L["host_fraction"],
         "stand_age": L["stand_age"], "ancient": L["ancient"], "soil_ph": L["soil_ph"],
         "temperature": L["temperature"], "precipitation": L["precipitation"],
-        "campaign_bias": cmp["bias"].to_numpy(),
-        "total_reads": total_reads, "ecm_reads": ecm_reads,
-        "core_dcol": dcol, "core_drow": drow,
+        "campaign_bias": obs["bias"],
+        "total_reads": obs["total_reads"], "ecm_reads": obs["ecm_reads"],
+        "core_dcol": cores["dcol"], "core_drow": cores["drow"],
+        "true_longitude": p["true_longitude"].to_numpy(),
+        "true_latitude": p["true_latitude"].to_numpy(),
+        "coordinate_decimals": p["decimals"].to_numpy(),
+        "coordinate_offset_m": _offset_m(p),
     })
-    return {"samples": samples, "truth": truth, "otu": otu, "total_reads": total_reads}
+    return samples, truth
+
+
+def _offset_m(p: pd.DataFrame) -> np.ndarray:
+    """Distance (m) from a plot's true location to its recorded coordinate."""
+    lat0 = np.radians(p["true_latitude"].to_numpy())
+    dx = (p["longitude"].to_numpy() - p["true_longitude"].to_numpy()) * 111_320.0 * np.cos(lat0)
+    dy = (p["latitude"].to_numpy() - p["true_latitude"].to_numpy()) * 110_574.0
+    return np.hypot(dx, dy)

@@ -16,6 +16,7 @@ the same pixels cut from the whole tile.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +36,7 @@ from .landscape import (
     LANDCOVER_CLASSES,
     MIXED,
     PIXEL_SIZE,
+    WATER,
     WOODLAND_CODES,
     GaussianField,
     Landscape,
@@ -55,6 +57,71 @@ CONSENSUS_CLASS = {
 
 S2_REVISIT_DAYS = 5
 S1_REVISIT_DAYS = 6
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """Parameters of what the satellites and the 1 km products see.
+
+    Attributes
+    ----------
+    host_phenology_days : float
+        Days by which a broadleaf or mixed canopy of no ECM hosts leafs out
+        later than an all-host one (per unit of host fraction): the only
+        spectral trace of host identity, and a weak one.
+    host_nir_gain : float
+        Relative NIR brightness of an all-host against a no-host broadleaf
+        canopy (per unit of host fraction).
+    phenology_weather_sd : float
+        SD (days) of the year's green-up anomaly over a 1 degree cell: spring
+        phenology follows the year's weather, not only the mean climate.
+    temperature_error_sd : float
+        SD (degC) of the error of the 1 km mean annual temperature.
+    precipitation_error_sdlog : float
+        Log-SD of the error of the 1 km annual precipitation.
+    soil_ph_error_sd : float
+        SD (pH units) of the error of the 1 km topsoil pH.
+    soil_soc_error_sdlog : float
+        Log-SD of the error of the 1 km topsoil organic carbon.
+    sand_error_sd : float
+        SD (percentage points) of the error of the 1 km sand content.
+    covariate_error_km : float
+        Length scale (km) of the spatially correlated part of those errors.
+    covariate_error_correlated_share : float
+        Share of each covariate's error variance that is spatially correlated
+        (the rest is independent between 1 km cells).
+    landcover_accuracy : float
+        Overall accuracy of the land-cover map the 1 km class fractions come
+        from: a stand is given a wrong class (a confusable one) with
+        probability ``1 - landcover_accuracy`` (water with a fifth of that).
+    """
+
+    host_phenology_days: float = 4.0
+    host_nir_gain: float = 0.03
+    phenology_weather_sd: float = 6.0
+    temperature_error_sd: float = 0.8
+    precipitation_error_sdlog: float = 0.2
+    soil_ph_error_sd: float = 0.55
+    soil_soc_error_sdlog: float = 0.45
+    sand_error_sd: float = 10.0
+    covariate_error_km: float = 30.0
+    covariate_error_correlated_share: float = 0.6
+    landcover_accuracy: float = 0.77
+
+
+#: Classes a land-cover classifier confuses each class with, and how often
+#: (rows: true class in :data:`LANDCOVER_CLASSES` order; each row sums to 1).
+LANDCOVER_CONFUSION = np.array([
+    # broad  conif  mixed  grass  heath  crop   urban  water
+    [0.00, 0.15, 0.45, 0.15, 0.15, 0.10, 0.00, 0.00],   # broadleaf
+    [0.20, 0.00, 0.45, 0.10, 0.25, 0.00, 0.00, 0.00],   # conifer
+    [0.45, 0.35, 0.00, 0.10, 0.10, 0.00, 0.00, 0.00],   # mixed
+    [0.10, 0.00, 0.10, 0.00, 0.25, 0.45, 0.10, 0.00],   # grassland
+    [0.10, 0.20, 0.10, 0.45, 0.00, 0.15, 0.00, 0.00],   # heath
+    [0.10, 0.00, 0.00, 0.70, 0.10, 0.00, 0.10, 0.00],   # cropland
+    [0.20, 0.00, 0.00, 0.45, 0.00, 0.35, 0.00, 0.00],   # urban
+    [0.00, 0.00, 0.00, 0.40, 0.30, 0.00, 0.30, 0.00],   # water
+])
 #: splitmix64's increment (2**64 / golden ratio), as in :mod:`fungi_ssl.hashing`.
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
@@ -172,7 +239,8 @@ def _key_uniform(key: np.ndarray, *more) -> np.ndarray:
 
 def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray,
                           ys: np.ndarray, year: int | np.ndarray,
-                          layers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                          layers: dict[str, np.ndarray] | None = None,
+                          model: SensorModel | None = None) -> dict[str, np.ndarray]:
     """Sentinel-2 and Sentinel-1 time series for batched grids in one year.
 
     Parameters
@@ -185,6 +253,8 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
         (per-grid days of year are returned).
     layers : dict, optional
         Latent layers already computed for the same grids.
+    model : SensorModel, optional
+        Sensor parameters (default :class:`SensorModel`).
 
     Returns
     -------
@@ -207,16 +277,20 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     ground_cls = np.where(is_wood, GRASSLAND, lc)
     dt = 7.5 - temp
     broadish = np.isin(tree_cls, (BROADLEAF, MIXED))
-    sos_t = _SOS[tree_cls] + 4.0 * dt + broadish * 12.0 * (0.6 - h)
+    m = model or SensorModel()
+    # spring comes earlier where it is warm, and in a warm spring: the year's
+    # weather shifts green-up over a 1 degree cell, whatever the mean climate
+    weather = m.phenology_weather_sd * hash_normal(
+        seed, 421, year_b[:, None, None], np.floor(L["longitude"]).astype(np.int64),
+        np.floor(L["latitude"]).astype(np.int64))
+    sos_t = _SOS[tree_cls] + 4.0 * dt + weather + broadish * m.host_phenology_days * (0.6 - h)
     eos_t = _EOS[tree_cls] - 3.0 * dt
-    crop_shift = 25.0 * (hash_uniform(seed, 401, _zone_key(epsg)[:, None, None],
-                                      L["stand_i"], L["stand_j"]) - 0.5)
+    stand = L["stand"]
+    crop_shift = 25.0 * (hash_uniform(seed, 401, stand) - 0.5)
     # stand-level heterogeneity within a class: species mix, understorey and
     # soil background change brightness, the visible/NIR/SWIR balance, the
     # timing and the depth of the season from one stand (or field) to the next
-    zk = _zone_key(epsg)[:, None, None]
-    si, sj = L["stand_i"], L["stand_j"]
-    het = [hash_normal(seed, 411 + i, zk, si, sj) for i in range(5)]
+    het = [hash_normal(seed, 411 + i, stand) for i in range(5)]
     stand_gain = np.exp(_STAND_BRIGHTNESS_SD * het[0][..., None]
                         + _STAND_TILT_SD * het[1][..., None] * _TILT_NIR
                         + _STAND_TILT_SD * het[2][..., None] * _TILT_SWIR)
@@ -224,9 +298,10 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     stand_depth = np.clip(1.0 + _STAND_AMPLITUDE_SD * het[4], 0.5, 1.3)
     sos_t = sos_t + stand_shift
     eos_t = eos_t - 0.5 * stand_shift
-    sos_g = _SOS[ground_cls] + 4.0 * dt + (ground_cls == CROPLAND) * crop_shift + stand_shift
+    sos_g = (_SOS[ground_cls] + 4.0 * dt + weather + (ground_cls == CROPLAND) * crop_shift
+             + stand_shift)
     eos_g = _EOS[ground_cls] - 3.0 * dt + (ground_cls == CROPLAND) * crop_shift - 0.5 * stand_shift
-    nir_gain = 1.0 + broadish * 0.08 * (h - 0.5)
+    nir_gain = 1.0 + broadish * m.host_nir_gain * (h - 0.5)
     drought = (L["europe"] & np.isin(year_b, DROUGHT_YEARS)[:, None, None])
     zone = _zone_key(epsg)
     keys = _pixel_keys(epsg, xs, ys, seed)
@@ -320,16 +395,56 @@ def _with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
     return ds.rio.write_transform(ds.rio.transform(recalc=True))
 
 
-def covariates_1km(landscape: Landscape, sites: pd.DataFrame,
-                   samples: pd.DataFrame) -> pd.DataFrame:
+@lru_cache(maxsize=8)
+def _covariate_error_fields(seed: int, length_km: float) -> list[GaussianField]:
+    """One spatially correlated error field per 1 km covariate (lon/lat degrees)."""
+    return [GaussianField(seed, 820 + j, length_km / 111.0, 48) for j in range(5)]
+
+
+def classified_landcover(seed: int, landcover: np.ndarray, stand: np.ndarray,
+                         accuracy: float) -> np.ndarray:
+    """The land-cover class a map with the given overall accuracy shows.
+
+    A classifier errs by object: a whole stand gets a wrong class with
+    probability ``1 - accuracy`` (water, which maps easily, with a fifth of
+    that), drawn from :data:`LANDCOVER_CONFUSION`.
+
+    Examples
+    --------
+    >>> lc = np.zeros(20_000, dtype=np.int8)                 # broadleaf everywhere
+    >>> mapped = classified_landcover(0, lc, np.arange(20_000), accuracy=0.77)
+    >>> round(float((mapped == lc).mean()), 2), int(mapped.max()) <= 7
+    (0.77, True)
+    """
+    if not 0.0 < accuracy <= 1.0:
+        raise ValueError(f"landcover accuracy must lie in (0, 1], got {accuracy}")
+    lc = np.asarray(landcover).astype(np.int64)
+    p_err = np.where(lc == WATER, (1.0 - accuracy) / 5.0, 1.0 - accuracy)
+    wrong = hash_uniform(seed, 811, stand) < p_err
+    cum = np.cumsum(LANDCOVER_CONFUSION, axis=1)[lc]           # (..., 8)
+    pick = hash_uniform(seed, 812, stand)[..., None]
+    other = np.minimum((pick > cum).sum(axis=-1), len(LANDCOVER_CLASSES) - 1)
+    return np.where(wrong, other, lc).astype(np.int8)
+
+
+def covariates_1km(landscape: Landscape, sites: pd.DataFrame, samples: pd.DataFrame,
+                   model: SensorModel | None = None) -> pd.DataFrame:
     """1 km covariates of every sample, with the SPUN table's names and units.
 
-    Each sample's 1 km cell is the 1,000 m UTM cell holding its site pixel.
-    Climate is the cell-mean climate plus a small downscaling error; soil is
-    the cell mean plus a SoilGrids-like prediction error (hashed per cell, so
-    both sites of one cell see the same value); land cover is the share of
-    each class on a 20 x 20 (50 m) sub-grid of the cell, from the 2017 map.
+    Each sample's 1 km cell is the 1,000 m UTM cell holding its site's
+    recorded pixel (``sites`` columns ``epsg``, ``col``, ``row``), as the
+    SPUN table samples its maps at the recorded coordinate.
+
+    * Climate and soil are cell means of the 10 m layers plus the error of a
+      downscaled or predicted map: a spatially correlated part (a field of
+      ``covariate_error_km`` length scale) and a part independent between
+      cells, with the SDs of :class:`SensorModel`.
+    * Land cover is the share of each class on a 20 x 20 (50 m) sub-grid of
+      the cell of the 2017 map *as a classifier maps it*
+      (:func:`classified_landcover`, ``landcover_accuracy``).
+    * Elevation is the cell mean.
     """
+    m = model or SensorModel()
     seed = landscape.seed
     cell_col = np.floor(sites["col"].to_numpy() / 100).astype(np.int64)
     cell_row = np.floor(sites["row"].to_numpy() / 100).astype(np.int64)
@@ -337,6 +452,10 @@ def covariates_1km(landscape: Landscape, sites: pd.DataFrame,
     uniq, inverse = np.unique(cells.to_numpy(), axis=0, return_inverse=True)
     n = len(uniq)
     k = np.arange(20)
+    fields = _covariate_error_fields(seed, float(m.covariate_error_km))
+    rho = float(np.clip(m.covariate_error_correlated_share, 0.0, 1.0))
+    sds = (m.temperature_error_sd, m.precipitation_error_sdlog, m.soil_ph_error_sd,
+           m.soil_soc_error_sdlog, m.sand_error_sd)
     out = []
     for start in tqdm(range(0, n, 500), desc="1 km covariates", leave=False, disable=n < 1000):
         u = uniq[start:start + 500]
@@ -345,22 +464,24 @@ def covariates_1km(landscape: Landscape, sites: pd.DataFrame,
         ys = -(u[:, 2:3] * 1000.0 + 25.0 + 50.0 * k[None])
         L = landscape.layers(epsg, xs, ys, 2017)
         key = (seed, 801, _zone_key(epsg), u[:, 1], u[:, 2])
-        lc = L["landcover"].reshape(len(u), -1)
-        frac = {CONSENSUS_CLASS[name]: 100.0 * (lc == code).mean(axis=1)
-                for code, name in enumerate(LANDCOVER_CLASSES)}
+
         def mean(a: np.ndarray, n: int = len(u)) -> np.ndarray:
             return a.reshape(n, -1).mean(axis=1)
 
+        lon, lat = mean(L["longitude"]), mean(L["latitude"])
+        err = [sd * (math.sqrt(rho) * f.points(lon, lat)
+                     + math.sqrt(1.0 - rho) * hash_normal(*key, j + 1))
+               for j, (sd, f) in enumerate(zip(sds, fields))]
+        mapped = classified_landcover(seed, L["landcover"], L["stand"], m.landcover_accuracy)
+        lc = mapped.reshape(len(u), -1)
+        frac = {CONSENSUS_CLASS[name]: 100.0 * (lc == code).mean(axis=1)
+                for code, name in enumerate(LANDCOVER_CLASSES)}
         out.append(pd.DataFrame({
-            "CHELSA_BIO_Annual_Mean_Temperature":
-                10.0 * (mean(L["temperature"]) + 0.3 * hash_normal(*key, 1)),
-            "CHELSA_BIO_Annual_Precipitation":
-                mean(L["precipitation"]) * np.exp(0.05 * hash_normal(*key, 2)),
-            "SG_Soil_pH_H2O_005cm": 10.0 * np.clip(
-                mean(L["soil_ph"]) + 0.35 * hash_normal(*key, 3), 3.5, 9.0),
-            "SG_SOC_Content_005cm": mean(L["soil_soc"]) * np.exp(0.3 * hash_normal(*key, 4)),
-            "SG_Sand_Content_005cm": np.clip(
-                mean(L["sand"]) + 6.0 * hash_normal(*key, 5), 1.0, 95.0),
+            "CHELSA_BIO_Annual_Mean_Temperature": 10.0 * (mean(L["temperature"]) + err[0]),
+            "CHELSA_BIO_Annual_Precipitation": mean(L["precipitation"]) * np.exp(err[1]),
+            "SG_Soil_pH_H2O_005cm": 10.0 * np.clip(mean(L["soil_ph"]) + err[2], 3.5, 9.0),
+            "SG_SOC_Content_005cm": mean(L["soil_soc"]) * np.exp(err[3]),
+            "SG_Sand_Content_005cm": np.clip(mean(L["sand"]) + err[4], 1.0, 95.0),
             **frac,
             "EarthEnvTopoMed_Elevation": mean(L["elevation"]),
         }))
@@ -369,5 +490,3 @@ def covariates_1km(landscape: Landscape, sites: pd.DataFrame,
     cov = per_site.loc[samples["site_id"].to_numpy()].set_index(
         pd.Index(samples["sample_id"].to_numpy(), name="sample_id"))
     return cov.astype(np.float32)
-
-

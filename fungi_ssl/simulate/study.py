@@ -12,9 +12,8 @@ of the book (UK parks, map windows) and the diagnostics chapter 00 shows.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dask
@@ -27,22 +26,39 @@ from pyproj import CRS
 from tqdm.auto import tqdm
 
 from .. import config
-from .communities import RichnessModel
+from .communities import RichnessModel, assign_otus, true_log_richness
 from .landscape import (
     LANDCOVER_CLASSES,
     PIXEL_SIZE,
+    WATER,
     WOODLAND_CODES,
     Landscape,
+    LandscapeModel,
     Window,
 )
-from .sampling import draw_campaigns, draw_samples, place_sites
-from .sensors import _with_crs, covariates_1km, s1_doys, s1_orbits, s2_doys, sentinel_observations
+from .sampling import (
+    core_layers,
+    draw_campaigns,
+    observe_cores,
+    place_plots,
+    sample_tables,
+    sites_of,
+)
+from .sensors import (
+    SensorModel,
+    _with_crs,
+    covariates_1km,
+    s1_doys,
+    s1_orbits,
+    s2_doys,
+    sentinel_observations,
+)
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["PARAMETER_RATIONALE", "UK_PARKS", "SimulatedStudy", "StudyConfig",
-           "parameter_table", "realism_report", "variance_below_1km"]
+__all__ = ["PARAMETER_LAYERS", "PARAMETER_RATIONALE", "UK_PARKS", "SimulatedStudy", "StudyConfig",
+           "parameter_table", "richness_variance", "variance_below_1km"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,17 @@ class StudyConfig:
         Log-SD of the lognormal species-abundance distribution.
     years : tuple of int
         Years with satellite observations and possible sampling.
+    coordinate_decimals : tuple of float
+        Share of samples whose campaign records coordinates with 1, 2, 3, 4,
+        5 and 6 (or more) decimals (real European table: 3.4%, 18.3%, 3.5%,
+        9.8%, 23.3%, 41.7%).
+    ecm_read_share : float
+        Mean share of a sample's fungal reads that are ECM reads, the same in
+        every habitat.
+    landscape : LandscapeModel
+        Stand sizes.
+    sensors : SensorModel
+        What the satellites and the 1 km products see, and their errors.
     richness : RichnessModel
         Coefficients of true richness.
     """
@@ -95,14 +122,18 @@ class StudyConfig:
     singleton_share: float = 0.56
     max_cores_per_site: int = 215
     core_spread_px: int = 2
-    core_sd: float = 0.30
-    campaign_bias_sd: float = 0.25
+    core_sd: float = 0.38
+    campaign_bias_sd: float = 0.55
     median_reads: float = 12_000.0
     reads_sdlog: float = 0.85
     rarefaction_depth: int = 4_000
     otu_pool: int = 3_000
     sad_sdlog: float = 1.6
     years: tuple[int, ...] = config.YEARS
+    coordinate_decimals: tuple[float, ...] = (0.034, 0.183, 0.035, 0.098, 0.233, 0.417)
+    ecm_read_share: float = 0.25
+    landscape: LandscapeModel = field(default_factory=LandscapeModel)
+    sensors: SensorModel = field(default_factory=SensorModel)
     richness: RichnessModel = field(default_factory=RichnessModel)
 
     def as_dict(self) -> dict:
@@ -146,13 +177,15 @@ class SimulatedStudy:
     def __init__(self, config: StudyConfig | None = None, **overrides):
         base = config or StudyConfig()
         if overrides:
-            base = StudyConfig(**{**asdict(base), **overrides,
-                                  "richness": overrides.get("richness", base.richness)})
+            unknown = set(overrides) - {f.name for f in fields(StudyConfig)}
+            if unknown:
+                raise ValueError(f"SimulatedStudy: unknown StudyConfig fields {sorted(unknown)}")
+            base = replace(base, **overrides)
         if base.n_samples < 1 or base.n_campaigns < 1:
             raise ValueError("StudyConfig: n_samples and n_campaigns must be positive, got "
                              f"{base.n_samples} and {base.n_campaigns}")
         self.config = base
-        self.landscape = Landscape(base.seed, base.richness)
+        self.landscape = Landscape(base.seed, base.richness, base.landscape)
 
     def __repr__(self) -> str:
         c = self.config
@@ -180,7 +213,7 @@ class SimulatedStudy:
 
     def _observations_block(self, window: Window, year: int) -> dict[str, np.ndarray]:
         obs = sentinel_observations(self.landscape, np.array([window.epsg]), window.x[None],
-                                    window.y[None], year)
+                                    window.y[None], year, model=self.config.sensors)
         return {"s2": obs["s2"][:, :, 0], "s2_valid": obs["s2_valid"][:, 0],
                 "s1": obs["s1"][:, :, 0], "s1_valid": obs["s1_valid"][:, 0]}
 
@@ -237,47 +270,91 @@ class SimulatedStudy:
     # ---- campaigns, sites and samples --------------------------------- #
     @cached_property
     def campaigns(self) -> pd.DataFrame:
-        """Sampling campaigns: centre, spread, year, habitat focus, depth and bias."""
+        """Sampling campaigns: centre, spread, year, habitat focus, depth, bias, decimals."""
         return draw_campaigns(self.config, self._rng(11))
 
     @cached_property
+    def plots(self) -> pd.DataFrame:
+        """Plots: true locations, cores and recorded coordinates (truth; see :func:`place_plots`)."""
+        return place_plots(self.landscape, self.config, self.campaigns, self._rng(12))
+
+    @cached_property
     def sites(self) -> pd.DataFrame:
-        """Sites: one plot coordinate each (the pixel centre), campaign and year."""
-        return place_sites(self.landscape, self.config, self.campaigns, self._rng(12))
+        """Sites as the data record them: one per recorded coordinate and year.
+
+        ``epsg``, ``col``, ``row`` are the pixel of the *recorded*
+        coordinate, where the satellite patch and the 1 km covariates of the
+        site's samples are read; the plots' true pixels are in :attr:`plots`.
+        """
+        return sites_of(self.plots)
+
+    @cached_property
+    def _cores(self) -> dict:
+        """Core positions and the latent layers there (independent of the richness model)."""
+        return core_layers(self.landscape, self.config, self.plots, self._rng(13))
+
+    def with_richness(self, richness: RichnessModel) -> SimulatedStudy:
+        """The same study under another richness model, reusing everything that does not depend on it.
+
+        Campaigns, plots, sites, core positions, sequencing depths, 1 km
+        covariates and every satellite observation stay the same; only the
+        true richness, and what sequencing shows of it, change. The result
+        equals ``SimulatedStudy(replace(config, richness=richness))`` bit for
+        bit (a test checks this), at the cost of the observation draw only.
+        """
+        other = SimulatedStudy(replace(self.config, richness=richness))
+        for name in ("campaigns", "plots", "sites", "_cores", "covariates"):
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
+
+    def core_log_richness(self) -> np.ndarray:
+        """True log richness (before micro-habitat noise) at every core."""
+        return true_log_richness(model=self.config.richness, **self._cores["inputs"])
 
     @cached_property
     def _draw(self) -> dict:
-        """Cores, their truth, OTU tables and rarefied richness (drawn together)."""
-        return draw_samples(self.landscape, self.config, self.sites, self.campaigns,
-                            self._rng(13), self._rng(14))
+        """Observations of the cores and the sample and truth tables."""
+        cores = self._cores
+        obs = observe_cores(self.core_log_richness(), cores, self.plots, self.campaigns,
+                            self.config, self.config.seed)
+        plot_log_s = true_log_richness(model=self.config.richness, **cores["plot_inputs"])
+        samples, truth = sample_tables(self.plots, cores, obs, plot_log_s)
+        return {"samples": samples, "truth": truth, "counts": obs["counts"],
+                "n_species": obs["n_species"], "total_reads": obs["total_reads"]}
 
     @property
     def samples(self) -> pd.DataFrame:
         """The field sample table, in the real GlobalFungi schema (a copy).
 
-        ``rarefied`` is NaN where sequencing depth fell short of
-        ``rarefaction_depth``, as the real table's NA rows; analyses drop them.
+        ``longitude``/``latitude`` are the *recorded* coordinates (rounded to
+        the campaign's decimals). ``rarefied`` is NaN where sequencing depth
+        fell short of ``rarefaction_depth``, as the real table's NA rows;
+        analyses drop them.
         """
         return self._draw["samples"].copy()
 
     @property
     def truth(self) -> pd.DataFrame:
-        """What no model may see: true richness and latent layers at each core."""
+        """What no model may see: true richness, location and latent layers at each core."""
         return self._draw["truth"].copy()
 
-    @property
+    @cached_property
     def otu_table(self) -> sp.csr_matrix:
         """ECM OTU read counts, samples x OTUs (rows in ``samples`` order)."""
-        return self._draw["otu"]
+        c = self.config
+        return assign_otus(self._draw["counts"], self._draw["n_species"], c.otu_pool,
+                           self._rng(14), self._rng(20))
 
     @cached_property
     def covariates(self) -> pd.DataFrame:
         """1 km climate, soil and land-cover covariates, indexed by ``sample_id``.
 
         Column names and units follow the real SPUN covariate table, so the
-        same predictor sets read both.
+        same predictor sets read both; read at each site's recorded coordinate.
         """
-        return covariates_1km(self.landscape, self.sites, self._draw["samples"])
+        return covariates_1km(self.landscape, self.sites, self._draw["samples"],
+                              self.config.sensors)
 
     # ---- satellite time series at samples and for pretraining ------------ #
     def _patch_series(self, epsg, col, row, year, k: int, batch: int, desc: str):
@@ -291,7 +368,8 @@ class SimulatedStudy:
             xs = (col[sl, None] + offs[None] + 0.5) * PIXEL_SIZE
             ys = -(row[sl, None] + offs[None] + 0.5) * PIXEL_SIZE
             L = self.landscape.layers(epsg[sl], xs, ys, year[sl])
-            obs = sentinel_observations(self.landscape, epsg[sl], xs, ys, year[sl], L)
+            obs = sentinel_observations(self.landscape, epsg[sl], xs, ys, year[sl], L,
+                                        model=self.config.sensors)
             m = xs.shape[0] * k * k
             parts.append({
                 "s2": np.moveaxis(obs["s2"], (0, 1), (-2, -1)).reshape(m, -1, 10),
@@ -482,23 +560,95 @@ def variance_below_1km(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
     return {"within": within, "total": total, "share_below_1km": within / total}
 
 
-#: Why each parameter has its value: shown beside the values in chapter 00.
+def richness_variance(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
+                      step_px: int = 2) -> dict:
+    """How the variance of true log richness splits by scale and by visibility.
+
+    Evaluated like :func:`variance_below_1km` (1 km cells of random sites,
+    every ``step_px`` pixels, 2017, water excluded). The log richness is the
+    sum of three groups of :func:`~fungi_ssl.simulate.communities.richness_terms`:
+    ``coarse`` (:data:`~fungi_ssl.simulate.communities.COARSE_TERMS`: climate
+    and nitrogen deposition), ``invisible``
+    (:data:`~fungi_ssl.simulate.communities.INVISIBLE_TERMS`: what neither
+    the satellites nor the 1 km covariates observe) and ``visible`` (the
+    rest: hosts, stand age and continuity, soil pH, change).
+
+    Returns
+    -------
+    dict
+        ``share_below_1km`` and ``invisible_share`` (variance of the
+        invisible terms over the total); ``groups`` (the three names);
+        ``cov_total`` and ``cov_within`` (3 x 3 covariance matrices of the
+        groups over all pixels and, averaged, within cells), from which the
+        shares under rescaled groups follow (chapter 11); ``n_cells``.
+    """
+    from .communities import COARSE_TERMS, INVISIBLE_TERMS, richness_terms
+
+    rng = np.random.default_rng([study.config.seed, 31, seed])
+    s = study.sites.iloc[rng.choice(len(study.sites), size=min(n_cells, len(study.sites)),
+                                    replace=False)]
+    cc = np.floor(s["col"].to_numpy() / 100).astype(np.int64)
+    cr = np.floor(s["row"].to_numpy() / 100).astype(np.int64)
+    k = np.arange(0, 100, step_px)
+    xs = (cc[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
+    ys = -(cr[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
+    L = study.landscape.layers(s["epsg"].to_numpy(), xs, ys, 2017)
+    terms = richness_terms(model=study.config.richness, **L["richness_inputs"])
+    land = (L["landcover"] != WATER).reshape(len(s), -1)
+    groups = {"visible": 0.0, "coarse": 0.0, "invisible": 0.0}
+    for name, value in terms.items():
+        g = "coarse" if name in COARSE_TERMS else "invisible" if name in INVISIBLE_TERMS \
+            else "visible"
+        groups[g] = groups[g] + value
+    G = np.stack([np.broadcast_to(groups[g], L["landcover"].shape).reshape(len(s), -1)
+                  for g in groups])                                    # (3, cells, px)
+    keep = land.any(axis=1)
+    G, land = G[:, keep], land[keep]
+    w = land / land.sum(axis=1, keepdims=True)                          # weights per cell
+    cell_mean = (G * w).sum(axis=2, keepdims=True)
+    dev_w = (G - cell_mean) * np.sqrt(w)
+    cov_within = np.einsum("icp,jcp->ij", dev_w, dev_w) / G.shape[1]
+    flat = G[:, land]
+    cov_total = np.cov(flat, bias=True)
+    total = cov_total.sum()
+    return {"share_below_1km": float(cov_within.sum() / total),
+            "invisible_share": float(cov_total[2, 2] / total),
+            "groups": list(groups), "cov_total": cov_total, "cov_within": cov_within,
+            "n_cells": int(keep.sum())}
+
+
+#: Why each parameter has its value, with its source: shown beside the values in chapter 00.
 PARAMETER_RATIONALE: dict[str, str] = {
-    "n_samples": "cores drawn; ~10% fall short of the rarefaction depth, as GlobalFungi's 9% NA rows",
-    "n_campaigns": "studies in GlobalFungi each contribute tens of samples; campaign effects are real",
-    "mean_cores_per_site": "real European table: 8,321 samples at 3,650 coordinates = 2.3",
-    "singleton_share": "real table: 2,035 of 3,650 sites have one sample",
-    "max_cores_per_site": "real table: up to 215 samples share one coordinate",
-    "core_spread_px": "cores lie within ~20 m of the recorded plot coordinate",
-    "core_sd": "micro-habitat variation between cores of one plot; gives ~14% within-site variance",
-    "campaign_bias_sd": "primer, extraction and pipeline differences between studies (~25%)",
-    "median_reads": "typical Illumina ITS libraries: 10^4 fungal reads",
-    "reads_sdlog": "sequencing depth varies ~10-fold between samples; half of its log-variance between campaigns",
-    "rarefaction_depth": "every sample is rarefied to the same fungal read depth",
-    "otu_pool": "ECM OTUs in a continental pool (GlobalFungi: thousands)",
-    "sad_sdlog": "lognormal species abundances, as typical for soil fungi",
-    "s_max": "ECM OTUs in an old all-host stand at optimum; real 99th percentile ~320 after rarefaction",
-    "floor": "ECM fungi persist at low richness without hosts (spores, hedgerow roots)",
+    # landscape
+    "stand_area_median_ha": "forest stands and fields of Europe: typically 1-3 ha (e.g. median "
+                            "field sizes of a few ha, Lesiv et al. 2019 Glob Change Biol)",
+    "stand_area_sdlog": "stands from a fraction of a hectare to tens of hectares (95% between "
+                        "~0.2 and ~13 ha)",
+    # sensors
+    "host_phenology_days": "AM (ash, maple) and ECM (oak, beech, birch) broadleaves overlap in "
+                           "leaf-out; tree species maps from Sentinel-2 confuse broadleaves "
+                           "(e.g. Grabska et al. 2019 Remote Sens 11:1197)",
+    "host_nir_gain": "only a weak spectral difference between AM and ECM broadleaf canopies",
+    "phenology_weather_sd": "year-to-year SD of spring leaf-out in Europe is about a week "
+                            "(Menzel et al. 2006 Glob Change Biol 12:1969)",
+    "temperature_error_sd": "downscaled climatologies (CHELSA) differ from station normals by "
+                            "about 1 degC in mean temperature (Karger et al. 2017 Sci Data 4:170122)",
+    "precipitation_error_sdlog": "and by about 20% in annual precipitation (Karger et al. 2017)",
+    "soil_ph_error_sd": "SoilGrids 2.0 topsoil pH: cross-validated error of about half a pH unit "
+                        "(Poggio et al. 2021 SOIL 7:217)",
+    "soil_soc_error_sdlog": "SoilGrids 2.0 explains well under half of topsoil SOC variance "
+                            "(Poggio et al. 2021)",
+    "sand_error_sd": "SoilGrids 2.0 sand: errors of about 10 percentage points (Poggio et al. 2021)",
+    "covariate_error_km": "errors of interpolated maps are correlated over tens of km (station "
+                          "and profile density, terrain)",
+    "covariate_error_correlated_share": "most map error is regional bias rather than cell noise",
+    "landcover_accuracy": "ESA WorldCover overall accuracy: 74.4% (2020) and 76.7% (2021) "
+                          "(Zanaga et al. 2021, 2022)",
+    # communities
+    "s_max": "ECM OTUs in an old all-host stand at optimum; sets the real table's upper "
+             "quartile (~110 after rarefaction)",
+    "floor": "ECM fungi persist at low richness without hosts (spores, hedgerow roots); "
+             "with campaign bias gives the real table's lower quartile (~10)",
     "host_exponent": "diminishing returns of host basal area",
     "age_floor": "young stands hold about a third of the mature ECM community",
     "age_scale": "ECM communities mature over decades",
@@ -508,68 +658,69 @@ PARAMETER_RATIONALE: dict[str, str] = {
     "ph_curvature": "pH is among the strongest soil predictors",
     "temp_optimum": "temperate-boreal optimum of ECM richness",
     "temp_width": "broad unimodal temperature response",
-    "temp_curvature": "climate matters, but mostly through hosts",
+    "temp_curvature": "climate matters, but mostly through hosts; strong enough that 1 km "
+                      "climate keeps the small spatial-block skill it has on the SPUN table",
     "precip_slope": "wetter sites hold slightly more ECM species",
     "nitrogen_slope": "N deposition depresses ECM diversity (~1.5% per kg N/ha/yr)",
     "regional_sd": "regional anomaly that no covariate explains (history, dispersal)",
     "fine_sd": "fine-scale (~40 m) variation no layer explains",
+    "hidden_host_sd": "which hosts a broadleaf stand holds (ECM oak/beech/birch or AM ash/maple) "
+                      "changes its ECM richness; satellites barely see it",
+    "fine_nitrogen_sd": "fine-scale soil nitrogen depresses ECM richness (Lilleskov et al. 2019 "
+                        "Environ Pollut 246:148) and no map resolves it",
     "decline_rate": "true trend: -4%/yr in declining ancient stands",
     "drought_effect": "2018 and 2022 drought years: -5% in Europe",
+    # sampling
+    "n_samples": "cores drawn; ~10% fall short of the rarefaction depth, as GlobalFungi's 9% NA rows",
+    "n_campaigns": "studies in GlobalFungi each contribute tens of samples; campaign effects are real",
+    "mean_cores_per_site": "real European table: 8,321 samples at 3,650 coordinates = 2.3",
+    "singleton_share": "real table: 2,035 of 3,650 sites have one sample",
+    "max_cores_per_site": "real table: up to 215 samples share one coordinate",
+    "core_spread_px": "cores lie within ~20 m of the plot",
+    "core_sd": "micro-habitat variation between cores of one plot; with coarse coordinates "
+               "gives the real table's ~15% within-site variance",
+    "campaign_bias_sd": "primer, extraction and pipeline differences between studies change "
+                        "ECM richness estimates by factors of about two (Tedersoo et al. 2015 "
+                        "MycoKeys 10:1); gives the real table's long lower tail",
+    "median_reads": "typical Illumina ITS libraries: 10^4 fungal reads",
+    "reads_sdlog": "sequencing depth varies ~10-fold between samples; half of its log-variance "
+                   "between campaigns",
+    "rarefaction_depth": "every sample is rarefied to the same fungal read depth",
+    "otu_pool": "ECM OTUs in a continental pool (GlobalFungi: thousands)",
+    "sad_sdlog": "lognormal species abundances, as typical for soil fungi",
+    "years": "Sentinel-1/2 years of the study",
+    "coordinate_decimals": "real European table: 3.4% of samples with at most 1 decimal, "
+                           "18.3% with 2, 3.5% with 3, 9.8% with 4, 23.3% with 5, 41.7% with more",
+    "ecm_read_share": "ECM fungi make a few tens of percent of soil fungal reads; the same mean "
+                      "in every habitat, so host cover is not counted twice (issue 8)",
 }
+
+#: The generative layer each parameter group belongs to, in the order chapter 00 reads them.
+PARAMETER_LAYERS = ("landscape", "sensors", "communities", "sampling")
 
 
 def parameter_table(study_config: StudyConfig) -> pd.DataFrame:
-    """Every parameter of a study with its value and the reason for it.
+    """Every parameter of a study with its layer, value and the reason for it.
+
+    Rows come in the order of the generative model (:data:`PARAMETER_LAYERS`):
+    the landscape's, the sensors', the richness model's, then the sampling's.
 
     Examples
     --------
     >>> t = parameter_table(StudyConfig())
-    >>> t.loc["s_max", "value"]
-    400.0
+    >>> t.loc["s_max", "value"], t.loc["s_max", "layer"]
+    (380.0, 'communities')
+    >>> list(dict.fromkeys(t["layer"]))
+    ['landscape', 'sensors', 'communities', 'sampling']
     """
-    flat = {k: v for k, v in asdict(study_config).items() if k not in ("richness", "years", "seed")}
-    flat.update(asdict(study_config.richness))
-    table = pd.DataFrame({"value": pd.Series(flat, dtype=object)})
-    table["why"] = [PARAMETER_RATIONALE.get(k, "") for k in table.index]
-    table.index.name = "parameter"
-    return table
-
-
-def realism_report(samples: pd.DataFrame, script: Path | None = None,
-                   workdir: Path | None = None) -> pd.DataFrame:
-    """Run the shared ``realism_report.py`` on a sample table, beside the real one.
-
-    Parameters
-    ----------
-    samples : pandas.DataFrame
-        Sample table in the GlobalFungi schema.
-    script : pathlib.Path, optional
-        The report script; default :data:`fungi_ssl.config.REALISM_REPORT`.
-    workdir : pathlib.Path, optional
-        Where the table is written for the script (default: the cache dir).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per statistic, columns ``simulated`` and ``real``.
-    """
-    import subprocess
-    import sys
-
-    script = Path(script) if script is not None else config.REALISM_REPORT
-    if not script.exists():
-        raise FileNotFoundError(f"{script}: the realism report script is not there "
-                                "(it ships in ../shared/tools beside the repository)")
-    workdir = Path(workdir) if workdir is not None else config.CACHE_DIR / "realism"
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "simulated_samples.csv"
-    samples.to_csv(path, index=False)
-    out = subprocess.run([sys.executable, str(script), str(path)], capture_output=True,
-                         text=True, check=True).stdout
     rows = []
-    for line in out.splitlines()[1:]:
-        parts = line.rsplit(None, 2)
-        if len(parts) == 3:
-            rows.append((parts[0].strip(), float(parts[1]), float(parts[2])))
-    return pd.DataFrame(rows, columns=["statistic", "simulated", "real"]).set_index("statistic")
-
+    for layer, record in (("landscape", study_config.landscape),
+                          ("sensors", study_config.sensors),
+                          ("communities", study_config.richness)):
+        rows += [(k, layer, v) for k, v in asdict(record).items()]
+    rows += [(k, "sampling", v) for k, v in asdict(study_config).items()
+             if k not in ("landscape", "sensors", "richness", "seed")]
+    table = pd.DataFrame(rows, columns=["parameter", "layer", "value"]).set_index("parameter")
+    table["value"] = table["value"].astype(object)
+    table["why"] = [PARAMETER_RATIONALE.get(k, "") for k in table.index]
+    return table

@@ -227,7 +227,8 @@ SWEEP_GRID: dict[str, dict[str, tuple[float, ...]]] = {
 }
 
 
-def richness_with_gains(model, coarse_gain: float, invisible_gain: float):
+def richness_with_gains(model, coarse_gain: float, invisible_gain: float,
+                        means: Sequence[float] | None = None):
     """The richness model with its coarse and invisible coefficients scaled.
 
     ``coarse_gain`` multiplies the coefficients of the coarse terms
@@ -235,7 +236,10 @@ def richness_with_gains(model, coarse_gain: float, invisible_gain: float):
     nitrogen deposition), ``invisible_gain`` those of the invisible terms
     (:data:`fungi_ssl.simulate.INVISIBLE_TERMS`). The terms are linear in
     these coefficients, so the log richness becomes ``visible + coarse_gain *
-    coarse + invisible_gain * invisible``.
+    coarse + invisible_gain * invisible``. Given the groups' ``means``
+    (``visible, coarse, invisible``, from
+    :func:`fungi_ssl.simulate.richness_variance`), ``s_max`` is moved so that
+    the mean log richness stays where it was: only the variance changes.
 
     Examples
     --------
@@ -243,6 +247,8 @@ def richness_with_gains(model, coarse_gain: float, invisible_gain: float):
     >>> rm = richness_with_gains(RichnessModel(), 2.0, 0.0)
     >>> rm.precip_slope == 2 * RichnessModel().precip_slope, rm.fine_sd
     (True, 0.0)
+    >>> round(richness_with_gains(RichnessModel(), 2.0, 1.0, means=(0, -0.5, 0)).s_max, 1)
+    626.5
     """
     from .simulate.communities import COARSE_TERMS, INVISIBLE_TERMS, TERM_COEFFICIENTS
 
@@ -252,6 +258,9 @@ def richness_with_gains(model, coarse_gain: float, invisible_gain: float):
                for t in COARSE_TERMS}
     changes.update({TERM_COEFFICIENTS[t]: getattr(model, TERM_COEFFICIENTS[t]) * invisible_gain
                     for t in INVISIBLE_TERMS})
+    if means is not None:
+        shift = (coarse_gain - 1.0) * means[1] + (invisible_gain - 1.0) * means[2]
+        changes["s_max"] = model.s_max * float(np.exp(-shift))
     return replace(model, **changes)
 
 
@@ -370,7 +379,8 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
     no predictor observes) in ``grid`` (default :data:`SWEEP_GRID` of the
     profile), :func:`solve_gains` finds the richness model, the study's
     samples are redrawn under it (:meth:`~fungi_ssl.simulate.SimulatedStudy.with_richness`:
-    same sites, patches, covariates and sequencing depths), and the target
+    same sites, patches, covariates and sequencing depths; ``s_max`` moved so
+    that the mean log richness stays the study's), and the target
     ``log1p(rarefied)`` of the rows of ``frame`` is replaced by the new one.
     The study's own richness model is evaluated too (``setting="study"``).
 
@@ -430,7 +440,8 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
     base_rm = study.config.richness
 
     def target(gc: float, gi: float) -> np.ndarray:
-        other = study.with_richness(richness_with_gains(base_rm, gc, gi))
+        rm = richness_with_gains(base_rm, gc, gi, means=variance["mean"])
+        other = study.with_richness(rm)
         rarefied = other.samples.set_index("sample_id").loc[ids, "rarefied"].to_numpy(float)
         return np.log1p(rarefied)
 

@@ -363,7 +363,9 @@ def observe_cores(log_richness: np.ndarray, cores: dict, plots: pd.DataFrame,
     bias = campaigns.set_index("campaign").loc[campaign, "bias"].to_numpy()
     true_core = np.exp(log_richness + c.core_sd * rng(16).standard_normal(n))
     total_reads, ecm_reads = sequencing_depth(c, campaigns, campaign, rng(18))
-    counts, n_species = draw_community_counts(true_core * bias, ecm_reads, c.otu_pool,
+    # a core cannot hold more species than the pool, whatever the richness model says
+    expected = np.minimum(true_core * bias, c.otu_pool)
+    counts, n_species = draw_community_counts(expected, ecm_reads, c.otu_pool,
                                               c.sad_sdlog, rng(17), rng(19))
     deep = total_reads >= c.rarefaction_depth
     rarefied = np.full(n, np.nan)

@@ -580,7 +580,8 @@ def richness_variance(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
         invisible terms over the total); ``groups`` (the three names);
         ``cov_total`` and ``cov_within`` (3 x 3 covariance matrices of the
         groups over all pixels and, averaged, within cells), from which the
-        shares under rescaled groups follow (chapter 11); ``n_cells``.
+        shares under rescaled groups follow (chapter 11); ``mean`` (the
+        groups' means); ``n_cells``.
     """
     from .communities import COARSE_TERMS, INVISIBLE_TERMS, richness_terms
 
@@ -614,7 +615,7 @@ def richness_variance(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
     return {"share_below_1km": float(cov_within.sum() / total),
             "invisible_share": float(cov_total[2, 2] / total),
             "groups": list(groups), "cov_total": cov_total, "cov_within": cov_within,
-            "n_cells": int(keep.sum())}
+            "mean": flat.mean(axis=1), "n_cells": int(keep.sum())}
 
 
 #: Why each parameter has its value, with its source: shown beside the values in chapter 00.

@@ -99,7 +99,8 @@ def _study_params(field: FieldData) -> dict[str, Any]:
 
 
 def pretrained_encoder(
-    field: FieldData, profile: str = "quick", seed: int = 0, progress: bool = True
+    field: FieldData, profile: str = "quick", seed: int = 0, progress: bool = True,
+    n_threads: int | None = None,
 ) -> tuple[TrainedEncoder, pd.DataFrame]:
     """Pre-train (or load from cache) the book's encoder on the simulated study.
 
@@ -118,6 +119,10 @@ def pretrained_encoder(
         Seed of the pixel draw and of training.
     progress : bool
         Show progress bars.
+    n_threads : int, optional
+        Torch threads for training (default 2); not part of the cache key.
+        One thread avoids OpenMP's busy waiting when other processes share
+        the cores.
 
     Returns
     -------
@@ -139,7 +144,8 @@ def pretrained_encoder(
         return pixel_series(arrays)
 
     return cached_pretrain(pixels, cfg, steps=prof.pretrain_steps, batch_size=512, seed=seed,
-                           data_params=data_params, progress=progress, **prof.pretrain_options)
+                           data_params=data_params, progress=progress, n_threads=n_threads,
+                           **prof.pretrain_options)
 
 
 def probe_pixels(field: FieldData, n: int, seed: int = 0) -> tuple[PixelTimeSeries, pd.DataFrame]:

@@ -452,7 +452,7 @@ def embedding_patches(
     which = embedding_years(sample_years, list(held), year=year, source=f"embeddings under {path}")
     lon = samples["longitude"].to_numpy(dtype=float)
     lat = samples["latitude"].to_numpy(dtype=float)
-    parts: dict[int, np.ndarray] = {}
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     encoders: dict[int, str] = {}
     for y in np.unique(which.years):
         rows = np.flatnonzero(which.years == y)
@@ -467,7 +467,12 @@ def embedding_patches(
             from . import tessera
 
             p = tessera.sample_patches(src, int(y), lon[rows], lat[rows], k=k, progress=progress)
-            encoders[int(y)] = encoder_signature(tessera.find_tiles(src, int(y))[0].open())
+            # the signature is the download's (its tessera_metadata.json): any tile gives it
+            folder = src / tessera.EMBEDDINGS_DIR_NAME / str(int(y))
+            first = min(d.name for d in folder.glob("grid_*") if d.is_dir())
+            encoders[int(y)] = encoder_signature(
+                tessera.open_tile(src, int(y), *tessera.parse_tile_name(first))
+            )
         parts[int(y)] = (rows, np.asarray(p.transpose("sample", "row", "col", "dim").values))
     dims = {int(y): v[1].shape[-1] for y, v in parts.items()}
     if len(set(dims.values())) > 1:
@@ -523,7 +528,11 @@ def target_values(samples: pd.DataFrame, target: str) -> np.ndarray:
             bad = values < 0
             problem = "is negative (richness must be ≥ 0)"
     if bad.any():
-        shown = ", ".join(f"row {i}: {v!r}" for i, v in col[bad].iloc[:5].items())
+        ids = samples["sample_id"] if "sample_id" in samples.columns else None
+        shown = ", ".join(
+            f"{'row ' + str(i) if ids is None else 'sample ' + repr(ids[i])}: {v!r}"
+            for i, v in col[bad].iloc[:5].items()
+        )
         raise ValueError(
             f"{source}: target column {target!r} {problem} in {int(bad.sum())} row(s): {shown}"
         )

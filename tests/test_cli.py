@@ -297,6 +297,78 @@ def test_fit_another_guild_by_its_target_column(region, tmp_path):
     assert "AM am_richness" in res.stdout
 
 
+def test_fit_and_predict_from_a_folder_of_zarr_stores(region, model_file, tmp_path):
+    from fungi_ssl.maps import write_embedding_store
+
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    for y in YEARS:
+        write_embedding_store(
+            folder / f"{y}.zarr",
+            region.emb[y],
+            np.full((H, W), SCALE, np.float32),
+            transform=region.transform,
+            crs=EPSG,
+            encoder="enc-test",
+            year=y,
+        )
+    out = tmp_path / "zarr.model"
+    res = _invoke(
+        "fit",
+        "--samples",
+        region.csv,
+        "--embeddings",
+        folder,
+        "--out",
+        out,
+        "--model",
+        "ridge",
+        "--components",
+        8,
+    )
+    assert res.exit_code == 0, res.output
+    m = MapModel.load(out)
+    assert m.spec.encoder == "enc-test" and m.spec.embedding_dim == DIM
+    assert m.settings["embedding_years"] == [2020, 2021, 2022]
+    # the same samples read from tiles and from stores give the same patches
+    a, _, _ = cli.embedding_patches(region.samples, folder)
+    b, _, _ = cli.embedding_patches(region.samples, region.tiles, progress=False)
+    np.testing.assert_array_equal(a, b)
+    res = _invoke(
+        "predict-map",
+        "--embeddings",
+        folder,
+        "--model",
+        out,
+        "--bbox",
+        *region.bbox,
+        "--year",
+        2022,
+        "--out",
+        tmp_path / "m.tif",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    # a model fitted on TESSERA tiles refuses embeddings of another encoder
+    _assert_one_line_error(
+        [
+            "predict-map",
+            "--embeddings",
+            folder,
+            "--model",
+            model_file,
+            "--bbox",
+            *region.bbox,
+            "--year",
+            2022,
+            "--out",
+            tmp_path / "n.tif",
+        ],
+        ["encoder", "'tessera'", "'enc-test'"],
+        ValueError,
+    )
+
+
 def test_predict_map_writes_a_valid_cog(region, yearly_maps):
     import rasterio
 
@@ -792,7 +864,7 @@ def test_fit_with_a_target_column_that_is_not_numeric(region, tmp_path):
             "--target",
             "am_richness",
         ],
-        ["target column 'am_richness' is not numeric", "'many'"],
+        ["target column 'am_richness' is not numeric", "sample 's003': 'many'"],
         ValueError,
     )
 

@@ -382,6 +382,13 @@ def test_predict_map_writes_a_valid_cog(region, yearly_maps):
         assert src.tags()["years"] == "2020"
         values = src.read(1)
         t = src.transform
+    try:  # GDAL's own layout rules, where rio-cogeo is installed (the dev extra)
+        from rio_cogeo.cogeo import cog_validate
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        valid, errors, _ = cog_validate(str(yearly_maps[0]), quiet=True)
+        assert valid, errors
     # the map covers the box (the UTM envelope of the lon/lat box: at least 140 × 140 pixels)
     assert values.shape[0] >= 140 and values.shape[1] >= 140
     assert np.isfinite(values).mean() > 0.98

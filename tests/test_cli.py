@@ -28,7 +28,9 @@ from affine import Affine
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from fungi_ssl import cli, tessera
+# fungi_ssl.download imports pooch, whose logger binds sys.stderr when imported: import it
+# here, not inside a CliRunner invocation whose captured stderr is closed afterwards
+from fungi_ssl import cli, download, tessera  # noqa: F401
 from fungi_ssl.coordinates import crs_to_lonlat
 from fungi_ssl.mapmodel import MapModel
 

@@ -812,9 +812,15 @@ def predict_map(
 
     _existing(model, "--model")
     _existing(embeddings, "--embeddings")
-    fitted: Any = model
-    if ignore_versions:
-        fitted = MapModel.load(model, check_versions=False)
+    _writable(out, overwrite, "--out")
+    try:
+        fitted = MapModel.load(model, check_versions=not ignore_versions)
+    except ValueError as err:  # name the option, not the Python argument
+        if "check_versions=False" not in str(err):
+            raise
+        raise ValueError(
+            str(err).replace("pass check_versions=False", "pass --ignore-versions")
+        ) from err
     years = list(year)
     run = _predict_map(
         fitted,

@@ -761,7 +761,9 @@ def test_predict_map_with_a_model_from_another_version(model_file, region, tmp_p
         tmp_path / "m.tif",
         "--no-progress",
     ]
-    _assert_one_line_error(args, [str(old), "versions differ", "0.0.1"], ValueError)
+    _assert_one_line_error(
+        args, [str(old), "versions differ", "0.0.1", "--ignore-versions"], ValueError
+    )
     # --ignore-versions loads it anyway
     res = _invoke(*args, "--ignore-versions")
     assert res.exit_code == 0, res.output
@@ -916,6 +918,26 @@ def test_fit_refuses_to_overwrite_a_model(region, model_file):
     _assert_one_line_error(
         ["fit", "--samples", region.csv, "--embeddings", region.tiles, "--out", model_file],
         [str(model_file), "exists", "--overwrite"],
+        FileExistsError,
+    )
+
+
+def test_predict_map_refuses_to_overwrite_a_map(region, model_file, yearly_maps):
+    _assert_one_line_error(
+        [
+            "predict-map",
+            "--embeddings",
+            region.tiles,
+            "--model",
+            model_file,
+            "--bbox",
+            *region.bbox,
+            "--year",
+            2020,
+            "--out",
+            yearly_maps[0],
+        ],
+        ["--out", str(yearly_maps[0]), "exists", "--overwrite"],
         FileExistsError,
     )
 

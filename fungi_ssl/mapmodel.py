@@ -69,7 +69,6 @@ import pandas as pd
 from .comparison import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 from .features import EMBEDDING_DIM, SSL_PREFIX, PatchReducer, patch_layout
 from .models import MODEL_NAMES, fit_model, make_model
-from .predictors import TARGET
 
 __all__ = [
     "FORMAT_VERSION",
@@ -81,6 +80,9 @@ __all__ = [
     "table_fingerprint",
 ]
 
+#: The model's target, :data:`fungi_ssl.predictors.TARGET` (``log1p(rarefied)``); repeated
+#: here so that loading a map model does not import the encoder (torch).
+TARGET = "log_richness"
 #: Version of the file layout written by :meth:`MapModel.save`.
 FORMAT_VERSION = 1
 #: Types that :meth:`MapModel.load` lets skops rebuild beyond scikit-learn's own.

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.pipeline import make_pipeline
 
+from fungi_ssl import mapmodel
 from fungi_ssl.comparison import BOOK_MODEL_PARAMS
 from fungi_ssl.features import PatchReducer
 from fungi_ssl.mapmodel import (
@@ -67,6 +68,10 @@ def test_fit_recovers_known_signal_and_records_spec():
     assert m.versions == package_versions()
     assert len(m.fingerprint) == 16 and m.n_samples == 600 and m.n_dropped == 0
     np.testing.assert_allclose(m.predict_patches(X[600:605]), np.expm1(pred[:5]))
+
+
+def test_target_is_the_predictor_tables():
+    assert mapmodel.TARGET == TARGET  # repeated in mapmodel so that loading skips torch
 
 
 def test_fit_from_predictor_table_uses_target_and_sites_for_early_stopping():

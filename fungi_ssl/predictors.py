@@ -44,7 +44,7 @@ from .encoder import (
     embed_pixels,
     quantise,
 )
-from .study import SIMULATOR_VERSION, FieldData, open_field_data
+from .study import FieldData, open_field_data, simulator_fingerprint
 from .tessera import dequantise
 
 __all__ = [
@@ -100,7 +100,7 @@ def pixel_series(arrays: dict[str, np.ndarray]) -> PixelTimeSeries:
 
 
 def _study_params(field: FieldData) -> dict[str, Any]:
-    return {"study": field.study.config.as_dict(), "simulator": SIMULATOR_VERSION}
+    return {"study": field.study.config.as_dict(), "simulator": simulator_fingerprint()}
 
 
 def pretrained_encoder(

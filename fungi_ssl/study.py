@@ -12,6 +12,7 @@ study's parameters, so the ten chapters do not each redraw them.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -26,6 +27,31 @@ from .simulate import SimulatedStudy, StudyConfig
 
 #: Bump when the simulator changes in a way that changes its output.
 SIMULATOR_VERSION = 4
+
+#: Source files whose text decides what the simulator draws.
+_SIMULATOR_SOURCES = ("simulate/*.py", "hashing.py")
+
+
+@lru_cache(maxsize=1)
+def simulator_fingerprint() -> str:
+    """The simulator's version and a hash of its source code.
+
+    Cached study tables and SSL patches are keyed by this, so an edit to the
+    simulator that forgets to bump :data:`SIMULATOR_VERSION` still
+    invalidates them instead of pairing samples with another world's patches.
+
+    Examples
+    --------
+    >>> simulator_fingerprint().startswith(f"v{SIMULATOR_VERSION}-")
+    True
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for pattern in _SIMULATOR_SOURCES:
+        for path in sorted(root.glob(pattern)):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return f"v{SIMULATOR_VERSION}-{digest.hexdigest()[:12]}"
 
 
 @dataclass
@@ -85,7 +111,7 @@ def simulated_study(profile: str = "quick", seed: int = 0) -> SimulatedStudy:
 
 
 def _cached_tables(study: SimulatedStudy) -> dict[str, pd.DataFrame]:
-    params = {"config": study.config.as_dict(), "version": SIMULATOR_VERSION}
+    params = {"config": study.config.as_dict(), "version": simulator_fingerprint()}
     path = cache_dir("study", params) / "tables.pkl"
     if path.exists():
         with path.open("rb") as fh:

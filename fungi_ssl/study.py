@@ -110,13 +110,22 @@ def simulated_study(profile: str = "quick", seed: int = 0) -> SimulatedStudy:
     return SimulatedStudy(study_config(profile, seed))
 
 
+#: The study's drawn state cached beside its tables, so a later chapter that needs the
+#: campaigns, plots or cores (maps, chapter 11's redraws) does not draw them again.
+_STUDY_STATE = ("campaigns", "plots", "sites", "_cores")
+
+
 def _cached_tables(study: SimulatedStudy) -> dict[str, pd.DataFrame]:
     params = {"config": study.config.as_dict(), "version": simulator_fingerprint()}
     path = cache_dir("study", params) / "tables.pkl"
     if path.exists():
         with path.open("rb") as fh:
-            return pickle.load(fh)
-    tables = {"samples": study.samples, "truth": study.truth, "covariates": study.covariates}
+            tables = pickle.load(fh)
+        for name, value in tables.get("state", {}).items():
+            study.__dict__.setdefault(name, value)
+        return tables
+    tables = {"samples": study.samples, "truth": study.truth, "covariates": study.covariates,
+              "state": {name: getattr(study, name) for name in _STUDY_STATE}}
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as fh:
         pickle.dump(tables, fh, protocol=pickle.HIGHEST_PROTOCOL)

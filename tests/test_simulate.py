@@ -406,3 +406,25 @@ def test_with_richness_equals_a_fresh_study(small):
     np.testing.assert_array_equal(fast.truth["total_reads"], small.truth["total_reads"])
     np.testing.assert_array_equal(fast.samples["rarefied"].isna(),
                                   small.samples["rarefied"].isna())
+
+
+def test_cached_study_tables_bring_back_the_drawn_state(tmp_path, monkeypatch):
+    """A study read from the cache has its campaigns, plots and cores, so chapter 11's
+    redraws (with_richness) need not place the plots again."""
+    from dataclasses import replace
+
+    from fungi_ssl import config
+    from fungi_ssl.study import _cached_tables
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    cfg = StudyConfig(seed=5, n_samples=150, n_campaigns=5)
+    first = SimulatedStudy(cfg)
+    _cached_tables(first)
+    again = SimulatedStudy(cfg)
+    tables = _cached_tables(again)
+    assert {"campaigns", "plots", "sites", "_cores"} <= set(again.__dict__)
+    pd.testing.assert_frame_equal(again.plots, first.plots)
+    pd.testing.assert_frame_equal(tables["samples"], first.samples)
+    rm = replace(cfg.richness, fine_sd=0.9)
+    pd.testing.assert_frame_equal(again.with_richness(rm).samples,
+                                  SimulatedStudy(replace(cfg, richness=rm)).samples)

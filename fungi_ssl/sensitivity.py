@@ -606,14 +606,20 @@ def plot_sensitivity(results: pd.DataFrame, threshold: float = 0.5, axes: Any = 
         if np.isfinite(diff).sum() >= 4 and np.nanmin(diff) < 0 < np.nanmax(diff):
             ax.contour(xs, ys, diff, levels=[0.0], colors="k", linewidths=2)
         ax.scatter(wins["below_1km_target"], wins["invisible_target"], s=90,
-                   facecolors="none", edgecolors="w", linewidths=1.5,
-                   label=f"ssl R² > {threshold:g} (random splits)")
+                   facecolors="none", edgecolors="w", linewidths=1.5)
         if len(own):
             ax.scatter(own["below_1km"], own["invisible"], marker="*", s=220, c="tab:red",
-                       edgecolors="w", label="this study's world")
+                       edgecolors="w")
         ax.set(title=f"{title}: R² under 50 km blocks", xlabel="share of variance below 1 km")
     axes[0].set_ylabel("share no predictor sees")
-    axes[0].legend(loc="upper right", fontsize=8, framealpha=0.7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", ms=9,
+                      label=f"ssl R² > {threshold:g} (random splits)"),
+               Line2D([], [], ls="", marker="*", mfc="tab:red", mec="0.3", ms=13,
+                      label="this study's world"),
+               Line2D([], [], color="k", lw=2, label="ssl = 1 km sets")]
+    axes[0].legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
     plt.colorbar(im, ax=axes, label="R²", shrink=0.9)
     return axes
 

@@ -91,6 +91,7 @@ _TRUSTED_TYPES = frozenset(
         "collections.OrderedDict",
         "lightgbm.basic.Booster",
         "lightgbm.sklearn.LGBMRegressor",
+        "sklearn.tree._tree.Tree",
     }
 )
 #: Packages whose versions a saved model records and checks.

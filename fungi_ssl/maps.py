@@ -829,6 +829,42 @@ def _scheduler(scheduler: Any, num_workers: int) -> Iterator[dict[str, Any]]:
         yield {"scheduler": client}
 
 
+def _run_windows(jobs: list, graph: Any, opts: dict[str, Any], blocks_per_window: int) -> Iterator:
+    """Compute the windows in order, yielding ``(job, (map, n_no_embedding))``.
+
+    Threads: one window at a time (its blocks keep the threads busy). A
+    distributed cluster: enough windows in flight to give every worker thread
+    about two blocks, and each result gathered in order; at most that many
+    windows' results wait in memory here.
+    """
+    client = opts.get("scheduler")
+    if isinstance(client, str):
+        for job in jobs:
+            yield job, dask.compute(*graph(job), **opts)
+        return
+    from collections import deque
+
+    threads = max(1, sum(client.nthreads().values()))
+    ahead = max(2, math.ceil(2 * threads / max(1, blocks_per_window)))
+    todo = iter(jobs)
+    pending: deque = deque()
+    try:
+        for job in todo:
+            pending.append((job, client.compute(list(graph(job)))))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            job, futures = pending.popleft()
+            result = client.gather(futures)
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, client.compute(list(graph(nxt)))))
+            yield job, result
+    finally:
+        for _, futures in pending:
+            client.cancel(futures)
+
+
 @dataclass
 class MapRun:
     """What :func:`predict_map` made.
@@ -1038,13 +1074,17 @@ def predict_map(
                                                      np.nan, np.float32)
     try:
         with _scheduler(scheduler, num_workers) as opts:
-            bar = tqdm(total=len(windows) * len(years), desc="map windows", unit="window",
-                       disable=not progress)
-            for yi, src in enumerate(sources):
-                for r0, r1, c0, c1 in windows:
-                    lazy, no_emb = _window_graph(src, model_ref, r0, r1, c0, c1, halo, chunk,
-                                                 quantity)
-                    values, n_missing = dask.compute(lazy, no_emb, **opts)
+            jobs = [(yi, src, w) for yi, src in enumerate(sources) for w in windows]
+
+            def graph(job):
+                _, src, (r0, r1, c0, c1) = job
+                return _window_graph(src, model_ref, r0, r1, c0, c1, halo, chunk, quantity)
+
+            with tqdm(total=len(jobs), desc="map windows", unit="window",
+                      disable=not progress) as bar:
+                for (yi, _, (r0, r1, c0, c1)), (values, n_missing) in _run_windows(
+                    jobs, graph, opts, blocks_per_window=math.ceil(window / chunk) ** 2
+                ):
                     values = np.asarray(values, np.float32)
                     n_nan += int(np.isnan(values).sum())
                     n_no += int(n_missing)
@@ -1053,7 +1093,6 @@ def predict_map(
                     else:
                         writer.write(yi, r0, r1, c0, c1, values)
                     bar.update(1)
-            bar.close()
         if writer is not None:
             writer.finish(overwrite, {"n_nan": n_nan, "n_no_embedding": n_no})
     except BaseException:

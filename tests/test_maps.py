@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
@@ -386,3 +388,36 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
         predict_map(tm, root, 2024, bbox=(10.0, 40.0, 10.01, 40.01), progress=False)
     with pytest.raises(ValueError, match="encoder: model 'enc-test', embeddings .* 'tessera'"):
         predict_map(model[0], root, 2024, bbox=bbox, progress=False)
+
+
+# ------------------------------------------- a store embedded from the simulated study
+def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
+    """The whole chain on real project data: simulated cube → embed_cube → map."""
+    import torch
+
+    from fungi_ssl.embed import embed_cube
+    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.simulate import SimulatedStudy, Window
+
+    study = SimulatedStudy()
+    window = Window.around(-3.65, 57.08, 24)
+    cube = study.cube(window, 2019, chunks=24)
+    torch.manual_seed(0)
+    enc = TesseraEncoder(EncoderConfig()).eval()  # untrained: the map's skill is not the point
+    trained = TrainedEncoder(enc, enc.config, enc.normaliser)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pixels without any valid observation are counted
+        run = embed_cube(cube, trained, tmp_path / "e.zarr", chunk=16, progress=False)
+    store = open_embeddings(run.store)
+    truth = study.layers(window, 2019)["true_richness"].values
+    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(1, 23, 2), np.arange(1, 23, 2),
+                                                 indexing="ij"))
+    patches = raster_patches(store, x=store["x"].values[cols], y=store["y"].values[rows]).values
+    ok = np.isfinite(patches).all(axis=(1, 2, 3))
+    m = MapModel("ridge", n_components=8).fit(patches[ok], truth[rows, cols][ok], encoder=trained,
+                                              embedding_dim=store.sizes["dim"])
+    result = predict_map(m, {2019: run.store}, 2019, chunk=16, window=16, progress=False)
+    assert result.map.shape == (24, 24) and result.map.rio.crs.to_epsg() == window.epsg
+    np.testing.assert_allclose(result.map.values[rows, cols][ok], m.predict_patches(patches[ok]),
+                               rtol=1e-4)
+    assert result.n_no_embedding == store.attrs["n_nan"]

@@ -8,12 +8,12 @@ predictor set, refitted on all samples for mapping:
    order as the ``ssl_0000`` … ``ssl_1151`` columns of
    :mod:`fungi_ssl.predictors`;
 2. **the PCA** of those features (:class:`fungi_ssl.features.PatchReducer`,
-   ``n_components`` = :data:`fungi_ssl.comparison.SSL_COMPONENTS`), fitted on
+   ``n_components`` = :data:`fungi_ssl.pipelines.SSL_COMPONENTS`), fitted on
    the training rows;
 3. **the regressor** (:func:`fungi_ssl.models.make_model` with the book's
-   :data:`fungi_ssl.comparison.BOOK_MODEL_PARAMS`). LightGBM first stops early
-   on a site-grouped hold-out of ``val_size`` of the rows, as in chapter 04,
-   then is refitted on every row with the number of trees found;
+   :data:`fungi_ssl.pipelines.BOOK_MODEL_PARAMS`). LightGBM and XGBoost first
+   stop early on a site-grouped hold-out of ``val_size`` of the rows, as in
+   chapter 04, then are refitted on every row with the number of trees found;
 4. **the target transform**: the model predicts
    :data:`fungi_ssl.predictors.TARGET`, ``log_richness = log1p(rarefied)``;
    :meth:`MapModel.inverse_target` (``expm1``) turns it back into rarefied
@@ -33,7 +33,8 @@ model or random forest are then walked by a small numba kernel
 scikit-learn's own prediction (the thresholds are compared exactly as they
 compare them) about two to three times faster, because it walks eight pixels
 through a tree at once without branches; models it cannot read (categorical
-or linear trees, zero-as-missing splits) fall back to the library's predict.
+or linear trees, zero-as-missing splits) and XGBoost (whose own predict is
+as fast) use the library's predict, single-threaded per block.
 
 File format
 -----------
@@ -66,7 +67,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .comparison import BOOK_MODEL_PARAMS, SSL_COMPONENTS
+from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 from .features import EMBEDDING_DIM, SSL_PREFIX, PatchReducer, patch_layout
 from .models import MODEL_NAMES, fit_model, make_model
 
@@ -92,6 +93,8 @@ _TRUSTED_TYPES = frozenset(
         "lightgbm.basic.Booster",
         "lightgbm.sklearn.LGBMRegressor",
         "sklearn.tree._tree.Tree",
+        "xgboost.core.Booster",
+        "xgboost.sklearn.XGBRegressor",
     }
 )
 #: Packages whose versions a saved model records and checks.
@@ -263,18 +266,19 @@ class MapModel:
 
     Parameters
     ----------
-    model : {"lightgbm", "rf", "ridge"}
+    model : {"lightgbm", "xgboost", "rf", "ridge"}
         The regressor (chapter 04's best model; :func:`fungi_ssl.comparison.best_model`).
     n_components : int
         PCA components of the patch (chapter 04: ``SSL_COMPONENTS`` = 32).
     seed : int
         Seed of the PCA, the early-stopping hold-out and the model.
     model_params : mapping, optional
-        Overrides on top of :data:`fungi_ssl.comparison.BOOK_MODEL_PARAMS`.
-        Giving ``n_estimators`` for LightGBM switches early stopping off.
+        Overrides on top of :data:`fungi_ssl.pipelines.BOOK_MODEL_PARAMS`.
+        Giving ``n_estimators`` for LightGBM or XGBoost switches early
+        stopping off.
     val_size : float
         Share of the rows (whole sites, when groups are known) that LightGBM
-        stops early on before the final refit on every row; 0 for none.
+        and XGBoost stop early on before the final refit on every row; 0 for none.
     n_jobs : int
         Threads for fitting.
 
@@ -384,7 +388,8 @@ class MapModel:
             )
         params = {**BOOK_MODEL_PARAMS.get(self.model, {}), **self.model_params}
         n_trees = None
-        if self.model == "lightgbm" and self.val_size > 0 and "n_estimators" not in self.model_params:
+        boosted = self.model in ("lightgbm", "xgboost")
+        if boosted and self.val_size > 0 and "n_estimators" not in self.model_params:
             n_trees = self._early_stopped_trees(X, target, grp, params)
             params["n_estimators"] = n_trees
         self.pca_ = self._reducer().fit(X).reducer_
@@ -473,6 +478,9 @@ class MapModel:
         pca = self._reducer().fit(X[train]).reducer_
         model = make_model(self.model, seed=self.seed, n_jobs=self.n_jobs, **params)
         fit_model(model, pca.transform(X[train]), target[train], pca.transform(X[val]), target[val])
+        if self.model == "xgboost":
+            best = getattr(model, "best_iteration", None)
+            return int(best) + 1 if best is not None else int(model.n_estimators)
         return int(model.best_iteration_ or model.n_estimators)
 
     # ------------------------------------------------------------ internals
@@ -503,7 +511,7 @@ class MapModel:
         if self.model == "lightgbm":
             nt = self.n_jobs if num_threads is None else int(num_threads)
             return reg.booster_.predict(z, num_threads=nt)
-        if self.model == "rf" and num_threads is not None:
+        if self.model in ("rf", "xgboost") and num_threads is not None:
             reg.set_params(n_jobs=int(num_threads))
         return reg.predict(z)
 

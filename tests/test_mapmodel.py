@@ -217,16 +217,18 @@ def test_save_load_round_trip(lgbm_model, tmp_path):
         lgbm_model.save(tmp_path / "missing" / "m.fmm")
 
 
-@pytest.mark.parametrize("name", ["rf", "ridge"])
+@pytest.mark.parametrize("name", ["rf", "xgboost", "ridge"])
 def test_save_load_round_trip_other_models(name, tmp_path):
     X, y, _ = synthetic(200)
-    params = {"n_estimators": 10} if name == "rf" else {}
+    params = {"n_estimators": 10} if name == "rf" else {"learning_rate": 0.3} if name == "xgboost" else {}
     m = MapModel(name, n_components=4, model_params=params, n_jobs=1).fit(
         X, y, encoder="e", embedding_dim=DIM
     )
     back = MapModel.load(m.save(tmp_path / f"{name}.fmm"))
     np.testing.assert_array_equal(back.predict_patches(X[:20]), m.predict_patches(X[:20]))
-    assert (back._flat is None) == (name == "ridge")
+    assert (back._flat is None) == (name != "rf")
+    if name == "xgboost":  # early-stopped on a hold-out, then refitted with that many trees
+        assert 1 <= m.settings["early_stopped_trees"] < 1000
 
 
 def _rewrite_meta(path, out, change):

@@ -67,9 +67,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 from .features import EMBEDDING_DIM, SSL_PREFIX, PatchReducer, patch_layout
 from .models import MODEL_NAMES, fit_model, make_model
+from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
 __all__ = [
     "FORMAT_VERSION",

@@ -428,3 +428,48 @@ def test_cached_study_tables_bring_back_the_drawn_state(tmp_path, monkeypatch):
     rm = replace(cfg.richness, fine_sd=0.9)
     pd.testing.assert_frame_equal(again.with_richness(rm).samples,
                                   SimulatedStudy(replace(cfg, richness=rm)).samples)
+
+
+# ---- the truth layer maps are scored against ---------------------------------
+
+def test_truth_layer_is_the_estimand_of_a_log1p_map(default):
+    """The truth layer predicts the samples' log1p(rarefied) without bias.
+
+    At the cores, the expected log1p(rarefied) from the true log richness has
+    a mean error below 0.05 against the observed values, and explains most of
+    their variance (the rest, about a fifth here, is core-to-core noise no map
+    can predict); the lookup is monotone, and far below the true species
+    count where cores are rich.
+    """
+    from fungi_ssl.simulate.truth import expected_log1p_rarefied, rarefied_curve
+
+    rarefied = default.samples["rarefied"].to_numpy()
+    ok = np.isfinite(rarefied)
+    expected = expected_log1p_rarefied(default, default.core_log_richness())[ok]
+    observed = np.log1p(rarefied[ok])
+    assert abs((observed - expected).mean()) < 0.05
+    assert 0.6 < 1 - ((observed - expected) ** 2).mean() / observed.var() < 0.95
+    curve = rarefied_curve(default)
+    assert np.all(np.diff(curve["log1p_mean"]) >= 0)
+    rich = np.searchsorted(curve["log_richness"], np.log(500.0))
+    assert np.expm1(curve["log1p_mean"][rich]) < 0.6 * 500
+
+
+def test_truth_layer_on_a_window(small):
+    from fungi_ssl.simulate.truth import truth_layer
+
+    w = small.map_window(0, 24)
+    truth = truth_layer(small, w, 2019)
+    lay = small.layers(w, 2019)
+    assert truth.shape == (24, 24) and truth.rio.crs.to_epsg() == w.epsg
+    water = lay["landcover"].values == list(sim.LANDCOVER_CLASSES).index("water")
+    assert np.isnan(truth.values[water]).all() and np.isfinite(truth.values[~water]).all()
+    assert np.array_equal(truth.values, truth_layer(small, w, 2019).values)
+
+
+def test_truth_module_is_not_part_of_the_cache_key():
+    """Editing the truth layer must not invalidate cached tables and patches."""
+    from fungi_ssl import study as study_mod
+
+    assert "truth.py" in study_mod._NOT_DRAWING
+    assert (study_mod.Path(study_mod.__file__).parent / "simulate" / "truth.py").exists()

@@ -286,15 +286,6 @@ def open_embeddings(store: str | Path) -> xr.Dataset:
     return ds
 
 
-def dequantised(ds: xr.Dataset) -> xr.DataArray:
-    """Deprecated: use :func:`fungi_ssl.tessera.dequantise` (also ``fungi_ssl.encoder.dequantise``).
-
-    Kept only until chapter 02 calls ``dequantise(store)``; it is the same
-    function and will be removed.
-    """
-    return dequantise(ds)
-
-
 def _pixel_index(coord: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the pixel containing each value, and whether it is inside."""
     c0 = float(coord[0])

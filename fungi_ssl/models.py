@@ -403,7 +403,8 @@ def evaluate_random_splits(
     test_size: float = 0.2,
     nan_policy: NanPolicy = "raise",
     progress: bool = True,
-) -> pd.DataFrame:
+    return_predictions: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """The study's protocol: random 70/10/20 splits, one model per seed, test metrics.
 
     For each seed ``s`` in ``seed … seed + n_seeds - 1``
@@ -440,12 +441,19 @@ def evaluate_random_splits(
         What to do with rows holding NaN/inf (see the module docstring).
     progress : bool
         Show a tqdm bar.
+    return_predictions : bool
+        Also return the test predictions of every seed (chapter 07 checks
+        their bias).
 
     Returns
     -------
     pandas.DataFrame
         One row per seed: ``set, model, cv ("random"), seed, n_train, n_val,
         n_test, n_dropped, r2, rmse, mae, medae, me``.
+    predictions : pandas.DataFrame, only with ``return_predictions``
+        ``row`` (position in the original ``X``), ``seed``, ``observed``,
+        ``predicted``: one line per test prediction (a sample appears once
+        per seed that tests it).
 
     Examples
     --------
@@ -456,11 +464,15 @@ def evaluate_random_splits(
     [[0, 140, 20, 40], [1, 140, 20, 40]]
     >>> bool(res["r2"].between(0.6, 0.95).all())   # true R² = 5/6
     True
+    >>> _, pred = evaluate_random_splits(X, y, "ridge", n_seeds=2, progress=False,
+    ...                                  return_predictions=True)
+    >>> pred.groupby("seed").size().tolist(), bool((y[pred["row"]] == pred["observed"]).all())
+    ([40, 40], True)
     """
-    X, yv, _, n_drop = _check_rows(X, y, nan_policy)
+    X, yv, kept, n_drop = _check_rows(X, y, nan_policy)
     make_model(model_name)  # fail early on a bad name
     splitter = RandomTrainValTest(n_seeds, seed, val_size=val_size, test_size=test_size)
-    rows = []
+    rows, preds = [], []
     splits = zip(splitter.seeds, splitter.split_train_val_test(yv), strict=True)
     for s, (train, val, test) in tqdm(
         splits, total=n_seeds, desc=f"{model_name} · {predictor_set}", disable=not progress
@@ -468,6 +480,12 @@ def evaluate_random_splits(
         pred = _fit_predict(
             model_name, s, X, yv, train, val, test, feature_transform, model_params, n_jobs
         )
+        if return_predictions:
+            preds.append(
+                pd.DataFrame(
+                    {"row": kept[test], "seed": s, "observed": yv[test], "predicted": pred}
+                )
+            )
         rows.append(
             dict(
                 set=predictor_set,
@@ -481,7 +499,10 @@ def evaluate_random_splits(
                 **regression_metrics(yv[test], pred),
             )
         )
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if return_predictions:
+        return out, pd.concat(preds, ignore_index=True)
+    return out
 
 
 def _group_holdout(

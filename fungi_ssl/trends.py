@@ -423,7 +423,8 @@ def zonal_means(maps: xr.DataArray, polygons: gpd.GeoDataFrame, *,
     Returns
     -------
     pandas.DataFrame
-        One row per polygon and year: ``polygon_id``, ``year``, ``mean``
+        One row per polygon and year: ``id_column`` (``polygon_id`` by
+        default), ``year``, ``mean``
         (NaN when no pixel is valid), ``n_pixels`` (pixel centres in the
         polygon and the map), ``n_valid`` (of those, finite that year).
         Polygons wholly outside the maps keep ``n_pixels = 0`` (with a warning).
@@ -480,13 +481,13 @@ def zonal_means(maps: xr.DataArray, polygons: gpd.GeoDataFrame, *,
     ids = polygons[id_column].to_numpy()
     year_values = np.asarray(stack["year"].values, dtype=np.int64)
     out = pd.DataFrame({
-        "polygon_id": np.tile(ids, n_years),
+        id_column: np.tile(ids, n_years),
         "year": np.repeat(year_values, n_poly),
         "mean": means.ravel(),
         "n_pixels": np.tile(n_pixels, n_years).astype(np.int64),
         "n_valid": valid.ravel(),
     })
-    return out.sort_values(["polygon_id", "year"], kind="stable").reset_index(drop=True)
+    return out.sort_values([id_column, "year"], kind="stable").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------

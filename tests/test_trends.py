@@ -565,3 +565,21 @@ def test_other_bad_input(small_world):
     with warnings.catch_warnings():
         warnings.simplefilter("error")     # a clean input raises no warning
         zonal_means(maps, polys)
+
+
+def test_zonal_means_and_trends_use_the_id_column(small_world):
+    # a table keyed by another id column: the output names and sorts by it, and the
+    # trend table joins on it (zonal_means used to write "polygon_id" whatever it was given)
+    maps, polys = small_world
+    ref = zonal_means(maps, polys)
+    other = polys.rename(columns={"polygon_id": "stand"}).assign(
+        stand=lambda d: d["stand"].str.replace("P", "S"))
+    z = zonal_means(maps, other, id_column="stand")
+    assert list(z.columns) == ["stand", "year", "mean", "n_pixels", "n_valid"]
+    assert z["stand"].tolist() == ref["polygon_id"].str.replace("P", "S").tolist()
+    np.testing.assert_array_equal(z["mean"].to_numpy(), ref["mean"].to_numpy())
+    t = polygon_trends(z, other, id_column="stand")
+    assert t["stand"].tolist() == ["S0000", "S0001", "S0002", "S0003"]
+    np.testing.assert_allclose(t["slope"], polygon_trends(ref)["slope"])
+    with pytest.raises(ValueError, match=r"no column 'polygon_id'"):
+        zonal_means(maps, other)

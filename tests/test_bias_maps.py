@@ -1,0 +1,265 @@
+"""Tests of chapter 07's drivers: chapter 04's held-out predictions and the uncertainty maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from affine import Affine
+
+from fungi_ssl.bias import AreaOfApplicability, conformal_quantile
+from fungi_ssl.bias_maps import (
+    interval_width,
+    map_aoa,
+    map_truth_table,
+    uncertainty_maps,
+    window_scores,
+)
+from fungi_ssl.comparison import table1
+from fungi_ssl.embed import open_embeddings, raster_patches
+from fungi_ssl.heldout import chapter04_heldout
+from fungi_ssl.mapmodel import MapModel
+from fungi_ssl.maps import predict_map, write_embedding_store
+from fungi_ssl.models import evaluate_random_splits, regression_metrics
+
+DIM = 8
+H, W = 48, 64
+ORIGIN = Affine(10, 0, 500_000, 0, -10, 6_000_000)
+CRS = 32630
+ENCODER = "enc-test"
+
+
+# --------------------------------------------------------------------------
+# held-out predictions of chapter 04's protocols
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def table():
+    """Sites of two cores on a 6° × 6° area; the target follows one climate covariate."""
+    rng = np.random.default_rng(3)
+    n_sites = 240
+    lon = np.repeat(rng.uniform(0, 6, n_sites), 2)
+    lat = np.repeat(rng.uniform(44, 50, n_sites), 2)
+    pet = np.repeat(rng.normal(size=n_sites), 2)
+    sand = np.repeat(rng.normal(size=n_sites), 2)
+    t = pd.DataFrame({
+        "sample_id": [f"s{i}" for i in range(2 * n_sites)],
+        "site_id": np.repeat([f"site{i}" for i in range(n_sites)], 2),
+        "longitude": lon, "latitude": lat, "CGIAR_PET": pet, "SG_Sand_Content_005cm": sand,
+    })
+    t["y"] = 3 + 0.8 * pet + rng.normal(0, 0.4, len(t))
+    return t
+
+
+def test_heldout_scores_equal_chapter04_table1(table):
+    h = chapter04_heldout(table, "y", "climate", "lightgbm", n_seeds=2, seed=0)
+    ref = table1(table, "y", sets=["climate", "soil"], models=["lightgbm"], n_seeds=2, seed=0,
+                 progress=False)
+    ref = ref[(ref["set"] == "climate")]
+    for scheme, scope, key in (("random", "seed", "seed"), ("spatial", "fold", "fold")):
+        mine = h.scores[h.scores["scheme"] == scheme]
+        if scheme == "spatial":
+            mine = mine[mine["scope"] == "fold"]
+        theirs = ref[(ref["scheme"] == scheme) & (ref["scope"] == scope)]
+        np.testing.assert_allclose(
+            mine.sort_values(key)["r2"].to_numpy(), theirs.sort_values(key)["r2"].to_numpy(),
+            rtol=0, atol=1e-12)
+    # and the predictions kept are the ones those scores were computed from
+    for s, g in h.table[h.table["scheme"] == "random"].groupby("split"):
+        r2 = regression_metrics(g["y_true"], g["y_pred"])["r2"]
+        assert r2 == pytest.approx(float(h.scores.query("scheme == 'random' and seed == @s")["r2"]
+                                         .iloc[0]), abs=1e-12)
+
+
+def test_heldout_rows_are_the_right_samples_and_protocols_stay_apart(table):
+    h = chapter04_heldout(table, "y", "climate", "ridge", n_seeds=3, seed=5)
+    t = h.table
+    assert set(t["scheme"]) == {"random", "spatial"}
+    by_id = table.set_index("sample_id")
+    np.testing.assert_array_equal(t["y_true"].to_numpy(), by_id.loc[t["sample_id"], "y"].to_numpy())
+    np.testing.assert_array_equal(t["site_id"].to_numpy(),
+                                  by_id.loc[t["sample_id"], "site_id"].to_numpy())
+    spatial = t[t["scheme"] == "spatial"]
+    assert spatial["sample_id"].is_unique and len(spatial) == len(table)
+    # spatial folds are the 50 km blocks: no site is split, and a fold label per data row
+    assert spatial.groupby("site_id")["split"].nunique().max() == 1
+    np.testing.assert_array_equal(h.fold[spatial["row"].to_numpy()], spatial["split"].to_numpy())
+    rnd = t[t["scheme"] == "random"]
+    assert sorted(rnd["split"].unique()) == [5, 6, 7]
+    assert rnd.groupby("split").size().eq(round(0.2 * len(table))).all()
+
+
+def test_heldout_bad_input(table):
+    with pytest.raises(ValueError, match="model must be one of"):
+        chapter04_heldout(table, "y", "climate", "svm")
+    with pytest.raises(ValueError, match="longitude"):
+        chapter04_heldout(table.drop(columns="longitude"), "y", "climate", "ridge")
+    with pytest.raises(ValueError, match="n_seeds"):
+        chapter04_heldout(table, "y", "climate", "ridge", n_seeds=0)
+
+
+def test_random_split_predictions_name_rows_of_the_original_table():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = X[:, 0] + rng.normal(0, 0.1, 120)
+    X[7, 1] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1"):
+        res, pred = evaluate_random_splits(X, y, "ridge", n_seeds=2, nan_policy="drop",
+                                           progress=False, return_predictions=True)
+    assert 7 not in set(pred["row"])
+    np.testing.assert_array_equal(y[pred["row"]], pred["observed"])
+    for s, g in pred.groupby("seed"):
+        assert regression_metrics(g["observed"], g["predicted"])["r2"] == pytest.approx(
+            float(res.loc[res["seed"] == s, "r2"].iloc[0]), abs=1e-12)
+
+
+# --------------------------------------------------------------------------
+# interval width
+# --------------------------------------------------------------------------
+def test_interval_width_contains_what_the_log_interval_contains():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 5, 2000)
+    y = p + rng.normal(0, 0.5, 2000)
+    y = np.maximum(y, 0)  # log1p(richness) is never negative
+    q = conformal_quantile(np.abs(y[:1000] - p[:1000]), 0.9)
+    lo, hi = np.maximum(p - q, 0), p + q
+    inside_log = (y >= lo) & (y <= hi)
+    r, rlo, rhi = np.expm1(y), np.expm1(lo), np.expm1(hi)
+    assert np.array_equal(inside_log, (r >= rlo - 1e-9) & (r <= rhi + 1e-9))
+    np.testing.assert_allclose(interval_width(p, q), rhi - rlo)
+    assert interval_width([np.nan], q).tolist() == [pytest.approx(np.nan, nan_ok=True)]
+    with pytest.raises(ValueError, match="quantile"):
+        interval_width(p, -1.0)
+
+
+# --------------------------------------------------------------------------
+# maps: a store whose right third lies far from anything the model was trained on
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def region(tmp_path_factory):
+    rng = np.random.default_rng(2)
+    latent = np.clip(rng.normal(size=(H, W)), -3, 3)
+    q = rng.integers(-30, 31, size=(H, W, DIM))
+    q[..., 0] = np.clip(np.round(latent * 30), -127, 127)
+    # other land: the informative dimension beyond anything the samples show
+    q[:, 2 * W // 3 :, 0] = np.round(latent[:, 2 * W // 3 :] * 10) + 118
+    scale = np.full((H, W), 0.01, np.float32)
+    scale[10:12, 5:7] = np.nan
+    root = tmp_path_factory.mktemp("region")
+    store = root / "2020.zarr"
+    write_embedding_store(store, np.clip(q, -127, 127).astype(np.int8), scale, transform=ORIGIN,
+                          crs=CRS, encoder=ENCODER, year=2020, chunk=16)
+    ds = open_embeddings(store)
+    # samples only in the left two thirds
+    n = 600
+    rows = rng.integers(2, H - 2, n)
+    cols = rng.integers(2, 2 * W // 3 - 2, n)
+    x, y = ds["x"].values[cols], ds["y"].values[rows]
+    with pytest.warns(UserWarning, match="patch with NaN"):  # samples near the cloud
+        patches = raster_patches(ds, x=x, y=y, k=3).values.reshape(n, -1)
+    log_r = 3.0 + 0.8 * latent
+    target = np.expm1(log_r[rows, cols] + rng.normal(0, 0.1, n))
+    model = MapModel("lightgbm", n_components=6, n_jobs=1).fit(
+        patches, target, encoder=ENCODER, embedding_dim=DIM)
+    frame = pd.DataFrame(patches, columns=list(model.spec.predictor_columns))
+    folds = (cols // 8) % 4  # stripes of 80 m: spatial folds (samples 10 m apart chain into
+    # one 25 m "site", so BlockKFold would see a single site here)
+    return store, model, frame, folds, log_r
+
+
+def test_window_scores_equal_the_patch_projection_at_every_pixel(region):
+    store, model, *_ = region
+    ds = open_embeddings(store)
+    emb = ds["embedding"].values[:12, :14]
+    sc = ds["scale"].values[:12, :14]
+    z = window_scores(model, emb, sc)
+    patches = np.stack([(emb[i : i + 3, j : j + 3] * sc[i : i + 3, j : j + 3, None]).ravel()
+                        for i in range(10) for j in range(12)])
+    ref = model.project_patches(patches).reshape(10, 12, -1)
+    ok = np.isfinite(ref).all(axis=2)
+    assert (~ok).sum() > 0  # the cloud patch reaches in
+    np.testing.assert_allclose(z[ok], ref[ok], atol=1e-4)
+    assert np.isnan(z[~ok]).all(axis=1).all()
+
+
+def test_map_aoa_flags_the_unseen_land_and_maps_agree_with_predict_map(region, tmp_path):
+    store, model, frame, folds, _ = region
+    aoa = map_aoa(model, frame, folds, n_jobs=1)
+    run = uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3, window=32, progress=False,
+                           num_threads=1)
+    m = run.maps
+    ref = predict_map(model, store, 2020, quantity="log_richness", chunk=16, window=32,
+                      progress=False)
+    np.testing.assert_allclose(m["log_richness"].values, ref.map.values, rtol=0, atol=1e-6,
+                               equal_nan=True)
+    inside = m["aoa"].values
+    seen, unseen = inside[:, 2 : 2 * W // 3 - 2], inside[:, 2 * W // 3 + 2 : -2]
+    assert np.nanmean(seen) > 0.9
+    assert np.nanmean(unseen) < 0.05
+    assert np.isnan(inside[np.isnan(ref.map.values)]).all()
+    # the dissimilarity index of a pixel is that of its patch
+    di = m["dissimilarity"].values
+    patch = frame.iloc[:5]
+    z = pd.DataFrame(model.project_patches(patch), columns=list(aoa.feature_names_in_))
+    assert np.isfinite(di).sum() > 0.8 * H * W
+    assert np.all(aoa.dissimilarity(z) >= 0)
+    # width on the richness scale: expm1(p + q) − expm1(max(p − q, 0))
+    p = m["log_richness"].values
+    np.testing.assert_allclose(m["interval_width"].values, interval_width(p, 0.3), rtol=1e-6,
+                               equal_nan=True)
+    assert run.quantile == 0.3 and run.threshold == aoa.threshold_
+    assert set(run.seconds) == {"read", "predict", "dissimilarity", "write"}
+
+
+def test_uncertainty_layers_are_written_as_valid_cogs(region, tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    store, model, frame, folds, _ = region
+    aoa = map_aoa(model, frame, folds, n_jobs=1)
+    mem = uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3, window=32, progress=False)
+    outs = {k: tmp_path / f"{k}.tif" for k in ("interval_width", "aoa", "dissimilarity")}
+    run = uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3, outputs=outs, window=32,
+                           progress=False)
+    for k, path in outs.items():
+        assert cog_validate(path)[0], k
+        np.testing.assert_allclose(run.maps[k].values, mem.maps[k].values, equal_nan=True)
+    assert run.maps["aoa"].rio.crs.to_epsg() == CRS
+    assert float(run.maps["aoa"].attrs["aoa_threshold"]) == aoa.threshold_
+    with pytest.raises(FileExistsError, match="overwrite"):
+        uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3, outputs=outs, progress=False)
+    with pytest.raises(ValueError, match="unknown layers"):
+        uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3,
+                         outputs={"width": tmp_path / "w.tif"}, progress=False)
+
+
+def test_uncertainty_maps_bad_input(region):
+    store, model, frame, folds, _ = region
+    other = AreaOfApplicability(n_jobs=1).fit(pd.DataFrame({"a": np.arange(10.0)}))
+    with pytest.raises(ValueError, match="trained on other predictors"):
+        uncertainty_maps(model, store, 2020, aoa=other, quantile=0.3, progress=False)
+    aoa = map_aoa(model, frame, folds, n_jobs=1)
+    with pytest.raises(ValueError, match="quantile"):
+        uncertainty_maps(model, store, 2020, aoa=aoa, quantile=np.inf, progress=False)
+    with pytest.raises(ValueError, match="folds"):
+        map_aoa(model, frame, folds[:-1])
+    with pytest.raises(ValueError, match="weights"):
+        map_aoa(model, frame, folds, weights="gain")
+
+
+def test_map_truth_table_lines_up_pixels_and_refuses_another_grid():
+    import xarray as xr
+
+    g = {"y": [25.0, 15.0, 5.0], "x": [5.0, 15.0]}
+    p = xr.DataArray([[1.0, 2.0], [np.nan, 3.0], [0.5, 0.5]], dims=("y", "x"), coords=g)
+    t = xr.DataArray(np.expm1([[1.0, 2.5], [1.0, np.nan], [0.0, 1.0]]), dims=("y", "x"), coords=g)
+    inside = xr.DataArray([[1.0, 0.0], [1.0, 1.0], [np.nan, 1.0]], dims=("y", "x"), coords=g)
+    lc = xr.DataArray([[0, 1], [0, 1], [1, 0]], dims=("y", "x"), coords=g)
+    tab = map_truth_table(p, t, inside=inside, landcover=lc, classes=["wood", "grass"], region="r")
+    assert tab["y_pred"].tolist() == [1.0, 2.0, 0.5, 0.5]
+    assert tab["inside"].tolist() == [True, False, False, True]
+    assert tab["landcover"].tolist() == ["wood", "grass", "grass", "wood"]
+    assert set(tab["region"]) == {"r"}
+    shifted = t.assign_coords(x=[6.0, 16.0])
+    with pytest.raises(ValueError, match="pixel centres"):
+        map_truth_table(p, shifted)
+    with pytest.raises(ValueError, match="codes outside"):
+        map_truth_table(p, t, landcover=lc + 5, classes=["wood", "grass"])

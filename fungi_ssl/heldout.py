@@ -31,13 +31,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from fungi_ssl.bias import heldout_table
+from fungi_ssl.bias import AreaOfApplicability, heldout_table
 from fungi_ssl.comparison import DEFAULT_BLOCK_SIZE_M, DEFAULT_SPATIAL_FOLDS, spatial_splitter
 from fungi_ssl.models import MODEL_NAMES, evaluate_cv, evaluate_random_splits
 from fungi_ssl.pipelines import (
@@ -53,7 +54,13 @@ from fungi_ssl.pipelines import (
 )
 from fungi_ssl.worker_threads import single_threaded_workers
 
-__all__ = ["HeldOut", "chapter04_heldout"]
+__all__ = [
+    "HeldOut",
+    "cached_conformal",
+    "cached_heldout",
+    "chapter04_heldout",
+    "heldout_aoa",
+]
 
 
 @dataclass
@@ -124,8 +131,8 @@ def chapter04_heldout(
         Sets whose complete rows are kept, as chapter 04 keeps them
         (default: every set of Table 1 the frame has).
     n_jobs : int
-        The two protocols run on this many threads (2: one each), each model
-        single-threaded.
+        Worker threads: the spatial folds are one task and every random seed
+        another, each model single-threaded.
 
     Returns
     -------
@@ -157,13 +164,8 @@ def chapter04_heldout(
     missing = [c for c in ("longitude", "latitude") if c not in frame.columns]
     if missing:
         raise ValueError(f"frame: needs columns {missing} for the spatial blocks")
-    if row_sets is None:
-        row_sets = available_sets(frame)
-    row_sets = list(dict.fromkeys([*row_sets, predictor_set]))
-    data = complete_rows(frame, target, row_sets)
-    X = predictor_matrix(data, predictor_set)
-    y = data[target].to_numpy(dtype=float)
-    splitter = spatial_splitter(data, block_size_m=block_size_m, n_splits=n_splits, seed=seed)
+    data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
+                                    n_splits, seed)
     site_ids = data["site_id"].to_numpy() if "site_id" in data.columns else None
     memo = ReductionMemo()
     transform = (
@@ -180,13 +182,14 @@ def chapter04_heldout(
     }
     seconds: dict[str, float] = {}
 
-    def run(scheme: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def run(task: tuple[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        scheme, s = task
         start = time.perf_counter()
         try:
             if scheme == "random":
+                # seed s alone draws the same split as seed s of chapter 04's n_seeds run
                 scores, preds = evaluate_random_splits(
-                    X, y, model, n_seeds=int(n_seeds), seed=seed, return_predictions=True,
-                    **common,
+                    X, y, model, n_seeds=1, seed=s, return_predictions=True, **common,
                 )
                 tab = heldout_table(preds, data, "random", "seed")
                 return scores.assign(scheme="random"), tab.assign(row=preds["row"].to_numpy())
@@ -197,12 +200,15 @@ def chapter04_heldout(
             tab = heldout_table(preds, data, "spatial", "fold")
             return scores.assign(scheme="spatial"), tab.assign(row=preds["row"].to_numpy())
         finally:
-            seconds[scheme] = time.perf_counter() - start
+            seconds[f"{scheme}/{s}"] = time.perf_counter() - start
 
+    # the spatial run (all folds, the longest task) first, then one task per random seed
+    tasks = [("spatial", seed)] + [("random", seed + i) for i in range(int(n_seeds))]
     with single_threaded_workers():
-        done = Parallel(n_jobs=max(1, min(int(n_jobs), 2)), backend="threading")(
-            delayed(run)(s) for s in ("random", "spatial")
+        done = Parallel(n_jobs=max(1, int(n_jobs)), backend="threading")(
+            delayed(run)(t) for t in tasks
         )
+    done = done[1:] + done[:1]  # random seeds first, in order
     table = pd.concat([d[1] for d in done], ignore_index=True)
     if site_ids is not None:
         table.insert(1, "site_id", site_ids[table["row"].to_numpy()])
@@ -217,3 +223,239 @@ def chapter04_heldout(
         seconds=seconds,
     )
 
+
+
+def _prepare(
+    frame: pd.DataFrame,
+    target: str,
+    predictor_set: str,
+    row_sets: Sequence[str] | None,
+    block_size_m: float,
+    n_splits: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, Any]:
+    """Chapter 04's rows, the set's design matrix, the target and the spatial splitter."""
+    if row_sets is None:
+        row_sets = available_sets(frame)
+    row_sets = list(dict.fromkeys([*row_sets, predictor_set]))
+    data = complete_rows(frame, target, row_sets)
+    X = predictor_matrix(data, predictor_set)
+    y = data[target].to_numpy(dtype=float)
+    splitter = spatial_splitter(data, block_size_m=block_size_m, n_splits=n_splits, seed=seed)
+    return data, X, y, splitter
+
+
+def _fingerprint(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray) -> str:
+    from fungi_ssl.mapmodel import table_fingerprint
+
+    ids = data["sample_id"].astype(str).to_numpy() if "sample_id" in data else np.arange(len(data))
+    coords = data[["longitude", "latitude"]].to_numpy(dtype=float)
+    return table_fingerprint(np.column_stack([X.to_numpy(dtype=float), coords]), y,
+                             (*map(str, X.columns), *map(str, ids)))
+
+
+def _versions() -> dict[str, str]:
+    from fungi_ssl.mapmodel import package_versions
+
+    v = package_versions()
+    return {k: v[k] for k in sorted(v) if k in ("lightgbm", "xgboost", "scikit-learn", "numpy")}
+
+
+def cached_heldout(
+    frame: pd.DataFrame,
+    target: str,
+    predictor_set: str = "ssl",
+    model: str = "lightgbm",
+    *,
+    n_seeds: int = 3,
+    seed: int = 0,
+    block_size_m: float = DEFAULT_BLOCK_SIZE_M,
+    n_splits: int = DEFAULT_SPATIAL_FOLDS,
+    row_sets: Sequence[str] | None = None,
+    n_jobs: int = 2,
+    root: str | Path | None = None,
+) -> HeldOut:
+    """:func:`chapter04_heldout`, its predictions kept in ``data/cache/heldout/<key>/``.
+
+    The key covers a hash of the rows evaluated (every predictor value, the
+    target, the coordinates and the sample ids), every setting and the
+    versions of the model libraries, so a changed table or setting never
+    reuses old predictions. ``HeldOut.seconds`` is empty on a cache hit.
+
+    Parameters
+    ----------
+    frame, target, predictor_set, model, n_seeds, seed, block_size_m, n_splits, row_sets, n_jobs
+        As :func:`chapter04_heldout`.
+    root : path, optional
+        Cache root (default :data:`fungi_ssl.config.CACHE_DIR`).
+
+    Returns
+    -------
+    HeldOut
+    """
+    from fungi_ssl import cache
+
+    data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
+                                    n_splits, seed)
+    params = {"fingerprint": _fingerprint(data, X, y), "predictor_set": predictor_set,
+              "model": model, "n_seeds": int(n_seeds), "seed": int(seed),
+              "block_size_m": float(block_size_m), "n_splits": int(n_splits),
+              "model_params": BOOK_MODEL_PARAMS.get(model, {}), "versions": _versions()}
+    d = cache.cache_dir("heldout", params, root=Path(root) if root is not None else None)
+    if (d / "scores.csv").exists() and (d / "table.csv.gz").exists():
+        table = pd.read_csv(d / "table.csv.gz", dtype={"sample_id": str, "site_id": str})
+        scores = pd.read_csv(d / "scores.csv")
+        if "sample_id" in data:
+            table["sample_id"] = data["sample_id"].to_numpy()[table["row"].to_numpy()]
+        if "site_id" in data and "site_id" in table:
+            table["site_id"] = data["site_id"].to_numpy()[table["row"].to_numpy()]
+        return HeldOut(table=table, scores=scores, data=data, fold=splitter.fold_labels(),
+                       predictor_set=predictor_set, model=model)
+    out = chapter04_heldout(frame, target, predictor_set, model, n_seeds=n_seeds, seed=seed,
+                            block_size_m=block_size_m, n_splits=n_splits, row_sets=row_sets,
+                            n_jobs=n_jobs)
+    _write_csv(out.table, d / "table.csv.gz")
+    _write_csv(out.scores, d / "scores.csv")
+    return out
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write under a temporary name and rename, so a half-written file never counts."""
+    tmp = path.with_name(f".{path.name}.part")
+    df.to_csv(tmp, index=False, float_format="%.17g",
+              compression="gzip" if path.suffix == ".gz" else None)
+    tmp.replace(path)
+
+
+def cached_conformal(
+    held: HeldOut,
+    target: str,
+    *,
+    n_seeds: int = 3,
+    calibrations: Sequence[str] = ("matched", "random"),
+    seed: int = 0,
+    block_size_m: float = DEFAULT_BLOCK_SIZE_M,
+    n_splits: int = DEFAULT_SPATIAL_FOLDS,
+    confidence: float = 0.9,
+    n_jobs: int = 2,
+    root: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Held-out split-conformal intervals on ``held``'s rows, random and spatial, cached.
+
+    :func:`fungi_ssl.bias.conformal_holdout` with ``held``'s model and set,
+    once per calibration: ``"matched"`` (random calibration rows for random
+    test parts, whole 50 km blocks for spatial folds) and ``"random"``
+    (random calibration rows for the spatial folds too: the naive practice,
+    whose spatial shortfall chapter 07 discusses). Random test parts with
+    random calibration are the same under both, so they are run once.
+
+    Parameters
+    ----------
+    held : HeldOut
+        From :func:`chapter04_heldout` or :func:`cached_heldout`.
+    target : str
+    n_seeds : int
+        Random splits (seeds ``seed …``).
+    calibrations : sequence of {"matched", "random", "site", "block"}
+    seed, block_size_m, n_splits, confidence, n_jobs, progress
+        As :func:`fungi_ssl.bias.conformal_holdout`.
+    root : path, optional
+        Cache root.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`fungi_ssl.bias.conformal_holdout` rows of every calibration,
+        with ``calibration`` (the kind used) and ``requested`` (the name asked for).
+    """
+    from fungi_ssl import cache
+    from fungi_ssl.bias import conformal_holdout
+
+    X = predictor_matrix(held.data, held.predictor_set)
+    y = held.data[target].to_numpy(dtype=float)
+    params = {"fingerprint": _fingerprint(held.data, X, y), "predictor_set": held.predictor_set,
+              "model": held.model, "n_seeds": int(n_seeds), "seed": int(seed),
+              "calibrations": list(calibrations), "block_size_m": float(block_size_m),
+              "n_splits": int(n_splits), "confidence": float(confidence),
+              "model_params": BOOK_MODEL_PARAMS.get(held.model, {}), "versions": _versions()}
+    d = cache.cache_dir("conformal", params, root=Path(root) if root is not None else None)
+    path = d / "intervals.csv.gz"
+    if path.exists():
+        return pd.read_csv(path, dtype={"sample_id": str})
+    parts = []
+    for c in calibrations:
+        schemes = ["random", "spatial"]
+        if c == "random" and "matched" in calibrations:
+            schemes = ["spatial"]  # random/random is the matched run's random part
+        iv = conformal_holdout(
+            X, y, held.data[["longitude", "latitude"]], schemes=schemes, calibration=c,
+            confidence=confidence, n_seeds=n_seeds, block_size_m=block_size_m,
+            n_splits=n_splits, sample_id=held.data["sample_id"].astype(str).to_numpy()
+            if "sample_id" in held.data else None,
+            model=held.model, model_params=BOOK_MODEL_PARAMS.get(held.model, {}), seed=seed,
+            n_jobs=n_jobs, progress=progress,
+        )
+        parts.append(iv.assign(requested=c))
+    out = pd.concat(parts, ignore_index=True)
+    _write_csv(out, path)
+    return out
+
+
+def heldout_aoa(
+    held: HeldOut, target: str, *, seed: int = 0, val_size: float = 0.1, n_jobs: int = 2
+) -> tuple[AreaOfApplicability, pd.DataFrame]:
+    """The area of applicability of ``held``'s model at its samples, with spatial-fold DI.
+
+    The model is fitted on every row (the SSL patch reduced to
+    :data:`~fungi_ssl.pipelines.SSL_COMPONENTS` components first, LightGBM
+    and XGBoost stopping early on whole sites); its gain importance weights
+    the predictors; the threshold comes from each sample's DI to the training
+    part of its own spatial fold (``held.fold``). That DI is how unlike its
+    training data a sample was when the spatial CV predicted it, so the
+    spatial held-out errors can be split by it.
+
+    Parameters
+    ----------
+    held : HeldOut
+    target : str
+    seed : int
+        Seeds the PCA, the early-stopping hold-out and the model.
+    val_size : float
+        Share of the sites held out for early stopping.
+    n_jobs : int
+        Threads.
+
+    Returns
+    -------
+    aoa : AreaOfApplicability
+        Fitted on the model's own predictors.
+    samples : pandas.DataFrame
+        Per row of ``held.data``: ``row, fold, di, inside``.
+    """
+    from fungi_ssl.bias import importance_weights
+    from fungi_ssl.features import PatchReducer
+    from fungi_ssl.models import _group_holdout, fit_model, make_model
+
+    X = predictor_matrix(held.data, held.predictor_set)
+    y = held.data[target].to_numpy(dtype=float)
+    rows = np.arange(len(y))
+    groups = held.data["site_id"].to_numpy() if "site_id" in held.data else rows
+    val, train = _group_holdout(rows, groups, round(val_size * len(rows)), seed)
+    if has_ssl(X):
+        Z = PatchReducer(n_components=SSL_COMPONENTS, seed=seed).fit(X.iloc[train]).transform(X)
+    else:
+        Z = X
+    model = make_model(held.model, seed=seed, n_jobs=n_jobs,
+                       **dict(BOOK_MODEL_PARAMS.get(held.model, {})))
+    if held.model in ("lightgbm", "xgboost") and len(val):
+        fit_model(model, Z.iloc[train], y[train], Z.iloc[val], y[val])
+    else:
+        fit_model(model, Z, y)
+    weights = importance_weights(model)
+    weights.index = list(Z.columns)
+    aoa = AreaOfApplicability(n_jobs=n_jobs).fit(Z, folds=held.fold, weights=weights)
+    di = aoa.train_di_
+    with np.errstate(invalid="ignore"):
+        inside = di <= aoa.threshold_
+    return aoa, pd.DataFrame({"row": rows, "fold": held.fold, "di": di, "inside": inside})

@@ -263,3 +263,55 @@ def test_map_truth_table_lines_up_pixels_and_refuses_another_grid():
         map_truth_table(p, shifted)
     with pytest.raises(ValueError, match="codes outside"):
         map_truth_table(p, t, landcover=lc + 5, classes=["wood", "grass"])
+
+
+def test_cached_heldout_reuses_predictions_only_for_the_same_rows_and_settings(table, tmp_path):
+    from fungi_ssl.heldout import cached_heldout
+
+    a = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
+    assert a.seconds  # computed
+    b = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
+    assert not b.seconds  # read back
+    pd.testing.assert_frame_equal(a.table.reset_index(drop=True), b.table, check_dtype=False)
+    np.testing.assert_array_equal(a.fold, b.fold)
+    assert len(list((tmp_path / "heldout").iterdir())) == 1
+    c = cached_heldout(table, "y", "climate", "ridge", n_seeds=3, root=tmp_path)
+    assert c.seconds and len(list((tmp_path / "heldout").iterdir())) == 2
+    changed = table.assign(y=table["y"] + 1.0)
+    d = cached_heldout(changed, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
+    assert d.seconds
+    np.testing.assert_allclose(d.table["y_true"], a.table["y_true"] + 1.0)
+
+
+def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
+    from fungi_ssl.bias import coverage_table
+    from fungi_ssl.heldout import cached_conformal, cached_heldout
+
+    h = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
+    iv = cached_conformal(h, "y", n_seeds=2, root=tmp_path, progress=False)
+    got = iv.groupby(["requested", "scheme", "calibration"]).size().to_dict()
+    assert set(got) == {("matched", "random", "random"), ("matched", "spatial", "block"),
+                        ("random", "spatial", "random")}
+    assert got[("matched", "spatial", "block")] == len(table)
+    cov = coverage_table(iv)
+    assert cov["coverage"].between(0.75, 1.0).all()
+    again = cached_conformal(h, "y", n_seeds=2, root=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(iv, again, check_dtype=False)
+
+
+def test_heldout_aoa_flags_samples_far_from_their_training_folds(table):
+    from fungi_ssl.comparison import spatial_splitter
+    from fungi_ssl.heldout import heldout_aoa
+
+    far = table.copy()
+    # the blocks of one spatial fold have a climate no other fold shows
+    sel = spatial_splitter(far).fold_labels() == 0
+    far.loc[sel, "CGIAR_PET"] += 8.0
+    h = chapter04_heldout(far, "y", "climate", "lightgbm", n_seeds=1)
+    aoa, samples = heldout_aoa(h, "y")
+    assert len(samples) == len(h.data) and np.isfinite(samples["di"]).all()
+    shifted = h.data["CGIAR_PET"].to_numpy() > 5.0
+    assert samples.loc[shifted, "di"].median() > 3 * samples.loc[~shifted, "di"].median()
+    assert samples.loc[~shifted, "inside"].mean() > 0.9
+    assert samples.loc[shifted, "inside"].mean() < 0.5
+    assert list(aoa.feature_names_in_) == ["CGIAR_PET"]

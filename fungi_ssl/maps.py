@@ -105,6 +105,8 @@ DEFAULT_CHUNK = 256
 DEFAULT_WINDOW = 1024
 #: The study's patch: 3 × 3 pixels.
 PATCH_SIZE = 3
+#: The guild a map model is taken to be of when it records none.
+DEFAULT_GUILD = "ECM"
 
 Quantity = Literal["richness", "log_richness"]
 BBox = tuple[float, float, float, float]
@@ -1103,7 +1105,8 @@ def predict_map(
     n_pixels = grid.n_pixels * len(years)
     attrs = {
         "quantity": quantity,
-        "units": "rarefied ECM richness" if quantity == "richness" else "log1p(rarefied richness)",
+        "units": map_units(model, quantity),
+        "guild": model.settings.get("guild", DEFAULT_GUILD),
         "model_fingerprint": model.fingerprint,
         "encoder": model.spec.encoder,
         "n_nan": n_nan,
@@ -1246,12 +1249,31 @@ class _ZarrWriter:
         _remove(self.tmp)
 
 
+def map_units(model: MapModel, quantity: str = "richness") -> str:
+    """The unit of a map: the rarefied richness of the guild the model was fitted for.
+
+    A model records its guild in ``settings["guild"]`` (``fungi-ssl fit --guild``);
+    one that records none is taken to be of the default, ECM.
+
+    Examples
+    --------
+    >>> m = MapModel("ridge")
+    >>> m.settings = {"guild": "AM"}
+    >>> map_units(m), map_units(m, "log_richness")
+    ('rarefied AM richness', 'log1p(rarefied AM richness)')
+    """
+    guild = (getattr(model, "settings", None) or {}).get("guild", DEFAULT_GUILD)
+    base = f"rarefied {guild} richness"
+    return base if quantity == "richness" else f"log1p({base})"
+
+
 def _make_writer(kind, out, grid, years, quantity, model: MapModel, blocksize, chunk):
     if kind is None:
         return None
     attrs = {
         "quantity": quantity,
-        "units": "rarefied ECM richness" if quantity == "richness" else "log1p(rarefied richness)",
+        "units": map_units(model, quantity),
+        "guild": model.settings.get("guild", DEFAULT_GUILD),
         "model_fingerprint": model.fingerprint,
         "encoder": model.spec.encoder,
         "years": ",".join(str(y) for y in years),

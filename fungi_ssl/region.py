@@ -1,0 +1,690 @@
+"""Chapter 10, your region: tiles, model, map, area of applicability and trends.
+
+The chapter is a template: a bounding box, one or more years, a folder of
+embeddings (geotessera tiles or the project's Zarr stores), a saved map model
+(:class:`fungi_ssl.mapmodel.MapModel`) and, optionally, woodland polygons.
+This module holds what the chapter does with them, so the notebook only tells
+the story:
+
+* :func:`write_simulated_tiles` makes the default input: the simulated study
+  over a bounding box, embedded by the book's own encoder (chapter 02),
+  quantised as TESSERA quantises (int8 plus a per-pixel scale) and written in
+  **geotessera's tile layout** with :func:`fungi_ssl.tessera.write_tile`, one
+  raster per 0.1° cell the box touches, each in the UTM zone of its cell. So
+  the map is read back by the same reader as real tiles. The download's
+  ``tessera_metadata.json`` names the encoder (``dataset_version =
+  "simulated-<encoder signature>"``), and :func:`tiles_encoder` gives the
+  signature a map model must record to be allowed to map them.
+* :func:`simulated_woodland` draws woodland polygons (ancient or other) from
+  the simulator's land cover over the box, as an inventory would give them.
+* :func:`fit_region_model` fits the map model on a predictor table's SSL
+  patches (the simulated study's samples by default).
+* :func:`area_of_applicability` is Meyer & Pebesma's area of applicability
+  (:class:`fungi_ssl.bias.AreaOfApplicability`) in the model's own predictor
+  space (the PCA scores of the 3 × 3 patch, weighted by the regressor's gain),
+  with site-grouped folds, computed for every map pixel window by window and
+  written as a GeoTIFF of the dissimilarity index.
+* :func:`trend_summary` condenses the per-polygon trend table
+  (:func:`fungi_ssl.cli.polygon_trend_table`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import tessera
+from .cache import cache_dir
+from .coordinates import lonlat_to_crs, utm_epsg
+
+__all__ = [
+    "AOARun",
+    "RegionInputs",
+    "SimulatedTiles",
+    "area_of_applicability",
+    "check_bbox",
+    "default_bbox",
+    "fit_from_samples",
+    "fit_region_model",
+    "guild_units",
+    "region_inputs",
+    "simulated_woodland",
+    "tiles_encoder",
+    "trend_summary",
+    "write_simulated_tiles",
+]
+
+#: Pixels added around the box on each side of a simulated tile, so that
+#: 3 × 3 patches at the box's edge are complete.
+TILE_MARGIN_PX = 2
+#: The box's side in pixels when none is given (about 1.3 km).
+DEFAULT_BOX_PX = 128
+#: Smallest woodland polygon kept (hectares).
+MIN_POLYGON_HA = 0.25
+
+
+def guild_units(guild: str = "ECM", quantity: str = "richness") -> str:
+    """The unit of a map of ``guild`` richness.
+
+    Examples
+    --------
+    >>> guild_units("AM")
+    'rarefied AM richness'
+    >>> guild_units("ECM", "log_richness")
+    'log1p(rarefied ECM richness)'
+    """
+    base = f"rarefied {guild} richness"
+    return base if quantity == "richness" else f"log1p({base})"
+
+
+def check_bbox(bbox: Sequence[float], name: str = "bbox") -> tuple[float, float, float, float]:
+    """A lon/lat box ``(west, south, east, north)`` as floats, or one clear error.
+
+    Examples
+    --------
+    >>> check_bbox([1, 2, 1.01, 2.01])
+    (1.0, 2.0, 1.01, 2.01)
+    >>> check_bbox([1, 2, 0.5, 3])
+    Traceback (most recent call last):
+    ...
+    ValueError: bbox (1.0, 2.0, 0.5, 3.0): west must be < east and south < north (degrees)
+    """
+    try:
+        b = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be four numbers (west, south, east, north), got {bbox!r}") from None
+    if len(b) != 4 or not all(math.isfinite(v) for v in b):
+        raise ValueError(f"{name} must be four finite numbers (west, south, east, north), got {bbox!r}")
+    if not (b[0] < b[2] and b[1] < b[3]):
+        raise ValueError(f"{name} {b}: west must be < east and south < north (degrees)")
+    if not (-180 <= b[0] and b[2] <= 180 and -90 <= b[1] and b[3] <= 90):
+        raise ValueError(f"{name} {b}: not WGS84 longitude/latitude degrees")
+    return b  # type: ignore[return-value]
+
+
+def default_bbox(study: Any, size_px: int = DEFAULT_BOX_PX) -> tuple[float, float, float, float]:
+    """A lon/lat box of about ``size_px`` × 10 m around the study's largest campaign.
+
+    The simulated study samples there, so the map model has seen its
+    landscape (:meth:`fungi_ssl.simulate.SimulatedStudy.map_window`).
+    """
+    return tuple(round(v, 6) for v in study.map_window(0, size_px).bounds_lonlat())  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------
+# simulated tiles in geotessera's layout
+# --------------------------------------------------------------------------
+@dataclass
+class SimulatedTiles:
+    """Tiles :func:`write_simulated_tiles` wrote (or found in its cache).
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The geotessera-layout folder (give it as the embeddings folder).
+    bbox : tuple of float
+    years : list of int
+    tiles : list of str
+        Grid names written per year.
+    n_pixels : int
+        Pixels embedded (all tiles, all years).
+    encoder : str
+        The signature a map model must record (:func:`tiles_encoder`).
+    seconds : float
+        Time spent simulating and embedding (0 when cached).
+    """
+
+    root: Path
+    bbox: tuple[float, float, float, float]
+    years: list[int]
+    tiles: list[str]
+    n_pixels: int
+    encoder: str
+    seconds: float = 0.0
+
+
+def tiles_encoder(trained: Any) -> str:
+    """The encoder signature of tiles written from ``trained`` (what maps compare).
+
+    The tile reader names a download's encoder ``"tessera:<dataset_version>"``
+    (:func:`fungi_ssl.mapmodel.encoder_signature`); simulated tiles record
+    ``simulated-<signature of the trained encoder>`` as their version.
+    """
+    from .mapmodel import encoder_signature
+
+    return f"tessera:simulated-{encoder_signature(trained)}"
+
+
+def _cell_windows(bbox: tuple[float, float, float, float], margin: int) -> list[tuple[float, float, Any]]:
+    """``(cell_lon, cell_lat, Window)`` for every 0.1° cell the box touches."""
+    from .simulate import Window
+
+    out = []
+    i0, i1 = math.floor(bbox[0] * 10), math.floor(bbox[2] * 10)
+    j0, j1 = math.floor(bbox[1] * 10), math.floor(bbox[3] * 10)
+    for i in range(i0, i1 + 1):
+        for j in range(j0, j1 + 1):
+            c_lon, c_lat = round(i / 10 + 0.05, 2), round(j / 10 + 0.05, 2)
+            west, east = max(bbox[0], i / 10), min(bbox[2], (i + 1) / 10)
+            south, north = max(bbox[1], j / 10), min(bbox[3], (j + 1) / 10)
+            if west >= east or south >= north:
+                continue
+            epsg = utm_epsg(c_lon, c_lat)
+            lons = np.linspace(west, east, 11)
+            lats = np.linspace(south, north, 11)
+            glon, glat = np.meshgrid(lons, lats)
+            x, y = lonlat_to_crs(glon.ravel(), glat.ravel(), epsg)
+            col0 = math.floor(x.min() / 10) - margin
+            col1 = math.ceil(x.max() / 10) + margin
+            row0 = math.floor(-y.max() / 10) - margin
+            row1 = math.ceil(-y.min() / 10) + margin
+            out.append((c_lon, c_lat, Window(epsg, col0, row0, col1 - col0, row1 - row0,
+                                              f"grid_{c_lon:.2f}_{c_lat:.2f}")))
+    return out
+
+
+def write_simulated_tiles(
+    study: Any,
+    trained: Any,
+    bbox: Sequence[float],
+    years: Sequence[int],
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> SimulatedTiles:
+    """Embed the simulated study over a box and write it in geotessera's tile layout.
+
+    For every year and every 0.1° cell the box touches, the simulator's
+    Sentinel-1/2 cube over the part of the box in that cell (plus
+    :data:`TILE_MARGIN_PX` pixels) is embedded with ``trained``
+    (:func:`fungi_ssl.embed.embed_cube`: int8 plus per-pixel scale, as TESSERA
+    stores them) and written with :func:`fungi_ssl.tessera.write_tile` in the
+    cell centre's UTM zone, on the simulator's 10 m grid. ``root`` then reads
+    back through :mod:`fungi_ssl.tessera` and :func:`fungi_ssl.maps.predict_map`
+    like a geotessera download.
+
+    Parameters
+    ----------
+    study : fungi_ssl.simulate.SimulatedStudy
+    trained : fungi_ssl.encoder.TrainedEncoder
+        The book's encoder (chapter 02).
+    bbox : (west, south, east, north)
+        WGS84 degrees.
+    years : sequence of int
+    root : path, optional
+        Output folder; default a cache folder under ``data/cache/region_tiles``
+        keyed by the study, encoder, box, years and seed (a second call
+        returns the finished tiles at once).
+    seed : int
+        Seed of the embedding's timestep draws.
+    progress : bool
+
+    Returns
+    -------
+    SimulatedTiles
+
+    Raises
+    ------
+    ValueError
+        A bad box or an empty list of years.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .embed import embed_cube, open_embeddings
+    from .study import simulator_fingerprint
+
+    b = check_bbox(bbox)
+    years = sorted({int(y) for y in years})
+    if not years:
+        raise ValueError("years: give at least one year")
+    sig = tiles_encoder(trained)
+    if root is None:
+        params = {"study": study.config.as_dict(), "simulator": simulator_fingerprint(),
+                  "encoder": sig, "bbox": list(b), "years": years, "seed": int(seed),
+                  "margin": TILE_MARGIN_PX}
+        root = cache_dir("region_tiles", params) / "tiles"
+    root = Path(root)
+    done = root / "complete.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        if info.get("encoder") == sig and info.get("years") == years and info.get("bbox") == list(b):
+            return SimulatedTiles(root, b, years, info["tiles"], info["n_pixels"], sig, 0.0)
+    t0 = time.perf_counter()
+    cells = _cell_windows(b, TILE_MARGIN_PX)
+    names, n_pixels = [], 0
+    jobs = [(y, c) for y in years for c in cells]
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (year, (c_lon, c_lat, win)) in enumerate(
+            tqdm(jobs, desc="simulated tiles", unit="tile", disable=not progress)
+        ):
+            cube = study.cube(win, year, chunks=64)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pixels without a clear observation: no-data scale
+                run = embed_cube(cube, trained, Path(tmp) / f"{k}.zarr", chunk=64, seed=seed,
+                                 progress=False)
+            ds = open_embeddings(run.store)
+            emb = np.asarray(ds["embedding"].values, dtype=np.int8)
+            scale = np.asarray(ds["scale"].values, dtype=np.float32)
+            if scale.ndim == 3:
+                scale = scale[..., 0]
+            from affine import Affine
+
+            transform = Affine(10.0, 0.0, win.col0 * 10.0, 0.0, -10.0, -win.row0 * 10.0)
+            tessera.write_tile(root, year, c_lon, c_lat, emb, scale, crs=win.epsg,
+                               transform=transform, overwrite=True)
+            names.append(win.name)
+            n_pixels += emb.shape[0] * emb.shape[1]
+    meta = {"dataset_version": sig.split(":", 1)[1], "dataset_variant": "fungi_ssl.simulate",
+            "note": "simulated embeddings written by fungi_ssl.region.write_simulated_tiles"}
+    (root / tessera.METADATA_FILENAME).write_text(json.dumps(meta, indent=1) + "\n")
+    seconds = time.perf_counter() - t0
+    names = sorted(set(names))
+    done.write_text(json.dumps({"encoder": sig, "years": years, "bbox": list(b), "tiles": names,
+                                "n_pixels": n_pixels}))
+    return SimulatedTiles(root, b, years, names, n_pixels, sig, seconds)
+
+
+def simulated_woodland(
+    study: Any, bbox: Sequence[float], year: int, out: str | Path | None = None,
+    min_area_ha: float = MIN_POLYGON_HA,
+) -> Any:
+    """Woodland polygons over a box from the simulator's land cover in ``year``.
+
+    Connected woodland of one kind (``ancient`` or ``other``), as an
+    ancient-woodland inventory delineates it, in the UTM zone of the box
+    centre; polygons under ``min_area_ha`` are dropped. Written to ``out``
+    (a GeoPackage) when given.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        ``polygon_id``, ``woodland``, ``area_ha``, geometry.
+    """
+    import geopandas as gpd
+    import rasterio.features
+    from pyproj import CRS
+    from scipy import ndimage
+    from shapely.geometry import shape
+
+    from .simulate import WOODLAND_CODES, Window
+
+    b = check_bbox(bbox)
+    epsg = utm_epsg((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    glon, glat = np.meshgrid(np.linspace(b[0], b[2], 11), np.linspace(b[1], b[3], 11))
+    x, y = lonlat_to_crs(glon.ravel(), glat.ravel(), epsg)
+    col0, col1 = math.floor(x.min() / 10), math.ceil(x.max() / 10)
+    row0, row1 = math.floor(-y.max() / 10), math.ceil(-y.min() / 10)
+    win = Window(epsg, col0, row0, col1 - col0, row1 - row0, "woodland")
+    lay = study.layers(win, int(year))
+    wood = np.isin(lay["landcover"].values, WOODLAND_CODES)
+    ancient = lay["ancient"].values.astype(bool) & wood
+    other = wood & ~ancient
+    labels = np.zeros(wood.shape, dtype=np.int32)
+    la, na = ndimage.label(ancient)
+    lo, _ = ndimage.label(other)
+    labels[ancient] = la[ancient]
+    labels[other] = lo[other] + na
+    rows = [
+        {"label": int(v), "woodland": "ancient" if v <= na else "other", "geometry": shape(g)}
+        for g, v in rasterio.features.shapes(labels, mask=labels > 0,
+                                             transform=lay.rio.transform())
+    ]
+    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS.from_epsg(epsg))
+    if len(gdf):
+        gdf = gdf.dissolve(by="label", aggfunc="first").reset_index(drop=True)
+    gdf["area_ha"] = gdf.area / 10_000.0 if len(gdf) else []
+    gdf = gdf[gdf["area_ha"] >= min_area_ha].reset_index(drop=True)
+    gdf.insert(0, "polygon_id", [f"W{i:04d}" for i in range(len(gdf))])
+    if out is not None:
+        out = Path(out)
+        if out.exists():
+            out.unlink()
+        gdf.to_file(out, driver="GPKG")
+    return gdf
+
+
+# --------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------
+def fit_region_model(
+    frame: pd.DataFrame, encoder: str, *, guild: str = "ECM", target_column: str = "rarefied",
+    model: str = "lightgbm", n_components: int = 32, seed: int = 0,
+) -> Any:
+    """Fit the map model on a predictor table's SSL patches.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        :func:`fungi_ssl.predictors.predictor_table`'s frame (``ssl_`` columns,
+        ``site_id`` and the target).
+    encoder : str
+        Signature of the embeddings the model will map (:func:`tiles_encoder`).
+    guild, target_column : str
+        Recorded in the model's settings; the map's units follow the guild.
+    model, n_components, seed
+        As :class:`fungi_ssl.mapmodel.MapModel`.
+    """
+    from .mapmodel import MapModel
+
+    if not any(c.startswith("ssl_") for c in frame.columns):
+        raise ValueError("fit_region_model: the table has no ssl_ patch columns to fit on")
+    y = None
+    if target_column in frame.columns:
+        y = pd.to_numeric(frame[target_column], errors="coerce").to_numpy(dtype=float)
+    m = MapModel(model, n_components=n_components, seed=seed)
+    m.fit(frame, y, encoder=encoder)
+    m.settings.update({"target_column": target_column, "guild": guild})
+    return m
+
+
+# --------------------------------------------------------------------------
+# area of applicability over a map grid
+# --------------------------------------------------------------------------
+@dataclass
+class AOARun:
+    """The area of applicability over a map.
+
+    Attributes
+    ----------
+    di : xarray.DataArray
+        Dissimilarity index per pixel (NaN without a complete patch).
+    inside : xarray.DataArray
+        float32: 1 inside the area of applicability, 0 outside, NaN without DI.
+    threshold : float
+    share_inside : float
+        Of the pixels with a DI, the share inside.
+    n_pixels : int
+    train_di : numpy.ndarray
+    path : pathlib.Path or None
+    """
+
+    di: Any
+    inside: Any
+    threshold: float
+    share_inside: float
+    n_pixels: int
+    train_di: np.ndarray
+    path: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _patch_rows(emb: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
+    """``(h, w, k·k·D)`` patches of the inner pixels of a haloed int8 block."""
+    vals = emb.astype(np.float32) * scale[..., :1]
+    win = np.lib.stride_tricks.sliding_window_view(vals, (k, k), axis=(0, 1))
+    # (h, w, D, k, k) -> (h, w, k, k, D): the (row, col, dim) order of the patch features
+    return np.ascontiguousarray(np.moveaxis(win, 2, -1)).reshape(win.shape[0], win.shape[1], -1)
+
+
+def _weights(est: Any, Z: np.ndarray, importance_weights: Any) -> np.ndarray:
+    """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models."""
+    try:
+        return importance_weights(est).to_numpy(dtype=float)
+    except ValueError:
+        steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
+        coef = getattr(steps[-1], "coef_", None)
+        if coef is None:
+            return np.ones(Z.shape[1])
+        # one SD of a predictor moves the prediction by |coef| × SD (÷ a scaler's own scale)
+        w = np.abs(np.ravel(coef)) * Z.std(axis=0, ddof=1)
+        for step in steps[:-1]:
+            if getattr(step, "scale_", None) is not None:
+                w = w / np.asarray(step.scale_, dtype=float)
+        return w
+
+
+def area_of_applicability(
+    model: Any,
+    train_patches: np.ndarray,
+    groups: Any,
+    embeddings: str | Path,
+    year: int,
+    bbox: Sequence[float],
+    *,
+    out: str | Path | None = None,
+    n_folds: int = 5,
+    rows_per_block: int = 64,
+    progress: bool = True,
+) -> AOARun:
+    """Area of applicability of a map model over a box, in its own predictor space.
+
+    The model's predictors are the PCA scores of the 3 × 3 patch, so the
+    training samples and every map pixel are projected with the model's PCA
+    and compared there, weighted by the regressor's importance (gain), with
+    ``n_folds`` site-grouped folds for the training DI and the threshold
+    (:class:`fungi_ssl.bias.AreaOfApplicability`). Pixels are read on the
+    map's grid (:func:`fungi_ssl.maps.open_embedding_source`), so the result
+    lines up with the map pixel for pixel.
+
+    Parameters
+    ----------
+    model : MapModel
+    train_patches : numpy.ndarray
+        The training patches ``(n, k·k·D)`` the model was fitted on.
+    groups : array_like
+        Site of each training patch (folds never split a site).
+    embeddings : path
+        geotessera folder or Zarr store(s), as for the map.
+    year : int
+    bbox : (west, south, east, north)
+    out : path, optional
+        GeoTIFF to write the DI to (band 1) with the threshold as a tag.
+    n_folds : int
+    rows_per_block : int
+        Map rows projected at a time (memory follows the block).
+    progress : bool
+
+    Returns
+    -------
+    AOARun
+    """
+    import xarray as xr
+    from sklearn.model_selection import GroupKFold
+    from tqdm.auto import tqdm
+
+    from .bias import AreaOfApplicability, importance_weights
+    from .maps import open_embedding_source
+
+    X = np.asarray(train_patches, dtype=np.float32)
+    g = np.asarray(groups)
+    ok = np.isfinite(X).all(axis=1)
+    Z = model.project_patches(X[ok])
+    g = g[ok]
+    folds = np.full(len(Z), -1)
+    for i, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(Z, groups=g)):
+        folds[test] = i
+    w = _weights(model.regressor_, Z, importance_weights)
+    aoa = AreaOfApplicability().fit(Z, folds=folds, weights=w)
+
+    k = int(model.spec.patch_size)
+    h = k // 2
+    src = open_embedding_source(embeddings, int(year), bbox)
+    model.check_embeddings(embedding_dim=src.dim, encoder=src.encoder, patch_size=k,
+                           where=f"embeddings under {embeddings} ({year})")
+    grid = src.grid
+    di = np.full((grid.height, grid.width), np.nan, np.float32)
+    starts = range(0, grid.height, rows_per_block)
+    for r0 in tqdm(starts, desc="area of applicability", unit="block", disable=not progress):
+        r1 = min(r0 + rows_per_block, grid.height)
+        emb, sc = src.read(r0 - h, r1 + h, -h, grid.width + h, (r1 - r0 + 2 * h,),
+                           (grid.width + 2 * h,))
+        P = _patch_rows(np.asarray(emb.compute()), np.asarray(sc.compute()), k)
+        z = model.project_patches(P.reshape(-1, P.shape[-1]))
+        di[r0:r1] = aoa.dissimilarity(z).reshape(r1 - r0, grid.width)
+    inside = np.where(np.isfinite(di), (di <= aoa.threshold_).astype(np.float32), np.nan)
+    coords = {"y": grid.y, "x": grid.x}
+    di_da = xr.DataArray(di, dims=("y", "x"), coords=coords, name="dissimilarity_index")
+    di_da = di_da.rio.write_crs(grid.crs.to_wkt()).rio.write_transform(grid.transform)
+    in_da = xr.DataArray(inside.astype(np.float32), dims=("y", "x"), coords=coords, name="aoa")
+    in_da = in_da.rio.write_crs(grid.crs.to_wkt()).rio.write_transform(grid.transform)
+    n_di = int(np.isfinite(di).sum())
+    share = float(np.nansum(inside) / n_di) if n_di else float("nan")
+    path = None
+    if out is not None:
+        path = Path(out)
+        di_da.attrs.update(threshold=float(aoa.threshold_), year=int(year),
+                           description="dissimilarity index; inside the area of applicability "
+                           "where DI <= threshold")
+        di_da.rio.to_raster(path, driver="COG")
+    return AOARun(di_da, in_da, float(aoa.threshold_), share, grid.n_pixels, aoa.train_di_,
+                  path, {"n_folds": n_folds, "n_train": len(Z)})
+
+
+# --------------------------------------------------------------------------
+# trends per polygon
+# --------------------------------------------------------------------------
+def trend_summary(table: Any) -> dict[str, Any]:
+    """Counts and medians of a :class:`fungi_ssl.cli.TrendTable` for the results file.
+
+    Returns
+    -------
+    dict
+        ``n_polygons``, ``n_with_trend``, ``median_percent_per_year`` overall
+        and per woodland type, ``n_significant`` and, when the polygons say
+        which woodland is ancient, the ancient-minus-other contrast.
+    """
+    t = table.trends
+    slope_col = "percent_per_year" if "percent_per_year" in t.columns else "slope"
+    ok = t[t[slope_col].notna()]
+    out: dict[str, Any] = {
+        "years": list(table.years),
+        "n_polygons": len(t),
+        "n_with_trend": len(ok),
+        "slope_column": slope_col,
+        "median_slope": float(ok[slope_col].median()) if len(ok) else None,
+    }
+    if "mk_p" in ok.columns:
+        out["n_significant_5pct"] = int((ok["mk_p"] < 0.05).sum())
+    if "woodland" in ok.columns:
+        out["median_slope_by_woodland"] = {
+            str(kind): float(v) for kind, v in ok.groupby("woodland")[slope_col].median().items()
+        }
+    if table.contrast is not None:
+        c = table.contrast
+        out["contrast"] = {
+            "slope_ancient": float(c.slope_ancient), "slope_other": float(c.slope_other),
+            "difference": float(c.difference), "ci": [float(v) for v in c.ci],
+            "confidence": float(c.confidence), "n_ancient": int(c.n_ancient),
+            "n_other": int(c.n_other),
+        }
+    out["notes"] = list(table.notes)
+    return out
+
+
+# --------------------------------------------------------------------------
+# what the chapter runs on
+# --------------------------------------------------------------------------
+@dataclass
+class RegionInputs:
+    """What chapter 10 found to run on, or why it cannot run.
+
+    Attributes
+    ----------
+    simulated : bool
+        No ``data_dir``: the chapter writes simulated tiles itself.
+    embeddings : pathlib.Path or None
+        The embeddings folder or store (None for the simulated region, whose
+        tiles are written later).
+    samples : pathlib.Path or None
+        A real GlobalFungi-style sample table (to fit a model and for the
+        area of applicability).
+    skip_reason : str or None
+        One sentence why the chapter cannot run, else None.
+    """
+
+    simulated: bool
+    embeddings: Path | None
+    samples: Path | None
+    skip_reason: str | None
+
+
+def region_inputs(
+    data_dir: str | Path | None, embeddings_dir: str | Path | None = None,
+    bbox: Sequence[float] | None = None, model_path: str | Path | None = None,
+) -> RegionInputs:
+    """Decide what chapter 10 runs on, with one sentence when it cannot run.
+
+    Without ``data_dir`` the chapter maps the simulated region (and
+    ``embeddings_dir``, if given, replaces the simulated tiles). With a real
+    ``data_dir`` it needs embeddings (``embeddings_dir`` or
+    ``<data_dir>/tessera``), a ``bbox``, and either a saved model or a sample
+    table to fit one on.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> region_inputs(tempfile.mkdtemp()).skip_reason[:60]
+    'This chapter maps a region from satellite embeddings, and th'
+    """
+    from .io import find_real_tables
+
+    if not data_dir:
+        emb = Path(embeddings_dir) if embeddings_dir else None
+        if emb is not None and not emb.exists():
+            raise FileNotFoundError(f"embeddings_dir {emb} does not exist")
+        return RegionInputs(True, emb, None, None)
+    data = Path(data_dir)
+    emb = Path(embeddings_dir) if embeddings_dir else data / "tessera"
+    if not emb.exists():
+        return RegionInputs(False, None, None, (
+            "This chapter maps a region from satellite embeddings, and the data directory holds "
+            "none (no `tessera/` folder of geotessera tiles and no `embeddings_dir` given), so "
+            "it is skipped."))
+    try:
+        samples = find_real_tables(data).samples
+    except FileNotFoundError:  # a folder of embeddings without tables
+        samples = None
+    if bbox is None:
+        return RegionInputs(False, emb, samples, (
+            "This chapter maps the region given by the `bbox` parameter, and none was given for "
+            "the real data, so it is skipped."))
+    if not model_path and samples is None:
+        return RegionInputs(False, emb, None, (
+            "This chapter needs a saved map model (`model_path`) or a GlobalFungi-style sample "
+            "table to fit one on, and the data directory has neither, so it is skipped."))
+    return RegionInputs(False, emb, samples, None)
+
+
+def fit_from_samples(
+    samples: pd.DataFrame, embeddings: str | Path, *, target_column: str = "rarefied",
+    guild: str = "ECM", model: str = "lightgbm", seed: int = 0, progress: bool = True,
+) -> tuple[Any, np.ndarray, np.ndarray, str]:
+    """Fit the map model on a real sample table, as ``fungi-ssl fit`` does.
+
+    Patches are read at each sample's plot coordinate from the embeddings of
+    its sampling year, by the rule of :func:`fungi_ssl.cli.embedding_years`.
+
+    Returns
+    -------
+    model : MapModel
+    patches : numpy.ndarray
+        ``(n, k·k·D)`` training patches (NaN where incomplete).
+    groups : numpy.ndarray
+        Site of each sample.
+    years_note : str
+        Samples per embedding year, and how many took a nearer year.
+    """
+    from .cli import PATCH_SIZE, embedding_patches, target_values
+    from .mapmodel import MapModel
+
+    richness = target_values(samples, target_column)
+    patches, encoder, which = embedding_patches(samples, embeddings, k=PATCH_SIZE,
+                                                progress=progress)
+    X = patches.reshape(len(patches), -1)
+    groups = samples["site_id"].to_numpy() if "site_id" in samples else np.arange(len(samples))
+    m = MapModel(model, seed=seed).fit(X, richness, encoder=encoder, groups=groups,
+                                       embedding_dim=patches.shape[-1])
+    m.settings.update({"target_column": target_column, "guild": guild})
+    return m, X, groups, which.describe()

@@ -1,0 +1,909 @@
+"""Resolution: a 10 m map and a 1 km map of the same regions, both scored against the truth.
+
+Chapter 06 maps simulated regions twice, from the same field samples:
+
+* **the 10 m map**: chapter 04's ``ssl`` chain refitted on every sample
+  (:class:`fungi_ssl.mapmodel.MapModel`), applied to each region's stored
+  int8 embeddings with :func:`fungi_ssl.maps.predict_map` (a Cloud-Optimised
+  GeoTIFF);
+* **the 1 km map**, the SPUN-style technique: a model of the same family on
+  the 1 km climate, soil and land-cover covariates (chapter 04's
+  ``climate``, ``soil`` and ``landcover`` columns), predicted for every
+  1 km cell of each region.
+
+Both are scored against :func:`fungi_ssl.simulate.truth.truth_layer`, the
+quantity a map of ``log1p(rarefied)`` estimates at each pixel (the mean
+``log1p`` of the rarefied richness of a core taken there), on the ``log1p``
+scale. Water pixels have no truth and are not scored.
+
+API (stable; chapter 07 builds on it)
+-------------------------------------
+:func:`regions`
+    The chapter's regions for a profile and seed: whole 1 km UTM cells in
+    different landscapes (:data:`REGION_LAYOUT`).
+:func:`region_store`
+    A region's embedding store (cached, :func:`fungi_ssl.embed.cached_embed_cube`),
+    one pixel larger than the region on every side so that every mapped pixel
+    has its full 3 × 3 patch.
+:func:`region_truth`
+    The truth layer of a region (expected rarefied richness; NaN on water).
+:func:`fitted_map_model`
+    The 10 m :class:`~fungi_ssl.mapmodel.MapModel`, refitted on every sample
+    and cached under ``data/cache/resolution_model``.
+:func:`predict_region_map`
+    The 10 m map of a region, as a COG (``log1p`` scale by default).
+:func:`cell_covariates`, :func:`fit_1km_model`, :func:`predict_1km_map`
+    The SPUN-style 1 km model and its map.
+:func:`region_products`
+    All of the above for every region (:class:`RegionProducts`).
+Scoring: :func:`r2`, :func:`squared_correlation`, :func:`cell_means`,
+:func:`within_cell_r2`, :func:`pixel_ratio`, :func:`score_products`,
+:func:`region_scores`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from affine import Affine
+
+from . import config
+from .cache import cache_dir
+from .simulate.landscape import PIXEL_SIZE, WATER, WOODLAND_CODES, Window
+
+if TYPE_CHECKING:
+    from .encoder import TrainedEncoder
+    from .mapmodel import MapModel
+    from .maps import MapRun
+    from .predictors import PredictorTable
+    from .simulate import SimulatedStudy
+
+__all__ = [
+    "CELL_PX",
+    "ONE_KM_SET",
+    "REGION_LAYOUT",
+    "YEAR",
+    "Region",
+    "RegionProducts",
+    "cell_covariates",
+    "cell_means",
+    "edge_zoom",
+    "fit_1km_model",
+    "fitted_map_model",
+    "pixel_ratio",
+    "predict_1km_map",
+    "predict_region_map",
+    "r2",
+    "region_products",
+    "region_scores",
+    "region_store",
+    "region_truth",
+    "regions",
+    "score_products",
+    "squared_correlation",
+    "within_cell_r2",
+]
+
+#: Pixels of 10 m along the side of a 1 km cell.
+CELL_PX = round(1000.0 / PIXEL_SIZE)
+#: The year mapped (one year, as chapter 02's tile).
+YEAR = 2020
+#: Regions per profile: how many, and their side in whole 1 km cells.
+#: Full: 4 regions of 5 × 5 km (100 cells, 1,000,000 pixels); quick: 2 of 2 × 2 km.
+REGION_LAYOUT: dict[str, dict[str, int]] = {
+    "full": {"n_regions": 4, "side_km": 5},
+    "quick": {"n_regions": 2, "side_km": 2},
+}
+#: The 1 km predictor set of the SPUN-style model (chapter 04's 1 km sets together).
+ONE_KM_SET = "climate+soil+landcover"
+#: Pixels of margin embedded around a region, so its edge pixels have full 3 × 3 patches.
+MARGIN_PX = 1
+#: A candidate region is kept if its woodland share (of land) lies in this range and its
+#: water share stays below WATER_MAX: woodland must meet open land in every region.
+WOOD_RANGE = (0.15, 0.85)
+WATER_MAX = 0.2
+
+
+# --------------------------------------------------------------------------
+# Regions
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Region:
+    """A mapped region: a square of whole 1 km UTM cells around a sampling campaign.
+
+    Attributes
+    ----------
+    name : str
+        Short label, e.g. ``"R1"``.
+    window : Window
+        The mapped pixels (``col0``, ``row0`` multiples of :data:`CELL_PX`).
+    continent, focus : str
+        The campaign's continent and habitat focus (``forest``, ``mixed``, ``open``).
+    campaign : int
+        The campaign whose first site the region is centred on.
+    year : int
+        The year mapped.
+    woodland_share, water_share : float
+        Shares of the region's pixels (woodland: of land pixels), on a coarse sub-grid.
+
+    Examples
+    --------
+    >>> r = Region("R1", Window(32630, 500, -6000, 200, 200, "R1"), "Europe", "forest", 7,
+    ...            2020, 0.5, 0.0)
+    >>> r.n_cells, r.n_pixels, r.bbox[0], r.embed_window.width
+    (4, 40000, 5005.0, 202)
+    """
+
+    name: str
+    window: Window
+    continent: str
+    focus: str
+    campaign: int
+    year: int
+    woodland_share: float
+    water_share: float
+
+    @property
+    def label(self) -> str:
+        """``"R1: Asia, open (campaign 300)"``."""
+        return f"{self.name}: {self.continent}, {self.focus} (campaign {self.campaign})"
+
+    @property
+    def side_km(self) -> int:
+        return self.window.width // CELL_PX
+
+    @property
+    def n_cells(self) -> int:
+        """Whole 1 km cells in the region."""
+        return (self.window.width // CELL_PX) * (self.window.height // CELL_PX)
+
+    @property
+    def n_pixels(self) -> int:
+        return self.window.width * self.window.height
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)`` of the pixel centres (the bbox :func:`predict_map` takes)."""
+        w = self.window
+        return (float(w.x[0]), float(w.y[-1]), float(w.x[-1]), float(w.y[0]))
+
+    @property
+    def embed_window(self) -> Window:
+        """The region grown by :data:`MARGIN_PX` on every side (what is embedded)."""
+        w = self.window
+        return Window(w.epsg, w.col0 - MARGIN_PX, w.row0 - MARGIN_PX, w.width + 2 * MARGIN_PX,
+                      w.height + 2 * MARGIN_PX, w.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        w = self.window
+        return {"name": self.name, "epsg": w.epsg, "col0": w.col0, "row0": w.row0,
+                "width": w.width, "height": w.height, "continent": self.continent,
+                "focus": self.focus, "campaign": self.campaign, "year": self.year}
+
+
+def _check_profile(profile: str) -> dict[str, int]:
+    config.get_profile(profile)  # a clear error for an unknown name
+    return REGION_LAYOUT[profile]
+
+
+def _shares(study: SimulatedStudy, window: Window, year: int, step: int = 10) -> tuple[float, float]:
+    L = study.landscape.layers(np.array([window.epsg]), window.x[None, ::step],
+                               window.y[None, ::step], year)
+    lc = L["landcover"][0]
+    land = lc != WATER
+    wood = float(np.isin(lc, WOODLAND_CODES)[land].mean()) if land.any() else 0.0
+    return wood, float((~land).mean())
+
+
+def regions(profile: str = "full", seed: int = 0, year: int = YEAR,
+            n_regions: int | None = None, side_km: int | None = None) -> list[Region]:
+    """The chapter's map regions: squares of whole 1 km cells in different landscapes.
+
+    Candidates are the first sites of the campaigns, largest campaign first.
+    Each region is the ``side_km`` × ``side_km`` block of 1 km UTM cells
+    centred on the cell of that site. Regions are picked greedily: at each
+    step the first candidate on the least-used continent whose
+    (continent, habitat focus) pair is not yet taken and whose land holds
+    woodland and open land (:data:`WOOD_RANGE`, :data:`WATER_MAX`), with no
+    overlap with a region already picked. So the regions span both continents
+    and the campaigns' habitat foci.
+
+    Parameters
+    ----------
+    profile : {"quick", "full"}
+        Sets the number and size of regions (:data:`REGION_LAYOUT`).
+    seed : int
+        Seed of the simulated study.
+    year : int
+        The year mapped.
+    n_regions, side_km : int, optional
+        Override the profile's layout (tests use tiny regions).
+
+    Returns
+    -------
+    list of Region
+        Named ``R1``, ``R2`` … in the order picked.
+    """
+    from .study import _cached_tables, simulated_study
+
+    layout = _check_profile(profile)
+    n = int(n_regions if n_regions is not None else layout["n_regions"])
+    side = int(side_km if side_km is not None else layout["side_km"])
+    if n < 1 or side < 1:
+        raise ValueError(f"regions: n_regions and side_km must be positive, got {n} and {side}")
+    if int(year) not in config.YEARS:
+        raise ValueError(f"regions: year must be one of {list(config.YEARS)}, got {year}")
+    study = simulated_study(profile, seed)
+    _cached_tables(study)  # restores the drawn campaigns and sites from the cache
+    sites = study.sites
+    camps = study.campaigns.set_index("campaign")
+    order = sites.groupby("campaign")["n_cores"].sum().sort_values(ascending=False).index
+    first = sites.drop_duplicates("campaign").set_index("campaign")
+    picked: list[Region] = []
+    used_pairs: set[tuple[str, str]] = set()
+    rejected: set[int] = set()
+    continents = sorted(camps["continent"].unique())
+    while len(picked) < n:
+        counts = {c: sum(r.continent == c for r in picked) for c in continents}
+        found = None
+        for want in sorted(continents, key=lambda c: (counts[c], continents.index(c))):
+            for cid in order:
+                c = camps.loc[cid]
+                pair = (str(c["continent"]), str(c["focus"]))
+                if cid in rejected or pair in used_pairs or pair[0] != want:
+                    continue
+                s = first.loc[cid]
+                cc, cr = int(s["col"]) // CELL_PX, int(s["row"]) // CELL_PX
+                w = Window(int(s["epsg"]), (cc - side // 2) * CELL_PX, (cr - side // 2) * CELL_PX,
+                           side * CELL_PX, side * CELL_PX)
+                overlap = any(r.window.epsg == w.epsg
+                              and abs(r.window.col0 - w.col0) < w.width
+                              and abs(r.window.row0 - w.row0) < w.height for r in picked)
+                wood, water = _shares(study, w, year)
+                if overlap or not (WOOD_RANGE[0] <= wood <= WOOD_RANGE[1]) or water > WATER_MAX:
+                    rejected.add(cid)
+                    continue
+                found = (cid, pair, w, wood, water)
+                break
+            if found:
+                break
+        if found is None:
+            if not used_pairs:
+                raise ValueError("regions: no campaign lies in a landscape where woodland meets "
+                                 "open land")
+            used_pairs.clear()  # every pair taken: allow repeats of landscape type
+            continue
+        cid, pair, w, wood, water = found
+        used_pairs.add(pair)
+        name = f"R{len(picked) + 1}"
+        w = Window(w.epsg, w.col0, w.row0, w.width, w.height, name)
+        picked.append(Region(name, w, pair[0], pair[1], int(cid), int(year), wood, water))
+    return picked
+
+
+# --------------------------------------------------------------------------
+# Embeddings, truth
+# --------------------------------------------------------------------------
+def region_store(region: Region, trained: TrainedEncoder, profile: str = "full", seed: int = 0,
+                 progress: bool = True) -> Path:
+    """The embedding store of a region in its year, embedded once and cached.
+
+    The simulated Sentinel-1/2 cube of :attr:`Region.embed_window` (the
+    region plus a one-pixel margin) is embedded with ``trained`` (the book's
+    chapter-02 encoder, :func:`fungi_ssl.predictors.pretrained_encoder`) by
+    :func:`fungi_ssl.embed.cached_embed_cube`, keyed by the study, the
+    simulator's fingerprint, the window, the year and the encoder.
+
+    Returns
+    -------
+    pathlib.Path
+        The Zarr store (open it with :func:`fungi_ssl.embed.open_embeddings`;
+        pass ``{region.year: path}`` to :func:`fungi_ssl.maps.predict_map`).
+    """
+    from .embed import cached_embed_cube
+    from .study import simulated_study, simulator_fingerprint
+
+    study = simulated_study(profile, seed)
+    w = region.embed_window
+    cube = study.cube(w, region.year, chunks=64)
+    params = {"study": study.config.as_dict(), "simulator": simulator_fingerprint(),
+              "window": [w.epsg, w.col0, w.row0, w.width, w.height], "year": region.year}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no-data pixels are counted by the map
+        ds = cached_embed_cube(cube, trained, params, chunk=128, seed=seed, progress=progress)
+    src = ds.encoding.get("source")
+    if not src:  # pragma: no cover - xarray records the path of a store it opened
+        raise ValueError("region_store: cannot tell where the embedding store lies")
+    return Path(src)
+
+
+def region_truth(region: Region, profile: str = "full", seed: int = 0) -> xr.DataArray:
+    """The truth of a region: :func:`fungi_ssl.simulate.truth.truth_layer` (expected rarefied
+    richness of a core at each pixel, NaN on water), ``(y, x)`` with CRS."""
+    from .simulate.truth import truth_layer
+    from .study import simulated_study
+
+    return truth_layer(simulated_study(profile, seed), region.window, region.year)
+
+
+def edge_zoom(study: SimulatedStudy, region: Region, size: int = CELL_PX) -> tuple[int, int]:
+    """Row and column offsets of the ``size``-pixel square where woodland meets open land most.
+
+    Squares on a grid of step ``size // 2`` are scored by the smaller of their
+    woodland and open-land shares plus the share of pixels on a
+    woodland/open boundary; water does not count as open land.
+    """
+    w = region.window
+    if size > min(w.width, w.height):
+        raise ValueError(f"edge_zoom: size {size} exceeds the region ({w.width} px)")
+    L = study.landscape.layers(np.array([w.epsg]), w.x[None], w.y[None], region.year)
+    lc = L["landcover"][0]
+    wood = np.isin(lc, WOODLAND_CODES)
+    open_ = ~wood & (lc != WATER)
+    edge = np.zeros_like(wood)
+    edge[:, 1:] |= wood[:, 1:] != wood[:, :-1]
+    edge[1:, :] |= wood[1:, :] != wood[:-1, :]
+    best, best_score = (0, 0), -np.inf
+    step = max(1, size // 2)
+    for r in range(0, w.height - size + 1, step):
+        for c in range(0, w.width - size + 1, step):
+            sl = (slice(r, r + size), slice(c, c + size))
+            score = min(wood[sl].mean(), open_[sl].mean()) + edge[sl].mean()
+            if score > best_score:
+                best, best_score = (r, c), score
+    return best
+
+
+# --------------------------------------------------------------------------
+# The 10 m map
+# --------------------------------------------------------------------------
+def fitted_map_model(table: PredictorTable, trained: TrainedEncoder, model: str = "lightgbm",
+                     seed: int = 0, profile: str = "full") -> MapModel:
+    """Chapter 04's ``ssl`` chain refitted on every sample, cached under ``data/cache``.
+
+    :class:`fungi_ssl.mapmodel.MapModel` with the book's settings
+    (:data:`fungi_ssl.pipelines.SSL_COMPONENTS` principal components of the
+    3 × 3 patch, :data:`fungi_ssl.pipelines.BOOK_MODEL_PARAMS`; LightGBM and
+    XGBoost stop early on a site-grouped tenth of the rows, then are refitted
+    on all). The fitted model is saved with :meth:`MapModel.save` under
+    ``data/cache/resolution_model/<key>/model.zip``, keyed by the study, the
+    simulator, the encoder, the model settings and the package versions.
+    """
+    from .mapmodel import MapModel, encoder_signature, package_versions
+    from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
+    from .study import simulator_fingerprint
+
+    if not table.has_ssl:
+        raise ValueError("fitted_map_model: the predictor table has no SSL patch columns")
+    study = table.field.study
+    params = {"study": None if study is None else study.config.as_dict(),
+              "simulator": simulator_fingerprint(), "source": table.source,
+              "n_rows": len(table.frame), "encoder": encoder_signature(trained),
+              "model": model, "params": BOOK_MODEL_PARAMS.get(model, {}),
+              "components": SSL_COMPONENTS, "seed": int(seed), "profile": profile,
+              "versions": package_versions()}
+    path = cache_dir("resolution_model", params) / "model.zip"
+    if path.exists():
+        return MapModel.load(path)
+    m = MapModel(model, seed=seed).fit(table.frame, encoder=trained)
+    m.save(path, overwrite=True)
+    return m
+
+
+def predict_region_map(model: MapModel, region: Region, store: str | Path,
+                       output: str | Path | None = None, quantity: str = "log_richness",
+                       progress: bool = False, **kwargs: Any) -> MapRun:
+    """The 10 m map of a region from its embedding store, through :func:`fungi_ssl.maps.predict_map`.
+
+    Parameters
+    ----------
+    model : MapModel
+    region : Region
+    store : path
+        :func:`region_store`.
+    output : path, optional
+        A ``.tif`` (COG) to write, replaced if it exists; None keeps the map
+        in memory.
+    quantity : {"log_richness", "richness"}
+        ``log1p`` of rarefied richness (the scale maps are scored on) or richness.
+    **kwargs
+        Passed on (``chunk``, ``window``, ``scheduler``, ``num_workers`` …).
+
+    Returns
+    -------
+    MapRun
+        ``map`` covers exactly the region's pixels; ``pixels_per_second``
+        is the throughput of the whole path (read, patch, PCA, trees, write).
+    """
+    from .maps import predict_map
+
+    return predict_map(model, {region.year: Path(store)}, region.year, bbox=region.bbox,
+                       output=output, overwrite=output is not None, quantity=quantity,
+                       progress=progress, cog_blocksize=256, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# The 1 km map
+# --------------------------------------------------------------------------
+def cell_covariates(study: SimulatedStudy, region: Region) -> pd.DataFrame:
+    """The 1 km covariates of every 1 km cell of a region, as the samples' table has them.
+
+    :func:`fungi_ssl.simulate.sensors.covariates_1km` gives a sample the
+    covariates of the 1 km cell holding its site's recorded pixel. Each cell
+    is asked for through a stand-in site at its centre pixel, so the values
+    are exactly those any sample in that cell gets.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell (index ``cell_id`` ``"<row>_<col>"``, rows north to
+        south then west to east), columns ``cell_row``, ``cell_col`` (offsets
+        within the region), ``x``, ``y`` (cell centre, the region's CRS) and
+        the SPUN-named covariates.
+    """
+    from .simulate.sensors import covariates_1km
+
+    w = region.window
+    if w.col0 % CELL_PX or w.row0 % CELL_PX or w.width % CELL_PX or w.height % CELL_PX:
+        raise ValueError(f"cell_covariates: region {region.name} is not made of whole 1 km cells")
+    nr, nc = w.height // CELL_PX, w.width // CELL_PX
+    rr, cc = (a.ravel() for a in np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij"))
+    gr, gc = w.row0 // CELL_PX + rr, w.col0 // CELL_PX + cc
+    ids = [f"{r}_{c}" for r, c in zip(gr, gc)]
+    sites = pd.DataFrame({"site_id": ids, "epsg": w.epsg, "col": gc * CELL_PX + CELL_PX // 2,
+                          "row": gr * CELL_PX + CELL_PX // 2})
+    samples = pd.DataFrame({"sample_id": ids, "site_id": ids})
+    cov = covariates_1km(study.landscape, sites, samples, study.config.sensors)
+    cov.index.name = "cell_id"
+    cell = 1000.0
+    front = pd.DataFrame({"cell_row": rr, "cell_col": cc, "x": (gc + 0.5) * cell,
+                          "y": -(gr + 0.5) * cell}, index=cov.index)
+    return pd.concat([front, cov], axis=1)
+
+
+@dataclass
+class OneKmModel:
+    """The SPUN-style model: a regressor on the 1 km covariates, fitted on every sample.
+
+    Attributes
+    ----------
+    estimator : estimator
+        The fitted regressor (predicts ``log1p(rarefied)``).
+    columns : list of str
+        Its predictor columns, in order.
+    model : str
+        Model family.
+    n_samples : int
+        Rows fitted on.
+    n_trees : int or None
+        Trees after early stopping (LightGBM, XGBoost).
+    """
+
+    estimator: Any
+    columns: list[str]
+    model: str
+    n_samples: int
+    n_trees: int | None = None
+
+    def predict(self, covariates: pd.DataFrame) -> np.ndarray:
+        """``log1p(rarefied)`` predicted for rows of covariates (e.g. :func:`cell_covariates`)."""
+        missing = [c for c in self.columns if c not in covariates.columns]
+        if missing:
+            raise ValueError(f"OneKmModel.predict: covariates lack {missing}")
+        return np.asarray(self.estimator.predict(covariates[self.columns].to_numpy(float)),
+                          dtype=float)
+
+
+def fit_1km_model(frame: pd.DataFrame, model: str = "lightgbm", seed: int = 0,
+                  predictor_set: str = ONE_KM_SET, target: str = "log_richness",
+                  val_size: float = 0.1, n_jobs: int = 2) -> OneKmModel:
+    """Fit the SPUN-style 1 km model on every sample of a predictor table.
+
+    As :class:`fungi_ssl.mapmodel.MapModel` does for the 10 m chain: the
+    book's model (:data:`fungi_ssl.pipelines.BOOK_MODEL_PARAMS`); LightGBM and
+    XGBoost first stop early on a ``val_size`` share of whole sites, then are
+    refitted on every row with the trees found.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The predictor table (:func:`fungi_ssl.predictors.predictor_table`).
+    model : {"lightgbm", "xgboost", "rf", "ridge"}
+    seed : int
+    predictor_set : str
+        The 1 km columns (default :data:`ONE_KM_SET`).
+    target : str
+        Target column (``log1p`` of rarefied richness).
+    val_size : float
+    n_jobs : int
+
+    Returns
+    -------
+    OneKmModel
+    """
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from .models import MODEL_NAMES, fit_model, make_model
+    from .pipelines import BOOK_MODEL_PARAMS, predictor_matrix
+
+    if model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {list(MODEL_NAMES)}, got {model!r}")
+    if target not in frame.columns:
+        raise ValueError(f"fit_1km_model: target column {target!r} is not in the table")
+    X = predictor_matrix(frame, predictor_set)
+    y = frame[target].to_numpy(float)
+    ok = np.isfinite(X.to_numpy(float)).all(axis=1) & np.isfinite(y)
+    X, y = X.loc[ok], y[ok]
+    if len(y) < 10:
+        raise ValueError(f"fit_1km_model: only {len(y)} complete rows; need at least 10")
+    params = dict(BOOK_MODEL_PARAMS.get(model, {}))
+    n_trees = None
+    if model in ("lightgbm", "xgboost") and val_size > 0:
+        groups = frame.loc[ok, "site_id"].to_numpy() if "site_id" in frame else np.arange(len(y))
+        tr, va = next(GroupShuffleSplit(1, test_size=val_size, random_state=seed)
+                      .split(X, y, groups))
+        probe = fit_model(make_model(model, seed=seed, n_jobs=n_jobs, **params),
+                          X.iloc[tr].to_numpy(float), y[tr], X.iloc[va].to_numpy(float), y[va])
+        best = probe.best_iteration if model == "xgboost" else probe.best_iteration_
+        n_trees = int(best) + (1 if model == "xgboost" else 0) if best else int(probe.n_estimators)
+        params["n_estimators"] = n_trees
+    est = fit_model(make_model(model, seed=seed, n_jobs=n_jobs, **params), X.to_numpy(float), y)
+    return OneKmModel(est, list(X.columns), model, len(y), n_trees)
+
+
+def predict_1km_map(model: OneKmModel, covariates: pd.DataFrame, region: Region) -> xr.DataArray:
+    """The 1 km map of a region: ``log1p(rarefied)`` per cell, ``(y, x)`` on the 1 km grid, with CRS.
+
+    ``covariates`` is :func:`cell_covariates` of the region.
+    """
+    w = region.window
+    nr, nc = w.height // CELL_PX, w.width // CELL_PX
+    if len(covariates) != nr * nc:
+        raise ValueError(f"predict_1km_map: {len(covariates)} cells given for region "
+                         f"{region.name}, which has {nr * nc}")
+    grid = np.full((nr, nc), np.nan, np.float32)
+    grid[covariates["cell_row"].to_numpy(), covariates["cell_col"].to_numpy()] = \
+        model.predict(covariates)
+    x = np.sort(covariates["x"].unique())
+    y = np.sort(covariates["y"].unique())[::-1]
+    da = xr.DataArray(grid, dims=("y", "x"), coords={"y": y, "x": x}, name="log_richness",
+                      attrs={"units": "log1p(rarefied richness)", "model": model.model,
+                             "cell_size": 1000.0})
+    return da.rio.write_crs(w.epsg).rio.write_transform(
+        Affine(1000.0, 0, float(x[0]) - 500.0, 0, -1000.0, float(y[0]) + 500.0))
+
+
+def _expand(cells: np.ndarray, f: int = CELL_PX) -> np.ndarray:
+    """Each cell repeated ``f × f`` times: a 1 km grid on the 10 m pixels."""
+    return np.repeat(np.repeat(np.asarray(cells), f, axis=0), f, axis=1)
+
+
+# --------------------------------------------------------------------------
+# Everything for every region
+# --------------------------------------------------------------------------
+@dataclass
+class RegionProducts:
+    """What chapter 06 shows and scores for one region (values on the ``log1p`` scale).
+
+    Attributes
+    ----------
+    region : Region
+    store : pathlib.Path
+        The region's embedding store (:func:`region_store`).
+    truth : numpy.ndarray
+        ``log1p`` of the truth layer, ``(H, W)``; NaN on water.
+    map_10m : numpy.ndarray
+        ``log1p`` 10 m map, ``(H, W)``.
+    map_1km : numpy.ndarray
+        ``log1p`` 1 km map, ``(H / 100, W / 100)``.
+    map_path : pathlib.Path or None
+        The 10 m COG.
+    run : MapRun
+        :func:`fungi_ssl.maps.predict_map`'s record (pixels/s, NaN counts).
+    covariates : pandas.DataFrame
+        :func:`cell_covariates`.
+    landcover : numpy.ndarray
+        True land-cover codes ``(H, W)`` (for figures).
+    """
+
+    region: Region
+    store: Path
+    truth: np.ndarray
+    map_10m: np.ndarray
+    map_1km: np.ndarray
+    map_path: Path | None
+    run: Any
+    covariates: pd.DataFrame
+    landcover: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def map_1km_pixels(self) -> np.ndarray:
+        """The 1 km map on the 10 m pixels (each cell's value repeated)."""
+        return _expand(self.map_1km)
+
+    def dataarray(self, values: np.ndarray, name: str) -> xr.DataArray:
+        """A ``(y, x)`` array of this region's pixels as a DataArray with CRS."""
+        w = self.region.window
+        da = xr.DataArray(values, dims=("y", "x"), coords={"y": w.y, "x": w.x}, name=name)
+        return da.rio.write_crs(w.epsg)
+
+
+def region_products(
+    profile: str = "full", seed: int = 0, *, model: str = "lightgbm",
+    model_1km: str | None = None, year: int = YEAR, table: PredictorTable | None = None,
+    trained: TrainedEncoder | None = None, region_list: Sequence[Region] | None = None,
+    output_dir: str | Path | None = None, progress: bool = True,
+) -> list[RegionProducts]:
+    """Regions, their embeddings, truth, 10 m map and 1 km map, for a profile and seed.
+
+    Parameters
+    ----------
+    profile : {"quick", "full"}
+    seed : int
+    model : str
+        Model family of the 10 m map (:class:`~fungi_ssl.mapmodel.MapModel`).
+    model_1km : str, optional
+        Model family of the 1 km map; default the same as ``model``, so the
+        two maps differ in predictors and resolution, not in the learner.
+    year : int
+    table : PredictorTable, optional
+        The simulated predictor table (default
+        :func:`fungi_ssl.predictors.predictor_table` for the profile and seed).
+    trained : TrainedEncoder, optional
+        The chapter-02 encoder (default :func:`fungi_ssl.predictors.pretrained_encoder`).
+    region_list : sequence of Region, optional
+        Default :func:`regions` of the profile.
+    output_dir : path, optional
+        Folder for the 10 m COGs (default ``data/cache/resolution_maps/<key>``).
+    progress : bool
+
+    Returns
+    -------
+    list of RegionProducts
+        ``extra`` of the first holds ``map_model`` and ``model_1km``.
+    """
+    from .predictors import predictor_table, pretrained_encoder
+    from .study import simulated_study
+
+    if table is None:
+        table = predictor_table(None, profile=profile, seed=seed, progress=progress)
+    if not table.field.is_simulated:
+        raise ValueError("region_products: the regions and their truth exist in the simulated "
+                         "study only")
+    if trained is None:
+        trained, _ = pretrained_encoder(table.field, profile, seed, progress=progress)
+    study = simulated_study(profile, seed)
+    rs = list(region_list) if region_list is not None else regions(profile, seed, year)
+    m10 = fitted_map_model(table, trained, model, seed, profile)
+    m1 = fit_1km_model(table.frame, model_1km or model, seed)
+    out_dir = Path(output_dir) if output_dir is not None else cache_dir(
+        "resolution_maps", {"model": m10.fingerprint, "encoder": m10.spec.encoder})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    products = []
+    for r in rs:
+        store = region_store(r, trained, profile, seed, progress=progress)
+        truth = region_truth(r, profile, seed).values.astype(np.float64)
+        path = out_dir / f"{r.name}_{r.year}_log_richness.tif"
+        run = predict_region_map(m10, r, store, output=path)
+        cov = cell_covariates(study, r)
+        lc = study.layers(r.window, r.year)["landcover"].values
+        products.append(RegionProducts(
+            region=r, store=store, truth=np.log1p(truth),
+            map_10m=np.asarray(run.map.values, np.float64),
+            map_1km=np.asarray(predict_1km_map(m1, cov, r).values, np.float64),
+            map_path=path, run=run, covariates=cov, landcover=lc))
+    if products:
+        products[0].extra.update(map_model=m10, model_1km=m1)
+    return products
+
+
+# --------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------
+def _pairs(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, p = np.asarray(truth, float).ravel(), np.asarray(pred, float).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"truth and prediction differ in size ({t.size} and {p.size})")
+    ok = np.isfinite(t) & np.isfinite(p)
+    return t[ok], p[ok]
+
+
+def r2(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination ``1 − SSE / SST`` over the pairs where both are finite.
+
+    Examples
+    --------
+    >>> r2([1.0, 2.0, 3.0, np.nan], [1.0, 2.0, 4.0, 5.0])
+    0.5
+    """
+    t, p = _pairs(truth, pred)
+    if t.size < 2:
+        return float("nan")
+    sst = float(((t - t.mean()) ** 2).sum())
+    return float(1.0 - ((t - p) ** 2).sum() / sst) if sst > 0 else float("nan")
+
+
+def squared_correlation(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Squared Pearson correlation over the finite pairs (NaN if either is constant).
+
+    Examples
+    --------
+    >>> round(squared_correlation([1.0, 2.0, 3.0], [2.0, 4.0, 6.5]), 4)
+    0.9959
+    """
+    t, p = _pairs(truth, pred)
+    if t.size < 2 or t.std() == 0 or p.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(t, p)[0, 1] ** 2)
+
+
+def cell_means(values: np.ndarray, f: int = CELL_PX, min_valid: float = 0.0) -> np.ndarray:
+    """Means of ``f × f`` blocks ignoring NaN (NaN where a block's finite share is below
+    ``min_valid`` or zero). The array's sides must be multiples of ``f``.
+
+    Examples
+    --------
+    >>> cell_means(np.array([[1.0, 3.0], [np.nan, 5.0]]), f=2).tolist()
+    [[3.0]]
+    """
+    a = np.asarray(values, float)
+    if a.ndim != 2 or a.shape[0] % f or a.shape[1] % f:
+        raise ValueError(f"cell_means: expected a 2-D array with sides multiple of {f}, "
+                         f"got shape {a.shape}")
+    b = a.reshape(a.shape[0] // f, f, a.shape[1] // f, f)
+    n = np.isfinite(b).sum(axis=(1, 3))
+    s = np.where(np.isfinite(b), b, 0.0).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = s / n
+    return np.where((n > 0) & (n / (f * f) >= min_valid), m, np.nan)
+
+
+def _deviations(values: np.ndarray, mask: np.ndarray, f: int) -> np.ndarray:
+    v = np.where(mask, values, np.nan)
+    return v - _expand(cell_means(v, f), f)
+
+
+def within_cell_r2(truth: np.ndarray, pred: np.ndarray, f: int = CELL_PX) -> float:
+    """The share of the truth's within-cell variance a map recovers.
+
+    R² of the within-cell deviations: each map's pixels minus its own cell
+    mean, over the pixels where both are finite,
+    ``1 − Σ (d_truth − d_pred)² / Σ d_truth²``. A map constant within each
+    cell (a 1 km map) scores 0; one that reproduces the truth up to a
+    per-cell offset scores 1.
+
+    Examples
+    --------
+    >>> t = np.array([[1.0, 3.0], [2.0, 6.0]])
+    >>> within_cell_r2(t, t + 10.0, f=2), within_cell_r2(t, np.full((2, 2), 3.0), f=2)
+    (1.0, 0.0)
+    """
+    t, p = np.asarray(truth, float), np.asarray(pred, float)
+    if t.shape != p.shape:
+        raise ValueError(f"within_cell_r2: truth {t.shape} and prediction {p.shape} differ")
+    mask = np.isfinite(t) & np.isfinite(p)
+    dt, dp = _deviations(t, mask, f), _deviations(p, mask, f)
+    dt, dp = dt[mask], dp[mask]
+    ss = float((dt ** 2).sum())
+    return float(1.0 - ((dt - dp) ** 2).sum() / ss) if ss > 0 else float("nan")
+
+
+def pixel_ratio(n_fine: int, n_coarse: int) -> float:
+    """How many fine pixels a map has for each coarse one over the same area.
+
+    Examples
+    --------
+    >>> pixel_ratio(1_000_000, 100)
+    10000.0
+    """
+    if n_coarse <= 0 or n_fine < 0:
+        raise ValueError(f"pixel_ratio: need n_coarse > 0 and n_fine ≥ 0, got {n_coarse}, {n_fine}")
+    return float(n_fine) / float(n_coarse)
+
+
+def _stack(products: Sequence[RegionProducts]) -> dict[str, np.ndarray]:
+    """Truth, 10 m and 1 km maps of every region, each region's cells kept whole."""
+    out: dict[str, list] = {"truth": [], "m10": [], "m1": []}
+    for p in products:
+        both = np.isfinite(p.truth) & np.isfinite(p.map_10m) & np.isfinite(p.map_1km_pixels)
+        out["truth"].append(np.where(both, p.truth, np.nan))
+        out["m10"].append(np.where(both, p.map_10m, np.nan))
+        out["m1"].append(np.where(both, p.map_1km_pixels, np.nan))
+    # regions side by side along x (all regions' heights may differ: pad to the tallest)
+    h = max(a.shape[0] for a in out["truth"])
+    return {k: np.concatenate([np.pad(a, ((0, h - a.shape[0]), (0, 0)), constant_values=np.nan)
+                               for a in v], axis=1) for k, v in out.items()}
+
+
+def score_products(products: Sequence[RegionProducts], min_valid: float = 0.5,
+                   seconds: float | None = None) -> dict[str, Any]:
+    """Score the 10 m and the 1 km maps of every region against the truth (``log1p`` scale).
+
+    Every score uses the same pixels: land pixels where both maps have a
+    value. 1 km scores use the cells with at least ``min_valid`` of their
+    pixels scored; a cell's truth and 10 m value are the means of those
+    pixels, its 1 km value the 1 km map's.
+
+    Returns
+    -------
+    dict
+        ``r2_10m_vs_truth``, ``r2_1km_vs_truth`` (every pixel),
+        ``r2corr_10m_vs_truth``, ``r2corr_1km_vs_truth`` (squared correlations),
+        ``r2_10m_aggregated_vs_truth_1km``, ``r2_1km_vs_truth_1km`` and their
+        squared correlations, ``within_cell_variance_captured`` (10 m map;
+        the 1 km map scores 0 by construction), ``within_cell_share_of_truth``
+        (share of the truth's variance that lies within cells),
+        ``pixel_ratio``, ``n_cells_1km`` (whole cells mapped),
+        ``n_cells_scored``, ``n_pixels`` (10 m pixels mapped),
+        ``n_pixels_scored``, ``n_regions``, ``pixels_per_second``
+        (pixels over the seconds of :func:`predict_region_map`, or over
+        ``seconds`` if given).
+    """
+    if not products:
+        raise ValueError("score_products: no regions to score")
+    s = _stack(products)
+    t, m10, m1 = s["truth"], s["m10"], s["m1"]
+    tc = cell_means(t, min_valid=min_valid)
+    keep = np.isfinite(tc)
+    m10c = np.where(keep, cell_means(m10), np.nan)
+    m1c = np.where(keep, cell_means(m1), np.nan)
+    n_pixels = int(sum(p.region.n_pixels for p in products))
+    n_cells = int(sum(p.region.n_cells for p in products))
+    secs = float(seconds) if seconds is not None else float(sum(p.run.seconds for p in products))
+    total_var = float(np.nanvar(t))
+    within = float(np.nanmean((t - _expand(cell_means(t))) ** 2))
+    return {
+        "r2_10m_vs_truth": r2(t, m10),
+        "r2_1km_vs_truth": r2(t, m1),
+        "r2corr_10m_vs_truth": squared_correlation(t, m10),
+        "r2corr_1km_vs_truth": squared_correlation(t, m1),
+        "r2_10m_aggregated_vs_truth_1km": r2(tc, m10c),
+        "r2_1km_vs_truth_1km": r2(tc, m1c),
+        "r2corr_10m_aggregated_vs_truth_1km": squared_correlation(tc, m10c),
+        "r2corr_1km_vs_truth_1km": squared_correlation(tc, m1c),
+        "within_cell_variance_captured": within_cell_r2(t, m10),
+        "within_cell_variance_captured_1km": within_cell_r2(t, m1),
+        "within_cell_share_of_truth": within / total_var if total_var > 0 else float("nan"),
+        "pixel_ratio": pixel_ratio(n_pixels, n_cells),
+        "n_cells_1km": n_cells,
+        "n_cells_scored": int(keep.sum()),
+        "n_pixels": n_pixels,
+        "n_pixels_scored": int(np.isfinite(t).sum()),
+        "n_regions": len(products),
+        "pixels_per_second": n_pixels / secs if secs > 0 else float("nan"),
+    }
+
+
+def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
+    """:func:`score_products` of each region alone, one row per region (which landscapes
+    the 10 m map wins in)."""
+    rows = []
+    for p in products:
+        sc = score_products([p])
+        rows.append({"region": p.region.name, "landscape": f"{p.region.continent}, {p.region.focus}",
+                     "campaign": p.region.campaign, "woodland_share": p.region.woodland_share,
+                     **{k: sc[k] for k in ("r2_10m_vs_truth", "r2_1km_vs_truth",
+                                           "r2corr_10m_vs_truth", "r2corr_1km_vs_truth",
+                                           "r2_10m_aggregated_vs_truth_1km",
+                                           "r2_1km_vs_truth_1km",
+                                           "within_cell_variance_captured",
+                                           "n_pixels_scored")},
+                     "truth_sd": float(np.nanstd(p.truth))})
+    return pd.DataFrame(rows).set_index("region")
+
+
+def timed(fn, *args, **kwargs) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,195 @@
+"""Chapter 06's resolution module: scores worked out by hand, 1 km cells, a tiny region end to end."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fungi_ssl import config
+from fungi_ssl import resolution as R
+from fungi_ssl.simulate import SimulatedStudy, Window
+
+F = R.CELL_PX
+
+
+# ------------------------------------------------------------------ scores by hand
+def test_r2_and_squared_correlation_by_hand():
+    # truth 1, 2, 3 (mean 2, SST 2); prediction 1, 2, 4: SSE 1 -> R² 0.5
+    assert R.r2([1.0, 2.0, 3.0], [1.0, 2.0, 4.0]) == pytest.approx(0.5)
+    # NaN on either side drops the pair
+    assert R.r2([1.0, 2.0, 3.0, np.nan, 9.0], [1.0, 2.0, 4.0, 7.0, np.nan]) == pytest.approx(0.5)
+    # a map off by a constant keeps r² = 1 but loses R²: 1 - 3·1 / 2
+    assert R.squared_correlation([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(1.0)
+    assert R.r2([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(-0.5)
+    # r between (1, 2, 3) and (1, 3, 2) is 0.5
+    assert R.squared_correlation([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.25)
+    assert np.isnan(R.squared_correlation([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+    with pytest.raises(ValueError, match="differ in size"):
+        R.r2([1.0, 2.0], [1.0])
+
+
+def test_cell_means_ignore_nan_and_respect_min_valid():
+    a = np.array([[1.0, 3.0, 10.0, np.nan], [np.nan, 5.0, np.nan, np.nan]])
+    np.testing.assert_allclose(R.cell_means(a, f=2), [[3.0, 10.0]])
+    out = R.cell_means(a, f=2, min_valid=0.5)  # the second cell has 1 of 4 pixels
+    assert out[0, 0] == 3.0 and np.isnan(out[0, 1])
+    with pytest.raises(ValueError, match="multiple of 2"):
+        R.cell_means(np.zeros((3, 2)), f=2)
+
+
+def test_within_cell_r2_by_hand():
+    t = np.array([[1.0, 3.0], [2.0, 6.0]])       # cell mean 3: deviations -2, 0, -1, 3 (SS 14)
+    p = np.array([[1.0, 3.0], [3.0, 5.0]])       # cell mean 3: deviations -2, 0, 0, 2
+    assert R.within_cell_r2(t, p, f=2) == pytest.approx(1 - 2 / 14)
+    assert R.within_cell_r2(t, t - 7.0, f=2) == pytest.approx(1.0)        # offsets do not count
+    assert R.within_cell_r2(t, np.full_like(t, 4.0), f=2) == pytest.approx(0.0)  # a 1 km map
+    # a NaN pixel leaves the cell means of both maps over the same three pixels
+    tn, pn = t.copy(), p.copy()
+    pn[1, 1] = np.nan                            # truth 1, 3, 2 (mean 2); map 1, 3, 3 (mean 7/3)
+    dt, dp = np.array([-1.0, 1.0, 0.0]), np.array([1, 3, 3]) - 7 / 3
+    assert R.within_cell_r2(tn, pn, f=2) == pytest.approx(1 - ((dt - dp) ** 2).sum() / 2)
+
+
+def test_pixel_ratio():
+    assert R.pixel_ratio(1_000_000, 100) == 10_000.0
+    with pytest.raises(ValueError, match="n_coarse > 0"):
+        R.pixel_ratio(10, 0)
+
+
+def _products(truth, m10, m1, width_cells=2):
+    w = Window(32630, 0, 0, width_cells * F, F, "T")
+    region = R.Region("T", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
+    run = type("Run", (), {"seconds": 2.0})()
+    return R.RegionProducts(region=region, store=None, truth=truth, map_10m=m10, map_1km=m1,
+                            map_path=None, run=run, covariates=pd.DataFrame(),
+                            landcover=np.zeros(truth.shape, np.int8))
+
+
+def test_score_products_on_maps_built_by_hand():
+    """Truth = cell level + within-cell pattern: the exact 1 km means and a perfect 10 m map."""
+    rng = np.random.default_rng(0)
+    level = np.array([[2.0, 4.0]])
+    within = rng.normal(0, 1, (F, 2 * F))
+    within -= R._expand(R.cell_means(within))        # zero mean in each cell
+    truth = R._expand(level) + within
+    truth[:10, :10] = np.nan                          # water: not scored
+    p = _products(truth, truth.copy(), level.copy())
+    s = R.score_products([p])
+    assert s["r2_10m_vs_truth"] == pytest.approx(1.0)
+    assert s["within_cell_variance_captured"] == pytest.approx(1.0)
+    assert s["within_cell_variance_captured_1km"] == pytest.approx(0.0, abs=1e-12)
+    # 1 km map = cell means: its pixel R² is the between-cell share of the variance
+    t = truth[np.isfinite(truth)]
+    share_within = 1 - s["r2_1km_vs_truth"]
+    assert share_within == pytest.approx(s["within_cell_share_of_truth"], rel=1e-3)
+    assert share_within == pytest.approx(within[np.isfinite(truth)].var() / t.var(), rel=2e-3)
+    assert s["r2_1km_vs_truth_1km"] == pytest.approx(1.0, abs=1e-3)  # means shift by the NaNs
+    assert s["r2_10m_aggregated_vs_truth_1km"] == pytest.approx(1.0)
+    assert (s["n_cells_1km"], s["n_pixels"], s["pixel_ratio"]) == (2, 2 * F * F, 10_000.0)
+    assert s["n_pixels_scored"] == 2 * F * F - 100
+    assert s["pixels_per_second"] == pytest.approx(2 * F * F / 2.0)
+    # a 10 m map that misses the within-cell pattern is no better than the 1 km map
+    s2 = R.score_products([_products(truth, R._expand(level), level)])
+    assert s2["r2_10m_vs_truth"] == pytest.approx(s2["r2_1km_vs_truth"])
+    table = R.region_scores([p])
+    assert list(table.index) == ["T"] and table.loc["T", "r2_10m_vs_truth"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ 1 km cells
+def test_cell_covariates_are_the_samples_covariates():
+    """Asking for a cell through a stand-in site gives what the samples in that cell get."""
+    study = SimulatedStudy(n_samples=300, n_campaigns=8)
+    site = study.sites.iloc[0]
+    cc, cr = int(site["col"]) // F, int(site["row"]) // F
+    w = Window(int(site["epsg"]), (cc - 1) * F, (cr - 1) * F, 2 * F, 2 * F, "C")
+    region = R.Region("C", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
+    cov = R.cell_covariates(study, region)
+    assert len(cov) == 4 and list(cov["cell_row"]) == [0, 0, 1, 1]
+    sample = study.samples.query("site_id == @site.site_id")["sample_id"].iloc[0]
+    expected = study.covariates.loc[sample]
+    got = cov.loc[f"{cr}_{cc}", expected.index].astype(np.float32)
+    np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())
+    assert (cov.loc[f"{cr}_{cc}", ["cell_row", "cell_col"]] == [1, 1]).all()
+    # x/y are cell centres in the region's CRS
+    assert cov["x"].min() == (cc - 1) * 1000 + 500 and cov["y"].max() == -((cr - 1) * 1000 + 500)
+    with pytest.raises(ValueError, match="whole 1 km cells"):
+        R.cell_covariates(study, R.Region("D", Window(w.epsg, w.col0 + 1, w.row0, F, F), "Europe",
+                                          "forest", 0, 2020, 0.5, 0.0))
+
+
+def test_regions_are_whole_cells_in_different_landscapes():
+    rs = R.regions("quick", 0, n_regions=3, side_km=1)
+    assert len(rs) == 3 and len({r.label for r in rs}) == 3
+    assert {r.continent for r in rs} == {"Europe", "Asia"}
+    assert len({(r.continent, r.focus) for r in rs}) == 3
+    for r in rs:
+        assert r.window.col0 % F == 0 and r.window.row0 % F == 0 and r.n_cells == 1
+        assert R.WOOD_RANGE[0] <= r.woodland_share <= R.WOOD_RANGE[1]
+    with pytest.raises(ValueError, match="profile must be one of"):
+        R.regions("huge", 0)
+    with pytest.raises(ValueError, match="year must be one of"):
+        R.regions("quick", 0, year=1990)
+
+
+# ------------------------------------------------------------------ a tiny region end to end
+def test_tiny_region_end_to_end(tmp_path, monkeypatch):
+    """One 1 km cell: embed (untrained encoder), 10 m and 1 km maps, truth, scores."""
+    import torch
+
+    from fungi_ssl.embed import open_embeddings, raster_patches
+    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.study import simulated_study
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    # one cell where woodland meets grassland (the first quick region's, as regions() picks it)
+    region = R.Region("T", Window(32629, 54500, -450500, F, F, "T"), "Europe", "forest", 187,
+                      2020, 0.6, 0.0)
+    torch.manual_seed(0)
+    enc = TesseraEncoder(EncoderConfig()).eval()  # untrained: features of the raw series
+    trained = TrainedEncoder(enc, enc.config, enc.normaliser)
+    store = R.region_store(region, trained, "quick", 0, progress=False)
+    assert store == R.region_store(region, trained, "quick", 0, progress=False)  # cached
+    ds = open_embeddings(store)
+    assert ds.sizes["y"] == F + 2 * R.MARGIN_PX and int(ds.attrs["complete"])
+    truth = R.region_truth(region, "quick", 0)
+    assert truth.shape == (F, F) and truth.rio.crs.to_epsg() == region.window.epsg
+    # a 10 m model fitted on every third pixel's truth (the map's skill is not the point)
+    rows, cols = (a.ravel() for a in np.meshgrid(np.arange(0, F, 3), np.arange(0, F, 3),
+                                                 indexing="ij"))
+    w = region.window
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patches = raster_patches(ds, x=w.x[cols], y=w.y[rows]).values
+    y = truth.values[rows, cols]
+    ok = np.isfinite(patches).all(axis=(1, 2, 3)) & np.isfinite(y)
+    m = MapModel("ridge", n_components=16).fit(patches[ok], y[ok], encoder=trained)
+    run = R.predict_region_map(m, region, store, output=tmp_path / "m.tif")
+    assert run.map.shape == (F, F) and run.n_nan == int(ds.attrs["n_nan"])  # margin: full patches
+    assert (tmp_path / "m.tif").exists()
+    # the 1 km model on a small study's samples, mapped on the region's one cell
+    small = SimulatedStudy(n_samples=400, n_campaigns=10)
+    frame = pd.concat([small.samples.reset_index(drop=True),
+                       small.covariates.reset_index(drop=True)], axis=1)
+    frame["log_richness"] = np.log1p(frame["rarefied"])
+    one = R.fit_1km_model(frame, "rf", seed=0)
+    assert one.n_samples == int(frame["rarefied"].notna().sum())
+    assert not any(c.startswith("EarthEnv") for c in one.columns)  # climate, soil, land cover
+    study = simulated_study("quick", 0)
+    cov = R.cell_covariates(study, region)
+    m1 = R.predict_1km_map(one, cov, region)
+    assert m1.shape == (1, 1) and np.isfinite(m1.values).all()
+    p = R.RegionProducts(region=region, store=store, truth=np.log1p(truth.values),
+                         map_10m=run.map.values.astype(float), map_1km=m1.values.astype(float),
+                         map_path=run.path, run=run, covariates=cov,
+                         landcover=np.zeros((F, F), np.int8))
+    s = R.score_products([p])
+    assert (s["n_cells_1km"], s["n_pixels"], s["pixel_ratio"]) == (1, F * F, 10_000.0)
+    # a constant 1 km map captures nothing within the cell; the 10 m map does
+    assert s["within_cell_variance_captured_1km"] == pytest.approx(0.0, abs=1e-9)
+    assert s["within_cell_variance_captured"] > 0.05  # an untrained encoder: 0.16 measured
+    assert s["r2_10m_vs_truth"] > s["r2_1km_vs_truth"]
+    assert s["pixels_per_second"] > 0

@@ -31,7 +31,8 @@ samples have none), the sample takes the nearest year held: the first year
 for samples from before it, the last for samples after it, the earlier of
 two equally near years in a gap. ``--year Y`` instead reads every sample
 from year ``Y``, which must be held. A sample without a year needs
-``--year``. :func:`embedding_years` applies the rule and counts each case.
+``--year``. :func:`fungi_ssl.predictors.embedding_years` applies the rule
+(the book's chapters use the same function) and counts each case.
 
 Errors
 ------
@@ -74,12 +75,12 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
+    from .predictors import EmbeddingYears
+
 __all__ = [
     "CommandError",
-    "EmbeddingYears",
     "app",
     "embedding_patches",
-    "embedding_years",
     "held_years",
     "polygon_trend_table",
     "target_values",
@@ -93,6 +94,15 @@ DEFAULT_TARGET = "rarefied"
 DEFAULT_GUILD = "ECM"
 #: The study's patch (3 × 3 pixels), the one :func:`fungi_ssl.maps.predict_map` maps with.
 PATCH_SIZE = 3
+
+
+def __getattr__(name: str) -> Any:
+    # the year rule lives in fungi_ssl.predictors, which imports torch: load it only when asked
+    if name in ("EmbeddingYears", "embedding_years"):
+        from . import predictors
+
+        return getattr(predictors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CommandError(Exception):
@@ -291,107 +301,6 @@ def held_years(embeddings: str | os.PathLike) -> dict[int, Path]:
     )
 
 
-@dataclass
-class EmbeddingYears:
-    """Which embedding year each sample is read from (see the module's year rule).
-
-    Attributes
-    ----------
-    years : numpy.ndarray
-        int64, one embedding year per sample.
-    held : list of int
-        The years the embeddings hold.
-    n_before, n_after, n_gap : int
-        Samples from before the first year held, after the last, or from a
-        year inside the range that is not held, which took the nearest year.
-    fixed : bool
-        True when every sample was given one year (``--year``).
-    """
-
-    years: np.ndarray
-    held: list[int]
-    n_before: int = 0
-    n_after: int = 0
-    n_gap: int = 0
-    fixed: bool = False
-
-    def describe(self) -> str:
-        """One line: samples per embedding year, and how many took a nearer year."""
-        import numpy as np
-
-        ys, counts = np.unique(self.years, return_counts=True)
-        per = ", ".join(f"{int(y)}: {int(c)}" for y, c in zip(ys, counts))
-        text = f"samples per embedding year: {per}"
-        if self.fixed:
-            return text + " (--year)"
-        moved = []
-        if self.n_before:
-            moved.append(f"{self.n_before} sampled before {self.held[0]} took {self.held[0]}")
-        if self.n_after:
-            moved.append(f"{self.n_after} sampled after {self.held[-1]} took {self.held[-1]}")
-        if self.n_gap:
-            moved.append(f"{self.n_gap} sampled in a year not held took the nearest year")
-        return text + (f"; {'; '.join(moved)}" if moved else "")
-
-
-def embedding_years(
-    sample_years: Any, held: Sequence[int], *, year: int | None = None, source: str = "embeddings"
-) -> EmbeddingYears:
-    """The embedding year of each sample: its own year, the nearest one held, or ``year``.
-
-    Parameters
-    ----------
-    sample_years : array_like
-        Sampling year per sample (NA allowed only with ``year``).
-    held : sequence of int
-        Years the embeddings hold.
-    year : int, optional
-        Read every sample from this year (must be held).
-    source : str
-        The embeddings, for messages.
-
-    Raises
-    ------
-    ValueError
-        ``year`` not held; a sample without a year and no ``year``.
-
-    Examples
-    --------
-    >>> e = embedding_years([2012, 2018, 2020, 2026], [2017, 2018, 2019, 2021, 2022])
-    >>> e.years.tolist(), e.n_before, e.n_gap, e.n_after
-    ([2017, 2018, 2019, 2022], 1, 1, 1)
-    >>> embedding_years([2018], [2017, 2018], year=2016)
-    Traceback (most recent call last):
-    ...
-    ValueError: year 2016 is not in the embeddings (years held: [2017, 2018])
-    """
-    import numpy as np
-    import pandas as pd
-
-    held = sorted(int(h) for h in held)
-    if not held:
-        raise ValueError(f"the {source} hold no year")
-    n = len(sample_years)
-    if year is not None:
-        if int(year) not in held:
-            raise ValueError(f"year {year} is not in the {source} (years held: {held})")
-        return EmbeddingYears(np.full(n, int(year), np.int64), held, fixed=True)
-    sy = pd.array(sample_years, dtype="Int64")
-    missing = np.asarray(pd.isna(sy))
-    if missing.any():
-        raise ValueError(
-            f"{int(missing.sum())} of {n} samples have no year; pass --year to read every "
-            f"sample from one year of the {source} (years held: {held})"
-        )
-    sy = np.asarray(sy, dtype=np.int64)
-    h = np.asarray(held, np.int64)
-    # nearest year held; ties go to the earlier year (argmin takes the first)
-    out = h[np.argmin(np.abs(sy[:, None] - h[None, :]), axis=1)]
-    before, after = sy < h[0], sy > h[-1]
-    gap = ~before & ~after & ~np.isin(sy, h)
-    return EmbeddingYears(out, held, int(before.sum()), int(after.sum()), int(gap.sum()))
-
-
 def embedding_patches(
     samples: pd.DataFrame,
     embeddings: str | os.PathLike,
@@ -437,6 +346,7 @@ def embedding_patches(
     import numpy as np
 
     from .mapmodel import encoder_signature
+    from .predictors import embedding_years
 
     held = held_years(embeddings)
     path = Path(embeddings)

@@ -11,7 +11,16 @@ same for both data sources:
   models see exactly what they would see from real TESSERA tiles.
 * **real data**: the SPUN sample table with its 1 km covariates; SSL patches
   come from TESSERA tiles in ``<data_dir>/tessera`` when the user downloaded
-  them with ``geotessera``, and are absent otherwise.
+  them with ``geotessera``, and are absent otherwise. A patch is read at the
+  sample's **plot coordinate**, never at the SPUN table's 1 km pixel centre
+  (``Pixel_Lat``/``Pixel_Long``): the plot coordinate of the same
+  ``sample_id`` in the GlobalFungi table is joined where the directory holds
+  one (:func:`plot_coordinates`), and samples without one get no patch and
+  are counted (``frame.attrs["ssl_notes"]``). It is read from the embeddings
+  of the sampling year by the rule of :func:`embedding_years` (TESSERA starts
+  in :data:`FIRST_EMBEDDING_YEAR`; older samples, and samples without a
+  year, are read from the first year held), the same rule ``fungi-ssl fit``
+  applies.
 
 Both the encoder and the patch features are cached under ``data/cache/``,
 keyed by every parameter that made them (study, profile, seed, encoder size,
@@ -48,11 +57,16 @@ from .study import FieldData, open_field_data, simulator_fingerprint
 from .tessera import dequantise
 
 __all__ = [
+    "FIRST_EMBEDDING_YEAR",
     "SSL_DRAWS",
     "TARGET",
+    "EmbeddingYears",
+    "PlotCoordinates",
     "PredictorTable",
+    "embedding_years",
     "encoder_config",
     "pixel_series",
+    "plot_coordinates",
     "predictor_table",
     "pretrained_encoder",
     "ssl_patch_features",
@@ -234,6 +248,220 @@ def ssl_patch_features(
     return feats
 
 
+# --------------------------------------------------------------------------
+# the embedding year of a sample, and the coordinate its patch is read at
+# --------------------------------------------------------------------------
+#: The first year TESSERA embeddings exist for (annual embeddings from 2017 on).
+FIRST_EMBEDDING_YEAR = 2017
+
+
+@dataclass
+class EmbeddingYears:
+    """Which embedding year each sample is read from (the rule of :func:`embedding_years`).
+
+    Attributes
+    ----------
+    years : numpy.ndarray
+        int64, one embedding year per sample.
+    held : list of int
+        The years the embeddings hold.
+    n_before, n_after, n_gap : int
+        Samples from before the first year held, after the last, or from a
+        year inside the range that is not held, which took the nearest year.
+    n_no_year : int
+        Samples without a sampling year, read from the first year held
+        (``missing="first"``).
+    fixed : bool
+        True when every sample was given one year (``year=``, ``--year``).
+    """
+
+    years: np.ndarray
+    held: list[int]
+    n_before: int = 0
+    n_after: int = 0
+    n_gap: int = 0
+    fixed: bool = False
+    n_no_year: int = 0
+
+    def describe(self) -> str:
+        """One line: samples per embedding year, and how many took a nearer year."""
+        ys, counts = np.unique(self.years, return_counts=True)
+        per = ", ".join(f"{int(y)}: {int(c)}" for y, c in zip(ys, counts))
+        text = f"samples per embedding year: {per}"
+        if self.fixed:
+            return text + " (--year)"
+        moved = []
+        if self.n_before:
+            moved.append(f"{self.n_before} sampled before {self.held[0]} took {self.held[0]}")
+        if self.n_after:
+            moved.append(f"{self.n_after} sampled after {self.held[-1]} took {self.held[-1]}")
+        if self.n_gap:
+            moved.append(f"{self.n_gap} sampled in a year not held took the nearest year")
+        if self.n_no_year:
+            moved.append(f"{self.n_no_year} without a sampling year took {self.held[0]}")
+        return text + (f"; {'; '.join(moved)}" if moved else "")
+
+
+def embedding_years(
+    sample_years: Any, held: Any, *, year: int | None = None, source: str = "embeddings",
+    missing: str = "error",
+) -> EmbeddingYears:
+    """The embedding year of each sample: its own year, the nearest one held, or ``year``.
+
+    The rule: a sample is read from the embeddings of its sampling year.
+    When that year is not held, it takes the nearest year held: the first
+    year for samples from before it (TESSERA starts in
+    :data:`FIRST_EMBEDDING_YEAR`, so every older sample is read from the
+    first year held, i.e. the land as it was then stands in for the land at
+    sampling), the last for samples after it, the earlier of two equally near
+    years in a gap. ``year`` instead reads every sample from one year.
+    A sample without a year is an error (``missing="error"``, the command
+    line's ``fit``: pass ``--year``) or is read from the first year held, as
+    an old sample would be (``missing="first"``, the book's chapters, which
+    say how many).
+
+    Parameters
+    ----------
+    sample_years : array_like
+        Sampling year per sample (NA allowed with ``year`` or ``missing="first"``).
+    held : sequence of int
+        Years the embeddings hold.
+    year : int, optional
+        Read every sample from this year (must be held).
+    source : str
+        The embeddings, for messages.
+    missing : {"error", "first"}
+        What a sample without a year takes.
+
+    Raises
+    ------
+    ValueError
+        ``year`` not held; a sample without a year with ``missing="error"``.
+
+    Examples
+    --------
+    >>> e = embedding_years([2012, 2018, 2020, 2026], [2017, 2018, 2019, 2021, 2022])
+    >>> e.years.tolist(), e.n_before, e.n_gap, e.n_after
+    ([2017, 2018, 2019, 2022], 1, 1, 1)
+    >>> embedding_years([2018, None], [2017, 2018], missing="first").years.tolist()
+    [2018, 2017]
+    >>> embedding_years([2018], [2017, 2018], year=2016)
+    Traceback (most recent call last):
+    ...
+    ValueError: year 2016 is not in the embeddings (years held: [2017, 2018])
+    """
+    if missing not in ("error", "first"):
+        raise ValueError(f"missing must be 'error' or 'first', got {missing!r}")
+    held = sorted(int(h) for h in held)
+    if not held:
+        raise ValueError(f"the {source} hold no year")
+    n = len(sample_years)
+    if year is not None:
+        if int(year) not in held:
+            raise ValueError(f"year {year} is not in the {source} (years held: {held})")
+        return EmbeddingYears(np.full(n, int(year), np.int64), held, fixed=True)
+    sy = pd.array(sample_years, dtype="Int64")
+    no_year = np.asarray(pd.isna(sy))
+    if no_year.any() and missing == "error":
+        raise ValueError(
+            f"{int(no_year.sum())} of {n} samples have no year; pass --year to read every "
+            f"sample from one year of the {source} (years held: {held})"
+        )
+    h = np.asarray(held, np.int64)
+    sy = np.where(no_year, h[0], np.asarray(sy.fillna(h[0]), dtype=np.int64))
+    # nearest year held; ties go to the earlier year (argmin takes the first)
+    out = h[np.argmin(np.abs(sy[:, None] - h[None, :]), axis=1)]
+    before, after = (sy < h[0]) & ~no_year, (sy > h[-1]) & ~no_year
+    gap = ~before & ~after & ~no_year & ~np.isin(sy, h)
+    return EmbeddingYears(out, held, int(before.sum()), int(after.sum()), int(gap.sum()),
+                          n_no_year=int(no_year.sum()))
+
+
+@dataclass
+class PlotCoordinates:
+    """Where each sample's SSL patch is read: its plot coordinate, where one is known.
+
+    Attributes
+    ----------
+    longitude, latitude : numpy.ndarray
+        The plot coordinate per sample; NaN where none is known (those
+        samples get no patch).
+    year : numpy.ndarray
+        float sampling year per sample (NaN where unknown).
+    source : numpy.ndarray
+        Per sample: ``"plot"`` (the table's own plot coordinate),
+        ``"joined"`` (a pixel-centre table's sample given its GlobalFungi
+        plot coordinate by ``sample_id``) or ``"none"`` (left out).
+    n_plot, n_joined, n_missing : int
+    """
+
+    longitude: np.ndarray
+    latitude: np.ndarray
+    year: np.ndarray
+    source: np.ndarray
+    n_plot: int = 0
+    n_joined: int = 0
+    n_missing: int = 0
+
+    def describe(self) -> str:
+        """One sentence: how many samples have a plot coordinate, and how many were left out."""
+        n = len(self.source)
+        if self.n_joined or self.n_missing:
+            return (f"{self.n_joined:,} of {n:,} samples were given their GlobalFungi plot "
+                    f"coordinate by sample_id; {self.n_missing:,} have none and get no SSL patch "
+                    "(their 1 km pixel centre is not where they were taken)")
+        return f"all {n:,} samples have a plot coordinate"
+
+
+def plot_coordinates(samples: pd.DataFrame, plots: pd.DataFrame | None = None, *,
+                     pixel_centres: bool = False) -> PlotCoordinates:
+    """The coordinate and year each sample's patch is read at, never a 1 km pixel centre.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        ``sample_id``, ``longitude``, ``latitude`` and optionally ``year``.
+    plots : pandas.DataFrame, optional
+        A GlobalFungi-style sample table (plot coordinates) to join by
+        ``sample_id``; its ``year`` is used where ``samples`` has none.
+    pixel_centres : bool
+        True when ``samples``' coordinates are 1 km pixel centres (the SPUN
+        table's ``Pixel_Lat``/``Pixel_Long``): they are then never used, and
+        a sample without a joined plot coordinate is left out.
+
+    Examples
+    --------
+    >>> spun = pd.DataFrame({"sample_id": ["a", "b"], "longitude": [5.0, 6.0],
+    ...                      "latitude": [50.0, 51.0]})
+    >>> gf = pd.DataFrame({"sample_id": ["a"], "longitude": [5.0042], "latitude": [50.0031]})
+    >>> pc = plot_coordinates(spun, gf, pixel_centres=True)
+    >>> pc.longitude.tolist()[0], bool(np.isnan(pc.longitude[1])), pc.n_joined, pc.n_missing
+    (5.0042, True, 1, 1)
+    """
+    n = len(samples)
+    ids = samples["sample_id"].astype(str).to_numpy()
+    year = (pd.to_numeric(samples["year"], errors="coerce").to_numpy(dtype=float)
+            if "year" in samples.columns else np.full(n, np.nan))
+    if not pixel_centres:
+        lon = samples["longitude"].to_numpy(dtype=float)
+        lat = samples["latitude"].to_numpy(dtype=float)
+        return PlotCoordinates(lon, lat, year, np.full(n, "plot", dtype=object), n_plot=n)
+    lon = np.full(n, np.nan)
+    lat = np.full(n, np.nan)
+    if plots is not None and len(plots):
+        p = (plots.assign(sample_id=plots["sample_id"].astype(str))
+             .drop_duplicates("sample_id").set_index("sample_id").reindex(ids))
+        lon = p["longitude"].to_numpy(dtype=float)
+        lat = p["latitude"].to_numpy(dtype=float)
+        if "year" in p.columns:
+            py = pd.to_numeric(p["year"], errors="coerce").to_numpy(dtype=float)
+            year = np.where(np.isnan(year), py, year)
+    ok = np.isfinite(lon) & np.isfinite(lat)
+    source = np.where(ok, "joined", "none").astype(object)
+    return PlotCoordinates(lon, lat, year, source, n_joined=int(ok.sum()),
+                           n_missing=int((~ok).sum()))
+
+
 @dataclass
 class PredictorTable:
     """Everything a model of richness sees, one row per sample.
@@ -272,6 +500,52 @@ class PredictorTable:
 _ID_COLUMNS = ("sample_id", "site_id", "longitude", "latitude", "year", "rarefied")
 
 
+def _real_ssl_features(data_dir: Path, samples: pd.DataFrame,
+                       progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """SSL patches of real samples from ``<data_dir>/tessera``, at plot coordinates and years.
+
+    The SPUN table's coordinates are 1 km pixel centres, so its samples get
+    the plot coordinate (and year, if any) of the same ``sample_id`` in the
+    GlobalFungi sample table when the directory holds one, and no patch
+    otherwise. Each sample is read from its embedding year
+    (:func:`embedding_years`, ``missing="first"``: a sample without a year is
+    read from the first year held, like one from before it).
+    """
+    from .cli import held_years
+    from .io import find_real_tables, read_samples
+    from .tessera import sample_patches
+
+    root = data_dir / "tessera"
+    # predictor_table's real samples are the SPUN table's: 1 km pixel centres, never used here
+    gf = find_real_tables(data_dir).samples
+    plots = read_samples(gf) if gf is not None else None
+    where = plot_coordinates(samples, plots, pixel_centres=True)
+    held = list(held_years(root))
+    ok = np.isfinite(where.longitude) & np.isfinite(where.latitude)
+    which = embedding_years(where.year[ok], held, source=f"TESSERA tiles under {root}",
+                            missing="first")
+    n, k = len(samples), 3
+    out: np.ndarray | None = None
+    rows = np.flatnonzero(ok)
+    for y in np.unique(which.years):
+        sel = rows[which.years == y]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # counted below
+            da = sample_patches(root, int(y), where.longitude[sel], where.latitude[sel], k=k,
+                                progress=progress)
+        if out is None:
+            out = np.full((n, k, k, da.sizes["dim"]), np.nan, np.float32)
+        out[sel] = da.transpose("sample", "row", "col", "dim").values
+    if out is None:
+        out = np.full((n, k, k, 128), np.nan, np.float32)
+    ssl = patch_features_frame(out, samples["sample_id"].to_numpy())
+    complete = np.isfinite(out).all(axis=(1, 2, 3))
+    notes = {"coordinates": where.describe(), "years": which.describe(),
+             "n_joined": where.n_joined, "n_no_coordinate": where.n_missing,
+             "n_complete_patch": int(complete.sum()), "n_samples": n}
+    return ssl, notes
+
+
 def predictor_table(
     data_dir: str | Path | None = None, *, profile: str = "quick", seed: int = 0,
     with_ssl: bool = True, progress: bool = True,
@@ -308,22 +582,19 @@ def predictor_table(
     parts = [base, cov]
     history = None
     has_ssl = False
+    notes: dict[str, Any] = {}
     if with_ssl and field.is_simulated:
         trained, history = pretrained_encoder(field, profile, seed, progress=progress)
         ssl = ssl_patch_features(field, trained, profile, seed)
         parts.append(ssl.reset_index(drop=True))
         has_ssl = True
     elif with_ssl and data_dir and (Path(data_dir) / "tessera").is_dir():
-        from .tessera import sample_patches
-
-        years = samples.get("year")
-        year = int(np.nanmedian(years)) if years is not None and years.notna().any() else 2024
-        da = sample_patches(Path(data_dir) / "tessera", year, samples["longitude"].to_numpy(),
-                            samples["latitude"].to_numpy(), k=3, progress=progress)
-        ssl = patch_features_frame(da, samples["sample_id"].to_numpy())
+        ssl, notes = _real_ssl_features(Path(data_dir), samples, progress)
         parts.append(ssl.reset_index(drop=True))
         has_ssl = True
     frame = pd.concat(parts, axis=1)
+    if notes:
+        frame.attrs["ssl_notes"] = notes
     frame.attrs["seconds"] = time.perf_counter() - t0
     return PredictorTable(frame=frame, target=TARGET, has_ssl=has_ssl, source=field.source,
                           field=field, encoder_history=history)

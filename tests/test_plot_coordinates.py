@@ -1,0 +1,113 @@
+"""SSL patches of real samples at the plot coordinate and the embedding year (fungi_ssl.predictors).
+
+A real data directory is made of a SPUN-style covariate table (1 km pixel
+centres), a GlobalFungi-style sample table (plot coordinates) for some of the
+same sample ids, and TESSERA tiles whose every pixel holds a value that says
+where it is. The patches must come from the plot coordinates, never from the
+pixel centres, and samples without a plot coordinate must be left out and
+counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from affine import Affine
+
+from fungi_ssl import tessera
+from fungi_ssl.coordinates import crs_to_lonlat
+from fungi_ssl.predictors import (
+    FIRST_EMBEDDING_YEAR,
+    embedding_years,
+    plot_coordinates,
+    predictor_table,
+)
+
+LON, LAT, EPSG = 0.15, 52.05, 32631
+H = W = 60
+DIM = 8
+
+
+def test_the_year_rule():
+    e = embedding_years([2010, 2016, 2018, 2019, 2030], [2017, 2018, 2020])
+    assert e.years.tolist() == [2017, 2017, 2018, 2018, 2020]
+    assert (e.n_before, e.n_gap, e.n_after) == (2, 1, 1)
+    assert FIRST_EMBEDDING_YEAR == 2017
+    with pytest.raises(ValueError, match="have no year; pass --year"):
+        embedding_years([2018, None], [2017, 2018])
+    e = embedding_years([None, 2018, None], [2017, 2018], missing="first")
+    assert e.years.tolist() == [2017, 2018, 2017] and e.n_no_year == 2
+    assert "2 without a sampling year took 2017" in e.describe()
+    with pytest.raises(ValueError, match="missing must be"):
+        embedding_years([2018], [2018], missing="nearest")
+
+
+def test_cli_uses_the_same_rule():
+    from fungi_ssl import cli, predictors
+
+    assert cli.embedding_years is predictors.embedding_years
+
+
+def test_plot_coordinates_join_and_leave_out():
+    spun = pd.DataFrame({"sample_id": ["a", "b", "c"], "longitude": [5.0, 6.0, 7.0],
+                         "latitude": [50.0, 51.0, 52.0]})
+    gf = pd.DataFrame({"sample_id": ["c", "a", "a"], "longitude": [7.01, 5.002, 5.002],
+                       "latitude": [52.01, 50.003, 50.003], "year": [2019, 2015, 2015]})
+    pc = plot_coordinates(spun, gf, pixel_centres=True)
+    np.testing.assert_array_equal(pc.longitude[[0, 2]], [5.002, 7.01])
+    assert np.isnan(pc.longitude[1]) and pc.source.tolist() == ["joined", "none", "joined"]
+    assert (pc.n_joined, pc.n_missing) == (2, 1)
+    assert pc.year[0] == 2015 and np.isnan(pc.year[1])
+    assert "1 have none" in pc.describe()
+    # a table of plot coordinates is used as it is
+    own = plot_coordinates(gf.drop_duplicates("sample_id"))
+    assert own.n_plot == 2 and own.describe() == "all 2 samples have a plot coordinate"
+    # without a table to join, a pixel-centre table gives no coordinate at all
+    assert plot_coordinates(spun, None, pixel_centres=True).n_missing == 3
+
+
+@pytest.fixture
+def real_dir(tmp_path):
+    grid = tessera.tile_grid(LON, LAT)
+    x0, y0 = grid.transform.c + 1000.0, grid.transform.f - 1000.0
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    emb = np.zeros((H, W, DIM), np.int8)
+    emb[..., 0], emb[..., 1] = rows, cols  # each pixel says where it is
+    for year in (2018, 2019):
+        e = emb.copy()
+        e[..., 2] = year - 2000
+        tessera.write_tile(tmp_path / "tessera", year, LON, LAT, e, np.ones((H, W), np.float32),
+                           transform=Affine(10, 0, x0, 0, -10, y0), overwrite=True)
+    # three samples: plot coordinates at pixels (10, 12), (30, 40); the third has no plot
+    plot_rc = [(10, 12), (30, 40)]
+    lon, lat = crs_to_lonlat([x0 + 10 * c + 5 for _, c in plot_rc],
+                             [y0 - 10 * r - 5 for r, _ in plot_rc], EPSG)
+    # the SPUN pixel centres lie elsewhere in the tile (pixel (50, 50))
+    plon, plat = crs_to_lonlat([x0 + 505.0] * 3, [y0 - 505.0] * 3, EPSG)
+    pd.DataFrame({"sample_id": ["s1", "s2", "s3"], "CGIAR_PET": [1.0, 2.0, 3.0],
+                  "ECM_diversity": [1.0, 2.0, 3.0], "Pixel_Lat": plat, "Pixel_Long": plon,
+                  "CV_Fold": [1, 2, 3]}).to_csv(
+        tmp_path / "spun_ecm_samples_1km_covariates.csv", index=False)
+    pd.DataFrame({"sample_id": ["s1", "s2"], "longitude": lon, "latitude": lat,
+                  "raw_obs_div": [2, 6], "rarefied": [1.7, 6.4]}).to_csv(
+        tmp_path / "globalfungi_ecm_richness_europe.csv", index=False)
+    return tmp_path, plot_rc
+
+
+def test_predictor_table_reads_patches_at_plot_coordinates(real_dir):
+    data_dir, plot_rc = real_dir
+    t = predictor_table(data_dir, progress=False)
+    assert t.has_ssl
+    f = t.frame.set_index("sample_id")
+    patch = f[t.ssl_columns].to_numpy().reshape(3, 3, 3, DIM)
+    for i, (r, c) in enumerate(plot_rc):  # the centre pixel is the plot's, not the pixel centre's
+        assert patch[i, 1, 1, 0] == r and patch[i, 1, 1, 1] == c
+        # no year in either table: read from the first year held (2018), as old samples are
+        assert patch[i, 1, 1, 2] == 18
+    assert np.isnan(patch[2]).all()  # no plot coordinate: no patch
+    notes = t.frame.attrs["ssl_notes"]
+    assert notes["n_joined"] == 2 and notes["n_no_coordinate"] == 1
+    assert notes["n_complete_patch"] == 2
+    assert "2 of 3 samples were given their GlobalFungi plot coordinate" in notes["coordinates"]
+    assert "2 without a sampling year took 2018" in notes["years"]

@@ -76,6 +76,7 @@ __all__ = [
     "RegionProducts",
     "cell_covariates",
     "cell_means",
+    "chapter04_model",
     "edge_zoom",
     "fit_1km_model",
     "fitted_map_model",
@@ -335,18 +336,31 @@ def region_truth(region: Region, profile: str = "full", seed: int = 0) -> xr.Dat
     return truth_layer(simulated_study(profile, seed), region.window, region.year)
 
 
-def edge_zoom(study: SimulatedStudy, region: Region, size: int = CELL_PX) -> tuple[int, int]:
+def edge_zoom(landcover: np.ndarray, size: int = CELL_PX) -> tuple[int, int]:
     """Row and column offsets of the ``size``-pixel square where woodland meets open land most.
 
     Squares on a grid of step ``size // 2`` are scored by the smaller of their
     woodland and open-land shares plus the share of pixels on a
     woodland/open boundary; water does not count as open land.
+
+    Parameters
+    ----------
+    landcover : numpy.ndarray
+        Land-cover codes ``(H, W)`` (:data:`fungi_ssl.simulate.LANDCOVER_CLASSES` order).
+    size : int
+        Side of the square in pixels.
+
+    Examples
+    --------
+    >>> lc = np.full((40, 40), 3)          # grassland
+    >>> lc[20:, 25:] = 0                   # broadleaf in the lower right
+    >>> edge_zoom(lc, size=20)
+    (10, 20)
     """
-    w = region.window
-    if size > min(w.width, w.height):
-        raise ValueError(f"edge_zoom: size {size} exceeds the region ({w.width} px)")
-    L = study.landscape.layers(np.array([w.epsg]), w.x[None], w.y[None], region.year)
-    lc = L["landcover"][0]
+    lc = np.asarray(landcover)
+    if lc.ndim != 2 or size < 1 or size > min(lc.shape):
+        raise ValueError(f"edge_zoom: size {size} does not fit a land-cover array of shape "
+                         f"{lc.shape}")
     wood = np.isin(lc, WOODLAND_CODES)
     open_ = ~wood & (lc != WATER)
     edge = np.zeros_like(wood)
@@ -354,8 +368,8 @@ def edge_zoom(study: SimulatedStudy, region: Region, size: int = CELL_PX) -> tup
     edge[1:, :] |= wood[1:, :] != wood[:-1, :]
     best, best_score = (0, 0), -np.inf
     step = max(1, size // 2)
-    for r in range(0, w.height - size + 1, step):
-        for c in range(0, w.width - size + 1, step):
+    for r in range(0, lc.shape[0] - size + 1, step):
+        for c in range(0, lc.shape[1] - size + 1, step):
             sl = (slice(r, r + size), slice(c, c + size))
             score = min(wood[sl].mean(), open_[sl].mean()) + edge[sl].mean()
             if score > best_score:
@@ -429,6 +443,37 @@ def predict_region_map(model: MapModel, region: Region, store: str | Path,
     return predict_map(model, {region.year: Path(store)}, region.year, bbox=region.bbox,
                        output=output, overwrite=output is not None, quantity=quantity,
                        progress=progress, cog_blocksize=256, **kwargs)
+
+
+def chapter04_model(results_dir: str | Path | None = None,
+                    default: str = "lightgbm") -> tuple[str, str]:
+    """The model family chapter 04 selected, from its results file.
+
+    Chapter 04's best family is the one with the highest random-split R²
+    averaged over the predictor sets (:func:`fungi_ssl.comparison.best_model`);
+    its ``04_predictor_comparison.json`` holds each set's and family's mean R²,
+    from which the same choice follows.
+
+    Returns
+    -------
+    (str, str)
+        The family, and where it came from (``"chapter 04"`` or ``"default:
+        chapter 04's results not found"``).
+    """
+    from .bookrun import read_results
+
+    try:
+        summary = read_results("04_predictor_comparison", results_dir)["random"]
+    except (FileNotFoundError, KeyError, TypeError):
+        return default, "default: chapter 04's results not found"
+    per_model: dict[str, list[float]] = {}
+    for by_model in summary.values():
+        for name, stats in by_model.items():
+            if isinstance(stats, dict) and stats.get("r2_mean") is not None:
+                per_model.setdefault(name, []).append(float(stats["r2_mean"]))
+    if not per_model:
+        return default, "default: chapter 04's results hold no R²"
+    return max(per_model, key=lambda k: np.mean(per_model[k])), "chapter 04"
 
 
 # --------------------------------------------------------------------------
@@ -613,6 +658,10 @@ class RegionProducts:
         :func:`cell_covariates`.
     landcover : numpy.ndarray
         True land-cover codes ``(H, W)`` (for figures).
+    extra : dict
+        ``true_richness``: the true species count of a core at each pixel
+        (before sequencing and rarefaction), to state the offset between it and
+        the estimand; the first region's also ``map_model`` and ``model_1km``.
     """
 
     region: Region
@@ -670,7 +719,9 @@ def region_products(
     Returns
     -------
     list of RegionProducts
-        ``extra`` of the first holds ``map_model`` and ``model_1km``.
+        ``extra`` of the first also holds ``map_model`` (the 10 m
+        :class:`~fungi_ssl.mapmodel.MapModel`) and ``model_1km``
+        (:class:`OneKmModel`).
     """
     from .predictors import predictor_table, pretrained_encoder
     from .study import simulated_study
@@ -696,12 +747,13 @@ def region_products(
         path = out_dir / f"{r.name}_{r.year}_log_richness.tif"
         run = predict_region_map(m10, r, store, output=path)
         cov = cell_covariates(study, r)
-        lc = study.layers(r.window, r.year)["landcover"].values
+        layers = study.layers(r.window, r.year)
         products.append(RegionProducts(
             region=r, store=store, truth=np.log1p(truth),
             map_10m=np.asarray(run.map.values, np.float64),
             map_1km=np.asarray(predict_1km_map(m1, cov, r).values, np.float64),
-            map_path=path, run=run, covariates=cov, landcover=lc))
+            map_path=path, run=run, covariates=cov, landcover=layers["landcover"].values,
+            extra={"true_richness": layers["true_richness"].values}))
     if products:
         products[0].extra.update(map_model=m10, model_1km=m1)
     return products
@@ -886,10 +938,17 @@ def score_products(products: Sequence[RegionProducts], min_valid: float = 0.5,
 
 def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
     """:func:`score_products` of each region alone, one row per region (which landscapes
-    the 10 m map wins in)."""
+    the 10 m map wins in).
+
+    Besides the scores: ``truth_mean`` and ``truth_sd`` of the region's scored
+    pixels, and ``bias_10m``, ``bias_1km``, each map's mean error (map − truth)
+    over them: a map can follow the pattern inside a region (high r²) and still
+    miss its level (negative R²).
+    """
     rows = []
     for p in products:
         sc = score_products([p])
+        ok = np.isfinite(p.truth) & np.isfinite(p.map_10m) & np.isfinite(p.map_1km_pixels)
         rows.append({"region": p.region.name, "landscape": f"{p.region.continent}, {p.region.focus}",
                      "campaign": p.region.campaign, "woodland_share": p.region.woodland_share,
                      **{k: sc[k] for k in ("r2_10m_vs_truth", "r2_1km_vs_truth",
@@ -898,7 +957,10 @@ def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
                                            "r2_1km_vs_truth_1km",
                                            "within_cell_variance_captured",
                                            "n_pixels_scored")},
-                     "truth_sd": float(np.nanstd(p.truth))})
+                     "truth_mean": float(np.nanmean(p.truth[ok])),
+                     "bias_10m": float(np.mean(p.map_10m[ok] - p.truth[ok])),
+                     "bias_1km": float(np.mean(p.map_1km_pixels[ok] - p.truth[ok])),
+                     "truth_sd": float(np.nanstd(p.truth[ok]))})
     return pd.DataFrame(rows).set_index("region")
 
 

@@ -193,3 +193,23 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
     assert s["within_cell_variance_captured"] > 0.05  # an untrained encoder: 0.16 measured
     assert s["r2_10m_vs_truth"] > s["r2_1km_vs_truth"]
     assert s["pixels_per_second"] > 0
+
+
+def test_edge_zoom_finds_the_woodland_edge():
+    lc = np.full((200, 200), 3, np.int8)          # grassland
+    lc[:, 130:] = 0                                # broadleaf east of column 130
+    _, c = R.edge_zoom(lc, size=100)
+    assert c == 100  # 30% grass and 70% wood beats 80/20 (c = 50) and pure grass (c = 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        R.edge_zoom(lc, size=300)
+
+
+def test_chapter04_model_reads_the_best_family(tmp_path):
+    from fungi_ssl.bookrun import write_results
+
+    assert R.chapter04_model(tmp_path) == ("lightgbm", "default: chapter 04's results not found")
+    write_results("04_predictor_comparison", {"random": {
+        "ssl": {"rf": {"r2_mean": 0.5}, "xgboost": {"r2_mean": 0.45}},
+        "soil": {"rf": {"r2_mean": 0.1}, "xgboost": {"r2_mean": 0.2}}}}, tmp_path)
+    # mean over sets: rf 0.30, xgboost 0.325 (the best on ssl alone is not the choice)
+    assert R.chapter04_model(tmp_path) == ("xgboost", "chapter 04")

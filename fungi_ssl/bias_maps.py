@@ -253,8 +253,9 @@ class UncertaintyMaps:
         The area of applicability's threshold.
     n_pixels : int
     seconds : dict
-        Wall seconds of ``read``, ``predict`` (the richness model),
-        ``dissimilarity`` (the nearest-neighbour search) and ``write``.
+        Wall seconds of ``read``, ``project`` (the patch's principal
+        components, computed once per pixel for both uses), ``predict`` (the
+        regressor), ``dissimilarity`` (the nearest-neighbour search) and ``write``.
     """
 
     maps: xr.Dataset
@@ -271,8 +272,13 @@ class UncertaintyMaps:
 
     @property
     def predict_pixels_per_second(self) -> float:
-        """Pixels per wall second of the richness prediction."""
+        """Pixels per wall second of the regressor (trees) on the components."""
         return self.n_pixels / max(self.seconds.get("predict", 0.0), 1e-9)
+
+    @property
+    def project_pixels_per_second(self) -> float:
+        """Pixels per wall second of the projection shared by prediction and DI."""
+        return self.n_pixels / max(self.seconds.get("project", 0.0), 1e-9)
 
 
 def uncertainty_maps(
@@ -394,7 +400,7 @@ def uncertainty_maps(
             "encoder": model.spec.encoder, "confidence": str(confidence),
             "conformal_quantile_log": repr(q), "aoa_threshold": repr(float(aoa.threshold_)),
             "software": "fungi_ssl.bias_maps.uncertainty_maps"}
-    seconds = dict.fromkeys(("read", "predict", "dissimilarity", "write"), 0.0)
+    seconds = dict.fromkeys(("read", "project", "predict", "dissimilarity", "write"), 0.0)
     windows = [(r, min(r + window, grid.height), c, min(c + window, grid.width))
                for r in range(0, grid.height, window) for c in range(0, grid.width, window)]
     with _CogLayers(paths, grid, tags, overwrite) as writer:
@@ -404,13 +410,24 @@ def uncertainty_maps(
                                (c1 - c0 + 2 * h,))
             emb, sc = np.asarray(emb.compute()), np.asarray(sc.compute())[..., 0]
             seconds["read"] += time.perf_counter() - t
+            # one projection feeds both the trees and the nearest-neighbour search
             t = time.perf_counter()
-            logp = model.predict_window(emb, sc, output="log_richness", num_threads=num_threads)
+            zz = window_scores(model, emb, sc)
+            shape = zz.shape[:2]
+            z = zz.reshape(-1, n_comp)
+            ok = np.isfinite(z).all(axis=1)
+            seconds["project"] += time.perf_counter() - t
+            t = time.perf_counter()
+            logp = np.full(z.shape[0], np.nan, np.float32)
+            if ok.any():  # the map model's own regressor path (predict_window's, same numbers)
+                logp[ok] = model._regress(np.ascontiguousarray(z[ok]), num_threads)
+            logp = logp.reshape(shape)
             seconds["predict"] += time.perf_counter() - t
             t = time.perf_counter()
-            z = window_scores(model, emb, sc).reshape(-1, n_comp)
-            di = aoa.dissimilarity(z).reshape(logp.shape).astype(np.float32)
-            di[~np.isfinite(logp)] = np.nan
+            di = np.full(z.shape[0], np.nan, np.float32)
+            if ok.any():
+                di[ok] = aoa.dissimilarity(z[ok])
+            di = di.reshape(shape)
             seconds["dissimilarity"] += time.perf_counter() - t
             with np.errstate(invalid="ignore"):
                 layers = {

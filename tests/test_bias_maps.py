@@ -207,7 +207,7 @@ def test_map_aoa_flags_the_unseen_land_and_maps_agree_with_predict_map(region, t
     np.testing.assert_allclose(m["interval_width"].values, interval_width(p, 0.3), rtol=1e-6,
                                equal_nan=True)
     assert run.quantile == 0.3 and run.threshold == aoa.threshold_
-    assert set(run.seconds) == {"read", "predict", "dissimilarity", "write"}
+    assert set(run.seconds) == {"read", "project", "predict", "dissimilarity", "write"}
 
 
 def test_uncertainty_layers_are_written_as_valid_cogs(region, tmp_path):

@@ -6,6 +6,9 @@ PY      := $(VENV)/bin/python
 PROFILE ?=
 DATA    ?=
 SEED    ?= 0
+# empty: each notebook's default (ECM; the sample table's `rarefied` column)
+GUILD   ?=
+TARGET  ?=
 
 .PHONY: setup test book notebooks html bench check-min-deps clean-book clean-cache format check
 
@@ -23,7 +26,7 @@ test:
 book: notebooks html
 
 notebooks:
-	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),) $(if $(GUILD),--guild $(GUILD),) $(if $(TARGET),--target $(TARGET),)
 
 html:
 	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror

@@ -3,6 +3,7 @@
 ``make notebooks`` calls this module::
 
     python -m fungi_ssl.bookrun [--profile quick] [--seed 0] [--data DIR] [--only 01]
+                                [--guild AM] [--target am_rarefied]
 
 Without ``--profile`` the book is built with :data:`fungi_ssl.config.DEFAULT_PROFILE`.
 
@@ -10,7 +11,8 @@ Every ``notebooks/NN_*.ipynb`` (two-digit prefix) is executed in order into
 ``book/NN_*.ipynb``, which Jupyter Book then renders without re-executing. Each
 notebook receives, as papermill parameters, only those of ``profile``,
 ``seed``, ``data_dir`` and ``results_dir`` that its cell tagged ``parameters``
-declares. ``data_dir`` is the empty string (or ``None``, if that is the
+declares, and ``guild`` and ``target`` (``--guild AM --target am_rarefied``)
+when they are given and the notebook declares them. ``data_dir`` is the empty string (or ``None``, if that is the
 notebook's own default) for the embedded simulated study, and a path for a real
 data directory. Paths are injected relative to the notebook's folder (where the
 kernel runs), so the book shows no machine's absolute paths; after the run,
@@ -49,8 +51,12 @@ from . import config
 
 #: The kernel every notebook runs in (``make setup`` installs it with ``--sys-prefix``).
 KERNEL_NAME = "python3"
-#: The parameters the runner can inject; a notebook receives those it declares.
+#: The parameters the runner injects into every notebook (each declares them all).
 BOOK_PARAMETERS = ("profile", "seed", "data_dir", "results_dir")
+#: The guild and the sample-table column of its richness (``make book GUILD=AM
+#: TARGET=am_rarefied``): injected, when given, into the notebooks that declare them
+#: (those whose text speaks of a guild); the others keep ECM.
+GUILD_PARAMETERS = ("guild", "target")
 #: Notebook file names the runner picks up: two digits, an underscore, a name.
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[^/]+\.ipynb$")
 #: Result names: the chapter's two digits, an underscore, then a plain name.
@@ -300,8 +306,14 @@ def notebook_parameters(
     data_dir: str | Path | None,
     results_dir: str | Path,
     cwd: str | Path | None = None,
+    guild: str | None = None,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """The parameters to inject: the book's parameters that the notebook declares.
+
+    ``guild`` (the fungal guild, e.g. ``"AM"``) and ``target`` (the sample
+    table's column of its rarefied richness) are injected only when given;
+    otherwise each notebook keeps its default (``"ECM"``, ``"rarefied"``).
 
     ``data_dir`` is a path string for real data; for the simulated study it is
     ``None`` if the notebook's default is ``None``, else ``""``. Paths are
@@ -313,6 +325,9 @@ def notebook_parameters(
     >>> notebook_parameters({"profile": "'quick'", "data_dir": "None"},
     ...                     profile="full", seed=1, data_dir=None, results_dir="/r")
     {'profile': 'full', 'data_dir': None}
+    >>> notebook_parameters({"guild": "'ECM'", "target": "'rarefied'"}, profile="full", seed=0,
+    ...                     data_dir=None, results_dir="/r", guild="AM")
+    {'guild': 'AM'}
     >>> notebook_parameters({"seed": "0", "data_dir": "''", "results_dir": "''"},
     ...                     profile="full", seed=1, data_dir=None, results_dir="/w/book/results",
     ...                     cwd="/w/notebooks")
@@ -327,8 +342,12 @@ def notebook_parameters(
         "seed": int(seed),
         "data_dir": data_value,
         "results_dir": shown_path(results_dir, cwd),
+        "guild": guild,
+        "target": target,
     }
-    return {k: values[k] for k in BOOK_PARAMETERS if k in declared}
+    unset = {k for k in GUILD_PARAMETERS if values[k] is None}  # the notebook's default
+    return {k: values[k] for k in (*BOOK_PARAMETERS, *GUILD_PARAMETERS)
+            if k in declared and k not in unset}
 
 
 def machine_path_placeholders(
@@ -685,6 +704,8 @@ def run_book(
     results_dir: str | Path | None = None,
     kernel_name: str = KERNEL_NAME,
     progress: bool = True,
+    guild: str | None = None,
+    target: str | None = None,
 ) -> list[NotebookRun]:
     """Execute the book's notebooks in order and write ``run_summary.json``.
 
@@ -706,6 +727,10 @@ def run_book(
         Jupyter kernel to run in.
     progress : bool
         Show a tqdm bar over the notebooks.
+    guild, target : str, optional
+        The fungal guild and the sample-table column of its rarefied
+        richness, passed to every notebook that declares them (default: each
+        notebook's own, ``"ECM"`` and ``"rarefied"``).
 
     Returns
     -------
@@ -748,6 +773,8 @@ def run_book(
                 data_dir=data_dir,
                 results_dir=results_dir,
                 cwd=nb_path.parent,
+                guild=guild,
+                target=target,
             )
             start = time.perf_counter()
             try:
@@ -817,6 +844,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kernel", default=KERNEL_NAME, help=f"Jupyter kernel (default: {KERNEL_NAME})"
     )
+    parser.add_argument(
+        "--guild", default=None,
+        help="fungal guild of the sample table, e.g. AM (default: each notebook's, ECM)",
+    )
+    parser.add_argument(
+        "--target", metavar="COLUMN", default=None,
+        help="sample-table column of the guild's rarefied richness (default: rarefied)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -838,6 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_dir=args.results,
             kernel_name=args.kernel,
             progress=not args.no_progress,
+            guild=args.guild,
+            target=args.target,
         )
     except NotebookFailure as failure:
         if failure.runs:

@@ -6,7 +6,7 @@
     fungi-ssl fit --samples CSV --embeddings DIR --out MODEL [--target COL] [--guild NAME]
     fungi-ssl predict-map --embeddings DIR --model FILE --bbox W S E N --year Y --out map.tif
     fungi-ssl trend --maps MAP1.tif MAP2.tif ... --polygons FILE --out trends.csv
-    fungi-ssl book [--profile quick] [--seed 0] [--data DIR] [--only NN]
+    fungi-ssl book [--profile quick] [--seed 0] [--data DIR] [--only NN] [--guild AM]
 
 Each subcommand calls the package's public functions and prints what it
 wrote: ``download`` calls :func:`fungi_ssl.download.download_real_tables`;
@@ -1132,6 +1132,24 @@ def book(
             "--html/--no-html", help="Render the HTML with Jupyter Book after the notebooks."
         ),
     ] = True,
+    guild: Annotated[
+        str | None,
+        typer.Option(
+            "--guild",
+            metavar="NAME",
+            help="Fungal guild of the sample table (e.g. AM); the chapters' text follows it.",
+            show_default="each chapter's, ECM",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            metavar="COLUMN",
+            help="Sample-table column of the guild's rarefied richness.",
+            show_default="each chapter's, rarefied",
+        ),
+    ] = None,
     progress: Annotated[
         bool,
         typer.Option("--progress/--no-progress", help="Show a progress bar over the notebooks."),
@@ -1146,8 +1164,10 @@ def book(
         if not data.is_dir():
             raise NotADirectoryError(f"--data {data} is a file, not a directory")
     try:
+        named = {k: v for k, v in (("guild", guild), ("target", target)) if v is not None}
         runs = run_book(
-            profile=profile, seed=seed, data_dir=data, only=only or None, progress=progress
+            profile=profile, seed=seed, data_dir=data, only=only or None, progress=progress,
+            **named,
         )
     except NotebookFailure as failure:
         if failure.runs:

@@ -335,7 +335,7 @@ def validate_samples(
     return out
 
 
-def read_samples(path: str | os.PathLike) -> pd.DataFrame:
+def read_samples(path: str | os.PathLike, target: str = "rarefied") -> pd.DataFrame:
     """Read and validate a GlobalFungi-style sample table (CSV).
 
     Expected columns: ``sample_id, longitude, latitude, raw_obs_div,
@@ -352,6 +352,11 @@ def read_samples(path: str | os.PathLike) -> pd.DataFrame:
     ----------
     path : path-like
         The CSV file.
+    target : str, default "rarefied"
+        The column holding the rarefied richness to model (another guild's,
+        say ``am_rarefied``); it becomes ``rarefied`` (a ``rarefied`` column
+        already there is kept as ``rarefied_original``), and ``attrs["target"]``
+        names it.
 
     Returns
     -------
@@ -379,7 +384,17 @@ def read_samples(path: str | os.PathLike) -> pd.DataFrame:
     ([['A1', 5.0, 'site_00000']], 1)
     """
     raw, source = _read_text_table(path, "sample table")
-    return validate_samples(raw, source=source)
+    if target != "rarefied":
+        if target not in raw.columns:
+            raise ValueError(
+                f"{source}: no target column {target!r}; columns are {list(map(str, raw.columns))}"
+            )
+        if "rarefied" in raw.columns:
+            raw = raw.rename(columns={"rarefied": "rarefied_original"})
+        raw = raw.rename(columns={target: "rarefied"})
+    out = validate_samples(raw, source=source)
+    out.attrs["target"] = target
+    return out
 
 
 def read_spun_covariates(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:

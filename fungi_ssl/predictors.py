@@ -70,6 +70,8 @@ __all__ = [
     "predictor_table",
     "pretrained_encoder",
     "ssl_patch_features",
+    "table_kind",
+    "table_skip_reason",
 ]
 
 #: Name of the regression target column, ``log1p(rarefied)``.
@@ -500,8 +502,8 @@ class PredictorTable:
 _ID_COLUMNS = ("sample_id", "site_id", "longitude", "latitude", "year", "rarefied")
 
 
-def _real_ssl_features(data_dir: Path, samples: pd.DataFrame,
-                       progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _real_ssl_features(data_dir: Path, samples: pd.DataFrame, progress: bool,
+                       pixel_centres: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """SSL patches of real samples from ``<data_dir>/tessera``, at plot coordinates and years.
 
     The SPUN table's coordinates are 1 km pixel centres, so its samples get
@@ -516,10 +518,11 @@ def _real_ssl_features(data_dir: Path, samples: pd.DataFrame,
     from .tessera import sample_patches
 
     root = data_dir / "tessera"
-    # predictor_table's real samples are the SPUN table's: 1 km pixel centres, never used here
-    gf = find_real_tables(data_dir).samples
-    plots = read_samples(gf) if gf is not None else None
-    where = plot_coordinates(samples, plots, pixel_centres=True)
+    plots = None
+    if pixel_centres:  # the SPUN table's 1 km pixel centres are never used here
+        gf = find_real_tables(data_dir).samples
+        plots = read_samples(gf) if gf is not None else None
+    where = plot_coordinates(samples, plots, pixel_centres=pixel_centres)
     held = list(held_years(root))
     ok = np.isfinite(where.longitude) & np.isfinite(where.latitude)
     which = embedding_years(where.year[ok], held, source=f"TESSERA tiles under {root}",
@@ -546,9 +549,66 @@ def _real_ssl_features(data_dir: Path, samples: pd.DataFrame,
     return ssl, notes
 
 
+def table_kind(data_dir: str | Path) -> str | None:
+    """Which table :func:`predictor_table` builds from a real data directory.
+
+    ``"covariates"``: the SPUN table with its 1 km covariates (and SSL
+    patches where ``tessera/`` holds tiles); ``"samples"``: no SPUN table,
+    but a GlobalFungi-style sample table and TESSERA tiles, so SSL patches
+    only; None: neither, and chapters that model richness from predictors
+    cannot run (:func:`table_skip_reason` says why).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> table_kind(tempfile.mkdtemp()) is None
+    True
+    """
+    from .io import find_real_tables
+
+    try:
+        tables = find_real_tables(data_dir)
+    except FileNotFoundError:
+        return None
+    if tables.spun_covariates is not None:
+        return "covariates"
+    if tables.samples is not None and (Path(data_dir) / "tessera").is_dir():
+        return "samples"
+    return None
+
+
+def table_skip_reason(data_dir: str | Path | None, *, covariates: bool = False) -> str | None:
+    """One sentence saying why a chapter that models richness cannot run, or None.
+
+    ``covariates=True``: the chapter needs the 1 km covariates (chapter 03
+    compares the patches with them), so a directory with a sample table and
+    TESSERA tiles but no SPUN table is not enough.
+
+    Examples
+    --------
+    >>> table_skip_reason(None) is None
+    True
+    >>> import tempfile
+    >>> table_skip_reason(tempfile.mkdtemp())[:40]
+    'This chapter models richness from predic'
+    """
+    if not data_dir:
+        return None
+    kind = table_kind(data_dir)
+    if kind == "samples" and covariates:
+        return ("This chapter compares the satellite patches with the 1 km covariates, and the "
+                "data directory has no covariate table (only a sample table and TESSERA tiles), "
+                "so it is skipped.")
+    if kind is not None:
+        return None
+    return ("This chapter models richness from predictors, and the data directory holds neither "
+            "the SPUN table of 1 km covariates nor TESSERA tiles (a `tessera/` folder) beside "
+            "its sample table, so it is skipped.")
+
+
 def predictor_table(
     data_dir: str | Path | None = None, *, profile: str = "quick", seed: int = 0,
-    with_ssl: bool = True, progress: bool = True,
+    with_ssl: bool = True, progress: bool = True, target: str = "rarefied",
 ) -> PredictorTable:
     """The table chapters 03–05 model, from the simulated study or real data.
 
@@ -565,21 +625,36 @@ def predictor_table(
         one exists). False gives covariates only.
     progress : bool
         Show progress bars for long steps.
+    target : str
+        A real sample table's column of rarefied richness (another guild's,
+        say), used when the directory has no SPUN table (see :func:`table_kind`).
 
     Returns
     -------
     PredictorTable
+
+    Raises
+    ------
+    FileNotFoundError
+        A real directory with neither the SPUN table nor a sample table with
+        TESSERA tiles (the message is :func:`table_skip_reason`'s sentence).
     """
     t0 = time.perf_counter()
-    field = open_field_data(data_dir or None, seed=seed, profile=profile, table="covariates")
+    kind = "simulated" if not data_dir else table_kind(data_dir)
+    if kind is None:
+        raise FileNotFoundError(table_skip_reason(data_dir))
+    table = "samples" if kind == "samples" else "covariates"
+    field = open_field_data(data_dir or None, seed=seed, profile=profile, table=table,
+                           target=target)
     samples = field.samples
     base = pd.DataFrame({c: samples[c].to_numpy() for c in _ID_COLUMNS if c in samples})
     if "year" not in base:
         base["year"] = np.nan
     base[TARGET] = np.log1p(samples["rarefied"].to_numpy(dtype=float))
-    cov = field.covariates.reset_index(drop=True)
-    cov = cov.drop(columns=[c for c in cov.columns if c in base.columns])
-    parts = [base, cov]
+    parts = [base]
+    if field.covariates is not None:
+        cov = field.covariates.reset_index(drop=True)
+        parts.append(cov.drop(columns=[c for c in cov.columns if c in base.columns]))
     history = None
     has_ssl = False
     notes: dict[str, Any] = {}
@@ -589,7 +664,8 @@ def predictor_table(
         parts.append(ssl.reset_index(drop=True))
         has_ssl = True
     elif with_ssl and data_dir and (Path(data_dir) / "tessera").is_dir():
-        ssl, notes = _real_ssl_features(Path(data_dir), samples, progress)
+        ssl, notes = _real_ssl_features(Path(data_dir), samples, progress,
+                                        pixel_centres=kind == "covariates")
         parts.append(ssl.reset_index(drop=True))
         has_ssl = True
     frame = pd.concat(parts, axis=1)

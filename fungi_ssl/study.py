@@ -139,7 +139,8 @@ def _cached_tables(study: SimulatedStudy) -> dict[str, pd.DataFrame]:
 
 
 def open_field_data(data_dir: str | Path | None = None, *, seed: int = 0,
-                    profile: str = "quick", table: str = "samples") -> FieldData:
+                    profile: str = "quick", table: str = "samples",
+                    target: str = "rarefied") -> FieldData:
     """Open the field data a chapter works on.
 
     Parameters
@@ -155,6 +156,10 @@ def open_field_data(data_dir: str | Path | None = None, *, seed: int = 0,
         For real data, which table to read: the GlobalFungi sample table
         (richness only), or the SPUN table with 1 km covariates. The
         simulated study has both in one.
+    target : str
+        Real sample table: the column of rarefied richness to read as
+        ``rarefied`` (another guild's, e.g.; :func:`fungi_ssl.io.read_samples`).
+        The simulated study and the SPUN table have one target only.
 
     Returns
     -------
@@ -185,7 +190,7 @@ def open_field_data(data_dir: str | Path | None = None, *, seed: int = 0,
             raise FileNotFoundError(
                 f"{data_dir}: no GlobalFungi-style sample table found "
                 "(expected globalfungi_ecm_richness_europe.csv or samples.csv)")
-        samples = read_samples(tables.samples)
+        samples = read_samples(tables.samples, target=target)
         return FieldData(samples=samples, covariates=None, truth=None,
                          source=str(tables.samples),
                          n_dropped_na=int(samples.attrs.get("n_dropped_na", 0)))

@@ -1,0 +1,72 @@
+"""A directory with only a GlobalFungi-style sample table (issue 12 item 1).
+
+Every chapter decides with a package function whether it can run on what a
+data directory holds; where it cannot, it shows one sentence at its top and
+skips. These tests make such a directory (a small synthetic table in the
+GlobalFungi schema) and check each decision, and that the chapters that can
+run on a sample table alone do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fungi_ssl import region
+from fungi_ssl.predictors import predictor_table, table_kind, table_skip_reason
+
+
+@pytest.fixture
+def only_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    pd.DataFrame({
+        "sample_id": [f"S{i:03d}" for i in range(n)],
+        "longitude": np.repeat(rng.uniform(5, 15, n // 3), 3),
+        "latitude": np.repeat(rng.uniform(45, 55, n // 3), 3),
+        "raw_obs_div": rng.integers(0, 40, n),
+        "rarefied": rng.gamma(2.0, 10.0, n).round(2),
+    }).to_csv(tmp_path / "globalfungi_ecm_richness_europe.csv", index=False)
+    return tmp_path
+
+
+def _one_sentence(text: str | None) -> bool:
+    return bool(text) and text.endswith(".") and text.count(". ") == 0
+
+
+def test_predictor_chapters_say_why_they_skip(only_samples):
+    """Chapters 03, 04 and 05 need the SPUN covariates or TESSERA tiles."""
+    assert table_kind(only_samples) is None
+    reason = table_skip_reason(only_samples)
+    assert _one_sentence(reason) and "skipped" in reason
+    assert _one_sentence(table_skip_reason(only_samples, covariates=True))
+    with pytest.raises(FileNotFoundError, match="so it is skipped"):
+        predictor_table(only_samples, with_ssl=False)
+    # tiles beside the sample table: 04 and 05 can run on the patches, 03 (which compares
+    # patches with the covariates) cannot
+    (only_samples / "tessera").mkdir()
+    assert table_kind(only_samples) == "samples"
+    assert table_skip_reason(only_samples) is None
+    assert "no covariate table" in table_skip_reason(only_samples, covariates=True)
+    assert table_skip_reason(None) is None and table_skip_reason("") is None
+
+
+def test_region_chapter_says_why_it_skips(only_samples):
+    r = region.region_inputs(only_samples)
+    assert _one_sentence(r.skip_reason) and "`tessera/`" in r.skip_reason
+
+
+def test_real_data_chapter_runs_on_the_sample_table_alone(only_samples):
+    """Chapter 09 describes the sample table and skips the CV that needs covariates."""
+    from fungi_ssl import cv_schemes as cs
+
+    inputs = cs.chapter_inputs(only_samples)
+    assert inputs.samples is not None and inputs.covariates is None
+
+
+def test_field_data_chapter_reads_the_sample_table(only_samples):
+    from fungi_ssl.study import open_field_data
+
+    f = open_field_data(only_samples)
+    assert len(f.samples) == 60 and f.samples["site_id"].nunique() == 20

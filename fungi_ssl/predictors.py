@@ -494,6 +494,21 @@ class PredictorTable:
     encoder_history: pd.DataFrame | None = None
 
     @property
+    def ssl_note(self) -> str:
+        """Real data: where and from which year the SSL patches were read, as a sentence.
+
+        Empty for the simulated study or without patches. Says how many
+        samples were given their GlobalFungi plot coordinate, how many were
+        left out, and the samples per embedding year.
+        """
+        notes = self.frame.attrs.get("ssl_notes")
+        if not notes:
+            return ""
+        return (f"SSL patches: {notes['coordinates']}; {notes['years']}; "
+                f"{notes['n_complete_patch']:,} of {notes['n_samples']:,} samples have a complete "
+                "patch.")
+
+    @property
     def ssl_columns(self) -> list[str]:
         """The SSL patch columns (empty without embeddings)."""
         return [c for c in self.frame.columns if c.startswith("ssl_")]

@@ -111,3 +111,11 @@ def test_predictor_table_reads_patches_at_plot_coordinates(real_dir):
     assert notes["n_complete_patch"] == 2
     assert "2 of 3 samples were given their GlobalFungi plot coordinate" in notes["coordinates"]
     assert "2 without a sampling year took 2018" in notes["years"]
+
+
+def test_the_chapters_sentence_on_ssl_patches(real_dir):
+    data_dir, _ = real_dir
+    note = predictor_table(data_dir, progress=False).ssl_note
+    assert note.startswith("SSL patches: 2 of 3 samples were given their GlobalFungi plot")
+    assert "2 of 3 samples have a complete patch" in note
+    assert predictor_table(None, with_ssl=False, progress=False).ssl_note == ""

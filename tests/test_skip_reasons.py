@@ -70,3 +70,33 @@ def test_field_data_chapter_reads_the_sample_table(only_samples):
 
     f = open_field_data(only_samples)
     assert len(f.samples) == 60 and f.samples["site_id"].nunique() == 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb, result", [("04_predictor_comparison", "04_predictor_comparison"),
+                                        ("10_your_region", "10_region")])
+def test_a_chapter_that_cannot_run_says_why_at_its_top(only_samples, tmp_path, nb, result):
+    """One cheap papermill run per decision function: the sentence first, then nothing fails."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / f"{nb}.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papermill", str(repo / "notebooks" / f"{nb}.ipynb"), str(out),
+         "-p", "profile", "quick", "-p", "results_dir", str(tmp_path / "results"),
+         "-p", "data_dir", str(only_samples), "--cwd", str(repo / "notebooks"),
+         "--no-progress-bar"],
+        check=False, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = json.loads(out.read_text())["cells"]
+    shown = ["".join(o["data"]["text/markdown"]) for c in cells for o in c.get("outputs", [])
+             if "text/markdown" in o.get("data", {})]
+    assert shown and "so it is skipped" in shown[0] and _one_sentence(shown[0])
+    assert len(shown) == 1  # nothing else is shown: the analysis cells were skipped
+    written = json.loads((tmp_path / "results" / f"{result}.json").read_text())
+    assert written["skipped"] == shown[0]

@@ -90,6 +90,7 @@ __all__ = [
     "region_truth",
     "regions",
     "score_products",
+    "skip_reason",
     "squared_correlation",
     "within_cell_r2",
 ]
@@ -112,6 +113,25 @@ MARGIN_PX = 1
 #: water share stays below WATER_MAX: woodland must meet open land in every region.
 WOOD_RANGE = (0.15, 0.85)
 WATER_MAX = 0.2
+
+
+def skip_reason(data_dir: str | Path | None) -> str | None:
+    """Why chapter 06 cannot run on a data directory (one sentence), or None on the simulated study.
+
+    The chapter scores maps against a known 10 m truth, which only the
+    simulated study has; real data are never replaced by simulated data.
+
+    Examples
+    --------
+    >>> skip_reason(None) is None, skip_reason("") is None
+    (True, True)
+    >>> skip_reason("real").endswith("so this chapter is skipped.")
+    True
+    """
+    if not data_dir:
+        return None
+    return ("A data directory was given, and real data have neither embeddings of the simulated "
+            "regions nor a known 10 m truth to score maps against, so this chapter is skipped.")
 
 
 # --------------------------------------------------------------------------

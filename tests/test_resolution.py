@@ -213,3 +213,10 @@ def test_chapter04_model_reads_the_best_family(tmp_path):
         "soil": {"rf": {"r2_mean": 0.1}, "xgboost": {"r2_mean": 0.2}}}}, tmp_path)
     # mean over sets: rf 0.30, xgboost 0.325 (the best on ssl alone is not the choice)
     assert R.chapter04_model(tmp_path) == ("xgboost", "chapter 04")
+
+
+def test_skip_reason_is_one_sentence_on_real_data():
+    assert R.skip_reason(None) is None and R.skip_reason("") is None
+    reason = R.skip_reason("../shared/data/real")
+    assert reason.endswith(".") and reason.count(". ") == 0 and "skipped" in reason
+    assert "../shared" not in reason  # no path in the book's output

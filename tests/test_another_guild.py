@@ -156,3 +156,31 @@ def test_chapter_03_says_it_needs_covariates(am_dir, tmp_path):
     res = _papermill("03_predictors.ipynb", tmp_path, {}, am_dir)
     out = json.loads((res / "03_predictors.json").read_text())
     assert "no covariate table" in out["skipped"] and out["guild"] == "AM"
+
+
+def test_make_book_and_fungi_ssl_book_pass_the_guild(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from fungi_ssl import bookrun, cli
+
+    calls = []
+    monkeypatch.setattr(bookrun, "run_book", lambda **kw: calls.append(kw) or [])
+    res = CliRunner().invoke(cli.app, ["book", "--data", str(tmp_path), "--guild", "AM",
+                                       "--target", "am_rarefied", "--no-html", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert calls[0]["guild"] == "AM" and calls[0]["target"] == "am_rarefied"
+    # injected only into notebooks that declare them, and only when given
+    declared = {"profile": "'full'", "guild": "'ECM'", "target": "'rarefied'"}
+    kw = {"profile": "quick", "seed": 0, "data_dir": tmp_path, "results_dir": tmp_path}
+    assert bookrun.notebook_parameters(declared, **kw, guild="AM")["guild"] == "AM"
+    assert "guild" not in bookrun.notebook_parameters(declared, **kw)
+    assert "guild" not in bookrun.notebook_parameters({"profile": "'full'"}, **kw, guild="AM")
+    make = subprocess.run(["make", "-n", "notebooks", "GUILD=AM", "TARGET=am_rarefied"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert "--guild AM --target am_rarefied" in make
+    args = bookrun.build_parser().parse_args(["--guild", "AM", "--target", "am_rarefied"])
+    assert (args.guild, args.target) == ("AM", "am_rarefied")
+    for nb in ("01_field_data", "03_predictors", "04_predictor_comparison", "05_partition_shap",
+               "10_your_region"):
+        assert {"guild", "target"} <= set(bookrun.declared_parameters(
+            REPO / "notebooks" / f"{nb}.ipynb")), nb

@@ -356,10 +356,12 @@ def region_truth(region: Region, profile: str = "full", seed: int = 0) -> xr.Dat
     return truth_layer(simulated_study(profile, seed), region.window, region.year)
 
 
-def edge_zoom(landcover: np.ndarray, size: int = CELL_PX) -> tuple[int, int]:
+def edge_zoom(landcover: np.ndarray, size: int = CELL_PX,
+              step: int | None = None) -> tuple[int, int]:
     """Row and column offsets of the ``size``-pixel square where woodland meets open land most.
 
-    Squares on a grid of step ``size // 2`` are scored by the smaller of their
+    Squares on a grid of ``step`` pixels (default ``size // 2``; :data:`CELL_PX`
+    keeps the square on one 1 km cell of a region) are scored by the smaller of their
     woodland and open-land shares plus the share of pixels on a
     woodland/open boundary; water does not count as open land.
 
@@ -369,6 +371,8 @@ def edge_zoom(landcover: np.ndarray, size: int = CELL_PX) -> tuple[int, int]:
         Land-cover codes ``(H, W)`` (:data:`fungi_ssl.simulate.LANDCOVER_CLASSES` order).
     size : int
         Side of the square in pixels.
+    step : int, optional
+        Spacing of the candidate squares.
 
     Examples
     --------
@@ -387,7 +391,7 @@ def edge_zoom(landcover: np.ndarray, size: int = CELL_PX) -> tuple[int, int]:
     edge[:, 1:] |= wood[:, 1:] != wood[:, :-1]
     edge[1:, :] |= wood[1:, :] != wood[:-1, :]
     best, best_score = (0, 0), -np.inf
-    step = max(1, size // 2)
+    step = max(1, size // 2 if step is None else int(step))
     for r in range(0, lc.shape[0] - size + 1, step):
         for c in range(0, lc.shape[1] - size + 1, step):
             sl = (slice(r, r + size), slice(c, c + size))

@@ -220,3 +220,9 @@ def test_skip_reason_is_one_sentence_on_real_data():
     reason = R.skip_reason("../shared/data/real")
     assert reason.endswith(".") and reason.count(". ") == 0 and "skipped" in reason
     assert "../shared" not in reason  # no path in the book's output
+
+
+def test_edge_zoom_on_whole_cells():
+    lc = np.full((2 * F, 2 * F), 3, np.int8)
+    lc[F:, F + F // 2:] = 0                        # woodland in the lower right cell only
+    assert R.edge_zoom(lc, F, step=F) == (F, F)    # whole cells only: never straddles two

@@ -902,7 +902,8 @@ def chapter_results(
 # figures
 # --------------------------------------------------------------------------
 def plot_tables(
-    tables: Mapping[str, pd.DataFrame], axes: Sequence[matplotlib.axes.Axes] | None = None
+    tables: Mapping[str, pd.DataFrame], axes: Sequence[matplotlib.axes.Axes] | None = None,
+    guild: str = "ECM",
 ) -> matplotlib.figure.Figure:
     """Richness distribution and site sizes of one or more sample tables, side by side.
 
@@ -914,6 +915,8 @@ def plot_tables(
     ----------
     tables : mapping of label to DataFrame
         Sample tables with ``rarefied`` and ``site_id``.
+    guild : str
+        The guild whose rarefied richness the tables hold (axis label).
     axes : two matplotlib Axes, optional
 
     Examples
@@ -938,7 +941,7 @@ def plot_tables(
     ticks = np.array([0, 1, 3, 10, 30, 100, 300, 1000])
     ticks = ticks[np.log1p(ticks) <= edges[-1] + 1e-9]
     axes[0].set_xticks(np.log1p(ticks), [str(v) for v in ticks])
-    axes[0].set(xlabel="rarefied ECM richness (log(1 + x) axis)", ylabel="density")
+    axes[0].set(xlabel=f"rarefied {guild} richness (log(1 + x) axis)", ylabel="density")
     axes[0].legend(fontsize="small")
     axes[1].set(xscale="log", xlabel="samples at the sample's site", ylabel="share of samples")
     return fig

@@ -432,7 +432,8 @@ def fitted_map_model(table: PredictorTable, trained: TrainedEncoder, model: str 
     path = cache_dir("resolution_model", params) / "model.zip"
     if path.exists():
         return MapModel.load(path)
-    m = MapModel(model, seed=seed).fit(table.frame, encoder=trained)
+    # one thread: two spin-wait in OpenMP when the machine's cores are busy (fit_1km_model)
+    m = MapModel(model, seed=seed, n_jobs=1).fit(table.frame, encoder=trained)
     m.save(path, overwrite=True)
     return m
 
@@ -574,7 +575,7 @@ class OneKmModel:
 
 def fit_1km_model(frame: pd.DataFrame, model: str = "lightgbm", seed: int = 0,
                   predictor_set: str = ONE_KM_SET, target: str = "log_richness",
-                  val_size: float = 0.1, n_jobs: int = 2) -> OneKmModel:
+                  val_size: float = 0.1, n_jobs: int = 1) -> OneKmModel:
     """Fit the SPUN-style 1 km model on every sample of a predictor table.
 
     As :class:`fungi_ssl.mapmodel.MapModel` does for the 10 m chain: the
@@ -594,6 +595,10 @@ def fit_1km_model(frame: pd.DataFrame, model: str = "lightgbm", seed: int = 0,
         Target column (``log1p`` of rarefied richness).
     val_size : float
     n_jobs : int
+        Threads. One by default: on a dozen thousand rows of a dozen columns
+        LightGBM fits in about half a second on one thread, while two
+        threads on a machine whose cores are busy spin-wait in OpenMP
+        (measured: 15 to 87 s for the same trees).
 
     Returns
     -------

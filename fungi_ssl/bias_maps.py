@@ -296,6 +296,7 @@ def uncertainty_maps(
     window: int = 1024,
     num_threads: int = 2,
     progress: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> UncertaintyMaps:
     """Richness, interval width and area of applicability of a map grid, window by window.
 
@@ -328,6 +329,11 @@ def uncertainty_maps(
         Threads of the regressor and of the nearest-neighbour search.
     progress : bool
         A tqdm bar over windows.
+    layers : sequence of str, optional
+        The layers to compute (default: all of :data:`LAYERS`); without
+        ``log_richness`` and ``interval_width`` the regressor is not run
+        (chapter 10's area of applicability asks for ``dissimilarity`` and
+        ``aoa`` only).
 
     Returns
     -------
@@ -374,10 +380,19 @@ def uncertainty_maps(
             f"({list(aoa.feature_names_in_)[:4]}…) than the map model's {n_comp} components; "
             "fit it with map_aoa(model, ...)"
         )
+    wanted = list(LAYERS) if layers is None else list(dict.fromkeys(layers))
+    unknown = [k for k in wanted if k not in LAYERS]
+    if unknown or not wanted:
+        raise ValueError(f"layers: unknown or none {unknown}; choose from {list(LAYERS)}")
     outputs = dict(outputs or {})
     unknown = [k for k in outputs if k not in LAYERS]
     if unknown:
         raise ValueError(f"outputs: unknown layers {unknown}; choose from {list(LAYERS)}")
+    unknown = [k for k in outputs if k not in wanted]
+    if unknown:
+        raise ValueError(f"outputs: layers {unknown} are not computed; choose from {wanted}")
+    run_model = "log_richness" in wanted or "interval_width" in wanted
+    run_di = "dissimilarity" in wanted or "aoa" in wanted
     paths: dict[str, Path] = {}
     for layer, p in outputs.items():
         path = Path(p)
@@ -395,7 +410,7 @@ def uncertainty_maps(
     h = model.spec.patch_size // 2
     window = int(window)
     memory = {k: np.full((grid.height, grid.width), np.nan, np.float32)
-              for k in LAYERS if k not in paths}
+              for k in wanted if k not in paths}
     tags = {"year": str(int(year)), "model_fingerprint": model.fingerprint,
             "encoder": model.spec.encoder, "confidence": str(confidence),
             "conformal_quantile_log": repr(q), "aoa_threshold": repr(float(aoa.threshold_)),
@@ -419,18 +434,18 @@ def uncertainty_maps(
             seconds["project"] += time.perf_counter() - t
             t = time.perf_counter()
             logp = np.full(z.shape[0], np.nan, np.float32)
-            if ok.any():  # the map model's own regressor path (predict_window's, same numbers)
+            if run_model and ok.any():  # the map model's own regressor (predict_window's numbers)
                 logp[ok] = model._regress(np.ascontiguousarray(z[ok]), num_threads)
             logp = logp.reshape(shape)
             seconds["predict"] += time.perf_counter() - t
             t = time.perf_counter()
             di = np.full(z.shape[0], np.nan, np.float32)
-            if ok.any():
+            if run_di and ok.any():
                 di[ok] = aoa.dissimilarity(z[ok])
             di = di.reshape(shape)
             seconds["dissimilarity"] += time.perf_counter() - t
             with np.errstate(invalid="ignore"):
-                layers = {
+                computed = {
                     "log_richness": logp,
                     "interval_width": interval_width(logp, q).astype(np.float32),
                     "dissimilarity": di,
@@ -438,7 +453,9 @@ def uncertainty_maps(
                                     np.float32(np.nan)),
                 }
             t = time.perf_counter()
-            for k, v in layers.items():
+            for k, v in computed.items():
+                if k not in wanted:
+                    continue
                 if k in paths:
                     writer.write(k, r0, r1, c0, c1, v)
                 else:

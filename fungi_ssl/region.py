@@ -23,7 +23,9 @@ the story:
   (:class:`fungi_ssl.bias.AreaOfApplicability`) in the model's own predictor
   space (the PCA scores of the 3 × 3 patch, weighted by the regressor's gain),
   with site-grouped folds, computed for every map pixel window by window and
-  written as a GeoTIFF of the dissimilarity index.
+  written as a GeoTIFF of the dissimilarity index; the fit and the map pass
+  are chapter 07's (:func:`fungi_ssl.bias_maps.map_aoa`,
+  :func:`fungi_ssl.bias_maps.uncertainty_maps`), so the logic exists once.
 * :func:`trend_summary` condenses the per-polygon trend table
   (:func:`fungi_ssl.cli.polygon_trend_table`).
 """
@@ -420,14 +422,6 @@ class AOARun:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _patch_rows(emb: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
-    """``(h, w, k·k·D)`` patches of the inner pixels of a haloed int8 block."""
-    vals = emb.astype(np.float32) * scale[..., :1]
-    win = np.lib.stride_tricks.sliding_window_view(vals, (k, k), axis=(0, 1))
-    # (h, w, D, k, k) -> (h, w, k, k, D): the (row, col, dim) order of the patch features
-    return np.ascontiguousarray(np.moveaxis(win, 2, -1)).reshape(win.shape[0], win.shape[1], -1)
-
-
 def _weights(est: Any, Z: np.ndarray, importance_weights: Any) -> np.ndarray:
     """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models."""
     try:
@@ -483,7 +477,8 @@ def area_of_applicability(
         GeoTIFF to write the DI to (band 1) with the threshold as a tag.
     n_folds : int
     rows_per_block : int
-        Map rows projected at a time (memory follows the block).
+        Side of the map windows computed at a time, rounded up to a multiple
+        of 16 (memory follows the window).
     progress : bool
 
     Returns
@@ -492,43 +487,31 @@ def area_of_applicability(
     """
     import xarray as xr
     from sklearn.model_selection import GroupKFold
-    from tqdm.auto import tqdm
 
-    from .bias import AreaOfApplicability, importance_weights
-    from .maps import open_embedding_source
+    from .bias import importance_weights
+    from .bias_maps import map_aoa, uncertainty_maps
 
     X = np.asarray(train_patches, dtype=np.float32)
     g = np.asarray(groups)
     ok = np.isfinite(X).all(axis=1)
-    Z = model.project_patches(X[ok])
-    g = g[ok]
-    folds = np.full(len(Z), -1)
-    for i, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(Z, groups=g)):
-        folds[test] = i
-    w = _weights(model.regressor_, Z, importance_weights)
-    aoa = AreaOfApplicability().fit(Z, folds=folds, weights=w)
-
-    k = int(model.spec.patch_size)
-    h = k // 2
-    src = open_embedding_source(embeddings, int(year), bbox)
-    model.check_embeddings(embedding_dim=src.dim, encoder=src.encoder, patch_size=k,
-                           where=f"embeddings under {embeddings} ({year})")
-    grid = src.grid
-    di = np.full((grid.height, grid.width), np.nan, np.float32)
-    starts = range(0, grid.height, rows_per_block)
-    for r0 in tqdm(starts, desc="area of applicability", unit="block", disable=not progress):
-        r1 = min(r0 + rows_per_block, grid.height)
-        emb, sc = src.read(r0 - h, r1 + h, -h, grid.width + h, (r1 - r0 + 2 * h,),
-                           (grid.width + 2 * h,))
-        P = _patch_rows(np.asarray(emb.compute()), np.asarray(sc.compute()), k)
-        z = model.project_patches(P.reshape(-1, P.shape[-1]))
-        di[r0:r1] = aoa.dissimilarity(z).reshape(r1 - r0, grid.width)
+    folds = np.full(len(X), -1)
+    for i, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(X[ok], groups=g[ok])):
+        folds[np.flatnonzero(ok)[test]] = i
+    w = _weights(model.regressor_, model.project_patches(X[ok]), importance_weights)
+    # chapter 07's AOA of a map model and its window-by-window map, computed once for both
+    aoa = map_aoa(model, X, folds, weights=w)
+    window = max(16, -(-int(rows_per_block) // 16) * 16)
+    run = uncertainty_maps(model, embeddings, int(year), bbox, aoa=aoa, quantile=0.0,
+                           layers=("dissimilarity",), window=window, progress=progress)
+    grid_da = run.maps["dissimilarity"]
+    di = grid_da.values.astype(np.float32)
     inside = np.where(np.isfinite(di), (di <= aoa.threshold_).astype(np.float32), np.nan)
-    coords = {"y": grid.y, "x": grid.x}
+    coords = {"y": grid_da["y"].values, "x": grid_da["x"].values}
+    crs, transform = run.maps.rio.crs, run.maps.rio.transform()
     di_da = xr.DataArray(di, dims=("y", "x"), coords=coords, name="dissimilarity_index")
-    di_da = di_da.rio.write_crs(grid.crs.to_wkt()).rio.write_transform(grid.transform)
+    di_da = di_da.rio.write_crs(crs.to_wkt()).rio.write_transform(transform)
     in_da = xr.DataArray(inside.astype(np.float32), dims=("y", "x"), coords=coords, name="aoa")
-    in_da = in_da.rio.write_crs(grid.crs.to_wkt()).rio.write_transform(grid.transform)
+    in_da = in_da.rio.write_crs(crs.to_wkt()).rio.write_transform(transform)
     n_di = int(np.isfinite(di).sum())
     share = float(np.nansum(inside) / n_di) if n_di else float("nan")
     path = None
@@ -538,8 +521,8 @@ def area_of_applicability(
                            description="dissimilarity index; inside the area of applicability "
                            "where DI <= threshold")
         di_da.rio.to_raster(path, driver="COG")
-    return AOARun(di_da, in_da, float(aoa.threshold_), share, grid.n_pixels, aoa.train_di_,
-                  path, {"n_folds": n_folds, "n_train": len(Z)})
+    return AOARun(di_da, in_da, float(aoa.threshold_), share, run.n_pixels, aoa.train_di_,
+                  path, {"n_folds": n_folds, "n_train": int(ok.sum())})
 
 
 # --------------------------------------------------------------------------

@@ -197,7 +197,8 @@ def table1(
     model_params: Mapping[str, Mapping[str, Any]] | None = None,
     n_jobs: int = 2,
     progress: bool = True,
-) -> pd.DataFrame:
+    return_predictions: bool | Sequence[str] = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Score every model × predictor set under random splits and spatial CV.
 
     All sets and models are scored on the same rows (rows with a missing
@@ -239,6 +240,12 @@ def table1(
         one thread (:mod:`fungi_ssl.worker_threads` says why).
     progress : bool
         One tqdm bar over the runs.
+    return_predictions : bool or sequence of str
+        Also return the test predictions of the runs: True for every set, a
+        sequence of set names for those sets only (chapter 04 keeps the set
+        chapter 07 checks, and :func:`fungi_ssl.heldout.store_table1_heldout`
+        caches them so that chapter 07 need not fit the same models again).
+        Keeping them costs no fit: the scores are computed from them anyway.
 
     Returns
     -------
@@ -248,8 +255,15 @@ def table1(
         set, model, cv, scope ("seed", "fold", "pooled"), seed, fold,
         n_train, n_val, n_test, r2, rmse, mae, medae, me``. ``attrs`` holds
         ``n_dropped``, ``n_rows``, ``target``, ``spatial`` (the splitter's
-        repr), ``memo_hits`` (PCA fits reused) and ``task_seconds`` (wall
-        seconds of each ``scheme/set/model`` run).
+        repr), ``memo_hits`` (PCA fits reused), ``task_seconds`` (wall
+        seconds of each ``scheme/set/model`` run), ``sets``, ``seed``,
+        ``n_seeds``, ``n_components`` and ``model_params`` (the parameters
+        each model was made with).
+    predictions : pandas.DataFrame, only with ``return_predictions``
+        One line per test prediction of the kept sets: ``scheme, set, model,
+        split`` (seed or fold), ``row`` (position among the complete rows
+        scored, i.e. in ``complete_rows(frame, target, sets)``), ``observed,
+        predicted``.
 
     Raises
     ------
@@ -267,6 +281,12 @@ def table1(
     >>> res = table1(t, "y", sets=["climate", "soil"], models=["ridge"], n_seeds=2, progress=False)
     >>> res.groupby(["scheme", "scope"]).size().to_dict()
     {('random', 'seed'): 4, ('spatial', 'fold'): 10, ('spatial', 'pooled'): 2}
+    >>> res2, pred = table1(t, "y", sets=["climate", "soil"], models=["ridge"], n_seeds=2,
+    ...                     progress=False, return_predictions=["climate"])
+    >>> pred.groupby(["scheme", "set"]).size().to_dict()   # 2 × 20% of 300; every row once
+    {('random', 'climate'): 120, ('spatial', 'climate'): 300}
+    >>> bool(res2.equals(res))
+    True
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
@@ -284,6 +304,13 @@ def table1(
         except ValueError as err:
             raise ValueError(f"sets: {err}") from None
     models = check_choices(models, MODEL_NAMES, "models")
+    if isinstance(return_predictions, str):
+        return_predictions = [return_predictions]
+    keep = set(sets) if return_predictions is True else set(return_predictions or ())
+    if keep - set(sets):
+        raise ValueError(
+            f"return_predictions: sets {sorted(keep - set(sets))} are not among sets {sets}"
+        )
     if int(n_seeds) != n_seeds or n_seeds < 1:
         raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}")
     params = {m: dict(BOOK_MODEL_PARAMS.get(m, {})) for m in models}
@@ -316,6 +343,7 @@ def table1(
     )
 
     seconds: dict[str, float] = {}
+    kept: dict[tuple[str, str, str], pd.DataFrame] = {}
 
     def run(set_name: str, model: str, scheme: str) -> pd.DataFrame:
         start = time.perf_counter()
@@ -338,25 +366,26 @@ def table1(
             "n_jobs": 1,
             "progress": False,
         }
+        wanted = set_name in keep
         if scheme == "random":
-            res = evaluate_random_splits(X, y, model, n_seeds=int(n_seeds), seed=seed, **common)
-            return res.assign(scheme="random", scope="seed", fold=pd.NA)
-        res = evaluate_cv(
-            X, y, model, splitter, groups=groups, seed=seed, val_groups=site_ids, **common
-        )
-        return res.assign(scheme="spatial", seed=seed)
+            res = evaluate_random_splits(X, y, model, n_seeds=int(n_seeds), seed=seed,
+                                         return_predictions=wanted, **common)
+        else:
+            res = evaluate_cv(X, y, model, splitter, groups=groups, seed=seed,
+                              val_groups=site_ids, return_predictions=wanted, **common)
+        if wanted:
+            res, pred = res
+            kept[(scheme, set_name, model)] = pred.rename(
+                columns={"seed": "split", "fold": "split"}
+            )
+        return _tidy_scores(res, scheme, seed)
 
     jobs = (delayed(run)(*tasks[i]) for i in order)
     with single_threaded_workers():
         runner = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")
         done = list(tqdm(runner(jobs), total=len(tasks), desc="Table 1", disable=not progress))
     parts = [done[order.index(i)] for i in range(len(tasks))]
-    out = pd.concat(parts, ignore_index=True)
-    columns = ["scheme", "set", "model", "cv", "scope", "seed", "fold"]
-    columns += ["n_train", "n_val", "n_test", "r2", "rmse", "mae", "medae", "me"]
-    out = out[columns]
-    out["fold"] = out["fold"].astype("Int64")
-    out["seed"] = out["seed"].astype("int64")
+    out = _score_table(parts)
     out.attrs.update(
         n_dropped=int(data.attrs.get("n_dropped", 0)),
         n_rows=len(data),
@@ -364,7 +393,41 @@ def table1(
         spatial=repr(splitter),
         memo_hits=memo.hits,
         task_seconds=dict(sorted(seconds.items())),
+        sets=list(sets),
+        seed=int(seed),
+        n_seeds=int(n_seeds),
+        n_components=int(n_components),
+        model_params={m: dict(p) for m, p in params.items()},
     )
+    if not return_predictions:
+        return out
+    pred_columns = ["scheme", "set", "model", "split", "row", "observed", "predicted"]
+    predictions = pd.concat(
+        [kept[k].assign(scheme=k[0], set=k[1], model=k[2])[pred_columns]
+         for k in ((scheme, s, m) for s, m, scheme in tasks) if k in kept],
+        ignore_index=True,
+    ) if kept else pd.DataFrame(columns=pred_columns)
+    return out, predictions
+
+
+#: Columns of :func:`table1`'s result, in order.
+SCORE_COLUMNS = ("scheme", "set", "model", "cv", "scope", "seed", "fold", "n_train", "n_val",
+                 "n_test", "r2", "rmse", "mae", "medae", "me")
+
+
+def _tidy_scores(res: pd.DataFrame, scheme: str, seed: int) -> pd.DataFrame:
+    """One run's scores (``evaluate_random_splits`` or ``evaluate_cv``) in table1's layout."""
+    if scheme == "random":
+        return res.assign(scheme="random", scope="seed", fold=pd.NA)
+    return res.assign(scheme="spatial", seed=seed)
+
+
+def _score_table(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Runs tidied by :func:`_tidy_scores`, stacked with table1's columns and types."""
+    out = pd.concat(parts, ignore_index=True)
+    out = out[list(SCORE_COLUMNS)]
+    out["fold"] = out["fold"].astype("Int64")
+    out["seed"] = out["seed"].astype("int64")
     return out
 
 

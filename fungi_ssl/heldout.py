@@ -21,8 +21,14 @@ settings** and keeps every test prediction:
 
 The two protocols are returned in one long table with a ``scheme`` column and
 are never pooled (:mod:`fungi_ssl.bias` keeps them apart everywhere). The
-per-split scores come back too, and the tests check that they equal chapter
-04's for the same split.
+per-split scores come back too, in :func:`fungi_ssl.comparison.table1`'s
+layout, and the tests check that they equal chapter 04's for the same split.
+
+Chapter 04 has fitted exactly these models already: :func:`store_table1_heldout`
+takes the predictions ``table1(..., return_predictions=...)`` kept and writes
+them where :func:`cached_heldout` looks (the same key), so after chapter 04 has
+run, chapter 07's held-out step reads them instead of fitting the models again.
+The tests check that what is stored equals :func:`chapter04_heldout`'s.
 """
 
 from __future__ import annotations
@@ -39,7 +45,13 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from fungi_ssl.bias import AreaOfApplicability, heldout_table
-from fungi_ssl.comparison import DEFAULT_BLOCK_SIZE_M, DEFAULT_SPATIAL_FOLDS, spatial_splitter
+from fungi_ssl.comparison import (
+    DEFAULT_BLOCK_SIZE_M,
+    DEFAULT_SPATIAL_FOLDS,
+    _score_table,
+    _tidy_scores,
+    spatial_splitter,
+)
 from fungi_ssl.models import MODEL_NAMES, evaluate_cv, evaluate_random_splits
 from fungi_ssl.pipelines import (
     BOOK_MODEL_PARAMS,
@@ -60,6 +72,7 @@ __all__ = [
     "cached_heldout",
     "chapter04_heldout",
     "heldout_aoa",
+    "store_table1_heldout",
 ]
 
 
@@ -191,14 +204,12 @@ def chapter04_heldout(
                 scores, preds = evaluate_random_splits(
                     X, y, model, n_seeds=1, seed=s, return_predictions=True, **common,
                 )
-                tab = heldout_table(preds, data, "random", "seed")
-                return scores.assign(scheme="random"), tab.assign(row=preds["row"].to_numpy())
+                return _tidy_scores(scores, "random", seed), preds.rename(columns={"seed": "split"})
             scores, preds = evaluate_cv(
                 X, y, model, splitter, seed=seed, val_groups=site_ids, return_predictions=True,
                 **common,
             )
-            tab = heldout_table(preds, data, "spatial", "fold")
-            return scores.assign(scheme="spatial"), tab.assign(row=preds["row"].to_numpy())
+            return _tidy_scores(scores, "spatial", seed), preds.rename(columns={"fold": "split"})
         finally:
             seconds[f"{scheme}/{s}"] = time.perf_counter() - start
 
@@ -209,10 +220,8 @@ def chapter04_heldout(
             delayed(run)(t) for t in tasks
         )
     done = done[1:] + done[:1]  # random seeds first, in order
-    table = pd.concat([d[1] for d in done], ignore_index=True)
-    if site_ids is not None:
-        table.insert(1, "site_id", site_ids[table["row"].to_numpy()])
-    scores = pd.concat([d[0] for d in done], ignore_index=True)
+    scores = _score_table([d[0] for d in done])
+    table = _heldout_rows(pd.concat(d[1] for d in done[:-1]), done[-1][1], data)
     return HeldOut(
         table=table,
         scores=scores,
@@ -223,6 +232,18 @@ def chapter04_heldout(
         seconds=seconds,
     )
 
+
+
+def _heldout_rows(random: pd.DataFrame, spatial: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """HeldOut.table from raw predictions (``row, split, observed, predicted``) of both schemes."""
+    tabs = [
+        heldout_table(p, data, scheme, "split").assign(row=p["row"].to_numpy())
+        for scheme, p in (("random", random), ("spatial", spatial))
+    ]
+    table = pd.concat(tabs, ignore_index=True)
+    if "site_id" in data.columns:
+        table.insert(1, "site_id", data["site_id"].to_numpy()[table["row"].to_numpy()])
+    return table
 
 
 def _prepare(
@@ -293,15 +314,10 @@ def cached_heldout(
     -------
     HeldOut
     """
-    from fungi_ssl import cache
-
     data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
                                     n_splits, seed)
-    params = {"fingerprint": _fingerprint(data, X, y), "predictor_set": predictor_set,
-              "model": model, "n_seeds": int(n_seeds), "seed": int(seed),
-              "block_size_m": float(block_size_m), "n_splits": int(n_splits),
-              "model_params": BOOK_MODEL_PARAMS.get(model, {}), "versions": _versions()}
-    d = cache.cache_dir("heldout", params, root=Path(root) if root is not None else None)
+    d = _heldout_dir(data, X, y, predictor_set, model, n_seeds, seed, block_size_m, n_splits,
+                     root)
     if (d / "scores.csv").exists() and (d / "table.csv.gz").exists():
         table = pd.read_csv(d / "table.csv.gz", dtype={"sample_id": str, "site_id": str})
         scores = pd.read_csv(d / "scores.csv")
@@ -319,11 +335,161 @@ def cached_heldout(
     return out
 
 
+def _heldout_dir(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, predictor_set: str,
+                 model: str, n_seeds: int, seed: int, block_size_m: float, n_splits: int,
+                 root: str | Path | None) -> Path:
+    """The cache entry of one model × set's held-out predictions (what :func:`cached_heldout` reads)."""
+    from fungi_ssl import cache
+
+    params = {"fingerprint": _fingerprint(data, X, y), "predictor_set": predictor_set,
+              "model": model, "n_seeds": int(n_seeds), "seed": int(seed),
+              "block_size_m": float(block_size_m), "n_splits": int(n_splits),
+              "model_params": BOOK_MODEL_PARAMS.get(model, {}), "versions": _versions(),
+              "layout": 2}  # 2: scores in table1's columns
+    return cache.cache_dir("heldout", params, root=Path(root) if root is not None else None)
+
+
+def store_table1_heldout(
+    frame: pd.DataFrame,
+    target: str,
+    results: pd.DataFrame,
+    predictions: pd.DataFrame,
+    *,
+    predictor_set: str | None = None,
+    models: Sequence[str] | None = None,
+    block_size_m: float = DEFAULT_BLOCK_SIZE_M,
+    n_splits: int = DEFAULT_SPATIAL_FOLDS,
+    root: str | Path | None = None,
+) -> dict[str, Path]:
+    """Cache the held-out predictions chapter 04's Table 1 kept, where :func:`cached_heldout` reads.
+
+    :func:`fungi_ssl.comparison.table1` fits every model of chapter 07's
+    :func:`chapter04_heldout` already. With ``return_predictions`` it keeps
+    their test predictions; this writes them, with the runs' scores, into
+    the cache entry :func:`cached_heldout` would compute for the same
+    frame, target and settings, so that chapter 07 reads them and fits
+    nothing. The settings are taken from ``results`` (seed, number of seeds,
+    the sets whose complete rows were scored, each model's parameters) and
+    checked against what :func:`chapter04_heldout` would run: the book's
+    parameters, :data:`~fungi_ssl.pipelines.SSL_COMPONENTS` components, and
+    spatial folds equal to :func:`~fungi_ssl.comparison.spatial_splitter`'s
+    with ``block_size_m`` and ``n_splits``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The frame passed to ``table1``.
+    target : str
+        The target passed to ``table1``.
+    results, predictions : pandas.DataFrame
+        ``table1(frame, target, ..., return_predictions=...)``'s two outputs.
+    predictor_set : str, optional
+        The set to store (default ``"ssl"`` when its predictions were kept,
+        else ``"all"``, as chapter 07 chooses).
+    models : sequence of str, optional
+        Models to store (default: every model kept for that set).
+    block_size_m, n_splits : float, int
+        The spatial blocks chapter 07 asks for (chapter 04's: 50 km, 5 folds).
+    root : path, optional
+        Cache root (default :data:`fungi_ssl.config.CACHE_DIR`).
+
+    Returns
+    -------
+    dict
+        Model → cache folder written.
+
+    Raises
+    ------
+    ValueError
+        Predictions not kept for the set or a model, settings other than
+        the book's (model parameters, components), or spatial folds that are
+        not ``spatial_splitter``'s.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from fungi_ssl.comparison import table1
+    >>> rng = np.random.default_rng(0)
+    >>> n = 300
+    >>> t = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)],
+    ...                   "longitude": rng.uniform(0, 10, n), "latitude": rng.uniform(40, 50, n),
+    ...                   "CGIAR_PET": rng.normal(size=n)})
+    >>> t["y"] = t["CGIAR_PET"] + rng.normal(0, 0.5, n)
+    >>> res, pred = table1(t, "y", sets=["climate"], models=["ridge"], n_seeds=2, progress=False,
+    ...                    return_predictions=True)
+    >>> root = tempfile.mkdtemp()
+    >>> _ = store_table1_heldout(t, "y", res, pred, predictor_set="climate", root=root)
+    >>> h = cached_heldout(t, "y", "climate", "ridge", n_seeds=2, root=root)
+    >>> h.seconds, len(h.table)          # read back: nothing fitted
+    ({}, 420)
+    """
+    need = ["seed", "n_seeds", "sets", "model_params", "n_components"]
+    missing = [k for k in need if k not in results.attrs]
+    if missing:
+        raise ValueError(f"results: not table1's output (attrs lack {missing})")
+    pred_columns = ["scheme", "set", "model", "split", "row", "observed", "predicted"]
+    missing = [c for c in pred_columns if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions: missing columns {missing}; pass table1's predictions")
+    kept_sets = list(dict.fromkeys(predictions["set"]))
+    if predictor_set is None:
+        predictor_set = "ssl" if "ssl" in kept_sets else "all"
+    if predictor_set not in kept_sets:
+        raise ValueError(f"predictor_set: no predictions kept for {predictor_set!r}; kept "
+                         f"{kept_sets} (table1's return_predictions)")
+    mine = predictions[predictions["set"] == predictor_set]
+    kept_models = list(dict.fromkeys(mine["model"]))
+    models = kept_models if models is None else list(models)
+    absent = [m for m in models if m not in kept_models]
+    if absent:
+        raise ValueError(f"models: no predictions kept for {absent} on {predictor_set!r}")
+    seed, n_seeds = int(results.attrs["seed"]), int(results.attrs["n_seeds"])
+    data, X, y, splitter = _prepare(frame, target, predictor_set, results.attrs["sets"],
+                                    block_size_m, n_splits, seed)
+    if len(data) != int(results.attrs.get("n_rows", len(data))):
+        raise ValueError(f"frame: {len(data)} complete rows, but table1 scored "
+                         f"{results.attrs['n_rows']}; pass the frame table1 was given")
+    if has_ssl(X) and int(results.attrs["n_components"]) != SSL_COMPONENTS:
+        raise ValueError(f"results: table1 kept {results.attrs['n_components']} components, "
+                         f"chapter 07's runs keep {SSL_COMPONENTS}")
+    folds = splitter.fold_labels()
+    written = {}
+    for m in models:
+        book = dict(BOOK_MODEL_PARAMS.get(m, {}))
+        if dict(results.attrs["model_params"].get(m, {})) != book:
+            raise ValueError(f"results: {m} ran with parameters "
+                             f"{results.attrs['model_params'].get(m)}, not the book's {book}")
+        p = mine[mine["model"] == m]
+        rnd = p[p["scheme"] == "random"].drop(columns=["scheme", "set", "model"])
+        spa = p[p["scheme"] == "spatial"].drop(columns=["scheme", "set", "model"])
+        seeds = sorted(rnd["split"].unique().tolist())
+        if seeds != list(range(seed, seed + n_seeds)):
+            raise ValueError(f"predictions: random seeds {seeds} of {m} are not {seed} … "
+                             f"{seed + n_seeds - 1}")
+        if len(spa) != len(data) or not np.array_equal(folds[spa["row"].to_numpy()],
+                                                       spa["split"].to_numpy()):
+            raise ValueError(
+                f"predictions: the spatial folds of {m} are not spatial_splitter's "
+                f"({block_size_m:g} m blocks, {n_splits} folds, seed {seed}); "
+                "chapter 07 would refit them")
+        if not np.array_equal(y[p["row"].to_numpy()], p["observed"].to_numpy()):
+            raise ValueError("predictions: observed values differ from the frame's target")
+        scores = results[(results["set"] == predictor_set) & (results["model"] == m)]
+        table = _heldout_rows(rnd, spa, data)
+        d = _heldout_dir(data, X, y, predictor_set, m, n_seeds, seed, block_size_m, n_splits,
+                         root)
+        _write_csv(table, d / "table.csv.gz")
+        _write_csv(scores.reset_index(drop=True), d / "scores.csv")
+        written[m] = d
+    return written
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     """Write under a temporary name and rename, so a half-written file never counts."""
     tmp = path.with_name(f".{path.name}.part")
+    # gzip level 1: a third of the default's time, the same exact numbers
     df.to_csv(tmp, index=False, float_format="%.17g",
-              compression="gzip" if path.suffix == ".gz" else None)
+              compression={"method": "gzip", "compresslevel": 1} if path.suffix == ".gz" else None)
     tmp.replace(path)
 
 

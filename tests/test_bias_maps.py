@@ -283,6 +283,56 @@ def test_cached_heldout_reuses_predictions_only_for_the_same_rows_and_settings(t
     np.testing.assert_allclose(d.table["y_true"], a.table["y_true"] + 1.0)
 
 
+def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, tmp_path,
+                                                                        monkeypatch):
+    """Chapter 04's Table 1 stores the held-out predictions chapter 07 reads, without refitting."""
+    from fungi_ssl import heldout
+    from fungi_ssl.heldout import cached_heldout, store_table1_heldout
+
+    res, pred = table1(table, "y", sets=["climate", "soil"], models=["lightgbm", "ridge"],
+                       n_seeds=2, seed=1, progress=False, return_predictions=["climate"])
+    plain = table1(table, "y", sets=["climate", "soil"], models=["lightgbm", "ridge"],
+                   n_seeds=2, seed=1, progress=False)
+    pd.testing.assert_frame_equal(res, plain)  # keeping predictions changes no score
+    assert set(pred["set"]) == {"climate"}
+    written = store_table1_heldout(table, "y", res, pred, predictor_set="climate", root=tmp_path)
+    assert sorted(written) == ["lightgbm", "ridge"]
+    for model in ("lightgbm", "ridge"):
+        ref = chapter04_heldout(table, "y", "climate", model, n_seeds=2, seed=1)
+        with monkeypatch.context() as mp:  # a cache hit fits nothing
+            mp.setattr(heldout, "chapter04_heldout",
+                       lambda *a, **k: (_ for _ in ()).throw(AssertionError("refitted")))
+            got = cached_heldout(table, "y", "climate", model, n_seeds=2, seed=1, root=tmp_path)
+        assert not got.seconds
+        assert len(got.table) == len(ref.table) == 2 * round(0.2 * len(table)) + len(table)
+        for c in ("sample_id", "site_id", "scheme", "split", "row"):
+            np.testing.assert_array_equal(got.table[c].to_numpy(), ref.table[c].to_numpy())
+        for c in ("y_true", "y_pred", "longitude", "latitude"):
+            np.testing.assert_allclose(got.table[c], ref.table[c], rtol=0, atol=1e-12)
+        assert list(got.scores.columns) == list(ref.scores.columns)
+        for c in ("r2", "rmse", "me", "n_test"):
+            np.testing.assert_allclose(got.scores[c].astype(float), ref.scores[c].astype(float),
+                                       rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(got.fold, ref.fold)
+    # other settings are another entry: computed, not read
+    other = cached_heldout(table, "y", "climate", "ridge", n_seeds=3, seed=1, root=tmp_path)
+    assert other.seconds
+    # settings chapter 07 would not run are refused, not stored under its key
+    with pytest.raises(ValueError, match="spatial folds"):
+        store_table1_heldout(table, "y", res, pred, predictor_set="climate",
+                             block_size_m=20_000, root=tmp_path)
+    with pytest.raises(ValueError, match="no predictions kept"):
+        store_table1_heldout(table, "y", res, pred, predictor_set="soil", root=tmp_path)
+    odd, odd_pred = table1(table, "y", sets=["climate", "soil"], models=["ridge"], n_seeds=2,
+                           seed=1, progress=False, return_predictions=True,
+                           model_params={"ridge": {"alphas": [1.0]}})
+    with pytest.raises(ValueError, match="not the book's"):
+        store_table1_heldout(table, "y", odd, odd_pred, predictor_set="climate", root=tmp_path)
+    with pytest.raises(ValueError, match="return_predictions"):
+        table1(table, "y", sets=["climate"], models=["ridge"], n_seeds=2, progress=False,
+               return_predictions=["ssl"])
+
+
 def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
     from fungi_ssl.bias import coverage_table
     from fungi_ssl.heldout import cached_conformal, cached_heldout
@@ -315,3 +365,32 @@ def test_heldout_aoa_flags_samples_far_from_their_training_folds(table):
     assert samples.loc[~shifted, "inside"].mean() > 0.9
     assert samples.loc[shifted, "inside"].mean() < 0.5
     assert list(aoa.feature_names_in_) == ["CGIAR_PET"]
+
+
+def test_uncertainty_maps_computes_only_the_layers_asked_for():
+    """Chapter 10's AOA asks for the index alone: same index, the regressor never run."""
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 72)).astype(np.float32)
+    m = MapModel("ridge", n_components=3).fit(X, np.expm1(3 + X[:, 32] / 2), encoder="demo",
+                                              embedding_dim=8)
+    aoa = map_aoa(m, pd.DataFrame(X, columns=[f"ssl_{i:04d}" for i in range(72)]),
+                  np.arange(300) % 5, weights=None)
+    ds = xr.Dataset(
+        {"embedding": (("y", "x", "dim"), rng.integers(-127, 128, (20, 30, 8)).astype(np.int8)),
+         "scale": (("y", "x"), np.full((20, 30), 0.01, np.float32))},
+        coords={"y": 6e6 - 10 * np.arange(20) - 5, "x": 5e5 + 10 * np.arange(30) + 5},
+        attrs={"encoder": "demo", "year": 2020}).rio.write_crs(32630)
+    full = uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.5, window=16, progress=False)
+    di = uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.0, window=16, progress=False,
+                          layers=("dissimilarity",))
+    assert list(di.maps.data_vars) == ["dissimilarity"]
+    assert di.seconds["predict"] < 1e-3  # no regressor run
+    np.testing.assert_array_equal(di.maps["dissimilarity"].values,
+                                  full.maps["dissimilarity"].values)
+    with pytest.raises(ValueError, match="not computed"):
+        uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.0, layers=("dissimilarity",),
+                         outputs={"aoa": "x.tif"}, progress=False)
+    with pytest.raises(ValueError, match="layers"):
+        uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.0, layers=("width",), progress=False)

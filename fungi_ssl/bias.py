@@ -1566,7 +1566,8 @@ def conformal_holdout(
         Ids for the output (default: row numbers as strings).
     seed : int
     n_jobs : int
-        Model threads.
+        Worker threads: each split is one task with a single-threaded model
+        (the result does not depend on it).
     progress : bool
         A tqdm bar over the splits.
 
@@ -1588,7 +1589,10 @@ def conformal_holdout(
     >>> out.groupby("scheme").size().to_dict()
     {'random': 240, 'spatial': 600}
     """
+    from joblib import Parallel, delayed
+
     from fungi_ssl.cv import BlockKFold, check_coords, site_groups
+    from fungi_ssl.worker_threads import single_threaded_workers
 
     yv = _as_vector(y, "y")
     _finite(yv, "y", "observations must be known (drop samples without a value)")
@@ -1624,8 +1628,8 @@ def conformal_holdout(
             scheme, n, lonlat, n_seeds, test_size, block_size_m, n_splits, seed
         )
     ]
-    parts = []
-    for scheme, s, train, test in tqdm(splits, desc="conformal", disable=not progress):
+
+    def one(scheme: str, s: int, train: np.ndarray, test: np.ndarray) -> pd.DataFrame:
         kind = calibration
         if kind == "matched":
             kind = "random" if scheme == "random" else "block"
@@ -1639,11 +1643,11 @@ def conformal_holdout(
             feature_transform=feature_transform,
             model_params=model_params,
             seed=seed + int(s),
-            n_jobs=n_jobs,
+            n_jobs=1,
         )
         reg.fit(_take(X, train), yv[train], groups=labels[kind][train])
         pred, lo, hi = reg.predict_interval(_take(X, test))
-        parts.append(
+        return (
             pd.DataFrame(
                 {
                     "sample_id": ids[test],
@@ -1660,6 +1664,14 @@ def conformal_holdout(
                 }
             )
         )
+
+    # one single-threaded task per split on n_jobs worker threads, as Table 1 runs
+    # (fungi_ssl.worker_threads: a multi-threaded LightGBM after another stalls when
+    # another process holds a core); Parallel keeps the splits' order
+    with single_threaded_workers():
+        runner = Parallel(n_jobs=max(1, int(n_jobs)), backend="threading", return_as="generator")
+        parts = list(tqdm(runner(delayed(one)(*sp) for sp in splits), total=len(splits),
+                          desc="conformal", disable=not progress))
     return pd.concat(parts, ignore_index=True)
 
 

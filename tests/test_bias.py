@@ -635,3 +635,18 @@ def test_public_names_exist():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(RESULT_KEYS, tuple)
+
+
+def test_conformal_holdout_splits_on_worker_threads_give_the_sequential_result():
+    """Splits run as single-threaded tasks on threads: same intervals, same order, as one thread."""
+    rng = np.random.default_rng(4)
+    lonlat = np.column_stack([rng.uniform(0, 4, 500), rng.uniform(45, 48, 500)])
+    X = pd.DataFrame({"a": rng.normal(size=500), "b": rng.normal(size=500)})
+    y = X["a"] + np.sin(2 * X["b"]) + rng.normal(0, 0.3, 500)
+    kw = {"model": "lightgbm", "n_seeds": 2, "model_params": {"n_estimators": 60},
+          "progress": False}
+    one = bias.conformal_holdout(X, y, lonlat, n_jobs=1, **kw)
+    two = bias.conformal_holdout(X, y, lonlat, n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(one, two)
+    assert one.groupby("scheme").size().to_dict() == {"random": 200, "spatial": 500}
+    assert list(one.drop_duplicates(["scheme", "split"])["split"]) == [0, 1, 0, 1, 2, 3, 4]

@@ -20,10 +20,31 @@ Measured:
    force, exact) and ``KDTree``, and the largest relative difference of DI
    against the brute force.
 
+4. with ``--map PROFILE``: the book's own map path on the first region of
+   chapter 06 (the cached map model of that profile, all its pixels, warm
+   numba), in one run: the projection shared by both, the regressor's trees,
+   the dissimilarity index, and the ratio issue 10 asks about, the speed of
+   the index's path (projection + index) over the richness map's
+   (projection + trees).
+
+Why the index is not faster (measured on the quick profile's first region,
+5,354 distinct training rows × 32 weighted components, 40,000 pixels, 96%
+inside the AOA): the blocked float32 product runs at OpenBLAS's speed, and
+its time is linear in the inner dimension (33 = 32 components + the norm),
+so only less work helps, and in this space nothing exact removes enough of
+it: the component weights are flat (0.08 … 1 of the largest), a k-means
+bound over 64–256 clusters leaves 70–99% of the training rows to compare per
+block of 64–256 pixels, neighbouring pixels are not alike enough for a shared
+bound (2 × 2 blocks already span more than the median nearest distance),
+SciPy's ``cKDTree`` is 3× slower, and a lower bound from the 8–16 heaviest
+components plus the norm of the rest (3–36 candidates per pixel at the true
+distance) costs more in masking and gathering than the product it saves.
+(OpenBLAS uses its Haswell kernels on this AMD EPYC; AVX-512 is not used.)
+
 Usage::
 
     .venv/bin/python benchmarks/bench_aoa.py [--n-train 10000] [--n-pixels 200000]
-        [--dims 32] [--n-jobs 2] [--reference 20000]
+        [--dims 32] [--n-jobs 2] [--reference 20000] [--map quick]
 
 Writes ``benchmarks/results/aoa.json``.
 """
@@ -63,6 +84,49 @@ def timed(fn):
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def map_path(profile: str, seed: int = 0, n_jobs: int = 2) -> dict:
+    """Projection, trees and DI of the book's map model over chapter 06's first region."""
+    from fungi_ssl import bias_maps, resolution
+    from fungi_ssl.comparison import spatial_splitter
+    from fungi_ssl.pipelines import available_sets, complete_rows
+    from fungi_ssl.predictors import predictor_table, pretrained_encoder
+
+    pt = predictor_table("", profile=profile, seed=seed, progress=False)
+    data = complete_rows(pt.frame, pt.target, available_sets(pt.frame))
+    trained, _ = pretrained_encoder(pt.field, profile, seed, progress=False)
+    model = resolution.fitted_map_model(pt, trained, "lightgbm", seed, profile)
+    aoa = bias_maps.map_aoa(model, data, spatial_splitter(data, seed=seed).fold_labels(),
+                            n_jobs=n_jobs)
+    region = resolution.regions(profile, seed)[0]
+    store = resolution.region_store(region, trained, profile, seed, progress=False)
+
+    def run():
+        return bias_maps.uncertainty_maps(model, {region.year: store}, region.year,
+                                          region.bbox, aoa=aoa, quantile=0.5,
+                                          num_threads=n_jobs, progress=False)
+
+    run()  # compiles the tree kernel, reads the store once
+    r = run()
+    s = r.seconds
+    out = {
+        "profile": profile,
+        "region": region.name,
+        "n_pixels": r.n_pixels,
+        "n_train_distinct": int(aoa._index.unique.shape[0]),
+        "dims": len(aoa.feature_names_in_),
+        "project_px_per_s": r.n_pixels / s["project"],
+        "trees_px_per_s": r.n_pixels / s["predict"],
+        "di_px_per_s": r.n_pixels / s["dissimilarity"],
+        "di_path_speed_ratio": (s["project"] + s["predict"]) / (s["project"] + s["dissimilarity"]),
+    }
+    print(f"map path ({profile}, {out['region']}, {r.n_pixels:,} pixels, "
+          f"{out['n_train_distinct']:,} distinct training rows × {out['dims']}): projection "
+          f"{out['project_px_per_s']:,.0f} px/s, trees {out['trees_px_per_s']:,.0f} px/s, "
+          f"DI {out['di_px_per_s']:,.0f} px/s; DI path / map path speed "
+          f"{out['di_path_speed_ratio']:.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +142,7 @@ def main() -> None:
         help="training rows per distinct predictor row (the simulated study: ~2.2)",
     )
     ap.add_argument("--reference", type=int, default=20_000, help="pixels for sklearn (0: skip)")
+    ap.add_argument("--map", default="", help="also time the book's map path of this profile")
     a = ap.parse_args()
 
     train, site, pixels, weights = synthetic(a.n_train, a.n_pixels, a.dims, a.cores_per_site)
@@ -144,6 +209,9 @@ def main() -> None:
                 f"{r['pixels_per_cpu_s']:,.0f} per CPU-second"
             )
         print(f"  largest relative DI difference against sklearn brute force: {rel:.1e}")
+
+    if a.map:
+        result["map_path"] = map_path(a.map, n_jobs=a.n_jobs)
 
     out = HERE / "results" / "aoa.json"
     out.parent.mkdir(parents=True, exist_ok=True)

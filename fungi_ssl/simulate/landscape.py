@@ -54,6 +54,14 @@ DROUGHT_YEARS = (2018, 2022)
 STAND_BLOCK_SPACING = 800.0
 #: Smallest and largest stand spacing (m): stands of 0.09 to 64 ha.
 STAND_SPACING_RANGE = (30.0, 800.0)
+#: Length scale (degrees) of the regional richness anomaly no covariate explains.
+REGIONAL_ANOMALY_LENGTH_DEG = 0.3
+#: Share of non-ancient conifer and mixed stands clear-cut in a random year of 2017-2024.
+CLEAR_CUT_SHARE = 0.12
+#: Share of European ancient stands in decline from 2017.
+DECLINE_SHARE = 0.35
+#: Canopy cover a declining stand loses per year (a fraction of its 2017 cover).
+DECLINE_CANOPY_LOSS_PER_YEAR = 0.035
 
 
 @dataclass(frozen=True)
@@ -288,7 +296,7 @@ class Landscape:
         self.c_nitro = f(6, 2.5)
         self.c_forest = f(7, 0.5)
         self.c_ancient = f(8, 0.25)
-        self.c_regional = f(9, 0.3)
+        self.c_regional = f(9, REGIONAL_ANOMALY_LENGTH_DEG)
         self.c_urban = f(10, 0.6)
         # fine fields, in metres
         self.f_land = f(21, 450.0)
@@ -498,18 +506,18 @@ class Landscape:
             is_wood & (lc == CONIFER) & (anc_score > 1.1))
         # stand age at 2017, clear-cuts and regrowth
         age0 = np.where(ancient, 150.0 + 250.0 * u(207), 5.0 + 115.0 * u(208) ** 1.3)
-        cut = is_wood & ~ancient & (lc != BROADLEAF) & (u(209) < 0.12)
+        cut = is_wood & ~ancient & (lc != BROADLEAF) & (u(209) < CLEAR_CUT_SHARE)
         cut_year = 2017 + np.floor(8.0 * u(210)).astype(np.int64)
         after_cut = cut & (year >= cut_year)
         age = np.where(after_cut, (year - cut_year).astype(float),
                        age0 + (year - 2017))
-        declining = ancient & c["europe"] & (u(211) < 0.35)
+        declining = ancient & c["europe"] & (u(211) < DECLINE_SHARE)
         yrs = (year - 2017).astype(float)
 
         # canopy cover and host fraction
         closed = 0.55 + 0.35 * (1.0 - np.exp(-age / 25.0)) + 0.06 * (u(212) - 0.5)
         canopy_w = np.where(after_cut, np.minimum(0.04 + 0.07 * age, closed), closed)
-        canopy_w = canopy_w * np.where(declining, 1.0 - 0.035 * yrs, 1.0)
+        canopy_w = canopy_w * np.where(declining, 1.0 - DECLINE_CANOPY_LOSS_PER_YEAR * yrs, 1.0)
         open_trees = np.select([lc == HEATH, lc == GRASSLAND, lc == URBAN],
                                [0.10, 0.05, 0.08], 0.0)
         canopy = np.where(is_wood, canopy_w + 0.07 * canopy_tex,

@@ -195,23 +195,25 @@ def _cloud_share(precipitation: np.ndarray) -> np.ndarray:
 _CLOUD_DATE_SD = 1.5  # SD of the per-date regional cloudiness anomaly
 # Within-class heterogeneity between stands (log-SD of brightness, of the
 # NIR and SWIR balance; SD of season timing in days and of season depth)
-_STAND_BRIGHTNESS_SD = 0.18
-_STAND_TILT_SD = 0.10
+STAND_BRIGHTNESS_SD = 0.18
+STAND_TILT_SD = 0.10
 _STAND_PHENO_SHIFT_SD = 10.0
-_STAND_AMPLITUDE_SD = 0.12
+STAND_AMPLITUDE_SD = 0.12
 _TILT_NIR = np.array([0, 0, 0, 1, 1, 0, 0.5, 1, 0, 0], dtype=np.float64)
 _TILT_SWIR = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], dtype=np.float64)
 # Cloud-mask omissions: the band of the cloud field just below the cloud
 # threshold is thin cloud, and the cloud field shifted by this offset (m, to
 # the east and south) casts shadow; both pass the mask as valid observations
 _THIN_CLOUD_MARGIN = 0.3
-_SHADOW_OFFSET_M = 1500.0
+SHADOW_OFFSET_M = 1500.0
+#: Length scale (m) of each date's coherent cloud field.
+CLOUD_LENGTH_M = 2500.0
 
 
 @lru_cache(maxsize=8)
 def _cloud_fields(seed: int) -> list[GaussianField]:
-    """One coherent cloud field (2.5 km length scale) per Sentinel-2 date."""
-    return [GaussianField(seed, 10_000 + t, 2500.0, 24) for t in range(73)]
+    """One coherent cloud field (:data:`CLOUD_LENGTH_M` length scale) per Sentinel-2 date."""
+    return [GaussianField(seed, 10_000 + t, CLOUD_LENGTH_M, 24) for t in range(73)]
 
 
 def _pheno(doy, sos, eos, gmin, gmax):
@@ -291,11 +293,11 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     # soil background change brightness, the visible/NIR/SWIR balance, the
     # timing and the depth of the season from one stand (or field) to the next
     het = [hash_normal(seed, 411 + i, stand) for i in range(5)]
-    stand_gain = np.exp(_STAND_BRIGHTNESS_SD * het[0][..., None]
-                        + _STAND_TILT_SD * het[1][..., None] * _TILT_NIR
-                        + _STAND_TILT_SD * het[2][..., None] * _TILT_SWIR)
+    stand_gain = np.exp(STAND_BRIGHTNESS_SD * het[0][..., None]
+                        + STAND_TILT_SD * het[1][..., None] * _TILT_NIR
+                        + STAND_TILT_SD * het[2][..., None] * _TILT_SWIR)
     stand_shift = _STAND_PHENO_SHIFT_SD * het[3]
-    stand_depth = np.clip(1.0 + _STAND_AMPLITUDE_SD * het[4], 0.5, 1.3)
+    stand_depth = np.clip(1.0 + STAND_AMPLITUDE_SD * het[4], 0.5, 1.3)
     sos_t = sos_t + stand_shift
     eos_t = eos_t - 0.5 * stand_shift
     sos_g = (_SOS[ground_cls] + 4.0 * dt + weather + (ground_cls == CROPLAND) * crop_shift
@@ -349,7 +351,7 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
         x_year = xo + 1.0e5 * (year_b[:, None] - 2000)
         thin = ~cloudy & (cf + anomaly > theta - _THIN_CLOUD_MARGIN)
         refl = refl + thin[..., None] * haze_add * (2.0 + 4.0 * u3)[..., None]
-        cs = _cloud_fields(seed)[t].grid(x_year + _SHADOW_OFFSET_M, ys - _SHADOW_OFFSET_M)
+        cs = _cloud_fields(seed)[t].grid(x_year + SHADOW_OFFSET_M, ys - SHADOW_OFFSET_M)
         shadow = ~cloudy & (cs + anomaly > theta)
         refl = np.where(shadow[..., None], refl * (0.35 + 0.2 * u2)[..., None], refl)
         cloud_refl = (4800.0 + 1400.0 * n1)[..., None] * np.array(

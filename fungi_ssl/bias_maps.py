@@ -207,33 +207,7 @@ def window_scores(model: MapModel, embedding: np.ndarray, scale: np.ndarray) -> 
     >>> bool(np.allclose(z[0, 0], m.project_patches(patch)[0], atol=1e-4)), z.shape
     (True, (3, 4, 3))
     """
-    model._check_fitted()
-    k, d = model.spec.patch_size, model.spec.embedding_dim
-    h = k // 2
-    emb = np.asarray(embedding)
-    sc = np.asarray(scale, dtype=np.float32)
-    if emb.ndim != 3 or emb.shape[2] != d:
-        raise ValueError(f"embedding: expected (rows, cols, {d}), got shape {emb.shape}")
-    if sc.shape != emb.shape[:2]:
-        raise ValueError(f"scale: shape {sc.shape} does not match the embedding's {emb.shape[:2]}")
-    comp = np.asarray(model.pca_.components_, dtype=np.float64)
-    c = comp.shape[0]
-    w = comp.reshape(c, k, k, d).transpose(3, 1, 2, 0).reshape(d, k * k * c).astype(np.float32)
-    bias = (np.asarray(model.pca_.mean_, np.float64) @ comp.T).astype(np.float32)
-    hp, wp = emb.shape[:2]
-    nr, nc = hp - 2 * h, wp - 2 * h
-    if nr <= 0 or nc <= 0:
-        return np.full((max(nr, 0), max(nc, 0), c), np.nan, np.float32)
-    s = np.where(np.isfinite(sc), sc, np.float32(np.nan))
-    q = (emb.reshape(-1, d).astype(np.float32) @ w).reshape(hp, wp, k * k, c)
-    q *= s[:, :, None, None]
-    z = q[0:nr, 0:nc, 0].copy()
-    for a in range(k):
-        for b in range(k):
-            if a or b:
-                z += q[a : a + nr, b : b + nc, a * k + b]
-    z -= bias
-    return z
+    return model.window_scores(embedding, scale)
 
 
 @dataclass

@@ -649,9 +649,44 @@ class MapModel:
         >>> m.predict_window(emb, sc).shape
         (4, 5)
         """
+        emb, sc = self._checked_window(embedding, scale)
+        h = self.spec.patch_size // 2
+        n_rows, n_cols = emb.shape[0] - 2 * h, emb.shape[1] - 2 * h
+        out = np.full((max(n_rows, 0), max(n_cols, 0)), np.nan, np.float32)
+        if n_rows <= 0 or n_cols <= 0:
+            return out
+        c = self._bias.shape[0]
+        step = max(1, int(strip_pixels) // n_cols)
+        for r0 in range(0, n_rows, step):
+            r1 = min(n_rows, r0 + step)
+            zf = self._strip_scores(emb, sc, r0, r1).reshape(-1, c)
+            ok = np.isfinite(zf).all(axis=1)
+            if ok.any():
+                pred = self._regress(np.ascontiguousarray(zf[ok]), num_threads)
+                strip = out[r0:r1].reshape(-1)
+                strip[ok] = self._output(pred, output)
+        return out
+
+    def window_scores(self, embedding: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """PCA scores ``(H, W, n_components)`` of every interior pixel's patch in a window.
+
+        The projection :meth:`predict_window` feeds its regressor, returned
+        instead of the prediction (the area of applicability measures
+        distances in it). Float32; NaN where the patch is incomplete.
+        """
+        emb, sc = self._checked_window(embedding, scale)
+        h = self.spec.patch_size // 2
+        n_rows, n_cols = emb.shape[0] - 2 * h, emb.shape[1] - 2 * h
+        if n_rows <= 0 or n_cols <= 0:
+            return np.full((max(n_rows, 0), max(n_cols, 0), self._bias.shape[0]), np.nan,
+                           np.float32)
+        return self._strip_scores(emb, sc, 0, n_rows)
+
+    def _checked_window(self, embedding: np.ndarray, scale: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The window's embedding and float32 scale, checked against the model."""
         self._check_fitted()
-        k, d = self.spec.patch_size, self.spec.embedding_dim
-        h = k // 2
+        d = self.spec.embedding_dim
         emb = np.asarray(embedding)
         sc = np.asarray(scale, dtype=np.float32)
         if emb.ndim != 3 or emb.shape[2] != d:
@@ -661,34 +696,27 @@ class MapModel:
             )
         if sc.shape != emb.shape[:2]:
             raise ValueError(f"scale: shape {sc.shape} does not match the embedding's {emb.shape[:2]}")
-        hp, wp = emb.shape[:2]
-        n_rows, n_cols = hp - 2 * h, wp - 2 * h
-        out = np.full((max(n_rows, 0), max(n_cols, 0)), np.nan, np.float32)
-        if n_rows <= 0 or n_cols <= 0:
-            return out
+        return emb, sc
+
+    def _strip_scores(self, emb: np.ndarray, sc: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """PCA scores ``(r1 - r0, W, C)`` of output rows ``r0:r1`` (the shift-and-add projection)."""
+        k, d = self.spec.patch_size, self.spec.embedding_dim
+        h = k // 2
+        wp = emb.shape[1]
+        n_cols, nr = wp - 2 * h, r1 - r0
         c = self._bias.shape[0]
-        step = max(1, int(strip_pixels) // n_cols)
-        for r0 in range(0, n_rows, step):
-            r1 = min(n_rows, r0 + step)
-            nr = r1 - r0
-            e = emb[r0 : r1 + 2 * h].reshape(-1, d)
-            s = sc[r0 : r1 + 2 * h]
-            s = np.where(np.isfinite(s), s, np.float32(np.nan))
-            q = (e.astype(np.float32) @ self._window_w).reshape(nr + 2 * h, wp, k * k, c)
-            q *= s[:, :, None, None]
-            z = q[0:nr, 0:n_cols, 0].copy()
-            for a in range(k):
-                for b in range(k):
-                    if a or b:
-                        z += q[a : a + nr, b : b + n_cols, a * k + b]
-            z -= self._bias
-            zf = z.reshape(-1, c)
-            ok = np.isfinite(zf).all(axis=1)
-            if ok.any():
-                pred = self._regress(np.ascontiguousarray(zf[ok]), num_threads)
-                strip = out[r0:r1].reshape(-1)
-                strip[ok] = self._output(pred, output)
-        return out
+        e = emb[r0 : r1 + 2 * h].reshape(-1, d)
+        s = sc[r0 : r1 + 2 * h]
+        s = np.where(np.isfinite(s), s, np.float32(np.nan))
+        q = (e.astype(np.float32) @ self._window_w).reshape(nr + 2 * h, wp, k * k, c)
+        q *= s[:, :, None, None]
+        z = q[0:nr, 0:n_cols, 0].copy()
+        for a in range(k):
+            for b in range(k):
+                if a or b:
+                    z += q[a : a + nr, b : b + n_cols, a * k + b]
+        z -= self._bias
+        return z
 
     # ------------------------------------------------------------- checks
     def check_embeddings(

@@ -152,6 +152,30 @@ def spatial_splitter(
     )
 
 
+def run_options(
+    X: pd.DataFrame,
+    predictor_set: str,
+    model_params: Mapping[str, Any],
+    *,
+    seed: int,
+    memo: ReductionMemo,
+    n_components: int = SSL_COMPONENTS,
+) -> dict[str, Any]:
+    """Options of one Table 1 run (one set × model), shared by :func:`table1` and
+    :func:`fungi_ssl.heldout.chapter04_heldout` so both fit exactly the same models.
+
+    The SSL patch is reduced by a PCA fitted in each training part (memoised
+    across models), the model runs on one thread, without a progress bar.
+    """
+    transform = (
+        partial(MemoPatchReducer, n_components=n_components, seed=seed, memo=memo)
+        if has_ssl(X)
+        else None
+    )
+    return {"feature_transform": transform, "predictor_set": predictor_set,
+            "model_params": dict(model_params), "n_jobs": 1, "progress": False}
+
+
 def _resolve_splitter(splitter: Any, data: pd.DataFrame, lonlat, seed: int):
     """(splitter, groups) for evaluate_cv; (None, None) when spatial CV is skipped."""
     if splitter is False:
@@ -354,18 +378,8 @@ def table1(
 
     def _run(set_name: str, model: str, scheme: str) -> pd.DataFrame:
         X = matrices[set_name]
-        transform = (
-            partial(MemoPatchReducer, n_components=n_components, seed=seed, memo=memo)
-            if has_ssl(X)
-            else None
-        )
-        common: dict[str, Any] = {
-            "feature_transform": transform,
-            "predictor_set": set_name,
-            "model_params": params[model],
-            "n_jobs": 1,
-            "progress": False,
-        }
+        common = run_options(X, set_name, params[model], seed=seed, memo=memo,
+                             n_components=n_components)
         wanted = set_name in keep
         if scheme == "random":
             res = evaluate_random_splits(X, y, model, n_seeds=int(n_seeds), seed=seed,

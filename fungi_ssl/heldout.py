@@ -36,7 +36,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,13 @@ from fungi_ssl.comparison import (
     DEFAULT_SPATIAL_FOLDS,
     _score_table,
     _tidy_scores,
+    run_options,
     spatial_splitter,
 )
 from fungi_ssl.models import MODEL_NAMES, evaluate_cv, evaluate_random_splits
 from fungi_ssl.pipelines import (
     BOOK_MODEL_PARAMS,
     SSL_COMPONENTS,
-    MemoPatchReducer,
     ReductionMemo,
     available_sets,
     check_set_name,
@@ -180,19 +179,8 @@ def chapter04_heldout(
     data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
                                     n_splits, seed)
     site_ids = data["site_id"].to_numpy() if "site_id" in data.columns else None
-    memo = ReductionMemo()
-    transform = (
-        partial(MemoPatchReducer, n_components=SSL_COMPONENTS, seed=seed, memo=memo)
-        if has_ssl(X)
-        else None
-    )
-    common: dict[str, Any] = {
-        "feature_transform": transform,
-        "predictor_set": predictor_set,
-        "model_params": dict(BOOK_MODEL_PARAMS.get(model, {})),
-        "n_jobs": 1,
-        "progress": False,
-    }
+    common = run_options(X, predictor_set, BOOK_MODEL_PARAMS.get(model, {}), seed=seed,
+                         memo=ReductionMemo())
     seconds: dict[str, float] = {}
 
     def run(task: tuple[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:

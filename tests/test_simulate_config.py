@@ -46,7 +46,15 @@ STUDY_CHANGES: dict[str, object] = {
     "max_cores_per_site": 2,
     "core_spread_px": 6,
     "core_sd": 0.8,
-    "campaign_bias_sd": 0.6,
+    "campaign_bias_sd": 0.9,
+    "campaign_bias_regional_share": 0.1,
+    "site_size_sdlog": 0.3,
+    "plot_cluster_share": 0.0,
+    "plot_cluster_radius_m": 50.0,
+    "campaign_focus_shares": (0.0, 0.0, 1.0),
+    "forest_campaign_open_acceptance": 1.0,
+    "campaign_radius_km": 60.0,
+    "campaign_radius_sdlog": 0.1,
     "median_reads": 5_000.0,
     "reads_sdlog": 1.6,
     "rarefaction_depth": 2_000,
@@ -60,6 +68,9 @@ STUDY_CHANGES: dict[str, object] = {
 LANDSCAPE_CHANGES: dict[str, object] = {
     "stand_area_median_ha": 12.0,
     "stand_area_sdlog": 0.2,
+    "mosaic_length_m": 200.0,
+    "patch_length_m": 60.0,
+    "forest_propensity_weight": 2.0,
 }
 
 SENSOR_CHANGES: dict[str, object] = {

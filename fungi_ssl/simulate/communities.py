@@ -79,7 +79,7 @@ class RichnessModel:
     """
 
     s_max: float = 380.0
-    floor: float = 0.03
+    floor: float = 0.015
     host_exponent: float = 0.8
     age_floor: float = 0.35
     age_scale: float = 30.0
@@ -92,10 +92,10 @@ class RichnessModel:
     temp_curvature: float = 0.4
     precip_slope: float = 0.10
     nitrogen_slope: float = 0.015
-    regional_sd: float = 0.25
-    fine_sd: float = 0.35
-    hidden_host_sd: float = 0.6
-    fine_nitrogen_sd: float = 0.45
+    regional_sd: float = 0.15
+    fine_sd: float = 0.2
+    hidden_host_sd: float = 0.4
+    fine_nitrogen_sd: float = 0.3
     decline_rate: float = 0.04
     drought_effect: float = -0.05
 

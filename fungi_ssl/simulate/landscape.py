@@ -82,10 +82,22 @@ class LandscapeModel:
         Median stand area (ha), over stands.
     stand_area_sdlog : float
         Log-SD of stand areas.
+    mosaic_length_m : float
+        Length scale (m) of the land-use mosaic: the smooth field whose value
+        at a stand's seed decides whether the stand is woodland or open land.
+        Real landscapes alternate wooded and open tracts over kilometres.
+    patch_length_m : float
+        Length scale (m) of the smaller patches that break up the mosaic.
+    forest_propensity_weight : float
+        Weight of the regional forest propensity (a field of 0.5 degrees) in
+        whether a stand is woodland: how much wooded and open regions differ.
     """
 
     stand_area_median_ha: float = 1.5
     stand_area_sdlog: float = 1.1
+    mosaic_length_m: float = 2_000.0
+    patch_length_m: float = 500.0
+    forest_propensity_weight: float = 0.5
 
 
 # --------------------------------------------------------------------------- #
@@ -299,8 +311,8 @@ class Landscape:
         self.c_regional = f(9, REGIONAL_ANOMALY_LENGTH_DEG)
         self.c_urban = f(10, 0.6)
         # fine fields, in metres
-        self.f_land = f(21, 450.0)
-        self.f_patch = f(22, 150.0)
+        self.f_land = f(21, self.model.mosaic_length_m)
+        self.f_patch = f(22, self.model.patch_length_m)
         self.f_canopy = f(23, 25.0, 32)
         self.f_ph = f(24, 60.0, 32)
         self.f_relief = f(25, 300.0, 32)
@@ -478,7 +490,8 @@ class Landscape:
         first[inv] = np.arange(inv.size)
         ssx, ssy = sx.ravel()[first], sy.ravel()[first]  # already zone-offset
         at_seed = lambda f: f.points(ssx, ssy)[inv].reshape(zone.shape)
-        land_score = (at_seed(self.f_land) + 0.45 * at_seed(self.f_patch) + 0.5 * c["forest"])
+        land_score = (at_seed(self.f_land) + 0.45 * at_seed(self.f_patch)
+                      + self.model.forest_propensity_weight * c["forest"])
         elevation = c["elevation"] + relief
         ph = np.clip(c["ph"] + fine_ph, 3.3, 8.5)
         temp = c["temperature"] - 0.0065 * relief

@@ -31,6 +31,7 @@ from .landscape import (
     URBAN,
     WATER,
     WOODLAND_CODES,
+    GaussianField,
     Landscape,
     on_land,
 )
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from .study import StudyConfig
 
 __all__ = ["CONTINENTS", "CONTINENT_SHARE", "ECM_SHARE_CONCENTRATION", "campaign_decimals",
-           "core_layers", "draw_campaigns", "observe_cores", "place_plots", "point_layers",
+           "core_layers", "draw_campaigns", "observe_cores", "place_plots", "plot_clusters",
+           "point_layers",
            "sample_tables", "sequencing_depth", "site_sizes", "sites_of"]
 
 #: Two "continents" as lon/lat boxes; campaigns fall on land inside them.
@@ -48,6 +50,10 @@ CONTINENTS: dict[str, tuple[float, float, float, float]] = {
     "Asia": (100.0, 24.0, 145.0, 50.0),
 }
 CONTINENT_SHARE = {"Europe": 0.75, "Asia": 0.25}
+#: Largest campaign radius (km): national surveys span a few hundred km.
+MAX_CAMPAIGN_RADIUS_KM = 300.0
+#: Length scale (degrees) over which campaigns share part of their detection bias.
+CAMPAIGN_BIAS_LENGTH_DEG = 4.0
 
 
 def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -67,15 +73,21 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
             ok = on_land(cand_lon, cand_lat)
             lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
             todo = todo[~ok]
-    focus = rng.choice(["forest", "mixed", "open"], size=n, p=[0.55, 0.30, 0.15])
+    focus = rng.choice(["forest", "mixed", "open"], size=n, p=list(c.campaign_focus_shares))
+    # a campaign's detection bias: partly shared by the campaigns of a region (one
+    # country's labs and primers), partly its own
+    rho = float(np.clip(c.campaign_bias_regional_share, 0.0, 1.0))
+    regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
+    bias_z = math.sqrt(rho) * regional + math.sqrt(1.0 - rho) * rng.standard_normal(n)
     return pd.DataFrame({
         "campaign": np.arange(n), "continent": continent, "longitude": lon, "latitude": lat,
-        "radius_km": np.clip(rng.lognormal(np.log(12.0), 1.0, n), 0.3, 150.0),
+        "radius_km": np.clip(rng.lognormal(np.log(c.campaign_radius_km), c.campaign_radius_sdlog,
+                                           n), 0.3, MAX_CAMPAIGN_RADIUS_KM),
         "year": rng.choice(np.asarray(c.years), size=n),
         "focus": focus,
         "weight": rng.lognormal(0.0, 1.0, n),
         "median_reads": c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n),
-        "bias": rng.lognormal(0.0, c.campaign_bias_sd, n),
+        "bias": np.exp(c.campaign_bias_sd * bias_z),
     }).pipe(lambda t: t.assign(decimals=campaign_decimals(
         t["weight"].to_numpy(), c.coordinate_decimals, rng)))
 
@@ -84,7 +96,7 @@ def site_sizes(config: StudyConfig, rng: np.random.Generator) -> np.ndarray:
     """Cores per site until ``n_samples`` cores: singletons plus a lognormal tail."""
     c = config
     non_single_mean = (c.mean_cores_per_site - c.singleton_share) / (1 - c.singleton_share)
-    sigma = 1.2
+    sigma = c.site_size_sdlog
     mu = np.log(max(non_single_mean - 2.0, 0.05)) - sigma ** 2 / 2
     sizes = []
     total = 0
@@ -175,30 +187,27 @@ def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
     n = sizes.size
     w = camp["weight"].to_numpy()
     cid = rng.choice(len(camp), size=n, p=w / w.sum())
-    accept = {"forest": (1.0, 0.12), "mixed": (1.0, 1.0), "open": (0.2, 1.0)}
+    lead = plot_clusters(cid, config.plot_cluster_share, rng)
     lon = np.full(n, np.nan)
     lat = np.full(n, np.nan)
-    todo = np.arange(n)
-    for attempt in range(12):
-        if not todo.size:
-            break
-        c = camp.iloc[cid[todo]]
-        r = c["radius_km"].to_numpy() * 1000.0 * (1.0 + attempt / 3)
-        ang = rng.uniform(0, 2 * np.pi, todo.size)
-        dist = r * np.sqrt(rng.random(todo.size))
-        cand_lat = c["latitude"].to_numpy() + dist * np.sin(ang) / 111_320.0
-        cand_lon = c["longitude"].to_numpy() + dist * np.cos(ang) / (
-            111_320.0 * np.cos(np.radians(cand_lat)))
-        ok = on_land(cand_lon, cand_lat)
-        lc = point_layers(landscape, cand_lon, cand_lat, c["year"].to_numpy(),
-                          ["landcover"])["landcover"]
-        wood = np.isin(lc, WOODLAND_CODES)
-        p_w = np.array([accept[f][0] for f in c["focus"]])
-        p_o = np.array([accept[f][1] for f in c["focus"]])
-        p = np.where(wood, p_w, p_o) * np.select([lc == WATER, lc == URBAN], [0.0, 0.1], 1.0)
-        ok &= rng.random(todo.size) < p
-        lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
-        todo = todo[~ok]
+    # first the plots that open a cluster, around their campaign's centre
+    first = np.flatnonzero(lead == np.arange(n))
+    c = camp.iloc[cid[first]]
+    lon[first], lat[first] = _accept_around(
+        landscape, c, c["longitude"].to_numpy(), c["latitude"].to_numpy(),
+        c["radius_km"].to_numpy() * 1000.0, False,
+        config.forest_campaign_open_acceptance, rng)
+    # then the others, within plot_cluster_radius_m of their cluster's first plot
+    # (around the campaign's centre where that plot found no place)
+    rest = np.flatnonzero(lead != np.arange(n))
+    if rest.size:
+        c = camp.iloc[cid[rest]]
+        near = ~np.isnan(lon[lead[rest]])
+        clon = np.where(near, lon[lead[rest]], c["longitude"].to_numpy())
+        clat = np.where(near, lat[lead[rest]], c["latitude"].to_numpy())
+        radius = np.where(near, config.plot_cluster_radius_m, c["radius_km"].to_numpy() * 1000.0)
+        lon[rest], lat[rest] = _accept_around(landscape, c, clon, clat, radius, near,
+                                                config.forest_campaign_open_acceptance, rng)
     keep = ~np.isnan(lon)
     epsg, col, row = _pixel_of(lon[keep], lat[keep])
     tlon, tlat = _pixel_centre(epsg, col, row)
@@ -223,6 +232,81 @@ def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
         "longitude": rlon, "latitude": rlat,
         "rec_epsg": rec_epsg, "rec_col": rec_col, "rec_row": rec_row,
     })
+
+
+def plot_clusters(campaign: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Which plot each plot is placed near: itself, or an earlier plot of its campaign.
+
+    Field campaigns sample groups of plots (a transect, a forest and its
+    edge, a gradient of stands) a few hundred metres apart. Each plot, in
+    order, joins the cluster of the last plot of its campaign that opened one
+    with probability ``share``, and opens its own otherwise, so clusters hold
+    ``1 / (1 - share)`` plots on average.
+
+    Returns
+    -------
+    numpy.ndarray
+        Index of each plot's cluster-opening plot (its own index for those).
+
+    Examples
+    --------
+    >>> plot_clusters(np.array([0, 0, 1, 0]), 1.0, np.random.default_rng(0)).tolist()
+    [0, 0, 2, 0]
+    """
+    if not 0.0 <= share < 1.0 + 1e-12:
+        raise ValueError(f"plot_cluster_share must be between 0 and 1, got {share}")
+    joins = rng.random(campaign.size) < share
+    lead = np.arange(campaign.size)
+    last: dict[int, int] = {}
+    for i, (k, j) in enumerate(zip(campaign.tolist(), joins.tolist())):
+        if j and k in last:
+            lead[i] = last[k]
+        else:
+            last[k] = i
+    return lead
+
+
+def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, lat0: np.ndarray,
+                   radius_m: np.ndarray, log_uniform: np.ndarray | bool, open_in_forest: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Plot locations around centres, on land and accepted by each campaign's habitat focus.
+
+    Distances are uniform over the disc of ``radius_m``, or, where
+    ``log_uniform``, log-uniform between 10 m and ``radius_m`` (plots of one
+    cluster lie at every distance from a few metres to the radius). The
+    radius grows by a third at each of 12 attempts; plots never accepted are NaN.
+    A forest campaign accepts a plot on open land with probability
+    ``open_in_forest`` (its woodland edges, clearings and neighbouring fields).
+    """
+    n = lon0.size
+    log_uniform = np.broadcast_to(np.asarray(log_uniform, bool), (n,))
+    accept = {"forest": (1.0, open_in_forest), "mixed": (1.0, 1.0), "open": (0.2, 1.0)}
+    lon = np.full(n, np.nan)
+    lat = np.full(n, np.nan)
+    todo = np.arange(n)
+    for attempt in range(12):
+        if not todo.size:
+            break
+        c = camp.iloc[todo]
+        r = radius_m[todo] * (1.0 + attempt / 3)
+        ang = rng.uniform(0, 2 * np.pi, todo.size)
+        u = rng.random(todo.size)
+        dist = np.where(log_uniform[todo], 10.0 * (np.maximum(r, 10.0) / 10.0) ** u,
+                        r * np.sqrt(u))
+        cand_lat = lat0[todo] + dist * np.sin(ang) / 111_320.0
+        cand_lon = lon0[todo] + dist * np.cos(ang) / (
+            111_320.0 * np.cos(np.radians(cand_lat)))
+        ok = on_land(cand_lon, cand_lat)
+        lc = point_layers(landscape, cand_lon, cand_lat, c["year"].to_numpy(),
+                          ["landcover"])["landcover"]
+        wood = np.isin(lc, WOODLAND_CODES)
+        p_w = np.array([accept[f][0] for f in c["focus"]])
+        p_o = np.array([accept[f][1] for f in c["focus"]])
+        p = np.where(wood, p_w, p_o) * np.select([lc == WATER, lc == URBAN], [0.0, 0.1], 1.0)
+        ok &= rng.random(todo.size) < p
+        lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
+        todo = todo[~ok]
+    return lon, lat
 
 
 def sites_of(plots: pd.DataFrame) -> pd.DataFrame:

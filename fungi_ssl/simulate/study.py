@@ -80,12 +80,32 @@ class StudyConfig:
         Share of sites with one core (real: 2,035 of 3,650 = 0.56).
     max_cores_per_site : int
         Largest site (real: 215).
+    site_size_sdlog : float
+        Log-SD of the cores of sites with more than one (how heavy the tail
+        of large sites is).
+    plot_cluster_share : float
+        Share of plots placed near an earlier plot of their campaign
+        (:func:`~fungi_ssl.simulate.sampling.plot_clusters`).
+    plot_cluster_radius_m : float
+        Plots of one cluster lie up to this far (m) from its first plot,
+        log-uniformly from 10 m.
     core_spread_px : int
         Cores lie within this many pixels of the recorded plot coordinate.
     core_sd : float
         Log-SD of core-to-core richness within a pixel (micro-habitat).
     campaign_bias_sd : float
         Log-SD of campaign detection bias (primers, extraction, bioinformatics).
+    campaign_bias_regional_share : float
+        Share of that bias's variance that the campaigns of one region share
+        (a field of :data:`~fungi_ssl.simulate.sampling.CAMPAIGN_BIAS_LENGTH_DEG`).
+    campaign_focus_shares : tuple of float
+        Share of campaigns that sample forest, forest and open land, and open land.
+    forest_campaign_open_acceptance : float
+        Probability that a forest campaign keeps a plot that falls on open land.
+    campaign_radius_km : float
+        Median radius of a campaign's region (km).
+    campaign_radius_sdlog : float
+        Log-SD of campaign radii (national surveys are hundreds of km across).
     median_reads : float
         Median total fungal reads per sample.
     reads_sdlog : float
@@ -121,9 +141,17 @@ class StudyConfig:
     mean_cores_per_site: float = 2.3
     singleton_share: float = 0.56
     max_cores_per_site: int = 215
+    site_size_sdlog: float = 1.6
+    plot_cluster_share: float = 0.65
+    plot_cluster_radius_m: float = 1_000.0
     core_spread_px: int = 2
     core_sd: float = 0.38
-    campaign_bias_sd: float = 0.55
+    campaign_bias_sd: float = 0.45
+    campaign_bias_regional_share: float = 0.8
+    campaign_focus_shares: tuple[float, ...] = (0.55, 0.30, 0.15)
+    forest_campaign_open_acceptance: float = 0.12
+    campaign_radius_km: float = 12.0
+    campaign_radius_sdlog: float = 1.0
     median_reads: float = 12_000.0
     reads_sdlog: float = 0.85
     rarefaction_depth: int = 4_000
@@ -625,6 +653,10 @@ PARAMETER_RATIONALE: dict[str, str] = {
                             "field sizes of a few ha, Lesiv et al. 2019 Glob Change Biol)",
     "stand_area_sdlog": "stands from a fraction of a hectare to tens of hectares (95% between "
                         "~0.2 and ~13 ha)",
+    "mosaic_length_m": "issue 15: wooded and open tracts alternate over kilometres, so the real "
+                       "semivariogram climbs between 1 and 10 km (450 m put the contrast below 1 km)",
+    "patch_length_m": "smaller woods and clearings inside the mosaic",
+    "forest_propensity_weight": "regions differ in how wooded they are",
     # sensors
     "host_phenology_days": "AM (ash, maple) and ECM (oak, beech, birch) broadleaves overlap in "
                            "leaf-out; tree species maps from Sentinel-2 confuse broadleaves "
@@ -664,9 +696,11 @@ PARAMETER_RATIONALE: dict[str, str] = {
     "precip_slope": "wetter sites hold slightly more ECM species",
     "nitrogen_slope": "N deposition depresses ECM diversity (~1.5% per kg N/ha/yr)",
     "regional_sd": "regional anomaly that no covariate explains (history, dispersal)",
-    "fine_sd": "fine-scale (~40 m) variation no layer explains",
+    "fine_sd": "fine-scale (~40 m) variation no layer explains; issue 15: kept small, as real "
+               "samples 100-300 m apart differ little more than cores of one plot",
     "hidden_host_sd": "which hosts a broadleaf stand holds (ECM oak/beech/birch or AM ash/maple) "
-                      "changes its ECM richness; satellites barely see it",
+                      "changes its ECM richness; satellites barely see it (issue 15: weaker "
+                      "between-stand contrasts, 0.6 before)",
     "fine_nitrogen_sd": "fine-scale soil nitrogen depresses ECM richness (Lilleskov et al. 2019 "
                         "Environ Pollut 246:148) and no map resolves it",
     "decline_rate": "true trend: -4%/yr in declining ancient stands",
@@ -677,6 +711,17 @@ PARAMETER_RATIONALE: dict[str, str] = {
     "mean_cores_per_site": "real European table: 8,321 samples at 3,650 coordinates = 2.3",
     "singleton_share": "real table: 2,035 of 3,650 sites have one sample",
     "max_cores_per_site": "real table: up to 215 samples share one coordinate",
+    "site_size_sdlog": "issue 15: 15% of real samples sit at coordinates holding 20 or more",
+    "plot_cluster_share": "issue 15: real campaigns place many plots within 1 km of each other "
+                          "(10,281 real pairs 1-100 m apart against 71 in the old world)",
+    "plot_cluster_radius_m": "plots of one cluster lie 10 m to 1 km apart (transects, gradients)",
+    "campaign_bias_regional_share": "issue 15: labs, primers and pipelines are shared by a "
+                                    "country's studies, so far-apart samples still share part of "
+                                    "their bias (real gamma 0.82 at 100-300 km, not 1)",
+    "campaign_focus_shares": "most ECM studies sample forest; some sample open land",
+    "forest_campaign_open_acceptance": "forest studies take some plots in clearings and at edges",
+    "campaign_radius_km": "typical campaign regions of tens of km",
+    "campaign_radius_sdlog": "from one forest to a national survey",
     "core_spread_px": "cores lie within ~20 m of the plot",
     "core_sd": "micro-habitat variation between cores of one plot; with coarse coordinates "
                "gives the real table's ~15% within-site variance",

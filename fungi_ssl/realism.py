@@ -57,6 +57,7 @@ __all__ = [
     "load_reference",
     "reference_statistics",
     "sample_table_statistics",
+    "variogram_comparison",
 ]
 
 #: Quantiles of rarefied richness reported (as ``rarefied_qNN``).
@@ -394,6 +395,40 @@ def agreement(
         rows[key] = {"simulated": sim, "real": ref, "low": ref - half, "high": ref + half,
                      "matches": bool(ref - half <= sim <= ref + half)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("statistic")
+
+
+def variogram_comparison(samples: pd.DataFrame, data_dir: str | Path | None = None,
+                         target: str = "rarefied") -> dict[str, Any]:
+    """The semivariograms of a (simulated) sample table and of the real European table, band by band.
+
+    The real one is computed from ``<data_dir>/globalfungi_ecm_richness_europe.csv``
+    when that exists, and read from the shipped summary
+    (:func:`fungi_ssl.variogram.load_variogram_reference`) otherwise, so the
+    comparison is in every build.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        The table to compare (for the simulated study: its European samples,
+        as the real table is European).
+
+    Returns
+    -------
+    dict
+        ``variogram``: list of ``{band_m: [lo, hi], gamma_real, gamma_simulated,
+        pairs_real, pairs_simulated}``; ``simulated`` and ``real``: the two
+        :func:`fungi_ssl.variogram.variogram_summary` dicts; ``origin``
+        (``"table"`` or ``"shipped"``).
+    """
+    from .variogram import reference_variogram, variogram_summary
+
+    sim = variogram_summary(samples, target)
+    real, origin = reference_variogram(data_dir)
+    rows = [{"band_m": s["band_m"], "gamma_real": r["gamma_over_var"],
+             "gamma_simulated": s["gamma_over_var"], "pairs_real": r["pairs"],
+             "pairs_simulated": s["pairs"]}
+            for s, r in zip(sim["bands"], real["bands"])]
+    return {"variogram": rows, "simulated": sim, "real": real, "origin": origin}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -420,7 +420,8 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
         ``below_1km_target``, ``invisible_target``, ``coarse_gain``,
         ``invisible_gain``, ``below_1km``, ``invisible`` (realised shares),
         ``r2_ssl``, ``r2_1km``, ``r2_all``, ``r2_ssl_random``,
-        ``n_samples``, ``seconds``. Infeasible targets have NaN gains and scores.
+        ``sub_km_index`` (:func:`fungi_ssl.variogram.sub_km_index` of that
+        world's own samples, the rows of ``frame``), ``n_samples``, ``seconds``. Infeasible targets have NaN gains and scores.
     """
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -452,6 +453,21 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
 
     ids = data["sample_id"].to_numpy()
     base_rm = study.config.richness
+    # pairs of samples within 30 km: the same in every world, only their richness changes
+    from dataclasses import replace as _replace
+
+    from .variogram import REFERENCE_BAND, sample_pairs, sub_km_index
+
+    pairs = sample_pairs(data.assign(_z=0.0), "_z", REFERENCE_BAND[1])
+
+    def index_of(y: np.ndarray) -> float:
+        ok = np.isfinite(y)
+        keep = ok[pairs.i] & ok[pairs.j]
+        world = _replace(pairs, i=pairs.i[keep], j=pairs.j[keep],
+                         distance_m=pairs.distance_m[keep],
+                         half_sq_diff=0.5 * (y[pairs.i[keep]] - y[pairs.j[keep]]) ** 2,
+                         variance=float(np.nanvar(y)))
+        return sub_km_index(data, pairs=world) if keep.any() else float("nan")
 
     def target(gc: float, gi: float) -> np.ndarray:
         rm = richness_with_gains(base_rm, gc, gi, means=variance["mean"])
@@ -476,6 +492,7 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
             if np.isfinite(gc):
                 row["below_1km"], row["invisible"] = shares_at(variance, gc, gi)
                 y = target(gc, gi)
+                row["sub_km_index"] = index_of(y)
                 jobs = {(s, k): pool.submit(score, y, k, s, folds[k])
                         for s in SWEEP_SETS for k in range(len(folds))}
                 jobs[("random", 0)] = pool.submit(score, y, len(folds), "ssl",
@@ -530,6 +547,87 @@ def crossover(results: pd.DataFrame, a: str = "ssl", b: str = "1km") -> list[dic
     return out
 
 
+def index_crossover(results: pd.DataFrame, a: str = "ssl", b: str = "1km") -> list[dict[str, float]]:
+    """Where ``a`` and ``b`` score the same, in terms of the observable sub-km index.
+
+    Along each row of the grid (fixed invisible share), the feasible worlds
+    are ordered by their own ``sub_km_index`` and the difference
+    ``r2_a - r2_b`` is interpolated linearly in the index; each sign change
+    gives one crossing.
+
+    Returns
+    -------
+    list of dict
+        ``invisible`` (the row), ``sub_km_index`` and ``r2`` (interpolated
+        common R²) of each crossing.
+
+    Examples
+    --------
+    >>> g = pd.DataFrame({"setting": "grid", "invisible_target": 0.2,
+    ...                   "sub_km_index": [0.2, 0.6], "r2_ssl": [0.1, 0.3], "r2_1km": [0.2, 0.2]})
+    >>> [round(c["sub_km_index"], 2) for c in index_crossover(g)]
+    [0.4]
+    """
+    g = results[results["setting"] == "grid"].dropna(subset=[f"r2_{a}", f"r2_{b}", "sub_km_index"])
+    out = []
+    for value, line in g.groupby("invisible_target"):
+        line = line.sort_values("sub_km_index")
+        x = line["sub_km_index"].to_numpy()
+        d = (line[f"r2_{a}"] - line[f"r2_{b}"]).to_numpy()
+        r = line[f"r2_{b}"].to_numpy()
+        for j in range(len(x) - 1):
+            if d[j] == 0 or d[j] * d[j + 1] < 0:
+                t = d[j] / (d[j] - d[j + 1]) if d[j] != d[j + 1] else 0.0
+                out.append({"invisible": float(value), "sub_km_index": float(x[j] + t * (x[j + 1] - x[j])),
+                            "r2": float(r[j] + t * (r[j + 1] - r[j]))})
+    return out
+
+
+def predicted_winner(results: pd.DataFrame, index: float, ci: Sequence[float],
+                     a: str = "ssl", b: str = "1km") -> str:
+    """Which set the grid predicts to win at an observed sub-km index, given its interval.
+
+    Along each row of the grid (fixed invisible share, which no field table
+    reveals), ``r2_a - r2_b`` is interpolated linearly in the worlds' own
+    sub-km index (held at the row's end values outside its range) and read
+    at the interval's ends and at the index. ``a`` is predicted when every
+    one of these readings favours it, ``b`` when every one favours ``b``,
+    and ``"undecided"`` otherwise: the interval, or the unknown invisible
+    share, straddles a crossover.
+
+    Returns
+    -------
+    str
+        ``a``, ``b`` or ``"undecided"`` (also when no row has two scored worlds).
+
+    Examples
+    --------
+    >>> g = pd.DataFrame({"setting": "grid", "invisible_target": 0.2,
+    ...                   "sub_km_index": [0.2, 0.6], "r2_ssl": [0.1, 0.3], "r2_1km": [0.2, 0.2]})
+    >>> predicted_winner(g, 0.25, [0.2, 0.3]), predicted_winner(g, 0.4, [0.3, 0.5])
+    ('1km', 'undecided')
+    """
+    g = results[results["setting"] == "grid"].dropna(subset=[f"r2_{a}", f"r2_{b}", "sub_km_index"])
+    points = [float(index), *map(float, ci)]
+    if not all(np.isfinite(points)):
+        return "undecided"
+    readings = []
+    for _, line in g.groupby("invisible_target"):
+        if len(line) < 2:
+            continue
+        line = line.sort_values("sub_km_index")
+        d = (line[f"r2_{a}"] - line[f"r2_{b}"]).to_numpy()
+        readings += list(np.interp(points, line["sub_km_index"].to_numpy(), d))
+    if not readings:
+        return "undecided"
+    readings = np.asarray(readings)
+    if (readings > 0).all():
+        return a
+    if (readings < 0).all():
+        return b
+    return "undecided"
+
+
 
 def sensitivity_json(results: pd.DataFrame, threshold: float = 0.5) -> dict[str, Any]:
     """Chapter 11's results file: the grid, each set's R² at each setting, and the crossover.
@@ -555,6 +653,8 @@ def sensitivity_json(results: pd.DataFrame, threshold: float = 0.5) -> dict[str,
             "r2": {s: (row[f"r2_{s}"] if ok else None) for s in SWEEP_SETS},
             "r2_ssl_random": row["r2_ssl_random"] if ok else None,
             "reproduces_study": bool(ok and row["r2_ssl_random"] > threshold),
+            "sub_km_index": (float(row["sub_km_index"])
+                             if ok and np.isfinite(row.get("sub_km_index", np.nan)) else None),
         }
 
     grid = results[results["setting"] == "grid"]
@@ -622,6 +722,41 @@ def plot_sensitivity(results: pd.DataFrame, threshold: float = 0.5, axes: Any = 
     axes[0].legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
     plt.colorbar(im, ax=axes, label="R²", shrink=0.9)
     return axes
+
+def plot_index_comparison(results: pd.DataFrame, real_index: float, real_ci: Sequence[float],
+                          real_label: str = "real European table", ax: Any = None) -> Any:
+    """``ssl`` minus the 1 km sets against each world's observable sub-km index.
+
+    One line per invisible share of the grid (worlds ordered by their own
+    index), the study's world as a star, and the real table's index with its
+    interval as a vertical line and band: where the lines cross zero inside
+    the band, the real table does not decide the winner.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.2, 4.2), constrained_layout=True)
+    g = results[results["setting"] == "grid"].dropna(subset=["r2_ssl", "r2_1km", "sub_km_index"])
+    levels = sorted(g["invisible_target"].unique())
+    cmap = plt.get_cmap("viridis")
+    for k, (value, line) in enumerate(g.groupby("invisible_target")):
+        line = line.sort_values("sub_km_index")
+        ax.plot(line["sub_km_index"], line["r2_ssl"] - line["r2_1km"], "-o", ms=4,
+                color=cmap(k / max(1, len(levels) - 1)), label=f"invisible share {value:.0%}")
+    own = results[results["setting"] == "study"].dropna(subset=["sub_km_index"])
+    if len(own):
+        ax.scatter(own["sub_km_index"], own["r2_ssl"] - own["r2_1km"], marker="*", s=220,
+                   c="tab:red", edgecolors="w", zorder=5, label="this study's world")
+    lo, hi = real_ci
+    if np.isfinite([real_index, lo, hi]).all():
+        ax.axvspan(lo, hi, color="0.6", alpha=0.3, lw=0)
+        ax.axvline(real_index, color="0.3", ls="--", label=f"{real_label} (90% interval)")
+    ax.axhline(0.0, color="k", lw=1)
+    ax.set(xlabel="sub-km index of the samples (observable)",
+           ylabel="R² of ssl minus R² of 1 km sets (50 km blocks)")
+    ax.legend(fontsize=8, loc="best")
+    return ax
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

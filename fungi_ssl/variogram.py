@@ -28,7 +28,13 @@ well under 1% in every band used here.
 
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
+import json
+import sys
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -272,3 +278,148 @@ def share_at_busy_coordinates(samples: pd.DataFrame, min_samples: int = 20,
     key = pd.MultiIndex.from_arrays([np.round(lon, 6), np.round(lat, 6)])
     counts = pd.Series(1, index=key).groupby(level=[0, 1]).size()
     return float(counts[counts >= min_samples].sum() / counts.sum()) if counts.size else float("nan")
+
+
+#: Name of the shipped semivariogram summary of the real European table (``fungi_ssl/reference``).
+VARIOGRAM_REFERENCE_FILE = "globalfungi_europe_variogram.json"
+
+
+def variogram_summary(samples: pd.DataFrame, target: str = "rarefied", *, n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, object]:
+    """Everything the book reports of a table's spatial structure, in one dict.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        Sample table (``longitude``, ``latitude``, ``target``).
+    target : str
+        Richness column.
+    n_boot, seed : int
+        Bootstrap replicates and seed of the index's interval
+        (:func:`sub_km_index_interval`, 90%, 50 km blocks).
+
+    Returns
+    -------
+    dict
+        ``bands`` (list of ``{band_m: [lo, hi], gamma_over_var, pairs}``, one per
+        :data:`BANDS`), ``sub_km_index``, ``sub_km_index_ci``, ``ci_level``,
+        ``block_km``, ``share_at_busy_coordinates`` (coordinates holding 20 or
+        more samples), ``n_samples`` and ``variance_log1p``.
+    """
+    pairs = sample_pairs(samples, target, BANDS[-1][1])
+    sv = semivariogram(samples, target, pairs=pairs)
+    near = pairs.in_band(0.0, REFERENCE_BAND[1])
+    near_pairs = SamplePairs(i=pairs.i[near], j=pairs.j[near], distance_m=pairs.distance_m[near],
+                             half_sq_diff=pairs.half_sq_diff[near], variance=pairs.variance)
+    interval = sub_km_index_interval(samples, target, n_boot=n_boot, seed=seed, pairs=near_pairs)
+    n = int(samples[target].notna().sum())
+    return {
+        "bands": [{"band_m": [float(r.lo_m), float(r.hi_m)],
+                   "gamma_over_var": None if np.isnan(r.gamma_over_var) else float(r.gamma_over_var),
+                   "pairs": int(r.pairs)} for r in sv.itertuples()],
+        "sub_km_index": float(interval["index"]),
+        "sub_km_index_ci": [float(v) for v in interval["ci"]],
+        "ci_level": float(interval["level"]),
+        "block_km": float(interval["block_km"]),
+        "share_at_busy_coordinates": share_at_busy_coordinates(samples, 20, target),
+        "n_samples": n,
+        "variance_log1p": float(pairs.variance),
+    }
+
+
+def compute_variogram_reference(path: str | Path, today: _dt.date | None = None) -> dict[str, object]:
+    """The semivariogram summary of the real European table, with its provenance.
+
+    The content of the shipped :data:`VARIOGRAM_REFERENCE_FILE`; rewrite it with
+    ``python -m fungi_ssl.variogram /path/to/globalfungi_ecm_richness_europe.csv``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is missing.
+    """
+    from .download import REAL_TABLES
+    from .realism import _sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sample table {path} not found")
+    table = pd.read_csv(path)
+    sha = _sha256(path)
+    return {
+        **variogram_summary(table),
+        "provenance": {
+            "source_file": path.name,
+            "source": REAL_TABLES["globalfungi_europe"].url,
+            "sha256": sha,
+            "sha256_matches_published": sha == REAL_TABLES["globalfungi_europe"].sha256,
+            "n_rows": len(table),
+            "computed": (today or _dt.date.today()).isoformat(),
+            "function": "fungi_ssl.variogram.variogram_summary",
+            "how": "semivariance of log1p(rarefied) over pairs of samples in each distance band "
+                   "(geodesic WGS84 distances), over the variance of log1p(rarefied); "
+                   "sub_km_index 90% interval from 1000 bootstraps of 50 km blocks of sites",
+            "command": f"python -m fungi_ssl.variogram {path.name}",
+        },
+    }
+
+
+def load_variogram_reference() -> dict[str, object]:
+    """The shipped semivariogram summary of the real European table.
+
+    Examples
+    --------
+    >>> ref = load_variogram_reference()
+    >>> ref["provenance"]["source_file"], len(ref["bands"]) == len(BANDS)
+    ('globalfungi_ecm_richness_europe.csv', True)
+    """
+    text = resources.files("fungi_ssl").joinpath("reference", VARIOGRAM_REFERENCE_FILE).read_text()
+    return json.loads(text)
+
+
+def reference_variogram(data_dir: str | Path | None = None) -> tuple[dict[str, object], str]:
+    """The real European table's semivariogram summary: from the table if ``data_dir`` holds it, else shipped.
+
+    Returns
+    -------
+    summary : dict
+        As :func:`variogram_summary` (the shipped one adds ``provenance``).
+    origin : str
+        ``"table"`` or ``"shipped"``.
+    """
+    from .realism import REFERENCE_TABLE
+
+    if data_dir:
+        path = Path(data_dir) / REFERENCE_TABLE
+        if path.is_file():
+            return variogram_summary(pd.read_csv(path)), "table"
+    return load_variogram_reference(), "shipped"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the shipped summary: ``python -m fungi_ssl.variogram CSV``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fungi_ssl.variogram",
+        description="Recompute fungi_ssl/reference/globalfungi_europe_variogram.json from the "
+                    "real European GlobalFungi table.")
+    parser.add_argument("table", type=Path)
+    parser.add_argument("--output", type=Path,
+                        default=Path(__file__).resolve().parent / "reference"
+                        / VARIOGRAM_REFERENCE_FILE)
+    args = parser.parse_args(argv)
+    try:
+        ref = compute_variogram_reference(args.table)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not ref["provenance"]["sha256_matches_published"]:
+        print(f"error: {args.table} does not have the published sha256; not writing",
+              file=sys.stderr)
+        return 2
+    args.output.write_text(json.dumps(ref, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

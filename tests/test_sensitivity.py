@@ -122,3 +122,32 @@ def test_spun_reference_from_the_table_matches_the_shipped_one(real_data_dir):
     shipped, _ = sens.spun_reference(None)
     assert info["origin"] == "table"
     pd.testing.assert_frame_equal(skill, shipped, atol=1e-9)
+
+
+def _grid_by_index() -> pd.DataFrame:
+    # two rows of the grid (invisible 0.1 and 0.3); ssl wins above an index of ~0.5
+    rows = []
+    for inv, shift in ((0.1, 0.0), (0.3, 0.1)):
+        for idx in (0.1, 0.3, 0.5, 0.7, 0.9):
+            rows.append({"setting": "grid", "invisible_target": inv, "sub_km_index": idx,
+                         "r2_ssl": 0.2 + 0.5 * (idx - 0.5 - shift), "r2_1km": 0.2})
+    return pd.DataFrame(rows)
+
+
+def test_predicted_winner_reads_every_row_at_the_interval():
+    g = _grid_by_index()
+    assert sens.predicted_winner(g, 0.2, [0.1, 0.3]) == "1km"
+    assert sens.predicted_winner(g, 0.85, [0.8, 0.9]) == "ssl"
+    # the interval straddles the crossing of the first row
+    assert sens.predicted_winner(g, 0.5, [0.4, 0.6]) == "undecided"
+    # between the rows' crossings the unknown invisible share decides: undecided
+    assert sens.predicted_winner(g, 0.55, [0.54, 0.56]) == "undecided"
+    cross = sens.index_crossover(g)
+    assert [round(c["sub_km_index"], 2) for c in cross] == [0.5, 0.6]
+
+
+def test_sensitivity_json_rows_carry_the_sub_km_index():
+    g = _grid_by_index().assign(below_1km_target=0.3, coarse_gain=1.0, invisible_gain=1.0,
+                                below_1km=0.3, invisible=0.1, r2_all=0.3, r2_ssl_random=0.6)
+    out = sens.sensitivity_json(g)
+    assert [e["sub_km_index"] for e in out["grid"]][:2] == [0.1, 0.3]

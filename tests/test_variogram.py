@@ -78,3 +78,39 @@ def test_real_table_matches_the_reference_figures(real_data_dir):
     assert np.allclose(sv["gamma_over_var"], expected, atol=0.01)
     assert variogram.sub_km_index(t) == pytest.approx(0.27, abs=0.01)
     assert variogram.share_at_busy_coordinates(t) == pytest.approx(0.149, abs=0.002)
+
+
+def test_shipped_real_summary_has_bands_index_and_provenance():
+    ref = variogram.load_variogram_reference()
+    assert [b["band_m"] for b in ref["bands"]] == [list(b) for b in variogram.BANDS]
+    assert all(b["pairs"] > 0 for b in ref["bands"])
+    lo, hi = ref["sub_km_index_ci"]
+    assert lo < ref["sub_km_index"] < hi
+    assert 0.0 < ref["share_at_busy_coordinates"] < 1.0
+    prov = ref["provenance"]
+    assert prov["source_file"] == "globalfungi_ecm_richness_europe.csv"
+    assert len(prov["sha256"]) == 64 and prov["sha256_matches_published"]
+    # with no data directory the shipped summary is what the book reads
+    same, origin = variogram.reference_variogram(None)
+    assert origin == "shipped" and same["sub_km_index"] == ref["sub_km_index"]
+
+
+def test_realism_variogram_comparison_lists_every_band():
+    from fungi_ssl import realism
+
+    out = realism.variogram_comparison(_table(0.5, 0.8, n_sites=120))
+    assert out["origin"] == "shipped"
+    rows = out["variogram"]
+    assert len(rows) == len(variogram.BANDS)
+    assert set(rows[0]) == {"band_m", "gamma_real", "gamma_simulated", "pairs_real",
+                            "pairs_simulated"}
+    assert rows[0]["pairs_simulated"] == 3 * 120
+
+
+def test_real_summary_matches_the_table(real_data_dir):
+    summary, origin = variogram.reference_variogram(real_data_dir)
+    assert origin == "table"
+    shipped = variogram.load_variogram_reference()
+    for a, b in zip(summary["bands"], shipped["bands"]):
+        assert a["pairs"] == b["pairs"]
+        assert abs(a["gamma_over_var"] - b["gamma_over_var"]) < 1e-9

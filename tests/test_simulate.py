@@ -163,11 +163,34 @@ def test_s1_backscatter_ranges(pixels):
 
 # ---- the designed truth ------------------------------------------------------
 
-def test_most_true_richness_variance_lies_below_1km(default):
-    # Design (chapter 00): about 0.58 of the variance of true log richness in
-    # sampled landscapes lies within 1 km cells; accept 0.50-0.70.
+def test_share_of_true_richness_variance_below_1km(default):
+    # Simulator v5 (issue 15) moved the land-use mosaic from 450 m to 2 km to match the
+    # real semivariogram: about 0.38 of the variance of true log richness in sampled
+    # landscapes now lies within 1 km cells (0.58 before); accept 0.25-0.50.
     share = variance_below_1km(default, n_cells=600, seed=0)["share_below_1km"]
-    assert 0.50 <= share <= 0.70
+    assert 0.25 <= share <= 0.50
+
+
+#: Bands of the real semivariogram the calibrated world misses by more than 0.08
+#: (issue 15's closest compromise, shown in chapter 00): 3-10 km and 10-30 km.
+CALIBRATION_MISSES = {(3_000.0, 10_000.0), (10_000.0, 30_000.0)}
+
+
+def test_calibrated_world_matches_the_real_semivariogram(default):
+    from fungi_ssl.variogram import load_variogram_reference, share_at_busy_coordinates, semivariogram
+
+    europe = default.samples.query("continent == 'Europe'")
+    sim = semivariogram(europe)
+    real = load_variogram_reference()["bands"]
+    for row, ref in zip(sim.itertuples(), real):
+        band = (row.lo_m, row.hi_m)
+        if min(row.pairs, ref["pairs"]) < 50:
+            continue
+        gap = abs(row.gamma_over_var - ref["gamma_over_var"])
+        assert gap <= (0.12 if band in CALIBRATION_MISSES else 0.08), (band, gap)
+        if 1.0 <= row.lo_m < 3_000.0:
+            assert ref["pairs"] / 3 <= row.pairs <= 3 * ref["pairs"], (band, row.pairs)
+    assert 0.10 <= share_at_busy_coordinates(europe) <= 0.20
 
 
 def test_true_trend_of_declining_ancient_woodland(small):
@@ -380,8 +403,10 @@ def test_invisible_share_of_true_richness_is_documented(default):
     from fungi_ssl.simulate import richness_variance
 
     v = richness_variance(default, n_cells=300, seed=0)
-    # chapter 00 reports it; the default world hides about a quarter of the variance
-    assert 0.15 <= v["invisible_share"] <= 0.40, v["invisible_share"]
+    # chapter 00 reports it; simulator v5 (issue 15) weakened the fine, hidden-host and
+    # regional terms to match the real semivariogram below 1 km, so the default world now
+    # hides about 7% of the variance (about a quarter before)
+    assert 0.03 <= v["invisible_share"] <= 0.15, v["invisible_share"]
     assert abs(v["share_below_1km"]
                - variance_below_1km(default, n_cells=300, seed=0)["share_below_1km"]) < 0.02
 

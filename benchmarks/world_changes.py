@@ -26,6 +26,23 @@ Variants
     patches and covariates; only richness and what sequencing shows of it
     are redrawn, as in chapter 11).
 
+Simulator version 5 calibrated the world to the real table's semivariogram
+(issue 15); each of its changes is undone on its own too:
+
+``v4_fine_mosaic``
+    The land-use mosaic back at 450 m (patches 150 m) instead of 2 km (500 m).
+``v4_strong_fine_terms``
+    The fine noise, fine-scale nitrogen, hidden-host, regional and floor
+    terms at their version-4 values (richness only, as in chapter 11).
+``no_plot_clusters``
+    Plots placed independently over the campaign's region (no clusters).
+``v4_site_sizes``
+    The lighter tail of site sizes (log-SD 1.2 instead of 1.6).
+``independent_campaign_bias``
+    Each campaign's detection bias its own (log-SD 0.55, nothing shared regionally).
+
+Variants that move sites or the landscape re-embed the site patches.
+
 Run ``.venv/bin/python benchmarks/world_changes.py [--profile full] [--seeds 3]``;
 it prints a table and writes ``benchmarks/results/world_changes.json``. The
 encoder and default patches come from the book's cache (``make book`` first).
@@ -52,7 +69,10 @@ from fungi_ssl.study import FieldData, open_field_data, simulated_study
 HERE = Path(__file__).resolve().parent
 SETS = ("ssl", "climate", "soil", "landcover")
 VARIANTS = ("default", "exact_coordinates", "independent_covariate_errors", "exact_landcover",
-            "no_invisible_drivers")
+            "no_invisible_drivers", "v4_fine_mosaic", "v4_strong_fine_terms", "no_plot_clusters",
+            "v4_site_sizes", "independent_campaign_bias")
+#: Variants whose sites or landscape differ from the default's, so their patches are re-embedded.
+RE_EMBED = ("exact_coordinates", "v4_fine_mosaic", "no_plot_clusters", "v4_site_sizes")
 
 
 def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
@@ -69,6 +89,18 @@ def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
         return SimulatedStudy(replace(c, sensors=replace(c.sensors, landcover_accuracy=1.0)))
     if name == "no_invisible_drivers":
         return base.with_richness(richness_with_gains(c.richness, 1.0, 0.0))
+    if name == "v4_fine_mosaic":
+        return SimulatedStudy(replace(c, landscape=replace(c.landscape, mosaic_length_m=450.0,
+                                                           patch_length_m=150.0)))
+    if name == "v4_strong_fine_terms":
+        return base.with_richness(replace(c.richness, fine_sd=0.35, fine_nitrogen_sd=0.45,
+                                          hidden_host_sd=0.6, regional_sd=0.25, floor=0.03))
+    if name == "no_plot_clusters":
+        return SimulatedStudy(replace(c, plot_cluster_share=0.0))
+    if name == "v4_site_sizes":
+        return SimulatedStudy(replace(c, site_size_sdlog=1.2))
+    if name == "independent_campaign_bias":
+        return SimulatedStudy(replace(c, campaign_bias_sd=0.55, campaign_bias_regional_share=0.0))
     raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
 
 
@@ -111,9 +143,9 @@ def main() -> int:
         t0 = time.perf_counter()
         study = variant_study(base, name)
         field = base_field if name == "default" else field_of(study)
-        # only moved coordinates move the patches; every other variant keeps the sites
+        # only variants that move sites or change the landscape change the patches
         ssl = (ssl_patch_features(field, trained, args.profile, args.seed)
-               if name == "exact_coordinates" else base_ssl)
+               if name in RE_EMBED else base_ssl)
         frame = frame_of(field, ssl)
         res = comparison.table1(frame, TARGET, sets=SETS, models=("lightgbm",),
                                 n_seeds=args.seeds, seed=args.seed, progress=False)

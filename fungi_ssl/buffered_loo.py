@@ -74,7 +74,7 @@ DEFAULT_BUFFERS_KM: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0,
 )
 #: Largest share of the table a test sample may lose to the other zones of its batch.
-DEFAULT_MAX_EXTRA_SHARE = 0.2
+DEFAULT_MAX_EXTRA_SHARE = 0.25
 
 
 def distances_to_samples(coords: np.ndarray, test: np.ndarray,

@@ -173,7 +173,7 @@ class CVSizes:
 _SIZES = {
     "quick": CVSizes(n_splits=5, trees={"lightgbm": 300, "rf": 100}, sloo_n_test=100,
                      sloo_reps=2, sub_km_boot=200),
-    "full": CVSizes(n_splits=10, trees={"lightgbm": 500, "rf": 200}, sloo_n_test=150,
+    "full": CVSizes(n_splits=10, trees={"lightgbm": 500, "rf": 200}, sloo_n_test=120,
                     sloo_reps=3, sub_km_boot=400),
 }
 
@@ -184,7 +184,7 @@ def cv_sizes(profile: str) -> CVSizes:
     ``quick``: 5 folds, 300 LightGBM trees, 100 forest trees, a buffered
     leave-one-out curve of 2 draws of 100 test samples, 200 bootstrap
     replicates of the sub-km index; ``full``: 10 folds (CAST's kNNDM
-    default), 500 and 200 trees, 3 draws of 150, 400 replicates.
+    default), 500 and 200 trees, 3 draws of 120, 400 replicates.
 
     Examples
     --------

@@ -220,6 +220,7 @@ def knndm_experiments(
     n_splits: int = 10,
     seed: int = 0,
     known_folds: Mapping[str, KNNDMResult] | None = None,
+    known_scores: Mapping[str, tuple[float, float]] | None = None,
     n_jobs: int = 2,
     progress: bool = True,
 ) -> KNNDMExperiments:
@@ -243,6 +244,11 @@ def knndm_experiments(
     known_folds : mapping, optional
         Domain -> a :class:`KNNDMResult` already chosen for these samples and
         that domain (e.g. the chapter's comparison), reused instead of a new search.
+    known_scores : mapping, optional
+        Variant name -> (pooled R², mean fold R²) already computed with the
+        same model, settings, seed and folds (e.g. by
+        :func:`fungi_ssl.cv_schemes.compare_cv_schemes` on ``known_folds``);
+        those variants are not refitted.
     n_jobs : int
         Worker threads for the fits (each model single-threaded).
     progress : bool
@@ -291,12 +297,17 @@ def knndm_experiments(
                            predictor_set=v.name, model_params=v.params, n_jobs=1,
                            nan_policy="allow", progress=False)
 
+    known = dict(known_scores or {})
+    todo = [v for v in variants if v.name not in known]
     with single_threaded_workers():
         runner = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")
-        scores = list(tqdm(runner(delayed(run)(v) for v in variants), total=len(variants),
+        fitted = list(tqdm(runner(delayed(run)(v) for v in todo), total=len(todo),
                            desc="kNNDM variants", disable=not progress))
+    for v, s in zip(todo, fitted):
+        known[v.name] = (float(s.loc[s["scope"] == "pooled", "r2"].iloc[0]),
+                         float(s.loc[s["scope"] == "fold", "r2"].mean()))
     rows = []
-    for v, s in zip(variants, scores):
+    for v in variants:
         res = results[v.domain]
         rows.append({
             "variant": v.name,
@@ -305,8 +316,8 @@ def knndm_experiments(
             "model_params": {k: (float(p) if isinstance(p, float) else p)
                              for k, p in v.params.items()},
             "domain": v.domain,
-            "r2": float(s.loc[s["scope"] == "pooled", "r2"].iloc[0]),
-            "r2_fold_mean": float(s.loc[s["scope"] == "fold", "r2"].mean()),
+            "r2": float(known[v.name][0]),
+            "r2_fold_mean": float(known[v.name][1]),
             "w_km": res.w / 1000.0,
             "median_cv_distance_km": float(np.median(res.gjstar) / 1000.0),
             "median_prediction_distance_km": float(np.median(res.gij) / 1000.0),

@@ -71,10 +71,15 @@ def test_experiments_give_one_entry_per_variant_with_the_chapter_keys(world):
             < t.loc["lightgbm_global", "median_prediction_distance_km"])
     assert (t.loc["lightgbm_near", "median_cv_distance_km"]
             <= t.loc["lightgbm_global", "median_cv_distance_km"])
-    # same folds, same model -> same score (the two domains' LightGBM runs differ only by folds)
+    # same folds, same model -> same score; a known score is taken as given, not refitted
     same = kg.knndm_experiments(X, y, xy, {"global": grid}, variants[:1], n_splits=3,
                                 known_folds={"global": known}, progress=False)
     assert same.r2("lightgbm_global") == pytest.approx(ex.r2("lightgbm_global"))
+    given = kg.knndm_experiments(X, y, xy, {"global": grid}, variants[:2], n_splits=3,
+                                 known_folds={"global": known},
+                                 known_scores={"lightgbm_global": (0.5, 0.25)}, progress=False)
+    assert given.table.loc[0, ["r2", "r2_fold_mean"]].tolist() == [0.5, 0.25]
+    assert given.r2("rf_book_global") == pytest.approx(ex.r2("rf_book_global"))
 
 
 def test_experiments_reject_unknown_domains_and_duplicate_names(world):

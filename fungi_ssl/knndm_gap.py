@@ -355,7 +355,7 @@ def plot_domain_distances(results: Mapping[str, KNNDMResult], labels: Mapping[st
     for ax, (key, res) in zip(axes[0], results.items()):
         plot_knndm_distances(res, ax=ax, log=True)
         ax.set_title(f"{labels.get(key, key)}\nW = {res.w / 1000:,.0f} km", fontsize="medium")
-        ax.legend(loc="upper left", fontsize="x-small")
+        ax.legend(loc="center left", fontsize="x-small")
     return fig
 
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.figure
 
 __all__ = [
+    "COVARIATE_TABLE_GUILD",
     "DEFAULT_BLOCK_SIZE_M",
     "DEFAULT_GRID_SPACING_KM",
     "DEFAULT_RUNS",
@@ -105,6 +106,8 @@ SCHEME_LABELS = {
     "spatial_block": "spatial blocks",
     "knndm": "kNNDM",
 }
+#: The guild whose richness the SPUN covariate table holds (its ``ECM_diversity``).
+COVARIATE_TABLE_GUILD = "ECM"
 #: Side of the spatial blocks (metres), as chapter 04's spatial CV.
 DEFAULT_BLOCK_SIZE_M = 50_000.0
 #: Spacing of the prediction grid on the ground (km).
@@ -142,10 +145,19 @@ class CVSizes:
         Folds of every scheme (kNNDM may use fewer; see :class:`fungi_ssl.knndm.KNNDMKFold`).
     trees : dict
         Trees per model (fixed: no early stopping, so the model is the same in every scheme).
+    sloo_n_test, sloo_reps : int
+        Test samples per draw and draws of the buffered leave-one-out curve
+        (:func:`fungi_ssl.buffered_loo.sloo_curve`).
+    sub_km_boot : int
+        Bootstrap replicates of the sub-km index's interval
+        (:func:`fungi_ssl.variogram.sub_km_index_interval`).
     """
 
     n_splits: int
     trees: dict[str, int] = field(default_factory=dict)
+    sloo_n_test: int = 100
+    sloo_reps: int = 2
+    sub_km_boot: int = 200
 
     def model_params(self) -> dict[str, dict[str, int]]:
         """``model_params`` for :func:`compare_cv_schemes`.
@@ -159,16 +171,20 @@ class CVSizes:
 
 
 _SIZES = {
-    "quick": CVSizes(n_splits=5, trees={"lightgbm": 300, "rf": 100}),
-    "full": CVSizes(n_splits=10, trees={"lightgbm": 500, "rf": 200}),
+    "quick": CVSizes(n_splits=5, trees={"lightgbm": 300, "rf": 100}, sloo_n_test=100,
+                     sloo_reps=2, sub_km_boot=200),
+    "full": CVSizes(n_splits=10, trees={"lightgbm": 500, "rf": 200}, sloo_n_test=120,
+                    sloo_reps=3, sub_km_boot=400),
 }
 
 
 def cv_sizes(profile: str) -> CVSizes:
     """The chapter's fold and tree counts for a book profile.
 
-    ``quick``: 5 folds, 300 LightGBM trees, 100 forest trees; ``full``:
-    10 folds (CAST's kNNDM default), 500 and 200.
+    ``quick``: 5 folds, 300 LightGBM trees, 100 forest trees, a buffered
+    leave-one-out curve of 2 draws of 100 test samples, 200 bootstrap
+    replicates of the sub-km index; ``full``: 10 folds (CAST's kNNDM
+    default), 500 and 200 trees, 3 draws of 120, 400 replicates.
 
     Examples
     --------
@@ -216,11 +232,33 @@ class ChapterInputs:
             )
         if self.covariates is None:
             return (
-                f"The data directory `{Path(self.data_dir).name}` holds no SPUN 1 km covariate "
-                "table (`spun_ecm_samples_1km_covariates.csv`), so the cross-validation "
+                f"The data directory `{Path(self.data_dir).name}` holds no table of 1 km "
+                "covariates (the SPUN covariate table's schema), so the cross-validation "
                 "comparison is skipped; only the field table is described."
             )
         return None
+
+    def guild_skip_reason(self, guild: str) -> str | None:
+        """Why the CV comparison cannot run for ``guild`` (None when it can).
+
+        The SPUN covariate table holds the richness of :data:`COVARIATE_TABLE_GUILD`;
+        a chapter about another guild does not score it.
+
+        Examples
+        --------
+        >>> ChapterInputs("d", None, Path("c.csv")).guild_skip_reason("AM")[:40]
+        'The 1 km covariate table `c.csv` holds t'
+        >>> ChapterInputs("d", None, Path("c.csv")).guild_skip_reason(COVARIATE_TABLE_GUILD) is None
+        True
+        """
+        reason = self.skip_reason
+        if reason is None and guild != COVARIATE_TABLE_GUILD:
+            return (
+                f"The 1 km covariate table `{self.covariates.name}` holds the richness of "
+                f"another guild than {guild}, so the cross-validation comparison is skipped; "
+                "only the field table is described."
+            )
+        return reason
 
 
 def chapter_inputs(data_dir: str | Path | None) -> ChapterInputs:

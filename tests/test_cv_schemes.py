@@ -272,7 +272,8 @@ def test_chapter_inputs_and_skipped_results(tmp_path):
     (tmp_path / "samples.csv").write_text("sample_id,longitude,latitude,raw_obs_div,rarefied\n")
     only_samples = cs.chapter_inputs(tmp_path)
     assert only_samples.has_any and only_samples.covariates is None
-    assert "no SPUN 1 km covariate table" in only_samples.skip_reason
+    assert "holds no table of 1 km covariates" in only_samples.skip_reason
+    assert "ECM" not in only_samples.guild_skip_reason("AM")
     with pytest.raises(FileNotFoundError, match="not found"):
         cs.chapter_inputs(tmp_path / "missing")
     out = cs.skipped_results(none.skip_reason, tables={})

@@ -1150,13 +1150,34 @@ def book(
             show_default="each chapter's, rarefied",
         ),
     ] = None,
+    samples: Annotated[
+        str | None,
+        typer.Option(
+            "--samples",
+            metavar="FILE",
+            help="The sample table of --data when it holds several (a file name in it, or a path).",
+            show_default="the one CSV with sample_id, longitude and latitude",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-P",
+            metavar="NAME=VALUE",
+            help="A chapter parameter, e.g. -P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]' "
+            "(repeatable; several in one quoted string as make's PARAMS). It reaches the "
+            "chapters that declare it; one that no chapter declares is an error.",
+            show_default="each chapter's",
+        ),
+    ] = None,
     progress: Annotated[
         bool,
         typer.Option("--progress/--no-progress", help="Show a progress bar over the notebooks."),
     ] = True,
 ) -> None:
     """Run the book's notebooks with papermill into book/, then render HTML (as `make book`)."""
-    from .bookrun import NotebookFailure, format_summary, run_book
+    from .bookrun import NotebookFailure, format_summary, parse_chapter_parameters, run_book
 
     config.get_profile(profile)
     if data is not None:
@@ -1164,7 +1185,11 @@ def book(
         if not data.is_dir():
             raise NotADirectoryError(f"--data {data} is a file, not a directory")
     try:
-        named = {k: v for k, v in (("guild", guild), ("target", target)) if v is not None}
+        named = {k: v for k, v in (("guild", guild), ("target", target), ("samples", samples))
+                 if v is not None}
+        chapter_parameters = parse_chapter_parameters(param)
+        if chapter_parameters:
+            named["chapter_parameters"] = chapter_parameters
         runs = run_book(
             profile=profile, seed=seed, data_dir=data, only=only or None, progress=progress,
             **named,

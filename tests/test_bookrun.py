@@ -437,6 +437,21 @@ def test_make_passes_params_and_samples():
         text=True, check=True).stdout
     assert "--param 'bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024]'" in out
     assert "--samples 'my table.csv'" in out
+    from typer.testing import CliRunner
+
+    from fungi_ssl import cli
+
+    calls = []
+    run_book = bookrun.run_book
+    try:
+        bookrun.run_book = lambda **kw: calls.append(kw) or []
+        res = CliRunner().invoke(cli.app, ["book", "--no-html", "--no-progress", "-P",
+                                           "block_km=10 years=[2018,2024]", "--samples", "a.csv"])
+    finally:
+        bookrun.run_book = run_book
+    assert res.exit_code == 0, res.output
+    assert calls[0]["chapter_parameters"] == {"block_km": 10, "years": [2018, 2024]}
+    assert calls[0]["samples"] == "a.csv"
     args = bookrun.build_parser().parse_args(["--param", "bbox=[-3.9,56.8,-3.0,57.3] block_km=10"])
     assert bookrun.parse_chapter_parameters(args.param) == {
         "bbox": [-3.9, 56.8, -3.0, 57.3], "block_km": 10}

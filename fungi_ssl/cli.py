@@ -723,6 +723,13 @@ def predict_map(
     _existing(model, "--model")
     _existing(embeddings, "--embeddings")
     _writable(out, overwrite, "--out")
+    if overwrite and (out.exists() or out.is_symlink()):
+        from .maps import check_replaceable
+
+        try:  # only a map this tool wrote is replaced; a user's folder is never deleted
+            check_replaceable(out)
+        except FileExistsError as err:
+            raise FileExistsError(str(err).replace("output ", "--out ", 1)) from None
     try:
         fitted = MapModel.load(model, check_versions=not ignore_versions)
     except ValueError as err:  # name the option, not the Python argument

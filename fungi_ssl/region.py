@@ -338,12 +338,13 @@ def simulated_woodland(
     lo, _ = ndimage.label(other)
     labels[ancient] = la[ancient]
     labels[other] = lo[other] + na
-    rows = [
-        {"label": int(v), "woodland": "ancient" if v <= na else "other", "geometry": shape(g)}
-        for g, v in rasterio.features.shapes(labels, mask=labels > 0,
-                                             transform=lay.rio.transform())
-    ]
-    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS.from_epsg(epsg))
+    shapes = list(rasterio.features.shapes(labels, mask=labels > 0,
+                                           transform=lay.rio.transform()))
+    # built column by column, so a box without woodland gives an empty table, not an error
+    gdf = gpd.GeoDataFrame(
+        {"label": [int(v) for _, v in shapes],
+         "woodland": ["ancient" if v <= na else "other" for _, v in shapes]},
+        geometry=[shape(g) for g, _ in shapes], crs=CRS.from_epsg(epsg))
     if len(gdf):
         gdf = gdf.dissolve(by="label", aggfunc="first").reset_index(drop=True)
     gdf["area_ha"] = gdf.area / 10_000.0 if len(gdf) else []

@@ -1105,3 +1105,68 @@ def test_book_names_the_failed_notebook_in_one_line(monkeypatch):
         ["04_x.ipynb failed in cell 3", "ZeroDivisionError", "book/04_x.ipynb"],
         cli.CommandError,
     )
+
+
+# --------------------------------------------------------------------------
+# issue 16: --overwrite never deletes what this tool did not write; NaN warning
+# --------------------------------------------------------------------------
+def _predict_args(region, model_file, out, *years):
+    return ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox",
+            *region.bbox, *[a for y in (years or (2020,)) for a in ("--year", y)], "--out", out,
+            "--blocksize", 128, "--no-progress", "--overwrite"]
+
+
+def test_overwrite_refuses_a_plain_folder_and_keeps_the_users_file(region, model_file, tmp_path):
+    """The data-loss case: `--out x.zarr --overwrite` where x.zarr is an ordinary folder
+    holding a user's file used to delete both."""
+    folder = tmp_path / "x.zarr"
+    folder.mkdir()
+    precious = folder / "my_notes.txt"
+    precious.write_text("field notes, not a map")
+    _assert_one_line_error(_predict_args(region, model_file, folder, 2020, 2021),
+                           ["--out", str(folder), "not a map written by fungi-ssl",
+                            "left as it is"], FileExistsError)
+    assert precious.read_text() == "field notes, not a map"
+    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.txt"]
+    # a folder named .tif is refused too; a Zarr store of another tool as well
+    tif_dir = tmp_path / "y.tif"
+    tif_dir.mkdir()
+    (tif_dir / "keep.txt").write_text("keep")
+    _assert_one_line_error(_predict_args(region, model_file, tif_dir), ["not a GeoTIFF file"],
+                           FileExistsError)
+    assert (tif_dir / "keep.txt").exists()
+    import zarr
+
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w").attrs["made_by"] = "another tool"
+    _assert_one_line_error(_predict_args(region, model_file, other, 2020, 2021),
+                           ["not a map written by fungi-ssl"], FileExistsError)
+    assert other.is_dir()
+
+
+def test_overwrite_replaces_a_map_this_tool_wrote(region, model_file, tmp_path):
+    store = tmp_path / "stack.zarr"
+    for _ in range(2):  # written, then replaced
+        res = _invoke(*_predict_args(region, model_file, store, 2020, 2021))
+        assert res.exit_code == 0, res.output
+    tif = tmp_path / "one.tif"
+    for _ in range(2):
+        res = _invoke(*_predict_args(region, model_file, tif))
+        assert res.exit_code == 0, res.output
+
+
+def test_a_map_partly_outside_the_tiles_warns(region, model_file, tmp_path):
+    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.maps import predict_map
+
+    w, s, e, n = region.bbox
+    wider = (w, s, e + (e - w) * 2.0, n)  # two thirds of the box lie east of the tile's pixels
+    with pytest.warns(UserWarning, match=r"map pixels \(\d+\.\d%\) have no prediction: .* lie "
+                                         r"outside the embedding tiles"):
+        run = predict_map(MapModel.load(model_file), region.tiles, 2020, wider, progress=False)
+    assert run.n_nan > 0.01 * run.n_pixels
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the tiles: no warning
+        predict_map(MapModel.load(model_file), region.tiles, 2020, region.bbox, progress=False)

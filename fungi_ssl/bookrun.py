@@ -639,27 +639,29 @@ def parse_chapter_parameters(items: str | Sequence[str] | None) -> dict[str, Any
 
 
 def check_chapter_parameters(params: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
-    """Fail, in one line, for a parameter that none of ``notebooks`` declares.
+    """Fail, in one line, for a parameter that no chapter of the book declares.
+
+    Every notebook beside ``notebooks[0]`` counts, not only those run: the
+    same ``PARAMS`` can then rerun one chapter (``--only``) of a book built
+    with them, and reach only the chapters that declare each parameter.
 
     Raises
     ------
     ValueError
-        Naming the parameter, the chapters run, and the chapters that declare it if any.
+        Naming the parameter and the parameters the chapters do declare.
     """
     if not params:
         return
-    declared = {nb: set(declared_parameters(nb)) for nb in notebooks}
+    declared: dict[str, list[str]] = {}
+    for nb in find_notebooks(notebooks[0].parent):
+        for name in declared_parameters(nb):
+            declared.setdefault(name, []).append(nb.name[:2])
     for name in params:
-        if any(name in names for names in declared.values()):
-            continue
-        others = []
-        for nb in find_notebooks(notebooks[0].parent):
-            if nb not in declared and name in declared_parameters(nb):
-                others.append(nb.name[:2])
-        run = ", ".join(nb.name[:2] for nb in notebooks)
-        where = (f"; chapter(s) {', '.join(others)} declare it (run them with --only)"
-                 if others else "; no chapter declares it")
-        raise ValueError(f"PARAMS: no chapter run ({run}) declares the parameter {name!r}{where}")
+        if name not in declared:
+            known = ", ".join(sorted(k for k in declared if k not in RUNNER_PARAMETERS))
+            raise ValueError(
+                f"PARAMS: no chapter declares the parameter {name!r}; chapter parameters are "
+                f"{known or 'none'}")
 
 
 # --------------------------------------------------------------------------

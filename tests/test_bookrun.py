@@ -400,13 +400,10 @@ def test_chapter_parameters_reach_only_the_notebooks_that_declare_them(book_dirs
               "print('BLOCK', block_km)")
     _notebook(notebooks / "05_b.ipynb", "profile = 'full'\nresults_dir = ''",
               "print('HAS_BLOCK', 'block_km' in dir())")
-    with pytest.raises(ValueError, match="no chapter run .04, 05. declares the parameter 'bbox'; "
-                                         "no chapter declares it"):
+    with pytest.raises(ValueError, match="no chapter declares the parameter 'bbox'; chapter "
+                                         "parameters are block_km"):
         bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False,
                          chapter_parameters={"bbox": [0, 0, 1, 1]})
-    with pytest.raises(ValueError, match="chapter.s. 04 declare it"):
-        bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False, only=["05"],
-                         chapter_parameters={"block_km": 10})
     assert not book.exists()  # nothing ran
     code = bookrun.main(["--notebooks", str(notebooks), "--output", str(book), "--no-progress",
                          "-P", "block_km=10"])

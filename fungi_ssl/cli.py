@@ -109,12 +109,50 @@ class CommandError(Exception):
     """Bad input found by the command itself (not by the package); one line unless ``--debug``."""
 
 
+#: Words of the package's messages that name Python arguments, and the options a user
+#: of the command line gave instead.
+_OPTION_WORDS = (
+    ("open_embedding_source: bbox", "--bbox"),
+    ("unless bbox_crs says otherwise", "unless --bbox-crs says otherwise"),
+    ("pass overwrite=True", "pass --overwrite"),
+    ("pass check_versions=False", "pass --ignore-versions"),
+)
+
+
 def _one_line(err: BaseException) -> str:
+    """An error as one line that speaks of options, files and values, never of Python.
+
+    Examples
+    --------
+    >>> _one_line(ValueError("open_embedding_source: bbox (np.float64(2.0), 1) has min ≥ max"))
+    '--bbox (2.0, 1) has min ≥ max'
+    """
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
+    for internal, option in _OPTION_WORDS:
+        text = text.replace(internal, option)
+    text = re.sub(r"np\.(?:float|int|uint|bool_?)\d*\(([^()]*)\)", r"\1", text)
     return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _swapped_bbox_hint(embeddings: Path, year: int, bbox: Sequence[float], bbox_crs: str) -> str:
+    """``"; with longitude and latitude swapped …"`` when the swapped box lies on the tiles."""
+    from pyproj import CRS
+
+    from .maps import open_embedding_source
+
+    try:
+        if not CRS.from_user_input(bbox_crs).is_geographic:
+            return ""
+        swapped = (bbox[1], bbox[0], bbox[3], bbox[2])
+        open_embedding_source(embeddings, year, swapped, bbox_crs=bbox_crs)
+    except Exception:  # noqa: BLE001 - any failure: no hint
+        return ""
+    shown = " ".join(f"{v:g}" for v in swapped)
+    return (f"; with longitude and latitude swapped (--bbox {shown}) the box lies on the tiles: "
+            "--bbox takes west south east north, longitude first")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -549,8 +587,8 @@ def fit(
         ),
     ] = None,
     model: Annotated[
-        Literal["lightgbm", "rf", "ridge"],
-        typer.Option("--model", help="Regressor fitted on the patch PCA."),
+        Literal["lightgbm", "xgboost", "rf", "ridge"],
+        typer.Option("--model", help="Regressor fitted on the patch PCA (chapter 10's families)."),
     ] = "lightgbm",
     components: Annotated[
         int,
@@ -604,19 +642,30 @@ def fit(
         groups=table["site_id"].to_numpy(),
         embedding_dim=patches.shape[-1],
     )
+    from .region import map_model_skill
+
+    lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
+    skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
+                            n_components=components, seed=seed,
+                            embedding_dim=patches.shape[-1])
     fitted.settings.update(
         {
             "target_column": target,
             "guild": guild,
             "embedding_years": sorted(int(y) for y in np.unique(which.years)),
+            "cv_skill": skill,
         }
     )
     fitted.save(out, overwrite=overwrite)
+    site, block = skill["site"], skill["block"]
     typer.echo(
         f"wrote {out}: {fitted.model} on {fitted.n_samples} samples "
         f"({int((~complete).sum())} without a complete patch, "
         f"{int((complete & ~np.isfinite(richness)).sum())} without {target!r}), "
-        f"{guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from {encoder}"
+        f"{guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from {encoder}; "
+        f"cross-validated R² of log1p({target}): {site['r2']:.2f} over {site['n_folds']} folds "
+        f"of 25 m site groups, {block['r2']:.2f} over {block['n_folds']} folds of "
+        f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)"
     )
 
 
@@ -739,20 +788,28 @@ def predict_map(
             str(err).replace("pass check_versions=False", "pass --ignore-versions")
         ) from err
     years = list(year)
-    run = _predict_map(
-        fitted,
-        embeddings,
-        years[0] if len(years) == 1 else years,
-        bbox,
-        output=out,
-        overwrite=overwrite,
-        quantity=quantity,
-        bbox_crs=bbox_crs,
-        scheduler=scheduler,
-        num_workers=workers,
-        cog_blocksize=blocksize,
-        progress=progress,
-    )
+    try:
+        run = _predict_map(
+            fitted,
+            embeddings,
+            years[0] if len(years) == 1 else years,
+            bbox,
+            output=out,
+            overwrite=overwrite,
+            quantity=quantity,
+            bbox_crs=bbox_crs,
+            scheduler=scheduler,
+            num_workers=workers,
+            cog_blocksize=blocksize,
+            progress=progress,
+        )
+    except ValueError as err:
+        if "outside" not in str(err) and "not in WGS84" not in str(err):
+            raise
+        hint = _swapped_bbox_hint(embeddings, years[0], bbox, bbox_crs)
+        if not hint:
+            raise
+        raise ValueError(f"{_one_line(err)}{hint}") from err
     g = run.grid
     typer.echo(
         f"wrote {run.path}: {g.height} × {g.width} pixels × {len(run.years)} year(s) in "

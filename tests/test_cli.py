@@ -247,6 +247,10 @@ def test_fit_reads_patches_at_each_sample_from_its_year(region, model_file):
     truth = np.log1p(region.samples["rarefied"].to_numpy())
     assert np.corrcoef(pred, truth)[0, 1] > 0.95
     assert which.n_before == region.n_before and which.n_gap == 0 and which.n_after == 0
+    # its cross-validated skill is in its metadata: site-grouped folds and spatial blocks
+    skill = m.settings["cv_skill"]
+    assert skill["site"]["r2"] > 0.8 and skill["site"]["n_samples"] == len(region.samples)
+    assert skill["block"]["block_km"] < 50 and np.isfinite(skill["block"]["r2"])  # a 2 km region
 
 
 def test_fit_reports_the_year_rule_on_stderr(region, tmp_path):
@@ -1170,3 +1174,34 @@ def test_a_map_partly_outside_the_tiles_warns(region, model_file, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # inside the tiles: no warning
         predict_map(MapModel.load(model_file), region.tiles, 2020, region.bbox, progress=False)
+
+
+def test_predict_map_suggests_swapping_longitude_and_latitude(region, model_file, tmp_path):
+    w, s, e, n = region.bbox
+    err = _assert_one_line_error(
+        ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox", s, w, n, e,
+         "--year", 2020, "--out", tmp_path / "m.tif", "--no-progress"],
+        ["outside", "with longitude and latitude swapped", "longitude first"], ValueError)
+    assert "np.float64" not in err and "open_embedding_source" not in err
+
+
+def test_errors_name_options_not_python_arguments(region, model_file, tmp_path):
+    err = _assert_one_line_error(
+        ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox", 0.2, 52.0,
+         0.1, 52.1, "--year", 2020, "--out", tmp_path / "m.tif", "--no-progress"],
+        ["--bbox"], ValueError)
+    assert "open_embedding_source" not in err and "np.float64" not in err
+
+
+def test_fit_prints_its_skill_and_offers_every_family(region, tmp_path):
+    out = tmp_path / "xgb.model"
+    res = _invoke("fit", "--samples", region.csv, "--embeddings", region.tiles, "--out", out,
+                  "--model", "xgboost", "--components", 8, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "cross-validated R² of log1p(rarefied)" in res.stdout and "site groups" in res.stdout
+    assert MapModel.load(out).model == "xgboost"
+    from fungi_ssl.models import MODEL_NAMES
+
+    help_text = _invoke("fit", "--help").output
+    for family in MODEL_NAMES:  # every family chapter 10 offers
+        assert family in help_text

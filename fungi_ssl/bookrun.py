@@ -693,6 +693,27 @@ def _markdown_outputs(nb: Any) -> list[str]:
     return texts
 
 
+def shows_results(executed: str | Path) -> bool:
+    """True when an executed chapter shows a figure or a table (it skipped only part of its work).
+
+    A chapter whose results say ``skipped`` but which still drew a figure or a
+    table (chapter 09 describes the field table when it cannot cross-validate)
+    keeps its page; one that showed sentences only is reduced to its title and
+    one sentence.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if any(k.startswith("image/") for k in data) or "text/html" in data:
+                return True
+    return False
+
+
 def strip_skipped_chapter(executed: str | Path, reason: str) -> None:
     """Reduce an executed chapter that skipped its analysis to its title and one sentence.
 
@@ -1022,8 +1043,9 @@ def run_book(
     to ``<output_dir>/results-<key>`` (:func:`results_key`) for any other run, so
     a rerun never mixes its numbers into the book's; a run of some chapters
     (``only``) with other parameters also writes its executed notebooks there,
-    beside their results. A chapter whose results say ``skipped`` is reduced to
-    its title and its one sentence (:func:`strip_skipped_chapter`).
+    beside their results. A chapter whose results say ``skipped`` and which
+    shows no figure or table is reduced to its title and its one sentence
+    (:func:`strip_skipped_chapter`).
 
     Parameters
     ----------
@@ -1135,7 +1157,7 @@ def run_book(
                 failure.runs = list(runs)
                 raise
             reason = skipped_reason(results_dir, nb_path.name[:2], started)
-            if reason:
+            if reason and not shows_results(output_dir / nb_path.name):
                 strip_skipped_chapter(output_dir / nb_path.name, reason)
             runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
             bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")

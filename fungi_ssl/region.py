@@ -755,3 +755,39 @@ def map_model_skill(
                      "n_folds": int(cv.get_n_splits()), "n_samples": int(done.sum())}
     out["block"]["block_km"] = schemes["block"].block_size_m / 1000.0
     return out
+
+
+def held_map_years(embeddings: str | Path, years: Sequence[int]) -> tuple[list[int], str | None]:
+    """The asked years that the embeddings hold, and one sentence when some are not held.
+
+    Raises
+    ------
+    ValueError
+        When the embeddings hold none of the years, naming those they do hold.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from affine import Affine
+    >>> from fungi_ssl import tessera
+    >>> root = tempfile.mkdtemp()
+    >>> _ = tessera.write_tile(root, 2018, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
+    ...                        np.ones((3, 3), np.float32),
+    ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
+    >>> held_map_years(root, [2018, 2024])
+    ([2018], 'The embeddings hold no year 2024 (they hold 2018), so this run maps 2018 only.')
+    """
+    from .cli import held_years
+
+    held = sorted(held_years(embeddings))
+    kept = [int(y) for y in years if int(y) in held]
+    missing = [int(y) for y in years if int(y) not in held]
+    shown = ", ".join(map(str, held))
+    if not kept:
+        raise ValueError(
+            f"years {', '.join(map(str, missing))}: the embeddings under {embeddings} hold "
+            f"{shown or 'no year'}; set years to some of those")
+    if not missing:
+        return kept, None
+    return kept, (f"The embeddings hold no year {', '.join(map(str, missing))} (they hold "
+                  f"{shown}), so this run maps {', '.join(map(str, kept))} only.")

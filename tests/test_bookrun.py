@@ -463,7 +463,7 @@ def test_a_skipped_chapter_shows_its_title_and_one_sentence(book_dirs):
         "run = not data_dir\n"
         "if not run:\n    display(Markdown('This chapter needs the simulated regions, so it is "
         "skipped.'))\nprint('METHODS OUTPUT')",
-        "import matplotlib.pyplot as plt\nplt.plot([0, 1]); plt.show()",
+        "import matplotlib.pyplot as plt\nif run:\n    plt.plot([0, 1]); plt.show()",
         "write_results('06_maps', {'skipped': 'real data: no regions'} if not run else {'n': 1}, "
         "results_dir)",
     )
@@ -482,6 +482,16 @@ def test_a_skipped_chapter_shows_its_title_and_one_sentence(book_dirs):
                                "skipped.")
     text = json.dumps(out)
     assert "METHODS OUTPUT" not in text and "Conclusions" not in text and "image/png" not in text
+    # a chapter that skips part of its work but still shows a table keeps its page
+    _notebook(notebooks / "09_part.ipynb", "profile = 'full'\ndata_dir = ''\nresults_dir = ''",
+              "import pandas as pd\nfrom fungi_ssl.bookrun import write_results\n"
+              "display(pd.DataFrame({'n': [1]}))\n"
+              "write_results('09_part', {'skipped': 'no covariates'}, results_dir)")
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, data_dir=real, progress=False,
+                     only=["09"])
+    part = book / f"results-{bookrun.results_key({'data_dir': real})}" / "09_part.ipynb"
+    assert bookrun.shows_results(part)
+    assert len(nbformat.read(str(part), as_version=4).cells) == 4  # title, parameters x2, code
     # the same chapter on the simulated study keeps everything
     bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
     out = nbformat.read(str(book / "06_maps.ipynb"), as_version=4)

@@ -90,13 +90,13 @@ CoordinateKind = Literal["lonlat", "metres"]
 SITE_DISTANCE_M = 25.0
 
 __all__ = [
+    "BLOCK_SIZE_LADDER_M",
     "SITE_DISTANCE_M",
     "BlockKFold",
     "BufferedKFold",
     "RandomTrainValTest",
     "SiteGroupKFold",
     "SpatialKFold",
-    "BLOCK_SIZE_LADDER_M",
     "check_coords",
     "fitting_block_size",
     "site_groups",

@@ -520,7 +520,10 @@ def area_of_applicability(
         path = Path(out)
         di_da.attrs.update(threshold=float(aoa.threshold_), year=int(year),
                            description="dissimilarity index; inside the area of applicability "
-                           "where DI <= threshold")
+                           "where DI <= threshold",
+                           long_name="dissimilarity index",  # the band's description
+                           units="1 (distance to the nearest training sample / mean "
+                           "distance between training samples)")
         di_da.rio.to_raster(path, driver="COG")
     return AOARun(di_da, in_da, float(aoa.threshold_), share, run.n_pixels, aoa.train_di_,
                   path, {"n_folds": n_folds, "n_train": int(ok.sum())})

@@ -27,7 +27,8 @@ CASES = [
     ("03_predictors", {"n_pcs": 6}, ["first 10 components"], "first 6 components"),
     ("04_predictor_comparison", {"block_km": 25.0}, ["50 km"], "25 km"),
     ("05_partition_shap", {"shap_samples": 500}, ["2,000 samples"], "500 samples"),
-    ("10_your_region", {"years": [2019]}, ["2018", "2021"], "2019"),
+    ("10_your_region", {"years": [2019]}, ["2018, 2019", "2018–2021", "map_2018", " 2018 "],
+     "for 2019"),
 ]
 
 

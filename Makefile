@@ -9,6 +9,10 @@ SEED    ?= 0
 # empty: each notebook's default (ECM; the sample table's `rarefied` column)
 GUILD   ?=
 TARGET  ?=
+# the sample table of DATA when it holds several, e.g. SAMPLES=my_am_table.csv
+SAMPLES ?=
+# chapter parameters, e.g. PARAMS="bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024] block_km=10"
+PARAMS  ?=
 
 .PHONY: setup test book notebooks html bench check-min-deps clean-book clean-cache format check
 
@@ -26,7 +30,7 @@ test:
 book: notebooks html
 
 notebooks:
-	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),) $(if $(GUILD),--guild $(GUILD),) $(if $(TARGET),--target $(TARGET),)
+	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),) $(if $(GUILD),--guild $(GUILD),) $(if $(TARGET),--target $(TARGET),) $(if $(SAMPLES),--samples '$(SAMPLES)',) $(if $(PARAMS),--param '$(PARAMS)',)
 
 html:
 	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror
@@ -45,7 +49,7 @@ check:
 	$(VENV)/bin/ruff check fungi_ssl tests benchmarks
 
 clean-book:
-	rm -rf book/_build book/results book/[0-9][0-9]_*.ipynb
+	rm -rf book/_build book/results book/results-* book/[0-9][0-9]_*.ipynb
 
 clean-cache:
 	rm -rf data/cache

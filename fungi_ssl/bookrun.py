@@ -3,7 +3,8 @@
 ``make notebooks`` calls this module::
 
     python -m fungi_ssl.bookrun [--profile quick] [--seed 0] [--data DIR] [--only 01]
-                                [--guild AM] [--target am_rarefied]
+                                [--guild AM] [--target am_rarefied] [--samples FILE]
+                                [-P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]']
 
 Without ``--profile`` the book is built with :data:`fungi_ssl.config.DEFAULT_PROFILE`.
 
@@ -23,7 +24,13 @@ not unencrypted local TCP (:data:`KERNEL_TRANSPORT`).
 
 Numbers a chapter wants to keep (for the text of later chapters, or for tests)
 go through :func:`write_results`, which writes ``book/results/NN_<name>.json``;
-:func:`read_results` reads them back. The run itself writes
+:func:`read_results` reads them back. Only a run with the book's own
+parameters writes ``book/results/``: any other (another profile, seed, data
+directory or chapter parameter, from ``make book``, ``--only`` or papermill
+itself) writes ``book/results-<key>/``, named for what it changed
+(:func:`results_key`, :func:`default_results_dir`). Chapter parameters come
+from ``-P name=value`` (``make book PARAMS="…"``) and reach the notebooks that
+declare them; a chapter that skips is reduced to its title and one sentence. The run itself writes
 ``book/results/run_summary.json``: seconds per notebook and the profile used.
 
 A failing notebook stops the run: the message names the notebook, the cell
@@ -137,8 +144,152 @@ def _results_path(name: str, results_dir: str | Path | None) -> Path:
             f"result name must be the chapter's two digits, an underscore and a plain name "
             f"(e.g. '01_field_data'), got {name!r}"
         )
-    root = Path(results_dir) if results_dir else config.RESULTS_DIR
+    root = Path(results_dir) if results_dir else default_results_dir()
     return root / f"{name}.json"
+
+
+# --------------------------------------------------------------------------
+# Where a run's results go: book/results only for the book's own parameters
+# --------------------------------------------------------------------------
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(to_json_safe(value))
+    return re.sub(r"[^A-Za-z0-9.+\-]+", "_", text).strip("_") or "empty"
+
+
+def results_key(changed: Mapping[str, Any]) -> str:
+    """A folder name for a run's results from the parameters that differ from the book's.
+
+    ``changed`` holds only the parameters whose value is not the book's
+    default (:func:`changed_parameters`). An empty mapping gives ``""``: the
+    book's own results, ``book/results``. A data directory is named by its
+    folder name and a hash of its absolute path; long keys end in a hash.
+
+    Examples
+    --------
+    >>> results_key({})
+    ''
+    >>> results_key({"profile": "quick", "seed": 7})
+    'quick_seed7'
+    >>> results_key({"block_km": 10, "years": [2018, 2024]})
+    'block_km-10_years-2018_2024'
+    """
+    import hashlib
+
+    parts = []
+    for name in sorted(changed, key=lambda k: (k not in ("profile", "seed", "data_dir"), k)):
+        value = changed[name]
+        if name == "profile":
+            parts.append(str(value))
+        elif name == "seed":
+            parts.append(f"seed{int(value)}")
+        elif name == "data_dir":
+            where = os.path.abspath(str(value))
+            digest = hashlib.sha256(where.encode()).hexdigest()[:6]
+            parts.append(f"data-{_slug(Path(where).name)}-{digest}")
+        else:
+            parts.append(f"{name}-{_slug(value)}")
+    key = "_".join(parts)
+    if len(key) > 80:
+        key = f"{key[:60]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return key
+
+
+def results_folder(key: str, book_dir: str | Path | None = None) -> Path:
+    """``<book>/results`` for the book's own parameters, else ``<book>/results-<key>``.
+
+    Examples
+    --------
+    >>> results_folder("", "/b").as_posix(), results_folder("quick_seed7", "/b").as_posix()
+    ('/b/results', '/b/results-quick_seed7')
+    """
+    book = Path(book_dir) if book_dir else config.BOOK_DIR
+    return book / "results" if not key else book / f"results-{key}"
+
+
+def _literal(source: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return source.strip()
+
+
+def _assignments(source: str) -> dict[str, Any]:
+    """``name = value`` lines of a parameters cell, values as Python literals where they are."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+                node.targets[0], ast.Name):
+            out[node.targets[0].id] = _literal(ast.get_source_segment(source, node.value) or "")
+    return out
+
+
+def changed_parameters(defaults: Mapping[str, Any], injected: Mapping[str, Any]) -> dict[str, Any]:
+    """The injected parameters whose value differs from the notebook's default.
+
+    ``results_dir`` never counts; an empty ``data_dir`` is the simulated study.
+
+    Examples
+    --------
+    >>> changed_parameters({"profile": "full", "seed": 0, "data_dir": ""},
+    ...                    {"profile": "full", "seed": 3, "data_dir": ""})
+    {'seed': 3}
+    """
+    out = {}
+    for name, value in injected.items():
+        if name == "results_dir" or (name == "data_dir" and not value):
+            continue
+        if name not in defaults or defaults[name] != value:
+            out[name] = value
+    return out
+
+
+def _kernel_changed_parameters() -> dict[str, Any] | None:
+    """In a papermill kernel: the parameters its injected cell changed; None elsewhere.
+
+    papermill runs the notebook's ``parameters`` cell, then the cell it
+    injected (its source starts ``# Parameters``); both are in IPython's input
+    history, so the kernel can tell a default run from a rerun with others.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    history = list(shell.user_ns.get("In", [])) if shell is not None else []
+    for i, source in enumerate(history):
+        if isinstance(source, str) and source.startswith("# Parameters") and i > 0:
+            changed = changed_parameters(_assignments(history[i - 1]), _assignments(source))
+            if "data_dir" in changed:  # named by where it is, as the runner names it
+                changed["data_dir"] = os.path.abspath(str(changed["data_dir"]))
+            samples = os.environ.get("FUNGI_SSL_SAMPLES")
+            if samples:
+                changed["samples"] = samples
+            return changed
+    return None
+
+
+def default_results_dir() -> Path:
+    """Where a chapter's results go when it passes no ``results_dir``.
+
+    ``book/results`` (:data:`fungi_ssl.config.RESULTS_DIR`), unless the
+    notebook runs under papermill with parameters other than its defaults
+    (``papermill … -p seed 7``): then ``book/results-<key>``
+    (:func:`results_key`), so a rerun never overwrites the book's results.
+    """
+    changed = _kernel_changed_parameters()
+    if not changed:
+        return config.RESULTS_DIR
+    return results_folder(results_key(changed), config.RESULTS_DIR.parent)
 
 
 def write_results(
@@ -308,8 +459,12 @@ def notebook_parameters(
     cwd: str | Path | None = None,
     guild: str | None = None,
     target: str | None = None,
+    chapter_parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The parameters to inject: the book's parameters that the notebook declares.
+
+    ``chapter_parameters`` (``make book PARAMS="block_km=10"``) are injected
+    into the notebooks that declare them, and only those.
 
     ``guild`` (the fungal guild, e.g. ``"AM"``) and ``target`` (the sample
     table's column of its rarefied richness) are injected only when given;
@@ -346,8 +501,10 @@ def notebook_parameters(
         "target": target,
     }
     unset = {k for k in GUILD_PARAMETERS if values[k] is None}  # the notebook's default
-    return {k: values[k] for k in (*BOOK_PARAMETERS, *GUILD_PARAMETERS)
-            if k in declared and k not in unset}
+    out = {k: values[k] for k in (*BOOK_PARAMETERS, *GUILD_PARAMETERS)
+           if k in declared and k not in unset}
+    out.update({k: v for k, v in (chapter_parameters or {}).items() if k in declared})
+    return out
 
 
 def machine_path_placeholders(
@@ -417,6 +574,174 @@ def scrub_machine_paths(executed: str | Path, mapping: Mapping[str, str]) -> boo
         return False
     path.write_text(json.dumps(cleaned, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     return True
+
+
+# --------------------------------------------------------------------------
+# Chapter parameters given on the command line (make book PARAMS="…")
+# --------------------------------------------------------------------------
+
+#: Parameters the runner sets from its own options (PROFILE, SEED, DATA, GUILD,
+#: TARGET): not accepted in ``PARAMS``.
+RUNNER_PARAMETERS = (*BOOK_PARAMETERS, *GUILD_PARAMETERS)
+_RUNNER_OPTIONS = {"profile": "PROFILE= (--profile)", "seed": "SEED= (--seed)",
+                   "data_dir": "DATA= (--data)", "results_dir": "--results",
+                   "guild": "GUILD= (--guild)", "target": "TARGET= (--target)"}
+
+
+def _value(text: str) -> Any:
+    """A parameter value as written on the command line: a Python/JSON literal, else text."""
+    if text in ("true", "false", "null"):
+        return json.loads(text)
+    value = _literal(text)
+    return value
+
+
+def parse_chapter_parameters(items: str | Sequence[str] | None) -> dict[str, Any]:
+    """``name=value`` pairs (``PARAMS="bbox=[-3.9,56.8,-3.0,57.3] block_km=10"``) as a dict.
+
+    Values are Python (or JSON) literals where they read as one (numbers,
+    lists, ``None``, ``true``), else text (``model_type=rf``).
+
+    Raises
+    ------
+    ValueError
+        A pair without ``=``, a name that is not an identifier, a name given
+        twice, or one of the runner's own parameters (``seed`` …), naming the
+        option that sets it.
+
+    Examples
+    --------
+    >>> parse_chapter_parameters("bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024] block_km=10")
+    {'bbox': [-3.9, 56.8, -3.0, 57.3], 'years': [2018, 2024], 'block_km': 10}
+    >>> parse_chapter_parameters(["model_type=rf", "woodland=None"])
+    {'model_type': 'rf', 'woodland': None}
+    """
+    import shlex
+
+    if not items:
+        return {}
+    pieces = shlex.split(items) if isinstance(items, str) else [
+        piece for item in items for piece in shlex.split(item)]
+    out: dict[str, Any] = {}
+    for piece in pieces:
+        name, sep, text = piece.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ValueError(
+                f"PARAMS: {piece!r} is not name=value (e.g. block_km=10 or "
+                "bbox=[-3.9,56.8,-3.0,57.3])")
+        if name in _RUNNER_OPTIONS:
+            raise ValueError(f"PARAMS: set {name} with {_RUNNER_OPTIONS[name]}, not in PARAMS")
+        if name in out:
+            raise ValueError(f"PARAMS: {name} is given twice")
+        out[name] = _value(text.strip())
+    return out
+
+
+def check_chapter_parameters(params: Mapping[str, Any], notebooks: Sequence[Path]) -> None:
+    """Fail, in one line, for a parameter that no chapter of the book declares.
+
+    Every notebook beside ``notebooks[0]`` counts, not only those run: the
+    same ``PARAMS`` can then rerun one chapter (``--only``) of a book built
+    with them, and reach only the chapters that declare each parameter.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter and the parameters the chapters do declare.
+    """
+    if not params:
+        return
+    declared: dict[str, list[str]] = {}
+    for nb in find_notebooks(notebooks[0].parent):
+        for name in declared_parameters(nb):
+            declared.setdefault(name, []).append(nb.name[:2])
+    for name in params:
+        if name not in declared:
+            known = ", ".join(sorted(k for k in declared if k not in RUNNER_PARAMETERS))
+            raise ValueError(
+                f"PARAMS: no chapter declares the parameter {name!r}; chapter parameters are "
+                f"{known or 'none'}")
+
+
+# --------------------------------------------------------------------------
+# Skipped chapters: their title and one sentence, nothing else
+# --------------------------------------------------------------------------
+
+
+def skipped_reason(results_dir: str | Path, chapter: str, since: float) -> str | None:
+    """The ``skipped`` value of a results file chapter ``NN`` wrote since ``since``, if any."""
+    for path in sorted(Path(results_dir).glob(f"{chapter}_*.json")):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            reason = json.loads(path.read_text()).get("skipped")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if reason:
+            return str(reason)
+    return None
+
+
+def _markdown_outputs(nb: Any) -> list[str]:
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = out.get("data", {}).get("text/markdown")
+            if text:
+                texts.append("".join(text) if isinstance(text, list) else text)
+    return texts
+
+
+def shows_results(executed: str | Path) -> bool:
+    """True when an executed chapter shows a figure or a table (it skipped only part of its work).
+
+    A chapter whose results say ``skipped`` but which still drew a figure or a
+    table (chapter 09 describes the field table when it cannot cross-validate)
+    keeps its page; one that showed sentences only is reduced to its title and
+    one sentence.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if any(k.startswith("image/") for k in data) or "text/html" in data:
+                return True
+    return False
+
+
+def strip_skipped_chapter(executed: str | Path, reason: str) -> None:
+    """Reduce an executed chapter that skipped its analysis to its title and one sentence.
+
+    The sentence is the first one the chapter displayed that speaks of skipping
+    (``skip``), else ``reason`` (its results file's ``skipped`` value). The
+    ``parameters`` and ``injected-parameters`` cells stay in the file, hidden
+    (``remove-cell``), so the executed notebook still records what ran; every
+    other cell (methods, code, figures, summary) is dropped.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    title = next((line for c in nb.cells if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if line.startswith("# ")), None)
+    sentence = next((t.strip() for t in _markdown_outputs(nb) if "skip" in t.lower()), None)
+    if sentence is None:
+        sentence = reason if reason.rstrip().endswith(".") else (
+            f"This chapter is skipped on this run ({reason}).")
+    kept = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            if "remove-cell" not in tags:
+                cell.metadata["tags"] = [*tags, "remove-cell"]
+            kept.append(cell)
+    head = nbformat.v4.new_markdown_cell(f"{title or '# ' + Path(executed).stem}\n\n{sentence}")
+    nb.cells = [head, *kept]
+    nbformat.write(nb, str(executed))
 
 
 # --------------------------------------------------------------------------
@@ -706,8 +1031,21 @@ def run_book(
     progress: bool = True,
     guild: str | None = None,
     target: str | None = None,
+    samples: str | Path | None = None,
+    chapter_parameters: Mapping[str, Any] | None = None,
 ) -> list[NotebookRun]:
     """Execute the book's notebooks in order and write ``run_summary.json``.
+
+    A real data directory is checked before any chapter runs
+    (:func:`fungi_ssl.io.check_data_directory`: one line, in a second or
+    two). Results go to ``<output_dir>/results`` for the book's own parameters
+    (default profile, seed 0, the simulated study, no chapter parameters), and
+    to ``<output_dir>/results-<key>`` (:func:`results_key`) for any other run, so
+    a rerun never mixes its numbers into the book's; a run of some chapters
+    (``only``) with other parameters also writes its executed notebooks there,
+    beside their results. A chapter whose results say ``skipped`` and which
+    shows no figure or table is reduced to its title and its one sentence
+    (:func:`strip_skipped_chapter`).
 
     Parameters
     ----------
@@ -731,6 +1069,13 @@ def run_book(
         The fungal guild and the sample-table column of its rarefied
         richness, passed to every notebook that declares them (default: each
         notebook's own, ``"ECM"`` and ``"rarefied"``).
+    samples : str or pathlib.Path, optional
+        The sample table of ``data_dir`` when it holds several (a file name or
+        path); kernels see it as ``FUNGI_SSL_SAMPLES``.
+    chapter_parameters : mapping, optional
+        Other parameters (``{"block_km": 10}``, :func:`parse_chapter_parameters`),
+        injected into the notebooks that declare them; one that no notebook run
+        declares is an error.
 
     Returns
     -------
@@ -754,10 +1099,27 @@ def run_book(
                 f"data directory {data_path} does not exist (or is not a directory); "
                 "omit --data to run the simulated study"
             )
+        from .io import check_data_directory
+
+        check_data_directory(data_path, target=target or "rarefied", samples=samples)
+    elif samples:
+        raise ValueError("SAMPLES (--samples) names a table of a data directory; give DATA too")
+    chapter_parameters = dict(chapter_parameters or {})
     notebook_dir = Path(notebook_dir) if notebook_dir else config.NOTEBOOK_DIR
-    output_dir = Path(output_dir) if output_dir else config.BOOK_DIR
-    results_dir = Path(results_dir) if results_dir else output_dir / "results"
     notebooks = find_notebooks(notebook_dir, only)
+    check_chapter_parameters(chapter_parameters, notebooks)
+    changed = {k: v for k, v in {"profile": profile if profile != config.DEFAULT_PROFILE else None,
+                                 "seed": seed or None, "data_dir": data_dir or None,
+                                 "guild": guild, "target": target,
+                                 "samples": str(samples) if samples else None}.items()
+               if v is not None}
+    key = results_key({**changed, **chapter_parameters})
+    book_dir = Path(output_dir) if output_dir else config.BOOK_DIR
+    if results_dir:
+        results_dir, output_dir = Path(results_dir), book_dir
+    else:
+        results_dir = results_folder(key, book_dir)
+        output_dir = results_dir if (key and only) else book_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     placeholders = machine_path_placeholders(data_dir, results_dir, notebook_dir, output_dir)
 
@@ -775,12 +1137,17 @@ def run_book(
                 cwd=nb_path.parent,
                 guild=guild,
                 target=target,
+                chapter_parameters=chapter_parameters,
             )
             start = time.perf_counter()
+            started = time.time() - 1.0
+            env = {} if not samples else {"FUNGI_SSL_SAMPLES": str(
+                Path(samples).resolve() if Path(samples).exists() else samples)}
             try:
-                seconds = execute_notebook(
-                    nb_path, output_dir / nb_path.name, params, kernel_name, placeholders
-                )
+                with _kernel_environment(env):
+                    seconds = execute_notebook(
+                        nb_path, output_dir / nb_path.name, params, kernel_name, placeholders
+                    )
             except NotebookFailure as failure:
                 runs.append(
                     NotebookRun(
@@ -789,6 +1156,9 @@ def run_book(
                 )
                 failure.runs = list(runs)
                 raise
+            reason = skipped_reason(results_dir, nb_path.name[:2], started)
+            if reason and not shows_results(output_dir / nb_path.name):
+                strip_skipped_chapter(output_dir / nb_path.name, reason)
             runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
             bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")
     finally:
@@ -836,7 +1206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         metavar="DIR",
         default=None,
-        help=f"executed notebooks (default: {config.BOOK_DIR})",
+        help=f"the book folder: executed notebooks and results/ (default: {config.BOOK_DIR}); "
+             "a rerun of some chapters (--only) with other parameters writes both to "
+             "OUTPUT/results-<key>",
     )
     parser.add_argument(
         "--results", metavar="DIR", default=None, help="results directory (default: OUTPUT/results)"
@@ -852,6 +1224,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", metavar="COLUMN", default=None,
         help="sample-table column of the guild's rarefied richness (default: rarefied)",
     )
+    parser.add_argument(
+        "--samples", metavar="FILE", default=None,
+        help="the sample table of --data when it holds several (a file name in it, or a path)",
+    )
+    parser.add_argument(
+        "--param", "-P", metavar="NAME=VALUE", action="append", default=None,
+        help="a chapter parameter, e.g. -P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]' "
+             "(repeatable; several in one quoted string as make's PARAMS); injected into the "
+             "chapters that declare it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -860,9 +1242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
     if args.data and not Path(args.data).is_dir():
-        print(f"error: --data {args.data}: directory does not exist", file=sys.stderr)
+        what = "is a file, not a directory" if Path(args.data).exists() else "does not exist"
+        print(f"error: --data {args.data}: directory {what}", file=sys.stderr)
         return 2
     try:
+        chapter_parameters = parse_chapter_parameters(args.param)
         runs = run_book(
             profile=args.profile,
             seed=args.seed,
@@ -875,6 +1259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             guild=args.guild,
             target=args.target,
+            samples=args.samples,
+            chapter_parameters=chapter_parameters,
         )
     except NotebookFailure as failure:
         if failure.runs:

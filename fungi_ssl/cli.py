@@ -109,12 +109,50 @@ class CommandError(Exception):
     """Bad input found by the command itself (not by the package); one line unless ``--debug``."""
 
 
+#: Words of the package's messages that name Python arguments, and the options a user
+#: of the command line gave instead.
+_OPTION_WORDS = (
+    ("open_embedding_source: bbox", "--bbox"),
+    ("unless bbox_crs says otherwise", "unless --bbox-crs says otherwise"),
+    ("pass overwrite=True", "pass --overwrite"),
+    ("pass check_versions=False", "pass --ignore-versions"),
+)
+
+
 def _one_line(err: BaseException) -> str:
+    """An error as one line that speaks of options, files and values, never of Python.
+
+    Examples
+    --------
+    >>> _one_line(ValueError("open_embedding_source: bbox (np.float64(2.0), 1) has min ≥ max"))
+    '--bbox (2.0, 1) has min ≥ max'
+    """
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
     else:
         text = str(err) or type(err).__name__
+    for internal, option in _OPTION_WORDS:
+        text = text.replace(internal, option)
+    text = re.sub(r"np\.(?:float|int|uint|bool_?)\d*\(([^()]*)\)", r"\1", text)
     return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _swapped_bbox_hint(embeddings: Path, year: int, bbox: Sequence[float], bbox_crs: str) -> str:
+    """``"; with longitude and latitude swapped …"`` when the swapped box lies on the tiles."""
+    from pyproj import CRS
+
+    from .maps import open_embedding_source
+
+    try:
+        if not CRS.from_user_input(bbox_crs).is_geographic:
+            return ""
+        swapped = (bbox[1], bbox[0], bbox[3], bbox[2])
+        open_embedding_source(embeddings, year, swapped, bbox_crs=bbox_crs)
+    except Exception:  # noqa: BLE001 - any failure: no hint
+        return ""
+    shown = " ".join(f"{v:g}" for v in swapped)
+    return (f"; with longitude and latitude swapped (--bbox {shown}) the box lies on the tiles: "
+            "--bbox takes west south east north, longitude first")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -549,8 +587,8 @@ def fit(
         ),
     ] = None,
     model: Annotated[
-        Literal["lightgbm", "rf", "ridge"],
-        typer.Option("--model", help="Regressor fitted on the patch PCA."),
+        Literal["lightgbm", "xgboost", "rf", "ridge"],
+        typer.Option("--model", help="Regressor fitted on the patch PCA (chapter 10's families)."),
     ] = "lightgbm",
     components: Annotated[
         int,
@@ -604,19 +642,30 @@ def fit(
         groups=table["site_id"].to_numpy(),
         embedding_dim=patches.shape[-1],
     )
+    from .region import map_model_skill
+
+    lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
+    skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
+                            n_components=components, seed=seed,
+                            embedding_dim=patches.shape[-1])
     fitted.settings.update(
         {
             "target_column": target,
             "guild": guild,
             "embedding_years": sorted(int(y) for y in np.unique(which.years)),
+            "cv_skill": skill,
         }
     )
     fitted.save(out, overwrite=overwrite)
+    site, block = skill["site"], skill["block"]
     typer.echo(
         f"wrote {out}: {fitted.model} on {fitted.n_samples} samples "
         f"({int((~complete).sum())} without a complete patch, "
         f"{int((complete & ~np.isfinite(richness)).sum())} without {target!r}), "
-        f"{guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from {encoder}"
+        f"{guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from {encoder}; "
+        f"cross-validated R² of log1p({target}): {site['r2']:.2f} over {site['n_folds']} folds "
+        f"of 25 m site groups, {block['r2']:.2f} over {block['n_folds']} folds of "
+        f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)"
     )
 
 
@@ -723,6 +772,13 @@ def predict_map(
     _existing(model, "--model")
     _existing(embeddings, "--embeddings")
     _writable(out, overwrite, "--out")
+    if overwrite and (out.exists() or out.is_symlink()):
+        from .maps import check_replaceable
+
+        try:  # only a map this tool wrote is replaced; a user's folder is never deleted
+            check_replaceable(out)
+        except FileExistsError as err:
+            raise FileExistsError(str(err).replace("output ", "--out ", 1)) from None
     try:
         fitted = MapModel.load(model, check_versions=not ignore_versions)
     except ValueError as err:  # name the option, not the Python argument
@@ -732,20 +788,28 @@ def predict_map(
             str(err).replace("pass check_versions=False", "pass --ignore-versions")
         ) from err
     years = list(year)
-    run = _predict_map(
-        fitted,
-        embeddings,
-        years[0] if len(years) == 1 else years,
-        bbox,
-        output=out,
-        overwrite=overwrite,
-        quantity=quantity,
-        bbox_crs=bbox_crs,
-        scheduler=scheduler,
-        num_workers=workers,
-        cog_blocksize=blocksize,
-        progress=progress,
-    )
+    try:
+        run = _predict_map(
+            fitted,
+            embeddings,
+            years[0] if len(years) == 1 else years,
+            bbox,
+            output=out,
+            overwrite=overwrite,
+            quantity=quantity,
+            bbox_crs=bbox_crs,
+            scheduler=scheduler,
+            num_workers=workers,
+            cog_blocksize=blocksize,
+            progress=progress,
+        )
+    except ValueError as err:
+        if "outside" not in str(err) and "not in WGS84" not in str(err):
+            raise
+        hint = _swapped_bbox_hint(embeddings, years[0], bbox, bbox_crs)
+        if not hint:
+            raise
+        raise ValueError(f"{_one_line(err)}{hint}") from err
     g = run.grid
     typer.echo(
         f"wrote {run.path}: {g.height} × {g.width} pixels × {len(run.years)} year(s) in "
@@ -1150,13 +1214,34 @@ def book(
             show_default="each chapter's, rarefied",
         ),
     ] = None,
+    samples: Annotated[
+        str | None,
+        typer.Option(
+            "--samples",
+            metavar="FILE",
+            help="The sample table of --data when it holds several (a file name in it, or a path).",
+            show_default="the one CSV with sample_id, longitude and latitude",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-P",
+            metavar="NAME=VALUE",
+            help="A chapter parameter, e.g. -P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]' "
+            "(repeatable; several in one quoted string as make's PARAMS). It reaches the "
+            "chapters that declare it; one that no chapter declares is an error.",
+            show_default="each chapter's",
+        ),
+    ] = None,
     progress: Annotated[
         bool,
         typer.Option("--progress/--no-progress", help="Show a progress bar over the notebooks."),
     ] = True,
 ) -> None:
     """Run the book's notebooks with papermill into book/, then render HTML (as `make book`)."""
-    from .bookrun import NotebookFailure, format_summary, run_book
+    from .bookrun import NotebookFailure, format_summary, parse_chapter_parameters, run_book
 
     config.get_profile(profile)
     if data is not None:
@@ -1164,7 +1249,11 @@ def book(
         if not data.is_dir():
             raise NotADirectoryError(f"--data {data} is a file, not a directory")
     try:
-        named = {k: v for k, v in (("guild", guild), ("target", target)) if v is not None}
+        named = {k: v for k, v in (("guild", guild), ("target", target), ("samples", samples))
+                 if v is not None}
+        chapter_parameters = parse_chapter_parameters(param)
+        if chapter_parameters:
+            named["chapter_parameters"] = chapter_parameters
         runs = run_book(
             profile=profile, seed=seed, data_dir=data, only=only or None, progress=progress,
             **named,

@@ -42,7 +42,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from fungi_ssl.cv import BlockKFold, SpatialKFold
+from fungi_ssl.cv import BlockKFold, SpatialKFold, fitting_block_size
 from fungi_ssl.features import select_predictors
 from fungi_ssl.models import (
     MODEL_NAMES,
@@ -75,6 +75,7 @@ __all__ = [
     "nearest_training_distances",
     "paired_tests",
     "plot_table1",
+    "spatial_cv_note",
     "spatial_splitter",
     "table1",
     "table1_wide",
@@ -115,6 +116,13 @@ def spatial_splitter(
     only a few hundred and very unequal folds. A distance buffer is not added:
     at 50 km the remaining edge neighbours are a small share of each fold.
 
+    A regional study can be smaller than one block. When the requested blocks
+    are fewer than the folds, the splitter takes the largest smaller side that
+    fills them (:func:`fungi_ssl.cv.fitting_block_size`: 25, 20, 10, 5, 2 or
+    1 km, down to 100 m), or one fold per 100 m block; :func:`spatial_cv_note` says so in one
+    sentence. ``requested_block_size_m``, ``requested_n_splits`` and
+    ``n_blocks`` on the returned splitter record what was asked and used.
+
     Parameters
     ----------
     frame : pandas.DataFrame
@@ -143,13 +151,42 @@ def spatial_splitter(
         raise ValueError(
             f"frame: needs columns longitude and latitude for spatial CV; missing {missing}"
         )
-    return BlockKFold(
-        block_size_m=block_size_m,
-        n_splits=n_splits,
+    lonlat = frame[["longitude", "latitude"]].to_numpy(dtype=float)
+    size, folds, n_blocks = fitting_block_size(lonlat, block_size_m, n_splits)
+    splitter = BlockKFold(
+        block_size_m=size,
+        n_splits=folds,
         seed=seed,
-        coords=frame[["longitude", "latitude"]].to_numpy(dtype=float),
+        coords=lonlat,
         coordinates="lonlat",
     )
+    splitter.requested_block_size_m = float(block_size_m)
+    splitter.requested_n_splits = int(n_splits)
+    splitter.n_blocks = n_blocks
+    return splitter
+
+
+def spatial_cv_note(splitter: BlockKFold) -> str | None:
+    """One sentence when :func:`spatial_splitter` changed the block side or fold count, else None.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"longitude": np.repeat([-3.70, -3.65, -3.60], 4),
+    ...                   "latitude": np.tile([57.00, 57.05], 6)})
+    >>> print(spatial_cv_note(spatial_splitter(t, n_splits=2)))
+    The samples fill only 1 block of 50 km, fewer than the 2 folds, so this run's spatial CV uses 20 km blocks (4 blocks) in 2 folds.
+    """
+    requested = getattr(splitter, "requested_block_size_m", splitter.block_size_m)
+    folds = getattr(splitter, "requested_n_splits", splitter.n_splits)
+    if requested == splitter.block_size_m and folds == splitter.n_splits:
+        return None
+    n_requested = int(splitter.__class__(requested, coordinates=splitter.coordinates)
+                      .block_labels(splitter.coords).max()) + 1
+    return (
+        f"The samples fill only {n_requested} block{'s' if n_requested != 1 else ''} of "
+        f"{requested / 1000:g} km, fewer than the {folds} folds, so this run's spatial CV uses "
+        f"{splitter.block_size_m / 1000:g} km blocks ({splitter.n_blocks} blocks) in "
+        f"{splitter.n_splits} folds.")
 
 
 def run_options(

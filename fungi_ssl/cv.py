@@ -90,6 +90,7 @@ CoordinateKind = Literal["lonlat", "metres"]
 SITE_DISTANCE_M = 25.0
 
 __all__ = [
+    "BLOCK_SIZE_LADDER_M",
     "SITE_DISTANCE_M",
     "BlockKFold",
     "BufferedKFold",
@@ -97,6 +98,7 @@ __all__ = [
     "SiteGroupKFold",
     "SpatialKFold",
     "check_coords",
+    "fitting_block_size",
     "site_groups",
 ]
 
@@ -681,17 +683,16 @@ class BlockKFold(SpatialKFold):
         >>> BlockKFold(50_000).block_labels([[9.0, 52.0], [9.5, 52.0], [9.9, 52.0]])
         array([0, 0, 1])
         """
+        pos = self._block_positions(coords)
+        return _block_cells(pos, self.block_size_m, self.coordinates)
+
+    def _block_positions(self, coords: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Where each sample counts for its block: its site's centre (or itself)."""
         xy = check_coords(coords, self.coordinates, "coords")
-        pos = xy
-        if self.site_distance_m is not None:
-            sites = site_groups(xy, self.site_distance_m, self.coordinates)
-            pos = _site_centres(xy, sites, self.coordinates)[sites]
-        if self.coordinates == "lonlat":
-            cells = utm_grid_cells(pos[:, 0], pos[:, 1], self.block_size_m)
-        else:
-            cells = np.floor(pos / self.block_size_m).astype(np.int64)
-        _, blocks = np.unique(cells, axis=0, return_inverse=True)
-        return blocks.ravel()
+        if self.site_distance_m is None:
+            return xy
+        sites = site_groups(xy, self.site_distance_m, self.coordinates)
+        return _site_centres(xy, sites, self.coordinates)[sites]
 
     def _folds(self, xy: np.ndarray) -> np.ndarray:
         blocks = self.block_labels(xy)
@@ -700,6 +701,64 @@ class BlockKFold(SpatialKFold):
             sizes, self.n_splits, self.shuffle, self.seed, self.balance, "blocks"
         )
         return block_fold[blocks]
+
+
+def _block_cells(pos: np.ndarray, block_size_m: float, coordinates: CoordinateKind) -> np.ndarray:
+    if coordinates == "lonlat":
+        cells = utm_grid_cells(pos[:, 0], pos[:, 1], block_size_m)
+    else:
+        cells = np.floor(pos / block_size_m).astype(np.int64)
+    _, blocks = np.unique(cells, axis=0, return_inverse=True)
+    return blocks.ravel()
+
+
+#: Block sides (metres) tried, largest first, when the requested blocks are too few
+#: for the folds (:func:`fitting_block_size`).
+BLOCK_SIZE_LADDER_M = (50_000.0, 25_000.0, 20_000.0, 10_000.0, 5_000.0, 2_000.0, 1_000.0, 500.0,
+                       200.0, 100.0)
+
+
+def fitting_block_size(
+    coords: np.ndarray | pd.DataFrame,
+    block_size_m: float,
+    n_splits: int,
+    coordinates: CoordinateKind = "lonlat",
+    site_distance_m: float | None = SITE_DISTANCE_M,
+) -> tuple[float, int, int]:
+    """A block side and fold count that the data can fill: ``(block_size_m, n_splits, n_blocks)``.
+
+    The requested blocks when they are at least ``n_splits``; otherwise the
+    largest side of :data:`BLOCK_SIZE_LADDER_M` below the requested one that
+    gives ``n_splits`` blocks; when even 100 m blocks are too few, 100 m blocks
+    with one fold per block.
+
+    Raises
+    ------
+    ValueError
+        When the samples fill a single 100 m block: no spatial CV is possible.
+
+    Examples
+    --------
+    >>> xy = np.array([[x, y] for x in range(0, 20_000, 500) for y in range(0, 20_000, 500)], float)
+    >>> fitting_block_size(xy, 50_000, 5, coordinates="metres")   # a 20 km square
+    (5000.0, 5, 16)
+    >>> fitting_block_size(xy, 50_000, 2, coordinates="metres")
+    (10000.0, 2, 4)
+    """
+    _check_n_splits(n_splits)
+    pos = BlockKFold(block_size_m, site_distance_m=site_distance_m,
+                     coordinates=coordinates)._block_positions(coords)
+    sizes = [float(block_size_m), *(s for s in BLOCK_SIZE_LADDER_M if s < block_size_m)]
+    n_blocks = 0
+    for size in sizes:
+        n_blocks = int(_block_cells(pos, size, coordinates).max()) + 1 if len(pos) else 0
+        if n_blocks >= n_splits:
+            return size, int(n_splits), n_blocks
+    if n_blocks >= 2:
+        return sizes[-1], n_blocks, n_blocks
+    raise ValueError(
+        f"the {len(pos)} samples lie in a single {sizes[-1]:g} m block, so spatial "
+        "block CV cannot hold any of them apart; use site-grouped CV instead")
 
 
 class BufferedKFold(SpatialKFold):

@@ -716,9 +716,47 @@ class TrainedEncoder:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: Environment variable fixing the torch threads of training and embedding.
+TORCH_THREADS_ENV = "FUNGI_SSL_TORCH_THREADS"
+#: Most intra-op threads the book's small encoder gains from.
+MAX_TORCH_THREADS = 2
+
+
+def free_cores(cap: int = MAX_TORCH_THREADS) -> int:
+    """Cores this process can use that other work is not already using, at most ``cap``.
+
+    The cores allowed to the process (its CPU affinity) less the one-minute
+    load average, rounded, never below one. Intra-op threads wait for each
+    other at every operation, so a thread on a busy core slows all of them:
+    on a 2-core machine with one core taken, two torch threads ran chapter 02
+    three times slower than one. ``FUNGI_SSL_TORCH_THREADS`` overrides it.
+
+    Examples
+    --------
+    >>> 1 <= free_cores() <= MAX_TORCH_THREADS
+    True
+    """
+    fixed = os.environ.get(TORCH_THREADS_ENV)
+    if fixed:
+        try:
+            return max(1, int(fixed))
+        except ValueError:
+            raise ValueError(
+                f"{TORCH_THREADS_ENV}={fixed!r}: expected a whole number of threads") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cap, cores - busy))
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None = None) -> Iterator[int]:
-    """Run torch with ``n`` intra-op threads (default: min(2, cores)), then restore.
+    """Run torch with ``n`` intra-op threads (default: :func:`free_cores`), then restore.
 
     Examples
     --------
@@ -727,7 +765,7 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
     1
     """
     old = torch.get_num_threads()
-    n = int(n) if n else max(1, min(2, os.cpu_count() or 1))
+    n = int(n) if n else free_cores()
     torch.set_num_threads(n)
     try:
         yield n

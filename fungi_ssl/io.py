@@ -11,7 +11,7 @@ with their values, instead of a traceback from deep inside pandas.
 
 Known files in a real data directory (see :func:`find_real_tables`):
 
-``globalfungi_ecm_richness_europe.csv`` (or ``samples.csv``)
+any CSV with ``sample_id``, ``longitude``, ``latitude`` (``SAMPLES=`` names one of several)
     GlobalFungi-style sample table, read by :func:`read_samples`.
 ``spun_ecm_samples_1km_covariates.csv``
     SPUN 1 km covariate table, read by :func:`read_spun_covariates`.
@@ -39,6 +39,8 @@ __all__ = [
     "SAMPLE_COLUMNS",
     "PointSample",
     "RealTables",
+    "check_data_directory",
+    "csv_columns",
     "derive_site_ids",
     "find_real_tables",
     "read_covariate_raster",
@@ -384,11 +386,16 @@ def read_samples(path: str | os.PathLike, target: str = "rarefied") -> pd.DataFr
     ([['A1', 5.0, 'site_00000']], 1)
     """
     raw, source = _read_text_table(path, "sample table")
+    if target not in raw.columns:
+        hint = "; name the richness column with TARGET=<column> (--target)" if (
+            target == "rarefied") else ""
+        raise ValueError(
+            f"{source}: no target column {target!r}{hint}; columns are "
+            f"{list(map(str, raw.columns))}"
+        )
+    if "raw_obs_div" not in raw.columns:  # optional in a user's table: the observed count
+        raw = raw.assign(raw_obs_div=pd.NA)
     if target != "rarefied":
-        if target not in raw.columns:
-            raise ValueError(
-                f"{source}: no target column {target!r}; columns are {list(map(str, raw.columns))}"
-            )
         if "rarefied" in raw.columns:
             raw = raw.rename(columns={"rarefied": "rarefied_original"})
         raw = raw.rename(columns={target: "rarefied"})
@@ -699,18 +706,90 @@ class RealTables:
     covariate_rasters: tuple[Path, ...] = ()
 
 
-#: File names recognised as the sample table, in order of preference.
+#: File names preferred as the sample table when a directory holds several tables
+#: with its columns and none is named (``SAMPLES=``): the download's and the
+#: historical name.
 SAMPLE_TABLE_NAMES = (REAL_TABLES["globalfungi_europe"].filename, "samples.csv")
+#: Columns that make a CSV a GlobalFungi-style sample table, whatever its name
+#: (the richness column is checked against the target when the table is read).
+SAMPLE_TABLE_KEY_COLUMNS = ("sample_id", "longitude", "latitude")
+#: Columns that make a CSV the SPUN table of 1 km covariates.
+SPUN_TABLE_KEY_COLUMNS = (_SPUN_ID, _SPUN_TARGET, _SPUN_LAT, _SPUN_LON)
+#: Environment variable naming the sample table of a data directory (a file name in it,
+#: or a path): ``make book SAMPLES=…`` and ``--samples`` set it for every chapter.
+SAMPLES_ENV = "FUNGI_SSL_SAMPLES"
 
 
-def find_real_tables(data_dir: str | os.PathLike) -> RealTables:
-    """Find the known real tables in ``data_dir``.
+def csv_columns(path: str | os.PathLike) -> list[str]:
+    """The header of a CSV file (its first line), without reading the rows.
+
+    An unnamed leading column (R's row numbers) is left out, as the readers drop it.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = p.write_text('"","sample_id","longitude"\\n"1","A",3\\n')
+    >>> csv_columns(p)
+    ['sample_id', 'longitude']
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    columns = [str(c).strip() for c in header]
+    if columns and (columns[0] == "" or columns[0].startswith("Unnamed: 0")):
+        columns = columns[1:]
+    return columns
+
+
+def _is_sample_table(columns: list[str]) -> bool:
+    return all(c in columns for c in SAMPLE_TABLE_KEY_COLUMNS)
+
+
+def _is_spun_table(columns: list[str]) -> bool:
+    return all(c in columns for c in SPUN_TABLE_KEY_COLUMNS)
+
+
+def _named_samples(directory: Path, samples: str | os.PathLike) -> Path:
+    path = Path(samples)
+    if not path.is_absolute() and not path.exists():
+        path = directory / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SAMPLES={samples}: no such file in {directory} (expected a CSV sample table "
+            f"with columns {', '.join(SAMPLE_TABLE_KEY_COLUMNS)} and its richness)")
+    columns = csv_columns(path)
+    if not _is_sample_table(columns):
+        missing = [c for c in SAMPLE_TABLE_KEY_COLUMNS if c not in columns]
+        raise ValueError(
+            f"SAMPLES={samples}: {path.name} has no column(s) {', '.join(missing)}; a sample "
+            f"table needs {', '.join(SAMPLE_TABLE_KEY_COLUMNS)} and its richness")
+    return path
+
+
+def find_real_tables(data_dir: str | os.PathLike,
+                     samples: str | os.PathLike | None = None) -> RealTables:
+    """Find the real tables in ``data_dir`` by their columns, whatever their names.
+
+    Any CSV whose header has ``sample_id``, ``longitude`` and ``latitude`` is
+    a sample table (GlobalFungi style); a CSV with ``sample_id``,
+    ``ECM_diversity``, ``Pixel_Lat`` and ``Pixel_Long`` is the SPUN table of
+    1 km covariates. Only headers are read.
 
     Parameters
     ----------
     data_dir : path-like
         A real data directory, e.g. the one ``python -m fungi_ssl.download``
         fills.
+    samples : path-like, optional
+        The sample table when the directory holds several: a file name in
+        ``data_dir`` or a path. Default: the environment variable
+        ``FUNGI_SSL_SAMPLES`` (``make book SAMPLES=…``), else the one
+        table found (or the download's name among several).
 
     Returns
     -------
@@ -721,36 +800,91 @@ def find_real_tables(data_dir: str | os.PathLike) -> RealTables:
     ------
     FileNotFoundError
         If ``data_dir`` does not exist, is not a directory, or holds neither a
-        sample table nor the SPUN covariate table.
+        sample table nor the SPUN covariate table; if ``samples`` names no file.
+    ValueError
+        If several CSVs are sample tables and none is named, or the named one
+        lacks the sample-table columns.
 
     Examples
     --------
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "samples.csv").write_text("sample_id\\n")
+    >>> _ = (d / "my_am_table.csv").write_text("sample_id,longitude,latitude,am\\n")
     >>> found = find_real_tables(d)
     >>> found.samples.name, found.spun_covariates
-    ('samples.csv', None)
+    ('my_am_table.csv', None)
     """
     directory = Path(data_dir)
     if not directory.exists():
         raise FileNotFoundError(f"real data directory not found: {directory}")
     if not directory.is_dir():
         raise FileNotFoundError(f"real data directory is not a directory: {directory}")
-    samples = next((directory / n for n in SAMPLE_TABLE_NAMES if (directory / n).is_file()), None)
-    spun_path = directory / REAL_TABLES["spun_covariates"].filename
-    spun = spun_path if spun_path.is_file() else None
+    csvs = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    headers = {p: csv_columns(p) for p in csvs}
+    spun_found = [p for p in csvs if _is_spun_table(headers[p])]
+    spun_name = directory / REAL_TABLES["spun_covariates"].filename
+    spun = spun_name if spun_name in spun_found else (spun_found[0] if spun_found else None)
+    named = samples if samples is not None else (os.environ.get(SAMPLES_ENV) or None)
+    if named:
+        sample_path: Path | None = _named_samples(directory, named)
+    else:
+        found = [p for p in csvs if _is_sample_table(headers[p]) and p not in spun_found]
+        preferred = [directory / n for n in SAMPLE_TABLE_NAMES if directory / n in found]
+        if len(found) > 1 and not preferred:
+            raise ValueError(
+                f"{directory} holds {len(found)} sample tables ({', '.join(p.name for p in found)}); "
+                "name one with SAMPLES=<file> (make book) or --samples <file>")
+        sample_path = preferred[0] if preferred else (found[0] if found else None)
     rasters = tuple(
         sorted(
             p for p in directory.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.is_file()
         )
     )
-    if samples is None and spun is None:
-        expected = ", ".join([*SAMPLE_TABLE_NAMES, REAL_TABLES["spun_covariates"].filename])
+    if sample_path is None and spun is None:
+        shown = ", ".join(p.name for p in csvs) or "no CSV files"
         raise FileNotFoundError(
-            f"{directory} holds none of the known real tables ({expected}); "
-            f"fetch them with: python -m fungi_ssl.download {directory}"
+            f"{directory} holds no usable table ({shown}): expected a CSV sample table with "
+            f"columns {', '.join(SAMPLE_TABLE_KEY_COLUMNS)} and its richness, or the SPUN table "
+            f"{REAL_TABLES['spun_covariates'].filename}"
         )
     return RealTables(
-        directory=directory, samples=samples, spun_covariates=spun, covariate_rasters=rasters
+        directory=directory, samples=sample_path, spun_covariates=spun, covariate_rasters=rasters
     )
+
+
+def check_data_directory(data_dir: str | os.PathLike, *, target: str = "rarefied",
+                         samples: str | os.PathLike | None = None) -> RealTables:
+    """Check a real data directory before any chapter runs; one-line errors.
+
+    Finds the tables (:func:`find_real_tables`) and reads the sample table
+    with ``target`` as its richness column (:func:`read_samples`), so a
+    missing column, a bad value or an unknown target fails here, in a second
+    or two, rather than inside a chapter.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`find_real_tables` and :func:`read_samples`; a ``target``
+        other than ``rarefied`` with no sample table to read it from.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "am.csv").write_text("sample_id,longitude,latitude,raw_obs_div,am\\n"
+    ...                               "A1,6.02,52.04,3,5\\n")
+    >>> check_data_directory(d, target="am").samples.name
+    'am.csv'
+    >>> check_data_directory(d, target="ecm")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...am.csv: no target column 'ecm'; columns are ['sample_id', 'longitude', 'latitude', 'raw_obs_div', 'am']
+    """
+    tables = find_real_tables(data_dir, samples)
+    if tables.samples is not None:
+        read_samples(tables.samples, target=target)
+    elif target != "rarefied":
+        raise ValueError(
+            f"TARGET={target}: {tables.directory} has no sample table to read it from, only "
+            f"{tables.spun_covariates.name}, whose richness is ECM_diversity")
+    return tables

@@ -916,6 +916,74 @@ def _output_kind(output: Path) -> str:
     )
 
 
+#: Share of NaN pixels above which ``predict_map`` warns (1%).
+NAN_WARN_SHARE = 0.01
+#: Attributes every Zarr map store this package writes carries (``predict_map``).
+ZARR_MAP_ATTRS = ("quantity", "units", "model_fingerprint")
+
+
+def _zarr_attributes(store: Path) -> dict[str, Any] | None:
+    """The root attributes of a Zarr store (format 2 or 3) read from its files; None if not one."""
+    import json
+
+    try:
+        if (store / "zarr.json").is_file():
+            meta = json.loads((store / "zarr.json").read_text())
+            return dict(meta.get("attributes", {})) if meta.get("node_type") == "group" else None
+        if (store / ".zgroup").is_file():
+            attrs = store / ".zattrs"
+            return json.loads(attrs.read_text()) if attrs.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def check_replaceable(out: str | Path, kind: str | None = None) -> None:
+    """Refuse to replace anything but a map this package wrote.
+
+    ``overwrite`` replaces a regular ``.tif``/``.tiff`` file, or a ``.zarr``
+    folder that is a Zarr group carrying this package's map attributes
+    (:data:`ZARR_MAP_ATTRS`). Anything else (an ordinary folder, a link, a
+    store of another tool) is refused, and nothing is deleted.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the output and what it is.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "x.zarr"
+    >>> folder.mkdir()
+    >>> check_replaceable(folder)
+    Traceback (most recent call last):
+    ...
+    FileExistsError: output ...x.zarr is a folder that is not a map written by fungi-ssl (no Zarr map metadata); it is left as it is: remove it yourself or choose another output
+    """
+    out = Path(out)
+    kind = kind or _output_kind(out)
+    if out.is_symlink():
+        raise FileExistsError(
+            f"output {out} is a link; it is left as it is: remove it yourself or choose "
+            "another output")
+    if kind == "cog":
+        if not out.is_file():
+            raise FileExistsError(
+                f"output {out} is a folder, not a GeoTIFF file; it is left as it is: remove it "
+                "yourself or choose another output")
+        return
+    if not out.is_dir():
+        raise FileExistsError(
+            f"output {out} is a file, not a Zarr store; it is left as it is: remove it yourself "
+            "or choose another output")
+    attrs = _zarr_attributes(out)
+    if attrs is None or not all(k in attrs for k in ZARR_MAP_ATTRS):
+        raise FileExistsError(
+            f"output {out} is a folder that is not a map written by fungi-ssl (no Zarr map "
+            "metadata); it is left as it is: remove it yourself or choose another output")
+
+
 def _check_output(output: str | Path | None, overwrite: bool, n_years: int) -> tuple[Path | None, str | None]:
     if output is None:
         return None, None
@@ -923,8 +991,10 @@ def _check_output(output: str | Path | None, overwrite: bool, n_years: int) -> t
     kind = _output_kind(out)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist (for {out.name})")
-    if out.exists() and not overwrite:
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise FileExistsError(f"output {out} exists; pass overwrite=True to replace it")
+    if out.exists() or out.is_symlink():
+        check_replaceable(out, kind)
     if kind == "cog" and n_years != 1:
         raise ValueError(
             f"output {out}: a GeoTIFF holds one year, {n_years} were asked for; "
@@ -1112,6 +1182,12 @@ def predict_map(
         "n_nan": n_nan,
         "n_no_embedding": n_no,
     }
+    if n_pixels and n_nan > NAN_WARN_SHARE * n_pixels:
+        warnings.warn(
+            f"{n_nan:,} of {n_pixels:,} map pixels ({n_nan / n_pixels:.1%}) have no prediction: "
+            f"{n_no:,} lie outside the embedding tiles or have no embedding there, and "
+            f"{max(n_nan - n_no, 0):,} lack a full {patch_size} × {patch_size} patch (beside "
+            "them, or at the tiles' edge)", UserWarning, stacklevel=2)
     if writer is None:
         arr = memory[0] if isinstance(year, (int, np.integer)) else memory
         the_map = _as_dataarray(arr, grid, None if isinstance(year, (int, np.integer)) else years,
@@ -1154,9 +1230,10 @@ def _remove(path: Path) -> None:
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
     """Give ``tmp`` the name ``out``; an existing ``out`` goes only once ``tmp`` is in place."""
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not overwrite:  # appeared while the map was computed
             raise FileExistsError(f"output {out} exists; pass overwrite=True to replace it")
+        check_replaceable(out)  # it may have changed while the map was computed
         if out.is_dir():
             trash = _tmp_name(out, "old")
             os.replace(out, trash)

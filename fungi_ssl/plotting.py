@@ -131,6 +131,8 @@ def set_style() -> None:
             "image.cmap": RICHNESS_CMAP,
             "lines.linewidth": 1.6,
             "scatter.edgecolors": "none",
+            # ticks show whole values (6320000, not "+6.32e6" in a corner)
+            "axes.formatter.useoffset": False,
         }
     )
 
@@ -489,3 +491,84 @@ def landcover_legend(
     legend_kwargs.setdefault("bbox_to_anchor", (1.02, 1.0))
     legend_kwargs.setdefault("title", "land cover")
     return ax.legend(handles=handles, **legend_kwargs)
+
+
+def map_in_km(da: Any) -> Any:
+    """A projected map with its ``x`` and ``y`` in kilometres from its south-west corner.
+
+    Map axes then read ``0 … 5 km`` instead of six- or seven-digit UTM
+    coordinates that run together or need an offset; the corner's own
+    coordinates are kept in ``attrs["origin"]`` (and
+    :func:`map_axis_labels` names the CRS).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> da = xr.DataArray(np.zeros((2, 3)), coords={"y": [6320015.0, 6320005.0],
+    ...                   "x": [583405.0, 583415.0, 583425.0]}, dims=("y", "x"))
+    >>> km = map_in_km(da)
+    >>> km.x.values.tolist(), km.y.values.tolist(), km.attrs["origin"]
+    ([0.0, 0.01, 0.02], [0.01, 0.0], (583405.0, 6320005.0))
+    """
+    x0, y0 = float(da["x"].min()), float(da["y"].min())
+    out = da.assign_coords(x=np.round((da["x"].values - x0) / 1000.0, 6),
+                           y=np.round((da["y"].values - y0) / 1000.0, 6))
+    out.attrs = {**da.attrs, "origin": (x0, y0)}
+    return out
+
+
+def map_axis_labels(ax: matplotlib.axes.Axes, da: Any, crs: Any = None) -> None:
+    """Label map axes in km east and north of the map's corner (:func:`map_in_km`), equal aspect."""
+    x0, y0 = da.attrs.get("origin", (0.0, 0.0))
+    where = f" ({crs})" if crs else ""
+    ax.set_xlabel(f"km east of x = {x0:,.0f} m{where}")
+    ax.set_ylabel(f"km north of y = {y0:,.0f} m")
+    ax.set_aspect("equal")
+
+
+def categorical_map(
+    ax: matplotlib.axes.Axes,
+    da: Any,
+    labels: dict[Any, str],
+    colours: Sequence[str] | None = None,
+    **legend_kwargs: Any,
+) -> matplotlib.legend.Legend:
+    """Draw a categorical raster with a legend of its classes, not a colour bar.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    da : xarray.DataArray
+        2-D, ``x`` and ``y`` coordinates; values are the keys of ``labels``
+        (booleans, codes); NaN is left blank.
+    labels : dict
+        Class value → legend text, in legend order.
+    colours : sequence of str, optional
+        One per class (default: the Okabe–Ito palette).
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt, xarray as xr
+    >>> da = xr.DataArray([[True, False]], coords={"y": [0.5], "x": [0.5, 1.5]}, dims=("y", "x"))
+    >>> fig, ax = plt.subplots()
+    >>> leg = categorical_map(ax, da, {True: "inside", False: "outside"})
+    >>> [t.get_text() for t in leg.get_texts()]
+    ['inside', 'outside']
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+
+    keys = list(labels)
+    colours = list(colours) if colours is not None else list(OKABE_ITO[: len(keys)])
+    values = np.asarray(da.values)
+    codes = np.full(values.shape, np.nan)
+    for i, key in enumerate(keys):
+        codes[values == key] = i
+    cmap = ListedColormap(colours, name="categories")
+    norm = BoundaryNorm(np.arange(len(keys) + 1) - 0.5, len(keys))
+    da.copy(data=codes).plot.imshow(ax=ax, cmap=cmap, norm=norm, add_colorbar=False,
+                                    interpolation="nearest")
+    handles = [Patch(facecolor=c, edgecolor="0.4", label=labels[k]) for k, c in zip(keys, colours)]
+    options = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+    options.update(legend_kwargs)
+    return ax.legend(handles=handles, **options)

@@ -338,12 +338,13 @@ def simulated_woodland(
     lo, _ = ndimage.label(other)
     labels[ancient] = la[ancient]
     labels[other] = lo[other] + na
-    rows = [
-        {"label": int(v), "woodland": "ancient" if v <= na else "other", "geometry": shape(g)}
-        for g, v in rasterio.features.shapes(labels, mask=labels > 0,
-                                             transform=lay.rio.transform())
-    ]
-    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS.from_epsg(epsg))
+    shapes = list(rasterio.features.shapes(labels, mask=labels > 0,
+                                           transform=lay.rio.transform()))
+    # built column by column, so a box without woodland gives an empty table, not an error
+    gdf = gpd.GeoDataFrame(
+        {"label": [int(v) for _, v in shapes],
+         "woodland": ["ancient" if v <= na else "other" for _, v in shapes]},
+        geometry=[shape(g) for g, _ in shapes], crs=CRS.from_epsg(epsg))
     if len(gdf):
         gdf = gdf.dissolve(by="label", aggfunc="first").reset_index(drop=True)
     gdf["area_ha"] = gdf.area / 10_000.0 if len(gdf) else []
@@ -519,7 +520,10 @@ def area_of_applicability(
         path = Path(out)
         di_da.attrs.update(threshold=float(aoa.threshold_), year=int(year),
                            description="dissimilarity index; inside the area of applicability "
-                           "where DI <= threshold")
+                           "where DI <= threshold",
+                           long_name="dissimilarity index",  # the band's description
+                           units="1 (distance to the nearest training sample / mean "
+                           "distance between training samples)")
         di_da.rio.to_raster(path, driver="COG")
     return AOARun(di_da, in_da, float(aoa.threshold_), share, run.n_pixels, aoa.train_di_,
                   path, {"n_folds": n_folds, "n_train": int(ok.sum())})
@@ -671,3 +675,122 @@ def fit_from_samples(
                                        embedding_dim=patches.shape[-1])
     m.settings.update({"target_column": target_column, "guild": guild})
     return m, X, groups, which.describe()
+
+
+# --------------------------------------------------------------------------
+# the map model's cross-validated skill (fungi-ssl fit)
+# --------------------------------------------------------------------------
+def map_model_skill(
+    patches: np.ndarray, richness: np.ndarray, lonlat: np.ndarray, *, model: str = "lightgbm",
+    n_components: int = 32, seed: int = 0, n_splits: int = 5,
+    block_size_m: float = 50_000.0, embedding_dim: int | None = None,
+) -> dict[str, Any]:
+    """Cross-validated skill of the map model: site-grouped folds and spatial blocks.
+
+    The same chain as :class:`fungi_ssl.mapmodel.MapModel` (patch → PCA →
+    regressor) is refitted in each training part and scored on the held-out
+    part, on ``log1p`` richness: by 25 m site groups (no core of a test site
+    trains the model) and by blocks of ``block_size_m`` (50 km; smaller when the
+    samples fill too few, :func:`fungi_ssl.comparison.spatial_splitter`).
+
+    Parameters
+    ----------
+    patches : numpy.ndarray
+        ``(n, k·k·D)`` patches; rows with NaN, or without a richness, are left out.
+    richness : numpy.ndarray
+        Rarefied richness (≥ 0) per row.
+    lonlat : numpy.ndarray
+        ``(n, 2)`` longitude and latitude of each sample.
+    model, n_components, seed
+        As :class:`~fungi_ssl.mapmodel.MapModel`.
+    n_splits : int
+        Folds of each scheme.
+    block_size_m : float
+        Side of the spatial blocks asked for.
+    embedding_dim : int, optional
+        Dimensions per pixel (default: ``patches.shape[1] / 9``).
+
+    Returns
+    -------
+    dict
+        ``{"site": {...}, "block": {...}}``, each with ``r2``, ``rmse`` (log1p
+        units), ``n_folds``, ``n_samples``; ``block`` also ``block_km``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 9 * 4)) * np.r_[5.0, np.ones(35)]   # dimension 0 leads the PCA
+    >>> rich = np.expm1(3 + 0.1 * X[:, 0])
+    >>> ll = np.column_stack([rng.uniform(0, 5, 200), rng.uniform(45, 50, 200)])
+    >>> skill = map_model_skill(X, rich, ll, model="ridge", n_components=4)
+    >>> skill["site"]["r2"] > 0.5, skill["block"]["block_km"]
+    (True, 50.0)
+    """
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    from .comparison import spatial_splitter
+    from .cv import SiteGroupKFold
+    from .mapmodel import MapModel
+
+    X = np.asarray(patches, dtype=np.float64)
+    r = np.asarray(richness, dtype=np.float64)
+    xy = np.asarray(lonlat, dtype=np.float64)
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(r) & np.isfinite(xy).all(axis=1)
+    X, r, xy = X[ok], r[ok], xy[ok]
+    dim = int(embedding_dim or X.shape[1] // 9)
+    y = np.log1p(r)
+    frame = pd.DataFrame({"longitude": xy[:, 0], "latitude": xy[:, 1]})
+    schemes = {
+        "site": SiteGroupKFold(n_splits=n_splits, coords=xy, coordinates="lonlat"),
+        "block": spatial_splitter(frame, block_size_m=block_size_m, n_splits=n_splits, seed=seed),
+    }
+    out: dict[str, Any] = {}
+    for name, cv in schemes.items():
+        pred = np.full(len(y), np.nan)
+        for train, test in cv.split(X):
+            m = MapModel(model, n_components=min(n_components, len(train) - 1), seed=seed,
+                         n_jobs=1)
+            m.fit(X[train], r[train], encoder="cv", embedding_dim=dim)
+            pred[test] = m.predict_patches(X[test], output="log_richness")
+        done = np.isfinite(pred)
+        out[name] = {"r2": float(r2_score(y[done], pred[done])),
+                     "rmse": float(np.sqrt(mean_squared_error(y[done], pred[done]))),
+                     "n_folds": int(cv.get_n_splits()), "n_samples": int(done.sum())}
+    out["block"]["block_km"] = schemes["block"].block_size_m / 1000.0
+    return out
+
+
+def held_map_years(embeddings: str | Path, years: Sequence[int]) -> tuple[list[int], str | None]:
+    """The asked years that the embeddings hold, and one sentence when some are not held.
+
+    Raises
+    ------
+    ValueError
+        When the embeddings hold none of the years, naming those they do hold.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from affine import Affine
+    >>> from fungi_ssl import tessera
+    >>> root = tempfile.mkdtemp()
+    >>> _ = tessera.write_tile(root, 2018, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
+    ...                        np.ones((3, 3), np.float32),
+    ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
+    >>> held_map_years(root, [2018, 2024])
+    ([2018], 'The embeddings hold no year 2024 (they hold 2018), so this run maps 2018 only.')
+    """
+    from .cli import held_years
+
+    held = sorted(held_years(embeddings))
+    kept = [int(y) for y in years if int(y) in held]
+    missing = [int(y) for y in years if int(y) not in held]
+    shown = ", ".join(map(str, held))
+    if not kept:
+        raise ValueError(
+            f"years {', '.join(map(str, missing))}: the embeddings under {embeddings} hold "
+            f"{shown or 'no year'}; set years to some of those")
+    if not missing:
+        return kept, None
+    return kept, (f"The embeddings hold no year {', '.join(map(str, missing))} (they hold "
+                  f"{shown}), so this run maps {', '.join(map(str, kept))} only.")

@@ -188,8 +188,8 @@ def open_field_data(data_dir: str | Path | None = None, *, seed: int = 0,
     if table == "samples":
         if tables.samples is None:
             raise FileNotFoundError(
-                f"{data_dir}: no GlobalFungi-style sample table found "
-                "(expected globalfungi_ecm_richness_europe.csv or samples.csv)")
+                f"{data_dir}: no sample table found (expected a CSV with columns "
+                "sample_id, longitude, latitude and its richness)")
         samples = read_samples(tables.samples, target=target)
         return FieldData(samples=samples, covariates=None, truth=None,
                          source=str(tables.samples),

@@ -181,8 +181,11 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
     assert "HAS_SEED False" in _outputs_text(book / "01_field.ipynb")
-    assert bookrun.read_results("00_sim", book / "results") == {"profile": "full", "seed": 5}
-    summary = json.loads((book / "results" / "run_summary.json").read_text())
+    # seed 5 is not the book's: its results go to a folder named for it, never book/results
+    assert not (book / "results").exists()
+    runs = book / "results-seed5"
+    assert bookrun.read_results("00_sim", runs) == {"profile": "full", "seed": 5}
+    summary = json.loads((runs / "run_summary.json").read_text())
     assert [e["notebook"] for e in summary["notebooks"]] == ["00_sim", "01_field"]
     assert all(
         e["profile"] == "full" and e["seconds"] > 0 and e["status"] == "ok"
@@ -191,17 +194,27 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     table = capsys.readouterr().out
     assert "00_sim" in table and "01_field" in table and "total" in table
 
-    # --only re-runs one chapter and keeps the other's summary entry
-    assert (
-        bookrun.main(
-            ["--only", "01", "--profile", "quick", "--notebooks", str(notebooks),
-             "--output", str(book), "--no-progress"]
-        )
-        == 0
-    )
+    # the book's own parameters write book/results; --only re-runs one chapter and keeps
+    # the other's summary entry
+    args = ["--notebooks", str(notebooks), "--output", str(book), "--no-progress"]
+    assert bookrun.main(args) == 0
+    assert bookrun.read_results("00_sim", book / "results") == {"profile": "full", "seed": 0}
+    assert bookrun.main(["--only", "01", *args]) == 0
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     by_name = {e["notebook"]: e for e in summary["notebooks"]}
-    assert by_name["00_sim"]["profile"] == "full" and by_name["01_field"]["profile"] == "quick"
+    assert set(by_name) == {"00_sim", "01_field"}
+    # a rerun of one chapter with another profile writes its notebook and results beside
+    # each other, and leaves the book's chapter and results alone
+    before = (book / "00_sim.ipynb").read_text(), (book / "results" / "00_sim.json").read_text()
+    assert bookrun.main(["--only", "00", "--profile", "quick", *args]) == 0
+    assert ((book / "00_sim.ipynb").read_text(), (book / "results" / "00_sim.json").read_text()
+            ) == before
+    quick = book / "results-quick"
+    assert (quick / "00_sim.ipynb").exists()
+    assert bookrun.read_results("00_sim", quick) == {"profile": "quick", "seed": 0}
+    by_name = {e["notebook"]: e for e in json.loads(
+        (quick / "run_summary.json").read_text())["notebooks"]}
+    assert by_name["00_sim"]["profile"] == "quick"
 
 
 def test_failing_notebook_reports_cell_and_stops(book_dirs, capsys):
@@ -312,6 +325,7 @@ def test_executed_notebooks_hold_no_machine_paths(tmp_path):
     notebooks.mkdir()
     real = tmp_path / "real"
     real.mkdir()
+    (real / "field.csv").write_text("sample_id,longitude,latitude,rarefied\nA,6.0,52.0,3\n")
     _notebook(
         notebooks / "00_paths.ipynb",
         "profile = 'full'\nseed = 0\ndata_dir = ''\nresults_dir = ''",
@@ -329,11 +343,12 @@ def test_executed_notebooks_hold_no_machine_paths(tmp_path):
     nb = nbformat.read(str(book / "00_paths.ipynb"), as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert 'data_dir = "../real"' in injected.source
-    assert 'results_dir = "../book/results"' in injected.source
+    key = bookrun.results_key({"data_dir": real})
+    assert f'results_dir = "../book/results-{key}"' in injected.source
     out = _outputs_text(book / "00_paths.ipynb")
     assert "<data_dir> <results_dir>" in out and "<repo> ~" in out
-    # the relative paths worked: results landed in book/results, data_dir was found
-    assert bookrun.read_results("00_paths", book / "results") == {"ok": True}
+    # the relative paths worked: results landed in book/results-<key>, data_dir was found
+    assert bookrun.read_results("00_paths", book / f"results-{key}") == {"ok": True}
 
 
 def test_a_failing_notebook_is_scrubbed_too(tmp_path):
@@ -374,3 +389,165 @@ def test_kernels_run_over_ipc_without_the_tcp_warning(book_dirs, capfd):
     assert "TRANSPORT ipc" in _outputs_text(book / "00_k.ipynb")
     captured = capfd.readouterr()
     assert "without encryption" not in captured.out + captured.err
+
+
+# ---------------------------------------------------------------- issue 16: parameters, skips, results
+
+
+def test_chapter_parameters_reach_only_the_notebooks_that_declare_them(book_dirs):
+    notebooks, book = book_dirs
+    _notebook(notebooks / "04_a.ipynb", "profile = 'full'\nblock_km = 50.0\nresults_dir = ''",
+              "print('BLOCK', block_km)")
+    _notebook(notebooks / "05_b.ipynb", "profile = 'full'\nresults_dir = ''",
+              "print('HAS_BLOCK', 'block_km' in dir())")
+    with pytest.raises(ValueError, match="no chapter declares the parameter 'bbox'; chapter "
+                                         "parameters are block_km"):
+        bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False,
+                         chapter_parameters={"bbox": [0, 0, 1, 1]})
+    assert not book.exists()  # nothing ran
+    code = bookrun.main(["--notebooks", str(notebooks), "--output", str(book), "--no-progress",
+                         "-P", "block_km=10"])
+    assert code == 0
+    assert "BLOCK 10" in _outputs_text(book / "04_a.ipynb")
+    assert "HAS_BLOCK False" in _outputs_text(book / "05_b.ipynb")
+    assert (book / "results-block_km-10" / "run_summary.json").exists()
+    assert not (book / "results").exists()
+
+
+def test_parse_chapter_parameters_errors():
+    with pytest.raises(ValueError, match="set seed with SEED="):
+        bookrun.parse_chapter_parameters("seed=3")
+    with pytest.raises(ValueError, match="'block_km' is not name=value"):
+        bookrun.parse_chapter_parameters("block_km")
+    with pytest.raises(ValueError, match="given twice"):
+        bookrun.parse_chapter_parameters(["years=[2018]", "years=[2019]"])
+    assert bookrun.parse_chapter_parameters("partition_cv=block land_only=false") == {
+        "partition_cv": "block", "land_only": False}
+
+
+def test_make_passes_params_and_samples():
+    from fungi_ssl import config
+
+    out = __import__("subprocess").run(
+        ["make", "-n", "notebooks", "PARAMS=bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024]",
+         "SAMPLES=my table.csv", "DATA=/d"], cwd=config.REPO_ROOT, capture_output=True,
+        text=True, check=True).stdout
+    assert "--param 'bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024]'" in out
+    assert "--samples 'my table.csv'" in out
+    from typer.testing import CliRunner
+
+    from fungi_ssl import cli
+
+    calls = []
+    run_book = bookrun.run_book
+    try:
+        bookrun.run_book = lambda **kw: calls.append(kw) or []
+        res = CliRunner().invoke(cli.app, ["book", "--no-html", "--no-progress", "-P",
+                                           "block_km=10 years=[2018,2024]", "--samples", "a.csv"])
+    finally:
+        bookrun.run_book = run_book
+    assert res.exit_code == 0, res.output
+    assert calls[0]["chapter_parameters"] == {"block_km": 10, "years": [2018, 2024]}
+    assert calls[0]["samples"] == "a.csv"
+    args = bookrun.build_parser().parse_args(["--param", "bbox=[-3.9,56.8,-3.0,57.3] block_km=10"])
+    assert bookrun.parse_chapter_parameters(args.param) == {
+        "bbox": [-3.9, 56.8, -3.0, 57.3], "block_km": 10}
+
+
+def test_a_skipped_chapter_shows_its_title_and_one_sentence(book_dirs):
+    notebooks, book = book_dirs
+    _notebook(
+        notebooks / "06_maps.ipynb",
+        "profile = 'full'\ndata_dir = ''\nresults_dir = ''",
+        "from IPython.display import Markdown, display\nfrom fungi_ssl.bookrun import write_results\n"
+        "run = not data_dir\n"
+        "if not run:\n    display(Markdown('This chapter needs the simulated regions, so it is "
+        "skipped.'))\nprint('METHODS OUTPUT')",
+        "import matplotlib.pyplot as plt\nif run:\n    plt.plot([0, 1]); plt.show()",
+        "write_results('06_maps', {'skipped': 'real data: no regions'} if not run else {'n': 1}, "
+        "results_dir)",
+    )
+    nb = nbformat.read(str(notebooks / "06_maps.ipynb"), as_version=4)
+    nb.cells[0].source = "# Maps\n\n## Overview\n\nLong methods text."
+    nb.cells.append(nbformat.v4.new_markdown_cell("## Summary\n\nConclusions."))
+    nbformat.write(nb, str(notebooks / "06_maps.ipynb"))
+    real = book.parent / "real"
+    real.mkdir()
+    (real / "t.csv").write_text("sample_id,longitude,latitude,rarefied\nA,6.0,52.0,3\n")
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, data_dir=real, progress=False)
+    out = nbformat.read(str(book / "06_maps.ipynb"), as_version=4)
+    shown = [c for c in out.cells if "remove-cell" not in c.metadata.get("tags", [])]
+    assert len(shown) == 1 and shown[0].cell_type == "markdown"
+    assert shown[0].source == ("# Maps\n\nThis chapter needs the simulated regions, so it is "
+                               "skipped.")
+    text = json.dumps(out)
+    assert "METHODS OUTPUT" not in text and "Conclusions" not in text and "image/png" not in text
+    # a chapter that skips part of its work but still shows a table keeps its page
+    _notebook(notebooks / "09_part.ipynb", "profile = 'full'\ndata_dir = ''\nresults_dir = ''",
+              "import pandas as pd\nfrom fungi_ssl.bookrun import write_results\n"
+              "display(pd.DataFrame({'n': [1]}))\n"
+              "write_results('09_part', {'skipped': 'no covariates'}, results_dir)")
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, data_dir=real, progress=False,
+                     only=["09"])
+    part = book / f"results-{bookrun.results_key({'data_dir': real})}" / "09_part.ipynb"
+    assert bookrun.shows_results(part)
+    assert len(nbformat.read(str(part), as_version=4).cells) == 4  # title, parameters x2, code
+    # the same chapter on the simulated study keeps everything
+    bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    out = nbformat.read(str(book / "06_maps.ipynb"), as_version=4)
+    assert "Conclusions" in json.dumps(out) and "METHODS OUTPUT" in _outputs_text(
+        book / "06_maps.ipynb")
+
+
+def test_a_directory_without_a_usable_table_fails_before_any_chapter(book_dirs, capsys):
+    import time
+
+    notebooks, book = book_dirs
+    _notebook(notebooks / "00_a.ipynb", "profile = 'quick'", "print('RAN')")
+    empty = book.parent / "empty"
+    empty.mkdir()
+    (empty / "notes.csv").write_text("a,b\n1,2\n")
+    start = time.perf_counter()
+    code = bookrun.main(["--data", str(empty), "--notebooks", str(notebooks), "--output",
+                         str(book), "--no-progress"])
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no usable table (notes.csv)" in err
+    assert not (book / "00_a.ipynb").exists()
+    (empty / "am.csv").write_text("sample_id,longitude,latitude,am\nA,6.0,52.0,3\n")
+    code = bookrun.main(["--data", str(empty), "--notebooks", str(notebooks), "--output",
+                         str(book), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no target column 'rarefied'; name the richness column with TARGET=" in err
+
+
+def test_a_papermill_rerun_with_other_parameters_leaves_book_results_alone(tmp_path):
+    """papermill itself, with no results_dir: the kernel sees its injected cell and writes
+    its results under book/results-<key>, never into book/results."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fungi_ssl import config
+
+    nb = _notebook(tmp_path / "01_probe.ipynb", "profile = 'full'\nseed = 0\nresults_dir = ''",
+                   "from fungi_ssl.bookrun import write_results\n"
+                   "print('WROTE', write_results('01_probe_w16', {'seed': seed}, results_dir))")
+    seed = 987_654
+    target = config.BOOK_DIR / f"results-seed{seed}"
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "out.ipynb"), "-p",
+             "seed", str(seed), "--no-progress-bar"], capture_output=True, text=True, check=False,
+            env={**os.environ, "PYTHONPATH": str(config.REPO_ROOT)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads((target / "01_probe_w16.json").read_text()) == {"seed": seed}
+        assert not (config.RESULTS_DIR / "01_probe_w16.json").exists()
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    # the kernel's view, unit by unit
+    assert bookrun.changed_parameters(
+        bookrun._assignments("profile = 'full'\nseed = 0\nbbox = None  # note"),
+        bookrun._assignments("# Parameters\nprofile = \"full\"\nbbox = [1, 2, 3, 4]\n")) == {
+        "bbox": [1, 2, 3, 4]}

@@ -247,6 +247,10 @@ def test_fit_reads_patches_at_each_sample_from_its_year(region, model_file):
     truth = np.log1p(region.samples["rarefied"].to_numpy())
     assert np.corrcoef(pred, truth)[0, 1] > 0.95
     assert which.n_before == region.n_before and which.n_gap == 0 and which.n_after == 0
+    # its cross-validated skill is in its metadata: site-grouped folds and spatial blocks
+    skill = m.settings["cv_skill"]
+    assert skill["site"]["r2"] > 0.8 and skill["site"]["n_samples"] == len(region.samples)
+    assert skill["block"]["block_km"] < 50 and np.isfinite(skill["block"]["r2"])  # a 2 km region
 
 
 def test_fit_reports_the_year_rule_on_stderr(region, tmp_path):
@@ -1105,3 +1109,99 @@ def test_book_names_the_failed_notebook_in_one_line(monkeypatch):
         ["04_x.ipynb failed in cell 3", "ZeroDivisionError", "book/04_x.ipynb"],
         cli.CommandError,
     )
+
+
+# --------------------------------------------------------------------------
+# issue 16: --overwrite never deletes what this tool did not write; NaN warning
+# --------------------------------------------------------------------------
+def _predict_args(region, model_file, out, *years):
+    return ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox",
+            *region.bbox, *[a for y in (years or (2020,)) for a in ("--year", y)], "--out", out,
+            "--blocksize", 128, "--no-progress", "--overwrite"]
+
+
+def test_overwrite_refuses_a_plain_folder_and_keeps_the_users_file(region, model_file, tmp_path):
+    """The data-loss case: `--out x.zarr --overwrite` where x.zarr is an ordinary folder
+    holding a user's file used to delete both."""
+    folder = tmp_path / "x.zarr"
+    folder.mkdir()
+    precious = folder / "my_notes.txt"
+    precious.write_text("field notes, not a map")
+    _assert_one_line_error(_predict_args(region, model_file, folder, 2020, 2021),
+                           ["--out", str(folder), "not a map written by fungi-ssl",
+                            "left as it is"], FileExistsError)
+    assert precious.read_text() == "field notes, not a map"
+    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.txt"]
+    # a folder named .tif is refused too; a Zarr store of another tool as well
+    tif_dir = tmp_path / "y.tif"
+    tif_dir.mkdir()
+    (tif_dir / "keep.txt").write_text("keep")
+    _assert_one_line_error(_predict_args(region, model_file, tif_dir), ["not a GeoTIFF file"],
+                           FileExistsError)
+    assert (tif_dir / "keep.txt").exists()
+    import zarr
+
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w").attrs["made_by"] = "another tool"
+    _assert_one_line_error(_predict_args(region, model_file, other, 2020, 2021),
+                           ["not a map written by fungi-ssl"], FileExistsError)
+    assert other.is_dir()
+
+
+def test_overwrite_replaces_a_map_this_tool_wrote(region, model_file, tmp_path):
+    store = tmp_path / "stack.zarr"
+    for _ in range(2):  # written, then replaced
+        res = _invoke(*_predict_args(region, model_file, store, 2020, 2021))
+        assert res.exit_code == 0, res.output
+    tif = tmp_path / "one.tif"
+    for _ in range(2):
+        res = _invoke(*_predict_args(region, model_file, tif))
+        assert res.exit_code == 0, res.output
+
+
+def test_a_map_partly_outside_the_tiles_warns(region, model_file, tmp_path):
+    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.maps import predict_map
+
+    w, s, e, n = region.bbox
+    wider = (w, s, e + (e - w) * 2.0, n)  # two thirds of the box lie east of the tile's pixels
+    with pytest.warns(UserWarning, match=r"map pixels \(\d+\.\d%\) have no prediction: .* lie "
+                                         r"outside the embedding tiles"):
+        run = predict_map(MapModel.load(model_file), region.tiles, 2020, wider, progress=False)
+    assert run.n_nan > 0.01 * run.n_pixels
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the tiles: no warning
+        predict_map(MapModel.load(model_file), region.tiles, 2020, region.bbox, progress=False)
+
+
+def test_predict_map_suggests_swapping_longitude_and_latitude(region, model_file, tmp_path):
+    w, s, e, n = region.bbox
+    err = _assert_one_line_error(
+        ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox", s, w, n, e,
+         "--year", 2020, "--out", tmp_path / "m.tif", "--no-progress"],
+        ["outside", "with longitude and latitude swapped", "longitude first"], ValueError)
+    assert "np.float64" not in err and "open_embedding_source" not in err
+
+
+def test_errors_name_options_not_python_arguments(region, model_file, tmp_path):
+    err = _assert_one_line_error(
+        ["predict-map", "--embeddings", region.tiles, "--model", model_file, "--bbox", 0.2, 52.0,
+         0.1, 52.1, "--year", 2020, "--out", tmp_path / "m.tif", "--no-progress"],
+        ["--bbox"], ValueError)
+    assert "open_embedding_source" not in err and "np.float64" not in err
+
+
+def test_fit_prints_its_skill_and_offers_every_family(region, tmp_path):
+    out = tmp_path / "xgb.model"
+    res = _invoke("fit", "--samples", region.csv, "--embeddings", region.tiles, "--out", out,
+                  "--model", "xgboost", "--components", 8, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "cross-validated R² of log1p(rarefied)" in res.stdout and "site groups" in res.stdout
+    assert MapModel.load(out).model == "xgboost"
+    from fungi_ssl.models import MODEL_NAMES
+
+    help_text = _invoke("fit", "--help").output
+    for family in MODEL_NAMES:  # every family chapter 10 offers
+        assert family in help_text

@@ -396,3 +396,28 @@ def test_site_linking_is_fast_on_a_table_of_14k_samples():
     elapsed = time.perf_counter() - start
     assert labels.max() + 1 <= n_plots
     assert elapsed < 5.0, f"site_groups took {elapsed:.1f} s for {len(lonlat)} samples"
+
+
+def test_spatial_cv_adapts_to_a_region_smaller_than_its_blocks():
+    """Issue 16: a 20 km region under 50 km blocks used to fail with 'n_splits=5 is more than
+    the 1 blocks'; now the splitter takes smaller blocks that fill the folds and says so."""
+    import pandas as pd
+
+    from fungi_ssl.comparison import spatial_cv_note, spatial_splitter
+    from fungi_ssl.cv import fitting_block_size
+
+    rng = np.random.default_rng(0)
+    region = pd.DataFrame({"longitude": rng.uniform(-3.80, -3.47, 300),
+                           "latitude": rng.uniform(57.00, 57.18, 300)})  # about 20 km square
+    cv = spatial_splitter(region, block_size_m=50_000, n_splits=5)
+    assert cv.block_size_m < 50_000 and cv.n_splits == 5 and cv.n_blocks >= 5
+    folds = cv.fold_labels()
+    assert len(np.unique(folds)) == 5
+    note = spatial_cv_note(cv)
+    assert note.startswith("The samples fill only") and f"{cv.block_size_m / 1000:g} km" in note
+    # a study wide enough keeps its blocks, and no sentence
+    wide = pd.DataFrame({"longitude": rng.uniform(-5, 15, 400), "latitude": rng.uniform(45, 60, 400)})
+    assert spatial_cv_note(spatial_splitter(wide)) is None
+    # one site: no spatial CV possible, said in one line
+    with pytest.raises(ValueError, match="single 100 m block"):
+        fitting_block_size(np.array([[-3.7, 57.0]] * 10), 50_000, 5)

@@ -370,3 +370,28 @@ def test_config_validation_and_sizes():
     assert (v1.d_model, v1.n_layers, v1.n_heads, v1.d_ff, v1.n_timesteps) == (512, 4, 4, 4096, 40)
     n_default = sum(x.numel() for x in TesseraEncoder(EncoderConfig()).parameters())
     assert n_default < 100_000  # sized for ≥ 10k pixels/s on 2 cores
+
+
+def test_torch_threads_follow_the_free_cores(monkeypatch):
+    """Issue 16: a busy core must not hold up the encoder's other thread."""
+    import os
+
+    import pytest
+
+    from fungi_ssl import encoder as enc
+
+    monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # one core taken
+    assert enc.free_cores() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # idle
+    assert enc.free_cores() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # overloaded: still one
+    assert enc.free_cores() == 1
+    monkeypatch.setenv(enc.TORCH_THREADS_ENV, "3")
+    assert enc.free_cores() == 3
+    with enc.torch_threads() as n:
+        assert n == 3
+    monkeypatch.setenv(enc.TORCH_THREADS_ENV, "many")
+    with pytest.raises(ValueError, match="FUNGI_SSL_TORCH_THREADS='many'"):
+        enc.free_cores()

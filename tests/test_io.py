@@ -391,17 +391,60 @@ def test_raster_errors(tmp_path):
 def test_find_real_tables(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         find_real_tables(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="none of the known real tables") as err:
+    with pytest.raises(FileNotFoundError, match="no usable table") as err:
         find_real_tables(tmp_path)
-    assert "globalfungi_ecm_richness_europe.csv" in str(err.value)
-    (tmp_path / "spun_ecm_samples_1km_covariates.csv").write_text("x\n")
+    assert "sample_id, longitude, latitude" in str(err.value)
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(FileNotFoundError, match=r"no usable table \(notes.csv\)"):
+        find_real_tables(tmp_path)
+    spun_header = "sample_id,CGIAR_PET,ECM_diversity,Pixel_Lat,Pixel_Long\n"
+    (tmp_path / "spun_ecm_samples_1km_covariates.csv").write_text(spun_header)
     (tmp_path / "elevation.tif").write_bytes(b"")
     found = find_real_tables(tmp_path)
     assert found.samples is None
     assert found.spun_covariates == tmp_path / "spun_ecm_samples_1km_covariates.csv"
     assert found.covariate_rasters == (tmp_path / "elevation.tif",)
-    (tmp_path / "globalfungi_ecm_richness_europe.csv").write_text("x\n")
+    # any file name: the columns make a sample table
+    header = '"","sample_id","longitude","latitude","raw_obs_div","rarefied"\n'
+    (tmp_path / "my field table.csv").write_text(header)
+    assert find_real_tables(tmp_path).samples.name == "my field table.csv"
+    (tmp_path / "second.csv").write_text(header)
+    with pytest.raises(ValueError, match="2 sample tables.*SAMPLES="):
+        find_real_tables(tmp_path)
+    assert find_real_tables(tmp_path, samples="second.csv").samples.name == "second.csv"
+    with pytest.raises(FileNotFoundError, match="SAMPLES=absent.csv: no such file"):
+        find_real_tables(tmp_path, samples="absent.csv")
+    with pytest.raises(ValueError, match="SAMPLES=notes.csv: notes.csv has no column"):
+        find_real_tables(tmp_path, samples="notes.csv")
+    # the download's name wins among several, as before
+    (tmp_path / "globalfungi_ecm_richness_europe.csv").write_text(header)
     assert find_real_tables(tmp_path).samples.name == "globalfungi_ecm_richness_europe.csv"
+
+
+def test_samples_env_names_the_table(tmp_path, monkeypatch):
+    header = "sample_id,longitude,latitude,raw_obs_div,rarefied\n"
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text(header)
+    monkeypatch.setenv("FUNGI_SSL_SAMPLES", "b.csv")
+    assert find_real_tables(tmp_path).samples.name == "b.csv"
+
+
+def test_check_data_directory_is_fast_and_one_line(tmp_path):
+    import time
+
+    from fungi_ssl.io import check_data_directory
+
+    (tmp_path / "readme.txt").write_text("nothing here")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as err:
+        check_data_directory(tmp_path)
+    assert time.perf_counter() - start < 5 and "\n" not in str(err.value)
+    (tmp_path / "am table.csv").write_text(
+        "sample_id,longitude,latitude,raw_obs_div,am_rarefied\nA1,6.02,52.04,3,5\n")
+    with pytest.raises(ValueError, match="no target column 'rarefied'") as err:
+        check_data_directory(tmp_path)
+    assert "\n" not in str(err.value)
+    assert check_data_directory(tmp_path, target="am_rarefied").samples.name == "am table.csv"
 
 
 # Tests below read the real tables from --real-data DIR (or FUNGI_SSL_REAL_DATA) and

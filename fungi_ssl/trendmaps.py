@@ -70,9 +70,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "MIN_DECLINE",
     "NORMALISATION",
-    "N_REPLICATE_WORLDS",
     "NULL_BASE_YEAR",
     "NULL_WORLD_VERSION",
+    "N_REPLICATE_WORLDS",
     "PARK_WINDOW_PX",
     "REPLICATE_VERSION",
     "REPLICATE_WINDOW_PX",

@@ -24,8 +24,8 @@ from fungi_ssl.trends import (
     difference_map,
     label_map,
     mann_kendall,
-    percent_per_year,
     park_year_contrast,
+    percent_per_year,
     plot_difference_map,
     plot_slope_recovery,
     plot_yearly_summary,
@@ -605,7 +605,7 @@ def _shared_error_world(rng, *, d=-0.02, shares=(0.2, 0.5, 0.8), n_per_park=24,
     t = np.arange(T)
     parks, kinds = [], []
     for k, share in enumerate(shares):
-        na = int(round(share * n_per_park))
+        na = round(share * n_per_park)
         parks += [f"P{k}"] * n_per_park
         kinds += ["ancient"] * na + ["other"] * (n_per_park - na)
     parks, kinds = np.array(parks), np.array(kinds)

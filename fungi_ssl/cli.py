@@ -917,6 +917,11 @@ def polygon_trend_table(
 ) -> TrendTable:
     """Per-polygon Theil–Sen trends of yearly maps, and the ancient-vs-other contrast.
 
+    Chapter 08's estimand (:data:`TREND_ESTIMAND`): richness maps are taken
+    to ``log1p`` pixel by pixel before the polygon means, so a polygon's
+    value is the mean of ``log1p(richness)``, whatever scale the maps hold.
+    The contrast's interval is :func:`fungi_ssl.trends.park_year_contrast`'s.
+
     Parameters
     ----------
     maps : sequence of path
@@ -939,6 +944,7 @@ def polygon_trend_table(
         them; polygons without CRS, id or overlap with the maps; woodland
         types other than ancient/other.
     """
+    import numpy as np
     import pandas as pd
 
     from . import trends as tr
@@ -974,7 +980,14 @@ def polygon_trend_table(
                 f"--polygons {polygons}: column {type_column!r} must hold "
                 f"{' or '.join(tr.WOODLAND_TYPES)}, found {unknown}"
             )
-    log = stack.attrs.get("quantity", "richness") != "log_richness"
+    if stack.attrs.get("quantity", "richness") != "log_richness":
+        # the book's estimand everywhere: the polygon mean of log1p(richness) per pixel
+        # (for predict-map's richness maps, expm1 of the model's log1p scale, exactly
+        # the model's own log1p prediction), not the log of the mean richness
+        attrs_ = dict(stack.attrs)
+        stack = np.log1p(stack.where(stack > -1))
+        stack.attrs.update(attrs_, quantity="log_richness")
+    log = False
     # trends.zonal_means names its id column "polygon_id" whatever id_column is, so the
     # polygons carry their ids under that name here and get theirs back in the table
     key = "polygon_id"
@@ -999,11 +1012,34 @@ def polygon_trend_table(
         if missing:
             notes.append(f"no {' or '.join(missing)} woodland polygon with a trend: no contrast")
         else:
-            strata = ("park", "woodland") if "park" in table.columns else ("woodland",)
-            contrast = tr.woodland_contrast(
-                table, n_boot=n_boot, confidence=confidence, seed=seed, strata=strata
+            z = zonal.merge(
+                attrs[[key, "woodland", *(["park"] if "park" in attrs.columns else [])]], on=key
+            )
+            if "park" not in z.columns:
+                notes.append(
+                    f"no park column {park_column!r}: all polygons are taken as one park, so "
+                    "errors shared by a park-year cancel from the contrast and only type and "
+                    "polygon errors enter its interval"
+                )
+                z = z.assign(park="all")
+            contrast = tr.park_year_contrast(
+                z.dropna(subset=["woodland"]),
+                log=log,
+                min_valid_fraction=min_valid_fraction,
+                years=years,
+                n_boot=n_boot,
+                confidence=confidence,
+                seed=seed,
             )
     return TrendTable(table, years, contrast, notes)
+
+
+#: What ``fungi-ssl trend`` and chapter 08 estimate, in one sentence.
+TREND_ESTIMAND = (
+    "per polygon, the Theil-Sen slope over the years of the mean over its pixels of "
+    "log1p(richness) (log richness per year); per woodland type, the pixel-weighted mean of "
+    "those slopes; the interval treats parks and park-years as the units of replication"
+)
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -1106,9 +1142,12 @@ def trend(
 ) -> None:
     """Per-polygon richness trends (Theil–Sen slope, Mann–Kendall test) from yearly maps.
 
-    Slopes are in log richness per year (percent per year beside them). With
-    a woodland type column, the area-weighted mean slopes of ancient and
-    other woodland and their difference, with a bootstrap interval.
+    The estimand is chapter 08's: per polygon, the Theil–Sen slope of the
+    yearly mean of log1p(richness) over its pixels, in log richness per year
+    (percent per year beside them). With a woodland type column, the
+    area-weighted mean slopes of ancient and other woodland and their
+    difference, with an interval that treats parks and park-years as the
+    units of replication (fungi_ssl.trends.park_year_contrast).
     """
     paths = [*(maps or []), *(more_maps or [])]
     if not paths:
@@ -1136,19 +1175,23 @@ def trend(
         f"wrote {out}: {len(t)} polygons, {n_trend} with a trend over "
         f"{result.years[0]}–{result.years[-1]}"
     )
+    typer.echo(f"estimand: {TREND_ESTIMAND}")
     c = result.contrast
     if c is not None:
         pct = round(100 * c.confidence)
         typer.echo(
             f"ancient − other woodland: {c.difference:+.4f} log richness per year "
-            f"({pct}% CI {c.ci[0]:+.4f} to {c.ci[1]:+.4f}); ancient {c.slope_ancient:+.4f} "
-            f"({c.n_ancient} polygons), other {c.slope_other:+.4f} ({c.n_other} polygons)"
+            f"({pct}% CI {c.ci[0]:+.4f} to {c.ci[1]:+.4f}, from {c.n_parks} park(s) × "
+            f"{len(result.years)} years = {c.n_park_years} park-years); ancient "
+            f"{c.slope_ancient:+.4f} ({c.n_ancient} polygons), other {c.slope_other:+.4f} "
+            f"({c.n_other} polygons)"
         )
     if summary is not None:
         doc = {
             "n_polygons": len(t),
             "n_with_trend": n_trend,
             "years": result.years,
+            "estimand": TREND_ESTIMAND,
             "contrast": None if c is None else c.to_dict(),
             "notes": result.notes,
         }

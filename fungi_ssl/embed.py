@@ -138,6 +138,7 @@ def embed_cube(
     overwrite: bool = False,
     progress: bool = True,
     n_draws: int = 1,
+    n_threads: int | None = None,
 ) -> EmbeddingRun:
     """Embed a satellite cube window by window into a Zarr store.
 
@@ -166,6 +167,9 @@ def embed_cube(
     n_draws : int
         Timestep draws averaged per pixel (see
         :func:`fungi_ssl.encoder.embed_pixels`); recorded in the store.
+    n_threads : int, optional
+        Torch threads of the encoder (default :func:`fungi_ssl.encoder.torch_threads`'s).
+        One thread avoids two threads waiting on each other on a loaded machine.
 
     Returns
     -------
@@ -249,7 +253,8 @@ def embed_cube(
         rows, cols = np.meshgrid(np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop), indexing="ij")
         ids = (rows * nx + cols).ravel().astype(np.int64)
         emb, flags = embed_pixels(model, pixels, batch_size=batch_size, seed=seed,
-                                  pixel_ids=ids, return_flags=True, n_draws=n_draws)
+                                  pixel_ids=ids, return_flags=True, n_draws=n_draws,
+                                  n_threads=n_threads)
         q, s = quantise(emb)
         root["embedding"][ys, xs, :] = q.reshape(wy, wx, dim)
         root["scale"][ys, xs] = s.reshape(wy, wx)

@@ -69,12 +69,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "MIN_DECLINE",
+    "NORMALISATION",
     "NULL_BASE_YEAR",
     "NULL_WORLD_VERSION",
+    "N_REPLICATE_WORLDS",
     "PARK_WINDOW_PX",
+    "REPLICATE_VERSION",
+    "REPLICATE_WINDOW_PX",
     "SLOPE_TOLERANCE",
     "WORLDS",
     "ParkMaps",
+    "ReplicateWorlds",
+    "ResensedLandscape",
     "StaticLandscape",
     "TrendAnalysis",
     "book_map_model",
@@ -82,6 +88,10 @@ __all__ = [
     "park_maps",
     "park_window",
     "reference_offsets",
+    "replicate_maps",
+    "replicate_seed",
+    "replicate_study",
+    "replicate_worlds",
     "trend_analysis",
     "truth_stack",
     "woodland_stands",
@@ -509,6 +519,14 @@ def reference_offsets(maps: xr.DataArray, reference: np.ndarray) -> pd.Series:
 #: one percent per year, a quarter of the simulated decline of a declining
 #: ancient stand (``RichnessModel.decline_rate`` = 0.04).
 SLOPE_TOLERANCE = 0.01
+#: The chapter's normalisation of the yearly maps, fixed before any result: none.
+#: A per-year offset measured over open land removes every change open land
+#: shares with woodland (the 2018 and 2022 droughts: the estimand would become
+#: woodland's trend relative to open land's), and a reference found from the
+#: truth's land cover is not available to real data; the park-year interval
+#: (:func:`fungi_ssl.trends.park_year_contrast`) carries the error the
+#: normalisation was meant to remove.
+NORMALISATION = "none"
 #: A polygon is truly declining when its true slope is below minus this
 #: (log richness per year), the same one percent per year.
 MIN_DECLINE = 0.01
@@ -529,11 +547,13 @@ class TrendAnalysis:
     trends : dict of str to pandas.DataFrame
         :func:`fungi_ssl.trends.polygon_trends` of ``"changing"``,
         ``"changing_true"``, ``"null"`` and ``"null_true"`` (all parks).
-    offsets : pandas.DataFrame or None
-        Per world, park and year, the reference offsets subtracted
-        (:func:`reference_offsets`) when ``normalised``.
+    zonal : dict of str to pandas.DataFrame
+        Per world, the zonal means of every polygon and year, with ``park``
+        and ``woodland`` (:func:`fungi_ssl.trends.park_year_contrast`'s input).
+    offsets : None
+        Kept for callers of the former normalised analysis; always None.
     normalised : bool
-        Whether each year's map was shifted by its reference offset.
+        Always False (:data:`NORMALISATION`).
     results : dict
         :func:`fungi_ssl.trends.trend_results` plus the null world's truth,
         the tolerance checks and the sizes.
@@ -545,6 +565,7 @@ class TrendAnalysis:
     polygons_by_park: dict
     maps: dict[str, ParkMaps]
     trends: dict[str, pd.DataFrame]
+    zonal: dict[str, pd.DataFrame]
     offsets: pd.DataFrame | None
     normalised: bool
     results: dict[str, Any]
@@ -561,7 +582,7 @@ def _reference_mask(study: SimulatedStudy, park: str, size: int) -> np.ndarray:
 
 def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *,
                    size: int, years: Iterable[int] = config.YEARS,
-                   parks: Sequence[str] | None = None, seed: int = 0, normalise: bool = False,
+                   parks: Sequence[str] | None = None, seed: int = 0,
                    n_boot: int = 2000, min_decline: float = MIN_DECLINE,
                    tolerance: float = SLOPE_TOLERANCE, progress: bool = True,
                    maps: dict[str, ParkMaps] | None = None,
@@ -574,16 +595,20 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     stand polygon (:func:`fungi_ssl.trends.zonal_means`) and their trends
     (:func:`fungi_ssl.trends.polygon_trends` with ``log=False``: the maps
     already hold ``log1p(rarefied)``, so slopes are in log richness per
-    year). Then :func:`fungi_ssl.trends.trend_results`.
+    year). Then :func:`fungi_ssl.trends.trend_results` with the
+    ancient-minus-other intervals of
+    :func:`fungi_ssl.trends.park_year_contrast` (parks and park-years as the
+    units of replication).
+
+    The maps are not normalised (:data:`NORMALISATION`): a per-year shift
+    measured over open land would remove any change open land shares with
+    woodland (the droughts), and the truth's land cover may not be used to
+    find open land; the park-year interval carries the shared error instead.
 
     Parameters
     ----------
     study, trained, model, size, years, parks, seed, progress, root :
         As :func:`park_maps`.
-    normalise : bool
-        Subtract from each year's map its :func:`reference_offsets` over the
-        window's open land (not woodland, not water, in the base year): a
-        per-year correction of shifts common to the scene.
     n_boot : int
         Bootstrap draws of the ancient-minus-other intervals.
     min_decline : float
@@ -591,7 +616,7 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     tolerance : float
         Largest accepted |recovered − true| area-weighted slope.
     maps : dict, optional
-        Maps of both worlds made before (e.g. to redo the analysis normalised).
+        Maps of both worlds made before.
     """
     from . import trends as tr
 
@@ -611,31 +636,30 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         seconds[f"maps_{world}"] = maps[world].seconds
     tables: dict[str, list[pd.DataFrame]] = {k: [] for k in
                                              ("changing", "changing_true", "null", "null_true")}
-    offsets = []
+    zonal: dict[str, list[pd.DataFrame]] = {w: [] for w in WORLDS}
     for world in WORLDS:
         pm = maps[world]
         for p in parks:
             pred = pm.predicted[p]
-            if normalise:
-                off = reference_offsets(pred, _reference_mask(study, p, size))
-                pred = pred - xr.DataArray(off.to_numpy(), dims="year",
-                                           coords={"year": pred["year"].values})
-                pred = pred.rio.write_crs(pm.predicted[p].rio.crs)
-                offsets.append(off.reset_index().assign(world=world, park=p))
-            truth = pm.truth[p].where(np.isfinite(pm.predicted[p]))
+            truth = pm.truth[p].where(np.isfinite(pred))
             for key, stack in ((world, pred), (f"{world}_true", truth)):
                 z = tr.zonal_means(stack, polys[p], years=years)
                 tables[key].append(tr.polygon_trends(z, polys[p], log=False, years=years))
+                if key == world:
+                    attrs = pd.DataFrame(polys[p])[["polygon_id", "park", "woodland"]]
+                    zonal[world].append(z.merge(attrs, on="polygon_id"))
     trends_ = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
+    zonal_ = {w: pd.concat(v, ignore_index=True) for w, v in zonal.items()}
+    trends_["changing"].attrs["years"] = years
     res = tr.trend_results(trends_["changing"], trends_["changing_true"], trends_["null"],
-                           min_decline=min_decline, n_boot=n_boot, seed=seed)
+                           min_decline=min_decline, n_boot=n_boot, seed=seed,
+                           recovered_zonal=zonal_["changing"], null_zonal=zonal_["null"])
     null_true = tr.area_weighted_slope(trends_["null_true"])
     diff_err = {k: res[f"slope_{k}"] - res[f"true_slope_{k}"]
                 for k in ("ancient", "other", "difference")}
     null_ci = res["null_slope_difference_ci"]
+    ci = res["slope_difference_ci"]
     res.update({
-        "null_slope_difference": tr.woodland_contrast(trends_["null"], n_boot=n_boot,
-                                                      seed=seed).difference,
         "null_true_slope_ancient": float(null_true["ancient"]),
         "null_true_slope_other": float(null_true["other"]),
         "null_true_slope_difference": float(null_true["ancient"] - null_true["other"]),
@@ -644,8 +668,10 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         "slopes_within_tolerance": bool(all(abs(v) <= tolerance for v in diff_err.values())),
         "sign_matches": bool(np.sign(res["slope_difference"])
                              == np.sign(res["true_slope_difference"])),
+        "ci_contains_truth": bool(ci[0] <= res["true_slope_difference"] <= ci[1]),
         "null_ci_contains_zero": bool(null_ci[0] <= 0.0 <= null_ci[1]),
-        "normalised": bool(normalise),
+        "normalised": False,
+        "normalisation": NORMALISATION,
         "window_px": int(size),
         "years": years,
         "parks": list(parks),
@@ -656,5 +682,249 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     flat = pd.concat([pd.DataFrame(g.drop(columns="geometry")).assign(epsg=g.crs.to_epsg())
                       for g in polys.values()], ignore_index=True)
     return TrendAnalysis(polygons=flat, polygons_by_park=polys, maps=maps, trends=trends_,
-                         offsets=pd.concat(offsets, ignore_index=True) if offsets else None,
-                         normalised=bool(normalise), results=res, seconds=seconds)
+                         zonal=zonal_, offsets=None, normalised=False, results=res,
+                         seconds=seconds)
+
+
+# --------------------------------------------------------------------------
+# replicate worlds: other weather, clouds and sensor noise of the park windows
+# --------------------------------------------------------------------------
+
+#: Version of the replicate worlds' definition (part of their cache keys).
+REPLICATE_VERSION = 1
+#: Changing and null worlds chapter 08 replicates (each kind).
+N_REPLICATE_WORLDS = 20
+#: Side (pixels) of the park windows of the replicate worlds, in both profiles:
+#: 40 worlds × 3 parks × 8 years of simulating, embedding and mapping cost
+#: too much at the book windows' size (:data:`PARK_WINDOW_PX`) on two cores.
+REPLICATE_WINDOW_PX = 32
+
+
+class ResensedLandscape:
+    """A landscape seen through another draw of weather, clouds and sensor noise.
+
+    The simulator's sensors (:func:`~fungi_ssl.simulate.sensors.sentinel_observations`)
+    draw green-up weather, cloud fields, the regional cloud anomaly, haze,
+    pixel noise, radar soil moisture (and each stand's spectral
+    heterogeneity) from ``landscape.seed`` and read everything else from
+    ``landscape.layers``. This wrapper keeps the base landscape's layers
+    (land cover, canopy, stands, richness: the truth) and gives the sensors
+    ``sensor_seed``: the same world, another realisation of what the
+    satellites see. Built here, outside :mod:`fungi_ssl.simulate`, like
+    :class:`StaticLandscape`.
+
+    Examples
+    --------
+    >>> from fungi_ssl.simulate import SimulatedStudy
+    >>> s = SimulatedStudy(n_samples=300, n_campaigns=8)
+    >>> r = ResensedLandscape(s.landscape, 12345)
+    >>> r.seed, r.rm is s.landscape.rm
+    (12345, True)
+    """
+
+    def __init__(self, base: Landscape, sensor_seed: int):
+        self.base = base
+        self.seed = int(sensor_seed)
+
+    def layers(self, epsg: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+               year: int | np.ndarray) -> dict[str, np.ndarray]:
+        """The base landscape's layers (the sensor seed changes none of them)."""
+        return self.base.layers(epsg, xs, ys, year)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+
+def replicate_seed(seed: int, world: str, k: int) -> int:
+    """Sensor seed of replicate ``k`` of ``world``: independent of every other world's.
+
+    Examples
+    --------
+    >>> replicate_seed(0, "changing", 0) != replicate_seed(0, "null", 0)
+    True
+    """
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {list(WORLDS)}, got {world!r}")
+    if int(k) < 0:
+        raise ValueError(f"replicate index must be ≥ 0, got {k}")
+    ss = np.random.SeedSequence([int(seed), 17, WORLDS.index(world), int(k)])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def replicate_study(study: SimulatedStudy, world: str, k: int) -> SimulatedStudy:
+    """Replicate ``k`` of ``world``: its landscape, with :func:`replicate_seed`'s sensors."""
+    base = _world_study(study, world)
+    other = SimulatedStudy(study.config)
+    other.landscape = ResensedLandscape(base.landscape, replicate_seed(study.config.seed, world, k))
+    return other
+
+
+def _replicate_key() -> str:
+    src = Path(__file__).read_bytes()
+    start = src.index(b"class ResensedLandscape")
+    end = src.index(b"def _replicate_key")
+    return f"v{REPLICATE_VERSION}-{hashlib.sha256(src[start:end]).hexdigest()[:12]}"
+
+
+def _embed_in_memory(cube: xr.Dataset, trained: TrainedEncoder, chunk: int,
+                     seed: int) -> xr.Dataset:
+    """:func:`~fungi_ssl.embed.embed_cube` into a temporary store, read back into memory."""
+    import tempfile
+
+    from . import embed
+
+    with tempfile.TemporaryDirectory(prefix="fungi-ssl-replicate-") as tmp:
+        run = embed.embed_cube(cube, trained, Path(tmp) / "e.zarr", chunk=chunk, seed=seed,
+                               progress=False, n_threads=1)
+        return embed.open_embeddings(run.store).load()
+
+
+def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *,
+                   world: str, k: int, parks: Sequence[str], size: int,
+                   years: Sequence[int], seed: int = 0,
+                   root: str | Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Predicted ``log1p`` maps ``(year, y, x)`` of every park in replicate ``k`` of ``world``.
+
+    As :func:`park_maps` (the same windows, encoder, model and timestep
+    draws), in :func:`replicate_study`. One cache entry per replicate world
+    (``data/cache/trend_replicates/<key>/maps.npz``), keyed by the study, the
+    simulator, the world, ``k``, its sensor seed, the parks, window, years,
+    encoder and model.
+    """
+    from .maps import predict_map
+
+    years = [int(y) for y in years]
+    cube_params = {**_sim_key(study), "world": world, "replicate": int(k),
+                   "sensor_seed": replicate_seed(study.config.seed, world, k),
+                   "replicates": _replicate_key(), "parks": list(parks), "size": int(size),
+                   "years": years}
+    if world == "null":
+        cube_params["null_world"] = _null_key()
+    params = {"cube": cube_params, "encoder": model.spec.encoder, "model": model.fingerprint,
+              "model_settings": model.settings, "seed": int(seed)}
+    d = cache.cache_dir("trend_replicates", params, root=Path(root) if root is not None else None)
+    path = d / "maps.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {p: f[f"p{i}"] for i, p in enumerate(parks)}, {"cached": 1.0}
+    t0 = time.perf_counter()
+    s = replicate_study(study, world, k)
+    chunk = int(np.ceil(int(size) / 16) * 16)
+    out: dict[str, np.ndarray] = {}
+    for p in parks:
+        w = park_window(study, p, size)
+        layers = []
+        for y in years:
+            store = _embed_in_memory(s.cube(w, y, chunks=chunk), trained, chunk, seed)
+            run = predict_map(model, {y: store}, y, quantity="log_richness", chunk=chunk,
+                              window=chunk, scheduler="synchronous", progress=False)
+            layers.append(np.asarray(run.map.values, dtype=np.float32))
+        out[p] = np.stack(layers)
+    tmp = d / "maps.tmp.npz"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"p{i}": out[p] for i, p in enumerate(parks)})
+    tmp.replace(path)
+    return out, {"cached": 0.0, "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class ReplicateWorlds:
+    """Chapter 08's interval scored over replicate worlds.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per world: ``world``, ``replicate``, ``sensor_seed``,
+        ``difference``, ``ci_low``, ``ci_high`` (:func:`fungi_ssl.trends.park_year_contrast`),
+        ``polygon_ci_low``, ``polygon_ci_high`` (:func:`fungi_ssl.trends.woodland_contrast`,
+        polygons as units, for comparison), ``true_difference``, ``covers``
+        (the interval holds the true difference), ``excludes_zero``,
+        ``polygon_covers``, ``polygon_excludes_zero``, ``false_positive_rate``
+        (share of polygons with Mann–Kendall p below the level) and ``cached``.
+    summary : dict
+        ``n_worlds`` (changing + null), ``n_changing``, ``n_null``,
+        ``ci_coverage_90``, ``null_ci_excludes_zero_rate``, the same two for the
+        polygon interval, ``mean_false_positive_rate`` (null worlds),
+        ``window_px``, ``n_parks``, ``n_park_years``, ``seconds``.
+    """
+
+    table: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *,
+                     n_worlds: int = N_REPLICATE_WORLDS, size: int = REPLICATE_WINDOW_PX,
+                     years: Iterable[int] = config.YEARS, parks: Sequence[str] | None = None,
+                     seed: int = 0, n_boot: int = 1000, alpha: float = 0.05,
+                     confidence: float = 0.9, progress: bool = True,
+                     root: str | Path | None = None) -> ReplicateWorlds:
+    """The ancient-minus-other interval over ``n_worlds`` changing and ``n_worlds`` null worlds.
+
+    Each world has its own weather, clouds and sensor noise
+    (:func:`replicate_study`), independent of every other world's and of the
+    book's own world; the landscape, polygons and truth are the study's. A
+    changing world's interval should hold the true difference (of the same
+    polygons, on the pixels its maps cover) at the nominal rate; a null
+    world's should exclude zero at one minus it.
+    """
+    from . import trends as tr
+
+    if int(n_worlds) < 1:
+        raise ValueError(f"n_worlds must be at least 1, got {n_worlds}")
+    t0 = time.perf_counter()
+    if parks is None:
+        from .simulate.study import UK_PARKS
+
+        parks = list(UK_PARKS)
+    years = sorted(int(y) for y in years)
+    polys = {p: woodland_stands(study, p, size) for p in parks}
+    attrs = pd.concat([pd.DataFrame(g.drop(columns="geometry"))[["polygon_id", "park", "woodland"]]
+                       for g in polys.values()], ignore_index=True)
+    truths = {w: {p: truth_stack(study, p, size, years, w) for p in parks} for w in WORLDS}
+    rows = []
+    jobs = [(w, k) for k in range(int(n_worlds)) for w in WORLDS]
+    for w, k in tqdm(jobs, desc="replicate worlds", unit="world", disable=not progress):
+        maps, info = replicate_maps(study, trained, model, world=w, k=k, parks=parks, size=size,
+                                    years=years, seed=seed, root=root)
+        zs, zt = [], []
+        for p in parks:
+            truth = truths[w][p]
+            pred = truth.copy(data=maps[p])
+            zs.append(tr.zonal_means(pred, polys[p], years=years))
+            zt.append(tr.zonal_means(truth.where(np.isfinite(pred)), polys[p], years=years))
+        z = pd.concat(zs, ignore_index=True).merge(attrs, on="polygon_id")
+        zt_ = pd.concat(zt, ignore_index=True)
+        rec = tr.polygon_trends(z.drop(columns=["park", "woodland"]), attrs, log=False, years=years)
+        true = tr.polygon_trends(zt_, attrs, log=False, years=years)
+        truth_d = tr.area_weighted_slope(true)
+        c = tr.park_year_contrast(z, n_boot=n_boot, confidence=confidence, seed=seed,
+                                  years=years)
+        pc = tr.woodland_contrast(rec, n_boot=n_boot, confidence=confidence, seed=seed)
+        d_true = float(truth_d["ancient"] - truth_d["other"])
+        tested = rec["mk_p"].dropna()
+        rows.append({"world": w, "replicate": k,
+                     "sensor_seed": replicate_seed(study.config.seed, w, k),
+                     "difference": c.difference, "ci_low": c.ci[0], "ci_high": c.ci[1],
+                     "polygon_ci_low": pc.ci[0], "polygon_ci_high": pc.ci[1],
+                     "true_difference": d_true,
+                     "covers": bool(c.ci[0] <= d_true <= c.ci[1]),
+                     "excludes_zero": bool(c.ci[0] > 0 or c.ci[1] < 0),
+                     "polygon_covers": bool(pc.ci[0] <= d_true <= pc.ci[1]),
+                     "polygon_excludes_zero": bool(pc.ci[0] > 0 or pc.ci[1] < 0),
+                     "false_positive_rate": float((tested < alpha).mean()) if len(tested) else None,
+                     "n_parks": c.n_parks, "n_park_years": c.n_park_years,
+                     "cached": bool(info["cached"])})
+    table = pd.DataFrame(rows)
+    ch, nu = table[table["world"] == "changing"], table[table["world"] == "null"]
+    summary = {
+        "n_worlds": len(table), "n_changing": len(ch), "n_null": len(nu),
+        "ci_coverage_90": float(ch["covers"].mean()),
+        "null_ci_excludes_zero_rate": float(nu["excludes_zero"].mean()),
+        "polygon_ci_coverage_90": float(ch["polygon_covers"].mean()),
+        "polygon_null_ci_excludes_zero_rate": float(nu["polygon_excludes_zero"].mean()),
+        "mean_false_positive_rate": float(nu["false_positive_rate"].mean()),
+        "confidence": float(confidence), "window_px": int(size),
+        "n_parks": int(table["n_parks"].iloc[0]), "n_park_years": int(table["n_park_years"].iloc[0]),
+        "n_cached": int(table["cached"].sum()), "seconds": time.perf_counter() - t0,
+    }
+    return ReplicateWorlds(table, summary)

@@ -94,6 +94,7 @@ __all__ = [
     "difference_map",
     "label_map",
     "mann_kendall",
+    "park_year_contrast",
     "percent_per_year",
     "plot_difference_map",
     "plot_slope_recovery",
@@ -653,6 +654,35 @@ def percent_per_year(slope: Any) -> Any:
     return 100.0 * np.expm1(slope)
 
 
+def _series_matrix(zonal: pd.DataFrame, use: np.ndarray, *, log: bool,
+                   min_valid_fraction: float,
+                   id_column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each polygon's yearly values (``(polygon, year)``), NaN where too little is valid.
+
+    Returns the polygon ids, the value matrix (``log(mean)`` with ``log``) and
+    each polygon's pixels.
+    """
+    z = zonal[zonal["year"].isin(use)]
+    if z.duplicated([id_column, "year"]).any():
+        raise ValueError(f"zonal: more than one row for a ({id_column}, year); one stack per park")
+    mean = z.pivot(index=id_column, columns="year", values="mean").reindex(columns=use)
+    n_valid = z.pivot(index=id_column, columns="year", values="n_valid").reindex(columns=use)
+    n_pix = z.groupby(id_column)["n_pixels"].max().reindex(mean.index)
+    vals = mean.to_numpy(dtype=float)
+    frac = n_valid.to_numpy(dtype=float) / np.maximum(n_pix.to_numpy(dtype=float), 1)[:, None]
+    vals = np.where(frac >= min_valid_fraction, vals, np.nan)
+    if log:
+        bad = np.isfinite(vals) & (vals <= 0)
+        if bad.any():
+            ids = mean.index[bad.any(axis=1)][:5].tolist()
+            raise ValueError(
+                f"zonal: mean ≤ 0 for polygon(s) {ids}, so log richness is undefined; pass "
+                f"log=False if the maps already hold log richness"
+            )
+        vals = np.log(vals)
+    return mean.index.to_numpy(), vals, n_pix.to_numpy(dtype=np.int64)
+
+
 def polygon_trends(zonal: pd.DataFrame, polygons: pd.DataFrame | None = None, *,
                    log: bool = True, min_valid_fraction: float = 0.5,
                    years: Iterable[int] | None = None, min_years: int = MIN_YEARS,
@@ -717,24 +747,9 @@ def polygon_trends(zonal: pd.DataFrame, polygons: pd.DataFrame | None = None, *,
     if not 0.0 <= min_valid_fraction <= 1.0:
         raise ValueError(f"min_valid_fraction must lie in [0, 1], got {min_valid_fraction!r}")
     use = _check_years(pd.unique(zonal["year"]), "zonal", years, min_years)
-    z = zonal[zonal["year"].isin(use)]
-    if z.duplicated([id_column, "year"]).any():
-        raise ValueError(f"zonal: more than one row for a ({id_column}, year); one stack per park")
-    mean = z.pivot(index=id_column, columns="year", values="mean").reindex(columns=use)
-    n_valid = z.pivot(index=id_column, columns="year", values="n_valid").reindex(columns=use)
-    n_pix = z.groupby(id_column)["n_pixels"].max().reindex(mean.index)
-    vals = mean.to_numpy(dtype=float)
-    frac = n_valid.to_numpy(dtype=float) / np.maximum(n_pix.to_numpy(dtype=float), 1)[:, None]
-    vals = np.where(frac >= min_valid_fraction, vals, np.nan)
-    if log:
-        bad = np.isfinite(vals) & (vals <= 0)
-        if bad.any():
-            ids = mean.index[bad.any(axis=1)][:5].tolist()
-            raise ValueError(
-                f"zonal: mean ≤ 0 for polygon(s) {ids}, so log richness is undefined; pass "
-                f"log=False if the maps already hold log richness"
-            )
-        vals = np.log(vals)
+    index, vals, n_pix = _series_matrix(zonal, use, log=log,
+                                        min_valid_fraction=min_valid_fraction,
+                                        id_column=id_column)
     mk = _mann_kendall_rows(vals)
     ts = _theil_sen_rows(use, vals, confidence)
     n_years = np.isfinite(vals).sum(axis=1)
@@ -742,8 +757,8 @@ def polygon_trends(zonal: pd.DataFrame, polygons: pd.DataFrame | None = None, *,
     slope, low, high, icept = (np.where(few, np.nan, ts[k])
                                for k in ("slope", "low", "high", "intercept"))
     out = pd.DataFrame({
-        id_column: mean.index.to_numpy(),
-        "n_pixels": n_pix.to_numpy(dtype=np.int64),
+        id_column: index,
+        "n_pixels": n_pix,
         "n_years": n_years.astype(np.int64),
         "slope": slope,
         "slope_low": low,
@@ -810,6 +825,10 @@ def area_weighted_slope(trends: pd.DataFrame, weight: str = "n_pixels") -> pd.Se
 class WoodlandContrast:
     """Ancient against other woodland: area-weighted mean slopes and their difference.
 
+    ``method`` names the interval: ``"park_years"`` (:func:`park_year_contrast`,
+    the book's) or ``"polygons"`` (:func:`woodland_contrast`, polygons as
+    independent units).
+
     Attributes
     ----------
     slope_ancient, slope_other : float
@@ -824,6 +843,10 @@ class WoodlandContrast:
         Polygons with a finite slope.
     boot : numpy.ndarray
         The bootstrap differences.
+    method : str
+        ``"park_years"`` or ``"polygons"``.
+    n_parks, n_park_years : int or None
+        Parks and park-years the ``"park_years"`` interval rests on.
     """
 
     slope_ancient: float
@@ -836,13 +859,18 @@ class WoodlandContrast:
     n_ancient: int
     n_other: int
     boot: np.ndarray
+    method: str = "polygons"
+    n_parks: int | None = None
+    n_park_years: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plain numbers (no bootstrap draws), for a results JSON."""
         return {"slope_ancient": self.slope_ancient, "slope_other": self.slope_other,
                 "slope_difference": self.difference, "slope_difference_ci": list(self.ci),
                 "confidence": self.confidence, "n_boot": self.n_boot, "seed": self.seed,
-                "n_ancient": self.n_ancient, "n_other": self.n_other}
+                "n_ancient": self.n_ancient, "n_other": self.n_other,
+                "interval": self.method, "n_parks": self.n_parks,
+                "n_park_years": self.n_park_years}
 
 
 def woodland_contrast(trends: pd.DataFrame, *, n_boot: int = 2000,
@@ -912,6 +940,182 @@ def woodland_contrast(trends: pd.DataFrame, *, n_boot: int = 2000,
         confidence=float(confidence), n_boot=int(n_boot), seed=int(seed),
         n_ancient=int((kind == "ancient").sum()), n_other=int((kind == "other").sum()),
         boot=boot,
+    )
+
+
+#: Bootstrap draws per block of :func:`park_year_contrast` (bounds its memory).
+_DRAW_BLOCK = 100
+
+
+def _weighted_group_mean(r: np.ndarray, w: np.ndarray, group: np.ndarray,
+                         n_group: int) -> np.ndarray:
+    """Per group and column, the ``w``-weighted mean of the finite entries of ``r`` (0 if none)."""
+    ok = np.isfinite(r)
+    rw = np.where(ok, r, 0.0) * w[:, None]
+    ww = ok * w[:, None]
+    num = np.zeros((n_group, r.shape[1]))
+    den = np.zeros((n_group, r.shape[1]))
+    np.add.at(num, group, rw)
+    np.add.at(den, group, ww)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_fraction: float = 0.5,
+                       years: Iterable[int] | None = None, n_boot: int = 2000,
+                       confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+                       weight: str = "n_pixels", id_column: str = "polygon_id",
+                       min_years: int = MIN_YEARS) -> WoodlandContrast:
+    """Ancient minus other woodland slope, with parks and park-years as units of replication.
+
+    The point estimate is :func:`woodland_contrast`'s: area-weighted mean
+    Theil–Sen slopes of each type and their difference. The interval does not
+    treat polygons as independent. Every polygon of a park window shares that
+    year's map error (clouds kilometres across, green-up weather per degree
+    cell, soil moisture of each radar date), and parks hold different shares
+    of ancient woodland, so a park's drift becomes an ancient-minus-other
+    difference. The interval is a **wild bootstrap of the yearly residuals,
+    by park-year**:
+
+    1. each polygon's yearly series (as :func:`polygon_trends`) is split into
+       its Theil–Sen line and residuals (centred per polygon);
+    2. the residuals are split into a park × year part (the area-weighted mean
+       residual of the park's polygons that year, less the mean over parks
+       that year: a year effect shared by every park moves ancient and other
+       woodland alike and cancels from the difference), a park × year × type
+       part and a polygon × year part;
+    3. each draw multiplies every park-year's, park-year-type's and
+       polygon-year's part by its own random sign (Rademacher), adds them back
+       to the lines, refits every polygon's Theil–Sen slope and recomputes the
+       difference. Parts are rescaled for the degrees of freedom the lines and
+       the year means took (each year's residuals divided by
+       ``sqrt(1 − h_t)``, ``h_t`` its leverage in a straight line over the
+       ``T`` years, as HC2 does; the park-year part times ``sqrt(K / (K − 1))``
+       for ``K`` parks);
+    4. the interval is ``difference ± t × SD(draws)``, with ``t`` the
+       quantile of Student's t on ``(K − 1)(T − 2)`` degrees of freedom, the
+       park-years left to estimate the shared error (one park: the
+       polygon-years'), because a standard error from few units is itself
+       uncertain.
+
+    The truth it aims at is the difference of the same polygons' true slopes
+    (a fixed set of polygons, as an inventory is): spread of true slopes
+    between polygons is not error and is not resampled. With ``K`` parks and
+    ``T`` years the shared error is estimated from ``K × T`` park-years, of
+    which ``(K − 1)(T − 2)`` degrees of freedom remain; with one park, the
+    shared park-year error cancels from the difference and only the
+    type and polygon parts are drawn.
+
+    Parameters
+    ----------
+    zonal : pandas.DataFrame
+        :func:`zonal_means`'s table (``polygon_id, year, mean, n_pixels,
+        n_valid``) joined with each polygon's ``park`` and ``woodland``, all
+        parks in one table.
+    log : bool
+        Fit ``log(mean)`` (as :func:`polygon_trends`); False when the maps hold
+        log richness already.
+    min_valid_fraction, years, min_years, id_column :
+        As :func:`polygon_trends`.
+    n_boot : int
+        Bootstrap draws.
+    confidence : float
+        Level of the interval.
+    seed : int
+        Seed of the signs.
+    weight : str
+        Area weight column (``n_pixels``).
+
+    Returns
+    -------
+    WoodlandContrast
+        With ``method="park_years"``, ``n_parks`` and ``n_park_years``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> ids = [f"p{i}" for i in range(60)]
+    >>> park = np.repeat(["A", "B", "C"], 20)
+    >>> kind = np.tile(np.repeat(["ancient", "other"], 10), 3)
+    >>> slope = np.where(kind == "ancient", -0.03, -0.01)
+    >>> shared = rng.normal(0, 0.02, (3, 8))                 # park × year map error
+    >>> t = np.arange(8)
+    >>> y = 3 + slope[:, None] * t + shared[np.repeat([0, 1, 2], 20)] + rng.normal(0, 0.01, (60, 8))
+    >>> z = pd.DataFrame({"polygon_id": np.repeat(ids, 8), "year": np.tile(2017 + t, 60),
+    ...                   "mean": y.ravel(), "n_pixels": 100, "n_valid": 100,
+    ...                   "park": np.repeat(park, 8), "woodland": np.repeat(kind, 8)})
+    >>> c = park_year_contrast(z, n_boot=500)
+    >>> c.method, c.n_parks, c.n_park_years, c.ci[0] < -0.02 < c.ci[1]
+    ('park_years', 3, 24, True)
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    need = [id_column, "year", "mean", "n_pixels", "n_valid", "park", "woodland"]
+    missing = [c for c in need if c not in zonal.columns]
+    if missing:
+        raise ValueError(f"zonal: missing column(s) {missing}; expected zonal_means' table joined "
+                         f"with the polygons' park and woodland")
+    use = _check_years(pd.unique(zonal["year"]), "zonal", years, min_years)
+    ids, vals, n_pix = _series_matrix(zonal, use, log=log, min_valid_fraction=min_valid_fraction,
+                                      id_column=id_column)
+    attrs = (zonal.drop_duplicates(id_column).set_index(id_column)
+             .reindex(ids)[["park", "woodland", *([weight] if weight != "n_pixels" else [])]])
+    w = (n_pix if weight == "n_pixels" else attrs[weight].to_numpy()).astype(float)
+    ts = _theil_sen_rows(use, vals, confidence)
+    slope = np.where(np.isfinite(vals).sum(axis=1) >= min_years, ts["slope"], np.nan)
+    frame = pd.DataFrame({"slope": slope, "n_pixels": w, "woodland": attrs["woodland"].to_numpy(),
+                          "park": attrs["park"].to_numpy()})
+    keep = frame.index.isin(_contrast_frame(frame, "n_pixels", ("park", "woodland")).index)
+    vals, slope, w = vals[keep], slope[keep], w[keep]
+    kind = frame["woodland"].to_numpy()[keep]
+    park_codes, park_names = pd.factorize(frame["park"].to_numpy()[keep])
+    K, T = len(park_names), len(use)
+    anc = kind == "ancient"
+    point = {k: float((w[kind == k] * slope[kind == k]).sum() / w[kind == k].sum())
+             for k in WOODLAND_TYPES}
+    # lines and centred residuals
+    x = use.astype(float)
+    ok = np.isfinite(vals)
+    fitted = ts["intercept"][keep][:, None] + slope[:, None] * x[None, :]
+    r = vals - fitted
+    r = r - np.nanmean(np.where(ok, r, np.nan), axis=1, keepdims=True)
+    # park-year, park-year-type and polygon-year parts
+    u_raw = _weighted_group_mean(r, w, park_codes, K)                       # (K, T)
+    kg = park_codes * 2 + (~anc).astype(np.int64)
+    v = _weighted_group_mean(r - u_raw[park_codes], w, kg, 2 * K)           # (2K, T)
+    e = r - u_raw[park_codes] - v[kg]
+    if K > 1:
+        u = (u_raw - u_raw.mean(axis=0, keepdims=True)) * np.sqrt(K / (K - 1))
+    else:
+        u = np.zeros_like(u_raw)
+    # HC2: a residual of year t of a fitted line has variance σ²(1 − h_t)
+    lev = 1.0 / T + (x - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum()
+    c_t = 1.0 / np.sqrt(np.clip(1.0 - lev, 1e-6, None))
+    u, v, e = (np.where(np.isfinite(a), a, 0.0) * c_t[None, :] for a in (u, v, e))
+    rng = np.random.default_rng(seed)
+    boot = np.empty(int(n_boot))
+    wa, wo = w * anc, w * ~anc
+    for b0 in range(0, int(n_boot), _DRAW_BLOCK):
+        nb = min(_DRAW_BLOCK, int(n_boot) - b0)
+        s_u = rng.choice([-1.0, 1.0], size=(nb, K, T))
+        s_v = rng.choice([-1.0, 1.0], size=(nb, 2 * K, T))
+        s_e = rng.choice([-1.0, 1.0], size=(nb, *e.shape))
+        ystar = (fitted[None] + s_u[:, park_codes] * u[park_codes][None]
+                 + s_v[:, kg] * v[kg][None] + s_e * e[None])
+        ystar = np.where(ok[None], ystar, np.nan)
+        sl = _theil_sen_rows(use, ystar.reshape(-1, T), confidence)["slope"].reshape(nb, -1)
+        sl = np.where(np.isfinite(sl), sl, 0.0)
+        boot[b0:b0 + nb] = (sl @ wa) / wa.sum() - (sl @ wo) / wo.sum()
+    diff = point["ancient"] - point["other"]
+    df = (K - 1) * (T - 2) if K > 1 else len(w) * (T - 2)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df)) * float(boot.std(ddof=1))
+    return WoodlandContrast(
+        slope_ancient=point["ancient"], slope_other=point["other"],
+        difference=diff, ci=(diff - half, diff + half),
+        confidence=float(confidence), n_boot=int(n_boot), seed=int(seed),
+        n_ancient=int(anc.sum()), n_other=int((~anc).sum()), boot=boot,
+        method="park_years", n_parks=int(K), n_park_years=int(K * T),
     )
 
 
@@ -1184,7 +1388,10 @@ def _matched_slopes(recovered: pd.DataFrame, true: pd.DataFrame, id_column: str)
 def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFrame, *,
                   alpha: float = DEFAULT_ALPHA, min_decline: float = 0.0,
                   n_boot: int = 2000, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
-                  weight: str = "n_pixels", id_column: str = "polygon_id") -> dict[str, Any]:
+                  weight: str = "n_pixels", id_column: str = "polygon_id",
+                  recovered_zonal: pd.DataFrame | None = None,
+                  null_zonal: pd.DataFrame | None = None,
+                  log: bool = False) -> dict[str, Any]:
     """Chapter 08's results dict from three per-polygon trend tables.
 
     Parameters
@@ -1205,6 +1412,13 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         As :func:`woodland_contrast` (the same seed for both worlds).
     id_column : str
         The polygon id column.
+    recovered_zonal, null_zonal : pandas.DataFrame, optional
+        The zonal tables (with ``park`` and ``woodland``) behind ``recovered``
+        and ``null``. Given, the intervals are :func:`park_year_contrast`'s
+        (parks and park-years as units, the book's); without them,
+        :func:`woodland_contrast`'s (polygons as units).
+    log : bool
+        As :func:`park_year_contrast` (False: the maps hold log richness).
 
     Returns
     -------
@@ -1238,10 +1452,20 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
     for name, t in (("recovered", recovered), ("null", null)):
         if "mk_p" not in t.columns:
             raise ValueError(f"{name}: no column 'mk_p' (polygon_trends' table)")
-    rec = woodland_contrast(recovered, n_boot=n_boot, confidence=confidence, seed=seed,
-                            weight=weight)
+    if (recovered_zonal is None) != (null_zonal is None):
+        raise ValueError("give both recovered_zonal and null_zonal, or neither")
+    if recovered_zonal is not None:
+        years = recovered.attrs.get("years")
+        kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed, "log": log,
+              "years": years, "id_column": id_column, "weight": weight}
+        rec = park_year_contrast(recovered_zonal, **kw)
+        nul = park_year_contrast(null_zonal, **kw)
+    else:
+        rec = woodland_contrast(recovered, n_boot=n_boot, confidence=confidence, seed=seed,
+                                weight=weight)
+        nul = woodland_contrast(null, n_boot=n_boot, confidence=confidence, seed=seed,
+                                weight=weight)
     tru = area_weighted_slope(true, weight)
-    nul = woodland_contrast(null, n_boot=n_boot, confidence=confidence, seed=seed, weight=weight)
 
     m = _matched_slopes(recovered, true, id_column)
     both = m[np.isfinite(m["slope"]) & np.isfinite(m["true_slope"])]
@@ -1262,6 +1486,10 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         "true_slope_other": float(tru["other"]),
         "true_slope_difference": float(tru["ancient"] - tru["other"]),
         "null_slope_difference_ci": list(nul.ci),
+        "null_slope_difference": nul.difference,
+        "interval": rec.method,
+        "n_parks": rec.n_parks,
+        "n_park_years": rec.n_park_years,
         "false_positive_rate": (float((tested["mk_p"] < alpha).mean()) if len(tested) else None),
         "detection_power": float(detected.mean()) if len(declining) else None,
         "polygon_slope_correlation": corr,

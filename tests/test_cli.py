@@ -440,6 +440,30 @@ def test_trend_on_yearly_maps_recovers_the_drift(region, yearly_maps, tmp_path):
     assert doc["years"] == list(YEARS) and doc["n_with_trend"] == 4
     assert doc["contrast"]["slope_difference"] > per_year * 0.5
     assert "ancient − other woodland" in res.stdout
+    # one estimand with the book: the mean of log1p(richness) over each polygon's pixels,
+    # and the book's interval (parks and park-years as units), stated in the output
+    assert doc["estimand"] == cli.TREND_ESTIMAND and "estimand: " in res.stdout
+    assert doc["contrast"]["interval"] == "park_years" and "park-years" in res.stdout
+
+
+def test_trend_fits_the_books_estimand_on_richness_maps(region, yearly_maps):
+    from fungi_ssl import trends
+    from fungi_ssl.maps import open_map
+
+    result = cli.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
+                                     type_column="kind", n_boot=200)
+    poly = __import__("geopandas").read_file(region.polygons).rename(
+        columns={"wood_id": "polygon_id", "kind": "woodland"})
+    stack = trends.stack_years({y: open_map(p) for y, p in zip(YEARS, yearly_maps)})
+    z = trends.zonal_means(np.log1p(stack).rio.write_crs(stack.rio.crs), poly)
+    book = trends.polygon_trends(z, log=False).set_index("polygon_id")["slope"]
+    got = result.trends.set_index("wood_id")["slope"]
+    np.testing.assert_allclose(got.loc[book.index].to_numpy(), book.to_numpy(), rtol=1e-9)
+    # not log(mean(richness)): that is another number
+    other = trends.polygon_trends(trends.zonal_means(stack, poly), log=True)
+    assert not np.allclose(other.set_index("polygon_id")["slope"].loc[book.index], book)
+    c = result.contrast
+    assert c.method == "park_years" and c.n_parks == 1 and c.n_park_years == len(YEARS)
 
 
 def test_trend_on_a_zarr_stack_equals_trend_on_the_geotiffs(

@@ -126,16 +126,19 @@ def tiny_chain():
 
 
 def test_trend_analysis_end_to_end_and_cached(study, tiny_chain, tmp_path):
+    # two parks, more than two polygons: the contrast's interval rests on park-years
     trained, model = tiny_chain
     years = [2017, 2018, 2019, 2020]
-    kw = {"size": 32, "years": years, "parks": ["Lake District"], "n_boot": 200,
+    parks = ["Lake District", "Yorkshire Dales"]
+    kw = {"size": 40, "years": years, "parks": parks, "n_boot": 200,
           "progress": False, "root": tmp_path}
     a = trendmaps.trend_analysis(study, trained, model, **kw)
+    assert len(a.polygons) > 2 and set(a.polygons["park"]) == set(parks)
     pm = a.maps["null"]
-    assert pm.n_cached == 1                      # the null world's 2017 is the changing world's
+    assert pm.n_cached == len(parks)             # the null world's 2017 is the changing world's
     assert a.maps["changing"].n_cached == 0
     pred = pm.predicted["Lake District"]
-    assert pred.dims == ("year", "y", "x") and pred.sizes["y"] == 32
+    assert pred.dims == ("year", "y", "x") and pred.sizes["y"] == 40
     assert pred.rio.crs.to_epsg() == 32630
     np.testing.assert_array_equal(pred.sel(year=2017).values,
                                   a.maps["changing"].predicted["Lake District"].sel(year=2017).values)
@@ -146,13 +149,59 @@ def test_trend_analysis_end_to_end_and_cached(study, tiny_chain, tmp_path):
     r = a.results
     assert set(trends.RESULT_KEYS) <= set(r)
     assert r["null_true_slope_difference"] == 0.0
-    assert r["window_px"] == 32 and r["years"] == years
+    assert r["window_px"] == 40 and r["years"] == years
+    assert r["interval"] == "park_years" and r["n_parks"] == 2
+    assert r["n_park_years"] == 2 * len(years)
+    assert r["normalisation"] == "none" and not a.normalised
+    # the interval is park_year_contrast's on the zonal tables the analysis kept
+    c = trends.park_year_contrast(a.zonal["changing"], n_boot=200, years=years)
+    assert r["slope_difference_ci"] == list(c.ci)
+    assert r["slope_difference"] == pytest.approx(c.difference)
     # the truth of the changing world: declining stands have a negative true slope
     t = a.trends["changing_true"].merge(a.polygons[["polygon_id", "declining"]], on="polygon_id")
     if t["declining"].any():
         assert (t.loc[t["declining"], "slope"] < -0.01).all()
-    b = trendmaps.trend_analysis(study, trained, model, normalise=True, **kw)
-    assert b.maps["changing"].n_cached == len(years) and b.maps["null"].n_cached == len(years)
-    assert b.normalised and b.offsets is not None
-    np.testing.assert_allclose(b.offsets.groupby(["world", "park"])["offset"].sum(), 0.0,
-                               atol=1e-9)
+    b = trendmaps.trend_analysis(study, trained, model, **kw)
+    assert b.maps["changing"].n_cached == len(parks) * len(years)
+    assert b.results["slope_difference_ci"] == r["slope_difference_ci"]
+
+
+def test_replicate_worlds_see_the_same_landscape_through_other_sensors(study):
+    w = Window.around(-2.15, 54.25, 12)
+    args = (np.array([w.epsg]), w.x[None], w.y[None])
+    assert len({trendmaps.replicate_seed(0, wd, k) for wd in trendmaps.WORLDS
+                for k in range(20)}) == 40
+    rep = trendmaps.replicate_study(study, "changing", 3)
+    np.testing.assert_array_equal(_layers(rep.landscape, w, 2021)["log_richness"],
+                                  _layers(study.landscape, w, 2021)["log_richness"])
+    a = sentinel_observations(study.landscape, *args, 2021, model=study.config.sensors)
+    b = sentinel_observations(rep.landscape, *args, 2021, model=study.config.sensors)
+    assert not np.array_equal(a["s2"], b["s2"])                     # other weather and noise
+    null = trendmaps.replicate_study(study, "null", 3)
+    np.testing.assert_array_equal(_layers(null.landscape, w, 2024)["canopy"],
+                                  _layers(study.landscape, w, 2017)["canopy"])
+    with pytest.raises(ValueError, match="world must be one of"):
+        trendmaps.replicate_seed(0, "static", 0)
+
+
+def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, tmp_path):
+    trained, model = tiny_chain
+    kw = {"n_worlds": 2, "size": 40, "years": [2017, 2018, 2019, 2020],
+          "parks": ["Lake District", "Yorkshire Dales"], "n_boot": 100, "progress": False,
+          "root": tmp_path}
+    r = trendmaps.replicate_worlds(study, trained, model, **kw)
+    t = r.table
+    assert len(t) == 4 and sorted(t["world"].value_counts().to_dict().items()) == [
+        ("changing", 2), ("null", 2)]
+    assert t["sensor_seed"].nunique() == 4
+    assert (t["ci_low"] <= t["difference"]).all() and (t["difference"] <= t["ci_high"]).all()
+    # the null worlds' truth is no change at all
+    np.testing.assert_allclose(t.loc[t["world"] == "null", "true_difference"], 0.0, atol=1e-12)
+    s = r.summary
+    assert s["n_worlds"] == 4 and s["n_park_years"] == 8 and s["n_cached"] == 0
+    assert s["ci_coverage_90"] == t.loc[t["world"] == "changing", "covers"].mean()
+    again = trendmaps.replicate_worlds(study, trained, model, **kw)
+    assert again.summary["n_cached"] == 4
+    np.testing.assert_array_equal(again.table["ci_low"], t["ci_low"])
+    with pytest.raises(ValueError, match="n_worlds must be at least 1"):
+        trendmaps.replicate_worlds(study, trained, model, **{**kw, "n_worlds": 0})

@@ -218,8 +218,8 @@ def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int 
     threshold means one thing: how unlike its training data a sample was
     when a fold of blocks predicted it. Where the samples span fewer blocks
     than folds (a regional study), the block side is halved until they span
-    enough, and the description says so; with fewer sites than folds it
-    falls back to one fold per site.
+    enough, and the description says so; below a 64th of ``block_km`` the
+    folds group whole sites instead.
 
     Parameters
     ----------
@@ -248,7 +248,7 @@ def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int 
         if c not in frame.columns:
             raise ValueError(f"validation_folds: the table has no {c!r} column")
     size = float(block_km)
-    while size >= 0.5:
+    for _ in range(7):  # down to a 64th of the side asked for
         try:
             splitter = spatial_splitter(frame, block_size_m=size * 1000.0, n_splits=n_splits,
                                         seed=seed)
@@ -260,8 +260,19 @@ def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int 
         if size != float(block_km):
             how += f" (the samples span too few {block_km:g} km blocks)"
         return labels, how
-    raise ValueError(f"validation_folds: the {len(frame)} samples span fewer than {n_splits} "
-                     "spatial blocks even at 0.5 km")
+    from sklearn.model_selection import GroupKFold
+
+    from fungi_ssl.cv import site_groups
+
+    sites = site_groups(frame[["longitude", "latitude"]].to_numpy(float), coordinates="lonlat")
+    if len(np.unique(sites)) < n_splits:
+        raise ValueError(f"validation_folds: the {len(frame)} samples lie at fewer than "
+                         f"{n_splits} sites; no {n_splits} validation folds can be made")
+    labels = np.empty(len(frame), int)
+    for i, (_, test) in enumerate(GroupKFold(n_splits=n_splits).split(frame, groups=sites)):
+        labels[test] = i
+    return labels, (f"{n_splits} site-grouped folds (the samples span fewer than {n_splits} "
+                    f"blocks even of {size * 2:g} km)")
 
 
 def draw_cores(study: Any, log_richness: Any, seed: int = 0) -> np.ndarray:

@@ -127,8 +127,8 @@ CI_LEVEL = 0.9
 CANDIDATES: dict[str, str] = {
     "10m": "the study's 10 m map: ssl chain (PCA of the 3 × 3 embedding patch → trees)",
     "1km": "the SPUN-style 1 km map: trees on the 1 km climate, soil and land-cover covariates",
-    "product": ("product model: one tree model on the PCA of the 3 × 3 embedding patch and the "
-                "1 km covariates of the pixel's cell (cell value)"),
+    "product": ("one tree model on the PCA of the 3 × 3 embedding patch and the 1 km covariates "
+                "of the pixel's cell (cell value)"),
     "deviations": ("1 km map + the 10 m map's within-cell deviations (keeps the 1 km map's cell "
                    "means)"),
     "residual": ("1 km map + a residual model: trees on the PCA of the patch fitted to the "

@@ -59,6 +59,7 @@ __all__ = [
     "LAYERS",
     "UncertaintyMaps",
     "adaptive_features",
+    "cached_map_aoa",
     "draw_cores",
     "interval_width",
     "map_aoa",
@@ -306,6 +307,42 @@ def draw_cores(study: Any, log_richness: Any, seed: int = 0) -> np.ndarray:
     sd = np.interp(lr, cv["log_richness"], cv["sd_log1p"])
     z = np.random.default_rng([int(seed), 4242]).standard_normal(lr.shape)
     return np.where(np.isnan(lr), np.nan, np.maximum(mean + sd * z, 0.0))
+
+
+def cached_map_aoa(model: MapModel, frame: pd.DataFrame, folds: Any, *, n_jobs: int = 2,
+                   root: str | Path | None = None) -> AreaOfApplicability:
+    """:func:`map_aoa` with importance weights, kept under ``data/cache/map_aoa/<key>/``.
+
+    The key covers the model's training fingerprint and settings, its
+    regressor's importances, the patch columns' values at the rows given and
+    the fold labels, so another model, table or fold assignment never reuses
+    an entry. Chapter 07 fits one per held-out region model; a warm run reads
+    them.
+    """
+    import hashlib
+
+    import joblib
+
+    from fungi_ssl import cache
+
+    model._check_fitted()
+    labels = np.asarray(folds)
+    cols = list(model.spec.predictor_columns)
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(frame[cols].to_numpy(np.float32)).tobytes())
+    h.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
+    h.update(importance_weights(model.regressor_).to_numpy(float).tobytes())
+    params = {"model": model.fingerprint, "settings": repr(sorted(model.settings.items())),
+              "rows": h.hexdigest(), "layout": 1}
+    path = cache.cache_dir("map_aoa", params, root=Path(root) if root is not None else None
+                           ) / "aoa.joblib"
+    if path.exists():
+        return joblib.load(path)
+    aoa = map_aoa(model, frame, labels, n_jobs=n_jobs)
+    tmp = path.with_name(f".aoa.{uuid.uuid4().hex}.part")
+    joblib.dump(aoa, tmp)
+    tmp.replace(path)
+    return aoa
 
 
 def window_scores(model: MapModel, embedding: np.ndarray, scale: np.ndarray) -> np.ndarray:

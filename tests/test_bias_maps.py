@@ -455,3 +455,20 @@ def test_draw_cores_follow_the_truth_curve():
     assert abs(cores.mean() - mean) < 0.02 and abs(cores.std() - sd) < 0.02
     assert np.isnan(draw_cores(study, [np.nan])[0])
     assert not np.array_equal(draw_cores(study, lr[:10], seed=1), draw_cores(study, lr[:10], seed=2))
+
+
+def test_cached_map_aoa_equals_map_aoa_and_keys_on_the_folds(region, tmp_path):
+    from fungi_ssl.bias_maps import cached_map_aoa
+
+    store, model, frame, folds, _ = region
+    if not hasattr(model.regressor_, "feature_importances_"):
+        pytest.skip("the fixture's model has no importances")
+    ref = map_aoa(model, frame, folds, n_jobs=1)
+    a = cached_map_aoa(model, frame, folds, n_jobs=1, root=tmp_path)
+    b = cached_map_aoa(model, frame, folds, n_jobs=1, root=tmp_path)
+    assert a.threshold_ == b.threshold_ == ref.threshold_
+    np.testing.assert_array_equal(b.train_di_, ref.train_di_)
+    assert len(list(tmp_path.glob("map_aoa/*/aoa.joblib"))) == 1
+    other = (np.asarray(folds) + 1) % 5
+    cached_map_aoa(model, frame, other, n_jobs=1, root=tmp_path)
+    assert len(list(tmp_path.glob("map_aoa/*/aoa.joblib"))) == 2

@@ -472,3 +472,21 @@ def test_cached_map_aoa_equals_map_aoa_and_keys_on_the_folds(region, tmp_path):
     other = (np.asarray(folds) + 1) % 5
     cached_map_aoa(model, frame, other, n_jobs=1, root=tmp_path)
     assert len(list(tmp_path.glob("map_aoa/*/aoa.joblib"))) == 2
+
+
+def test_chapter07_text_never_types_the_block_size():
+    """Chapter 07 run with another `block_km` must not say 50 km: its prose names the parameter
+    and its code prints the value (issue 16 item 6)."""
+    import json
+
+    from fungi_ssl import config
+
+    nb = json.loads((config.REPO_ROOT / "notebooks" / "07_bias.ipynb").read_text())
+    for cell in nb["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            assert "50 km" not in text and "50-km" not in text, text[:80]
+        else:
+            for line in text.splitlines():
+                if "km" in line and ('"' in line or "'" in line) and "50" in line:
+                    assert "block_km" in line or "#" in line, line

@@ -11,7 +11,18 @@ Chapter 06 maps simulated regions twice, from the same field samples:
   ``climate``, ``soil`` and ``landcover`` columns), predicted for every
   1 km cell of each region.
 
-Both are scored against :func:`fungi_ssl.simulate.truth.truth_layer`, the
+* **product maps** that use both scales: :class:`ProductModel`, one model
+  on the patch's principal components and the 1 km covariates of the
+  pixel's cell; the 1 km map plus the 10 m map's within-cell deviations; and
+  the 1 km map plus :class:`ResidualModel`, trees on the patch fitted to the
+  1 km model's out-of-fold residuals.
+
+Every region is **held out**: its maps come from models fitted without its
+samples and without its campaigns' samples within :data:`HOLDOUT_KM`
+(:func:`withheld_rows`, :func:`heldout_models`), and pooled scores carry a
+percentile interval from a bootstrap over regions (:func:`bootstrap_scores`).
+
+All are scored against :func:`fungi_ssl.simulate.truth.truth_layer`, the
 quantity a map of ``log1p(rarefied)`` estimates at each pixel (the mean
 ``log1p`` of the rarefied richness of a core taken there), on the ``log1p``
 scale. Water pixels have no truth and are not scored.
@@ -34,11 +45,14 @@ API (stable; chapter 07 builds on it)
     The 10 m map of a region, as a COG (``log1p`` scale by default).
 :func:`cell_covariates`, :func:`fit_1km_model`, :func:`predict_1km_map`
     The SPUN-style 1 km model and its map.
+:func:`withheld_rows`, :func:`heldout_models`, :func:`fit_product_model`,
+:func:`fit_residual_model`, :func:`region_components`
+    The held-out models of a region and the patch components they map from.
 :func:`region_products`
     All of the above for every region (:class:`RegionProducts`).
 Scoring: :func:`r2`, :func:`squared_correlation`, :func:`cell_means`,
 :func:`within_cell_r2`, :func:`pixel_ratio`, :func:`score_products`,
-:func:`region_scores`.
+:func:`region_scores`, :func:`bootstrap_scores`.
 """
 
 from __future__ import annotations

@@ -47,16 +47,25 @@ import rioxarray  # noqa: F401 (the .rio accessor)
 import xarray as xr
 from tqdm.auto import tqdm
 
-from fungi_ssl.bias import DEFAULT_CONFIDENCE, AreaOfApplicability, importance_weights
+from fungi_ssl.bias import (
+    DEFAULT_CONFIDENCE,
+    AdaptiveConformal,
+    AreaOfApplicability,
+    importance_weights,
+)
 from fungi_ssl.mapmodel import MapModel
 
 __all__ = [
     "LAYERS",
     "UncertaintyMaps",
+    "adaptive_features",
+    "cached_map_aoa",
+    "draw_cores",
     "interval_width",
     "map_aoa",
     "map_truth_table",
     "uncertainty_maps",
+    "validation_folds",
     "window_scores",
 ]
 
@@ -67,6 +76,8 @@ LAYERS: dict[str, str] = {
     "dissimilarity": "dissimilarity index (distance to the nearest training sample / mean "
     "distance between training samples)",
     "aoa": "1 inside the area of applicability, 0 outside",
+    "lower": "log1p(rarefied ECM richness), lower end of the 90% conformal interval",
+    "upper": "log1p(rarefied ECM richness), upper end of the 90% conformal interval",
 }
 
 
@@ -77,21 +88,23 @@ def interval_width(log_pred: Any, quantile: float) -> np.ndarray:
     ----------
     log_pred : array_like
         Predictions of ``log1p(richness)``.
-    quantile : float
-        The conformal quantile ``q`` (log units, ≥ 0).
+    quantile : float or array_like
+        The interval's half-width ``q`` (log units, ≥ 0): one for every pixel
+        (a split-conformal quantile) or one per pixel (``q · σ̂(x)`` of
+        :class:`fungi_ssl.bias.AdaptiveConformal`; NaN where unknown).
 
     Returns
     -------
     numpy.ndarray
-        ``expm1(p + q) − expm1(max(p − q, 0))``; NaN where ``p`` is NaN.
+        ``expm1(p + q) − expm1(max(p − q, 0))``; NaN where ``p`` or ``q`` is NaN.
 
     Examples
     --------
     >>> interval_width([np.log1p(9.0), 0.0], np.log(2.0)).round(3).tolist()   # 9 → [4, 19]; 0 → [0, 1]
     [15.0, 1.0]
     """
-    q = float(quantile)
-    if not (np.isfinite(q) and q >= 0):
+    q = np.asarray(quantile, dtype=float)
+    if np.any(np.isinf(q)) or np.any(q[~np.isnan(q)] < 0) or (q.ndim == 0 and np.isnan(q)):
         raise ValueError(f"quantile must be a finite number ≥ 0 (log units), got {quantile!r}")
     p = np.asarray(log_pred, dtype=float)
     return np.expm1(p + q) - np.expm1(np.maximum(p - q, 0.0))
@@ -173,6 +186,163 @@ def map_aoa(
         w = weights
     aoa = AreaOfApplicability(n_jobs=n_jobs)
     return aoa.fit(pd.DataFrame(Z[ok], columns=names), folds=labels[ok], weights=w)
+
+
+def adaptive_features(log_pred: Any, dissimilarity: Any) -> np.ndarray:
+    """The features of the adaptive interval's scale model: ``[prediction, DI]`` per row.
+
+    The same two numbers at a calibration sample (its held-out prediction and
+    its dissimilarity index to its fold's training part) and at a map pixel
+    (the map and the pixel's index), so :class:`fungi_ssl.bias.AdaptiveConformal`
+    learns ``σ̂`` at the samples and applies it over the map.
+
+    Examples
+    --------
+    >>> adaptive_features([1.0, 2.0], [0.1, 0.3]).tolist()
+    [[1.0, 0.1], [2.0, 0.3]]
+    """
+    p = np.asarray(log_pred, dtype=float).ravel()
+    d = np.asarray(dissimilarity, dtype=float).ravel()
+    if p.shape != d.shape:
+        raise ValueError(f"log_pred ({p.size}) and dissimilarity ({d.size}) differ in length")
+    return np.column_stack([p, d])
+
+
+def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int = 5,
+                     seed: int = 0) -> tuple[np.ndarray, str]:
+    """The validation folds behind every area of applicability: the book's spatial blocks.
+
+    Chapter 04's spatial CV (:func:`fungi_ssl.comparison.spatial_splitter`:
+    square blocks of ``block_km``, sites kept whole, ``n_splits`` folds).
+    Chapter 07 takes the AOA threshold from these folds and chapter 10
+    (:func:`fungi_ssl.region.area_of_applicability`) from the same, so a
+    threshold means one thing: how unlike its training data a sample was
+    when a fold of blocks predicted it. Where the samples span fewer blocks
+    than folds (a regional study), the block side is halved until they span
+    enough, and the description says so; below a 64th of ``block_km`` the
+    folds group whole sites instead.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        ``longitude`` and ``latitude`` (WGS84) per training sample.
+    block_km : float
+    n_splits : int
+    seed : int
+
+    Returns
+    -------
+    (numpy.ndarray, str)
+        A fold label per row, and a short description of the folds.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"longitude": np.repeat([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 3),
+    ...                   "latitude": 45.0})
+    >>> folds, how = validation_folds(t, 50, n_splits=3)
+    >>> len(np.unique(folds)), how
+    (3, '50 km spatial blocks, 3 folds')
+    """
+    from fungi_ssl.comparison import spatial_splitter
+
+    for c in ("longitude", "latitude"):
+        if c not in frame.columns:
+            raise ValueError(f"validation_folds: the table has no {c!r} column")
+    size = float(block_km)
+    for _ in range(7):  # down to a 64th of the side asked for
+        try:
+            splitter = spatial_splitter(frame, block_size_m=size * 1000.0, n_splits=n_splits,
+                                        seed=seed)
+            labels = np.asarray(splitter.fold_labels())
+        except ValueError:
+            size /= 2
+            continue
+        how = f"{size:g} km spatial blocks, {n_splits} folds"
+        if size != float(block_km):
+            how += f" (the samples span too few {block_km:g} km blocks)"
+        return labels, how
+    from sklearn.model_selection import GroupKFold
+
+    from fungi_ssl.cv import site_groups
+
+    sites = site_groups(frame[["longitude", "latitude"]].to_numpy(float), coordinates="lonlat")
+    if len(np.unique(sites)) < n_splits:
+        raise ValueError(f"validation_folds: the {len(frame)} samples lie at fewer than "
+                         f"{n_splits} sites; no {n_splits} validation folds can be made")
+    labels = np.empty(len(frame), int)
+    for i, (_, test) in enumerate(GroupKFold(n_splits=n_splits).split(frame, groups=sites)):
+        labels[test] = i
+    return labels, (f"{n_splits} site-grouped folds (the samples span fewer than {n_splits} "
+                    f"blocks even of {size * 2:g} km)")
+
+
+def draw_cores(study: Any, log_richness: Any, seed: int = 0) -> np.ndarray:
+    """One simulated soil core's ``log1p(rarefied)`` per pixel, drawn from the truth.
+
+    The core-to-core distribution of ``log1p(rarefied)`` at a pixel's true
+    log richness (:func:`fungi_ssl.simulate.truth.rarefied_curve`, built by
+    :func:`~fungi_ssl.simulate.truth.rarefied_response` through the study's
+    own sequencing and rarefaction chain): its mean ``log1p_mean`` and
+    core-to-core SD ``sd_log1p``, interpolated at the pixel, with a normal
+    draw around the mean, floored at 0 (no negative richness). A map interval
+    is scored against these cores, the quantity a sample would give there.
+
+    Parameters
+    ----------
+    study : SimulatedStudy
+    log_richness : array_like
+        True log richness per pixel (NaN stays NaN).
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as ``log_richness``.
+    """
+    from fungi_ssl.simulate.truth import rarefied_curve
+
+    cv = rarefied_curve(study)
+    lr = np.asarray(log_richness, dtype=float)
+    mean = np.interp(lr, cv["log_richness"], cv["log1p_mean"])
+    sd = np.interp(lr, cv["log_richness"], cv["sd_log1p"])
+    z = np.random.default_rng([int(seed), 4242]).standard_normal(lr.shape)
+    return np.where(np.isnan(lr), np.nan, np.maximum(mean + sd * z, 0.0))
+
+
+def cached_map_aoa(model: MapModel, frame: pd.DataFrame, folds: Any, *, n_jobs: int = 2,
+                   root: str | Path | None = None) -> AreaOfApplicability:
+    """:func:`map_aoa` with importance weights, kept under ``data/cache/map_aoa/<key>/``.
+
+    The key covers the model's training fingerprint and settings, its
+    regressor's importances, the patch columns' values at the rows given and
+    the fold labels, so another model, table or fold assignment never reuses
+    an entry. Chapter 07 fits one per held-out region model; a warm run reads
+    them.
+    """
+    import hashlib
+
+    import joblib
+
+    from fungi_ssl import cache
+
+    model._check_fitted()
+    labels = np.asarray(folds)
+    cols = list(model.spec.predictor_columns)
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(frame[cols].to_numpy(np.float32)).tobytes())
+    h.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
+    h.update(importance_weights(model.regressor_).to_numpy(float).tobytes())
+    params = {"model": model.fingerprint, "settings": repr(sorted(model.settings.items())),
+              "rows": h.hexdigest(), "layout": 1}
+    path = cache.cache_dir("map_aoa", params, root=Path(root) if root is not None else None
+                           ) / "aoa.joblib"
+    if path.exists():
+        return joblib.load(path)
+    aoa = map_aoa(model, frame, labels, n_jobs=n_jobs)
+    tmp = path.with_name(f".aoa.{uuid.uuid4().hex}.part")
+    joblib.dump(aoa, tmp)
+    tmp.replace(path)
+    return aoa
 
 
 def window_scores(model: MapModel, embedding: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -262,7 +432,8 @@ def uncertainty_maps(
     bbox: Sequence[float] | None = None,
     *,
     aoa: AreaOfApplicability,
-    quantile: float,
+    quantile: float | None = None,
+    conformal: AdaptiveConformal | None = None,
     outputs: Mapping[str, str | Path] | None = None,
     overwrite: bool = False,
     confidence: float = DEFAULT_CONFIDENCE,
@@ -285,9 +456,14 @@ def uncertainty_maps(
         As :func:`fungi_ssl.maps.open_embedding_source` (default: the whole store).
     aoa : AreaOfApplicability
         From :func:`map_aoa` (components ``pc00`` …).
-    quantile : float
+    quantile : float, optional
         The split-conformal ``q`` of the interval (log units), e.g.
-        :attr:`fungi_ssl.bias.ConformalRegressor.quantile_`.
+        :attr:`fungi_ssl.bias.ConformalRegressor.quantile_`: the same
+        half-width at every pixel.
+    conformal : AdaptiveConformal, optional
+        A locally adaptive interval instead: half-width ``q · σ̂(x)`` with
+        ``σ̂`` from the pixel's prediction and dissimilarity index
+        (:func:`adaptive_features`); give this or ``quantile``.
     outputs : mapping, optional
         Layer (see :data:`LAYERS`) → ``.tif`` path; the layers named are
         written as COGs like the richness map. None: all layers in memory
@@ -337,13 +513,21 @@ def uncertainty_maps(
     ...     attrs={"encoder": "demo", "year": 2020}).rio.write_crs(32630)
     >>> run = uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.5, window=16, progress=False)
     >>> sorted(run.maps.data_vars), run.maps["aoa"].shape
-    (['aoa', 'dissimilarity', 'interval_width', 'log_richness'], (20, 30))
+    (['aoa', 'dissimilarity', 'interval_width', 'log_richness', 'lower', 'upper'], (20, 30))
     """
     from fungi_ssl.maps import open_embedding_source, open_map
 
-    q = float(quantile)
+    if (quantile is None) == (conformal is None):
+        raise ValueError("give the interval as either quantile (one half-width) or conformal "
+                         "(AdaptiveConformal), not both or neither")
+    if conformal is not None:
+        if not hasattr(conformal, "model_"):
+            raise ValueError("conformal: the AdaptiveConformal is not fitted")
+        q = float(conformal.quantile_)
+    else:
+        q = float(quantile)
     if not (np.isfinite(q) and q >= 0):
-        raise ValueError(f"quantile must be a finite number ≥ 0 (log units), got {quantile!r}")
+        raise ValueError(f"quantile must be a finite number ≥ 0 (log units), got {q!r}")
     if int(window) < 16 or int(window) % 16:
         raise ValueError(f"window must be a multiple of 16 pixels (≥ 16), got {window}")
     model._check_fitted()
@@ -365,8 +549,10 @@ def uncertainty_maps(
     unknown = [k for k in outputs if k not in wanted]
     if unknown:
         raise ValueError(f"outputs: layers {unknown} are not computed; choose from {wanted}")
-    run_model = "log_richness" in wanted or "interval_width" in wanted
-    run_di = "dissimilarity" in wanted or "aoa" in wanted
+    interval_layers = {"interval_width", "lower", "upper"}
+    run_model = "log_richness" in wanted or bool(interval_layers & set(wanted))
+    run_di = ("dissimilarity" in wanted or "aoa" in wanted
+              or (conformal is not None and bool(interval_layers & set(wanted))))
     paths: dict[str, Path] = {}
     for layer, p in outputs.items():
         path = Path(p)
@@ -388,6 +574,8 @@ def uncertainty_maps(
     tags = {"year": str(int(year)), "model_fingerprint": model.fingerprint,
             "encoder": model.spec.encoder, "confidence": str(confidence),
             "conformal_quantile_log": repr(q), "aoa_threshold": repr(float(aoa.threshold_)),
+            "interval": ("adaptive: prediction ± q · sigma(prediction, dissimilarity)"
+                         if conformal is not None else "prediction ± q"),
             "software": "fungi_ssl.bias_maps.uncertainty_maps"}
     seconds = dict.fromkeys(("read", "project", "predict", "dissimilarity", "write"), 0.0)
     windows = [(r, min(r + window, grid.height), c, min(c + window, grid.width))
@@ -418,10 +606,17 @@ def uncertainty_maps(
                 di[ok] = aoa.dissimilarity(z[ok])
             di = di.reshape(shape)
             seconds["dissimilarity"] += time.perf_counter() - t
+            if conformal is not None:
+                half = (q * conformal.sigma(adaptive_features(logp.ravel(), di.ravel()))
+                        ).reshape(shape)
+            else:
+                half = np.where(np.isfinite(logp), q, np.nan)
             with np.errstate(invalid="ignore"):
                 computed = {
                     "log_richness": logp,
-                    "interval_width": interval_width(logp, q).astype(np.float32),
+                    "interval_width": interval_width(logp, half).astype(np.float32),
+                    "lower": np.maximum(logp - half, 0.0).astype(np.float32),
+                    "upper": (logp + half).astype(np.float32),
                     "dissimilarity": di,
                     "aoa": np.where(np.isfinite(di), (di <= aoa.threshold_).astype(np.float32),
                                     np.float32(np.nan)),

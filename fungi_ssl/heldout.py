@@ -71,6 +71,7 @@ __all__ = [
     "cached_heldout",
     "chapter04_heldout",
     "heldout_aoa",
+    "skip_reason",
     "store_table1_heldout",
 ]
 
@@ -613,3 +614,42 @@ def heldout_aoa(
     with np.errstate(invalid="ignore"):
         inside = di <= aoa.threshold_
     return aoa, pd.DataFrame({"row": rows, "fold": held.fold, "di": di, "inside": inside})
+
+
+def skip_reason(data_dir: str | Path | None, n_rows: int | None = None,
+                min_rows: int = 50) -> str | None:
+    """Chapter 07's one sentence on why it cannot check a data directory, or None.
+
+    Parameters
+    ----------
+    data_dir : path or None
+        The chapter's ``data_dir`` (None or empty: the simulated study).
+    n_rows : int, optional
+        Samples with richness in the table, once it is read: fewer than
+        ``min_rows`` are too few to check.
+    min_rows : int
+
+    Examples
+    --------
+    >>> skip_reason(None) is None
+    True
+    >>> import tempfile
+    >>> skip_reason(tempfile.mkdtemp())[:48]
+    'This chapter checks the bias, calibration and in'
+    >>> skip_reason(None, n_rows=12)
+    'This chapter checks the bias, calibration and intervals of held-out predictions, and the table holds only 12 samples with richness (at least 50 are needed), so it is skipped.'
+    """
+    head = ("This chapter checks the bias, calibration and intervals of held-out predictions, "
+            "and ")
+    if n_rows is not None and n_rows < min_rows:
+        return (head + f"the table holds only {n_rows} samples with richness (at least "
+                f"{min_rows} are needed), so it is skipped.")
+    if not data_dir:
+        return None
+    from fungi_ssl.predictors import table_kind
+
+    if table_kind(data_dir) is not None:
+        return None
+    return (head + "the data directory holds neither the SPUN table of 1 km covariates nor "
+            "TESSERA tiles (a `tessera/` folder) beside its sample table to predict from, so it "
+            "is skipped.")

@@ -949,11 +949,15 @@ class FlatTrees:
     through its tree and the step ``node = child[2·node + (x > threshold)]``
     needs no branch. Eight rows go through a tree together.
 
-    Exactness: LightGBM and scikit-learn send a row left when
-    ``double(x) <= threshold`` (a double). For float32 rows the kernel
-    compares with the largest float32 not above the threshold, which gives
-    the same decision for every float32 ``x``; float64 rows use the double
-    thresholds. Rows must be finite (the map code never passes NaN).
+    Exactness: LightGBM sends a row left when ``double(x) <= threshold``
+    (a double). For float32 rows the kernel compares with the largest
+    float32 not above the threshold, which gives the same decision for
+    every float32 ``x``; float64 rows use the double thresholds.
+    scikit-learn's trees first cast every row to float32 and then compare
+    with their double threshold, so a forest (``float32_input=True``) casts
+    float64 rows to float32 as well: a float64 value one ULP above a
+    threshold that rounds down to it goes left there, as in scikit-learn.
+    Rows must be finite (the map code never passes NaN).
 
     Build with :meth:`from_model`, which returns None for what it cannot
     read: categorical or linear trees, zero-as-missing splits, multi-output
@@ -972,7 +976,7 @@ class FlatTrees:
     """
 
     def __init__(self, feature, threshold, child, value, roots, depths, *, mean: bool,
-                 base: float = 0.0) -> None:
+                 base: float = 0.0, float32_input: bool = False) -> None:
         self.feature = np.ascontiguousarray(feature, np.int64)
         self.threshold64 = np.ascontiguousarray(threshold, np.float64)
         t32 = self.threshold64.astype(np.float32)
@@ -985,15 +989,18 @@ class FlatTrees:
         self.depths = np.ascontiguousarray(depths, np.int64)
         self.mean = bool(mean)
         self.base = float(base)
+        self.float32_input = bool(float32_input)
 
     @property
     def n_trees(self) -> int:
         return int(self.roots.shape[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions for finite rows ``X`` (float32 or float64)."""
+        """Predictions for finite rows ``X`` (float32 or float64; float32 for a forest)."""
         X = np.asarray(X)
-        if X.dtype != np.float32:
+        if self.float32_input:  # scikit-learn's trees see float32 rows
+            X = X.astype(np.float32, copy=False)
+        elif X.dtype != np.float32:
             X = X.astype(np.float64, copy=False)
         X = np.ascontiguousarray(X)
         thr = self.threshold32 if X.dtype == np.float32 else self.threshold64
@@ -1082,7 +1089,7 @@ class FlatTrees:
         if not feat:
             return None
         return cls(np.concatenate(feat), np.concatenate(thr), np.concatenate(kids),
-                   np.concatenate(val), roots, depths, mean=True)
+                   np.concatenate(val), roots, depths, mean=True, float32_input=True)
 
 
 def _plain(v: Any) -> Any:

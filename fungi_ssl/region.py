@@ -452,14 +452,21 @@ def area_of_applicability(
     n_folds: int = 5,
     rows_per_block: int = 64,
     progress: bool = True,
+    coordinates: Any = None,
+    block_km: float = 50.0,
+    seed: int = 0,
 ) -> AOARun:
     """Area of applicability of a map model over a box, in its own predictor space.
 
     The model's predictors are the PCA scores of the 3 × 3 patch, so the
     training samples and every map pixel are projected with the model's PCA
-    and compared there, weighted by the regressor's importance (gain), with
-    ``n_folds`` site-grouped folds for the training DI and the threshold
-    (:class:`fungi_ssl.bias.AreaOfApplicability`). Pixels are read on the
+    and compared there, weighted by the regressor's importance (gain). The
+    training DI and the threshold come from the validation folds chapter 07
+    uses too (:func:`fungi_ssl.bias_maps.validation_folds`: ``block_km``
+    spatial blocks, ``n_folds`` folds) when ``coordinates`` are given, so
+    both chapters' thresholds mean the same; without coordinates, from
+    ``n_folds`` site-grouped folds (``groups``), and ``details["folds"]``
+    says so (:class:`fungi_ssl.bias.AreaOfApplicability`). Pixels are read on the
     map's grid (:func:`fungi_ssl.maps.open_embedding_source`), so the result
     lines up with the map pixel for pixel.
 
@@ -477,6 +484,12 @@ def area_of_applicability(
     out : path, optional
         GeoTIFF to write the DI to (band 1) with the threshold as a tag.
     n_folds : int
+    coordinates : DataFrame or (n, 2) array, optional
+        ``longitude``, ``latitude`` (WGS84) of each training patch: spatial-block folds.
+    block_km : float
+        Block side of those folds (chapter 04's 50 km).
+    seed : int
+        Seed of the assignment of blocks to folds.
     rows_per_block : int
         Side of the map windows computed at a time, rounded up to a multiple
         of 16 (memory follows the window).
@@ -496,8 +509,19 @@ def area_of_applicability(
     g = np.asarray(groups)
     ok = np.isfinite(X).all(axis=1)
     folds = np.full(len(X), -1)
-    for i, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(X[ok], groups=g[ok])):
-        folds[np.flatnonzero(ok)[test]] = i
+    if coordinates is not None:
+        from .bias_maps import validation_folds
+
+        ll = (coordinates if isinstance(coordinates, pd.DataFrame)
+              else pd.DataFrame(np.asarray(coordinates, float), columns=["longitude", "latitude"]))
+        if len(ll) != len(X):
+            raise ValueError(f"coordinates: {len(ll)} rows for {len(X)} training patches")
+        labels, folds_how = validation_folds(ll.reset_index(drop=True), block_km, n_folds, seed)
+        folds[ok] = labels[ok]
+    else:
+        for i, (_, test) in enumerate(GroupKFold(n_splits=n_folds).split(X[ok], groups=g[ok])):
+            folds[np.flatnonzero(ok)[test]] = i
+        folds_how = f"{n_folds} site-grouped folds"
     w = _weights(model.regressor_, model.project_patches(X[ok]), importance_weights)
     # chapter 07's AOA of a map model and its window-by-window map, computed once for both
     aoa = map_aoa(model, X, folds, weights=w)
@@ -526,7 +550,7 @@ def area_of_applicability(
                            "distance between training samples)")
         di_da.rio.to_raster(path, driver="COG")
     return AOARun(di_da, in_da, float(aoa.threshold_), share, run.n_pixels, aoa.train_di_,
-                  path, {"n_folds": n_folds, "n_train": int(ok.sum())})
+                  path, {"n_folds": n_folds, "n_train": int(ok.sum()), "folds": folds_how})
 
 
 # --------------------------------------------------------------------------

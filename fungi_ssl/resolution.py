@@ -11,7 +11,18 @@ Chapter 06 maps simulated regions twice, from the same field samples:
   ``climate``, ``soil`` and ``landcover`` columns), predicted for every
   1 km cell of each region.
 
-Both are scored against :func:`fungi_ssl.simulate.truth.truth_layer`, the
+* **product maps** that use both scales: :class:`ProductModel`, one model
+  on the patch's principal components and the 1 km covariates of the
+  pixel's cell; the 1 km map plus the 10 m map's within-cell deviations; and
+  the 1 km map plus :class:`ResidualModel`, trees on the patch fitted to the
+  1 km model's out-of-fold residuals.
+
+Every region is **held out**: its maps come from models fitted without its
+samples and without its campaigns' samples within :data:`HOLDOUT_KM`
+(:func:`withheld_rows`, :func:`heldout_models`), and pooled scores carry a
+percentile interval from a bootstrap over regions (:func:`bootstrap_scores`).
+
+All are scored against :func:`fungi_ssl.simulate.truth.truth_layer`, the
 quantity a map of ``log1p(rarefied)`` estimates at each pixel (the mean
 ``log1p`` of the rarefied richness of a core taken there), on the ``log1p``
 scale. Water pixels have no truth and are not scored.
@@ -34,11 +45,14 @@ API (stable; chapter 07 builds on it)
     The 10 m map of a region, as a COG (``log1p`` scale by default).
 :func:`cell_covariates`, :func:`fit_1km_model`, :func:`predict_1km_map`
     The SPUN-style 1 km model and its map.
+:func:`withheld_rows`, :func:`heldout_models`, :func:`fit_product_model`,
+:func:`fit_residual_model`, :func:`region_components`
+    The held-out models of a region and the patch components they map from.
 :func:`region_products`
     All of the above for every region (:class:`RegionProducts`).
 Scoring: :func:`r2`, :func:`squared_correlation`, :func:`cell_means`,
 :func:`within_cell_r2`, :func:`pixel_ratio`, :func:`score_products`,
-:func:`region_scores`.
+:func:`region_scores`, :func:`bootstrap_scores`.
 """
 
 from __future__ import annotations
@@ -75,7 +89,19 @@ __all__ = [
     "Region",
     "RegionProducts",
     "cell_covariates",
+    "CANDIDATES",
+    "HOLDOUT_KM",
+    "HeldOutModels",
+    "ProductModel",
+    "ResidualModel",
+    "bootstrap_scores",
     "cell_means",
+    "fit_product_model",
+    "fit_residual_model",
+    "heldout_models",
+    "predict_grid",
+    "region_components",
+    "withheld_rows",
     "chapter04_model",
     "edge_zoom",
     "fit_1km_model",
@@ -100,10 +126,27 @@ CELL_PX = round(1000.0 / PIXEL_SIZE)
 #: The year mapped (one year, as chapter 02's tile).
 YEAR = 2020
 #: Regions per profile: how many, and their side in whole 1 km cells.
-#: Full: 4 regions of 5 × 5 km (100 cells, 1,000,000 pixels); quick: 2 of 2 × 2 km.
+#: Full: 8 regions of 3 × 3 km (72 cells, 720,000 pixels); quick: 8 of 1 × 1 km (80,000
+#: pixels). Eight regions at least, so that a bootstrap over regions gives an interval.
 REGION_LAYOUT: dict[str, dict[str, int]] = {
-    "full": {"n_regions": 4, "side_km": 5},
-    "quick": {"n_regions": 2, "side_km": 2},
+    "full": {"n_regions": 8, "side_km": 3},
+    "quick": {"n_regions": 8, "side_km": 1},
+}
+#: A region's own campaigns lose their samples within this distance (km) of the region
+#: when the region is held out (:func:`withheld_rows`).
+HOLDOUT_KM = 10.0
+#: Confidence of the bootstrap intervals over regions.
+CI_LEVEL = 0.9
+#: The map candidates chapter 06 scores, with what each is.
+CANDIDATES: dict[str, str] = {
+    "10m": "the study's 10 m map: ssl chain (PCA of the 3 × 3 embedding patch → trees)",
+    "1km": "the SPUN-style 1 km map: trees on the 1 km climate, soil and land-cover covariates",
+    "product": ("one tree model on the PCA of the 3 × 3 embedding patch and the 1 km covariates "
+                "of the pixel's cell (cell value)"),
+    "deviations": ("1 km map + the 10 m map's within-cell deviations (keeps the 1 km map's cell "
+                   "means)"),
+    "residual": ("1 km map + a residual model: trees on the PCA of the patch fitted to the "
+                 "samples' residuals from out-of-fold 1 km predictions"),
 }
 #: The 1 km predictor set of the SPUN-style model (chapter 04's 1 km sets together).
 ONE_KM_SET = "climate+soil+landcover"
@@ -662,6 +705,300 @@ def _expand(cells: np.ndarray, f: int = CELL_PX) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
+# Held-out regions: which samples a region's models must not see
+# --------------------------------------------------------------------------
+def _site_xy(sites: pd.DataFrame, epsg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of sites in the CRS ``epsg`` (exact in their own zone)."""
+    from .coordinates import crs_to_lonlat, lonlat_to_crs
+
+    x = (sites["col"].to_numpy(float) + 0.5) * PIXEL_SIZE
+    y = -(sites["row"].to_numpy(float) + 0.5) * PIXEL_SIZE
+    zone = sites["epsg"].to_numpy(int)
+    for z in np.unique(zone[zone != epsg]):
+        sel = zone == z
+        lon, lat = crs_to_lonlat(x[sel], y[sel], int(z))
+        x[sel], y[sel] = lonlat_to_crs(lon, lat, int(epsg))
+    return x, y
+
+
+def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy, region: Region,
+                  radius_km: float = HOLDOUT_KM) -> np.ndarray:
+    """Rows of a sample table that a model scored on ``region`` must not be fitted on.
+
+    A row is withheld when its site lies inside the region, or when it belongs
+    to one of the region's campaigns (a campaign with a site inside the
+    region, or the campaign the region is centred on) and its site lies
+    within ``radius_km`` of the region's edge. Sites are placed by their true
+    pixel (``study.sites``), in the region's UTM zone.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A sample table with ``site_id`` (the simulated study's).
+    study : SimulatedStudy
+    region : Region
+    radius_km : float
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, one per row of ``frame``.
+    """
+    if "site_id" not in frame:
+        raise ValueError("withheld_rows: the sample table has no 'site_id' column")
+    sites = study.sites.drop_duplicates("site_id").set_index("site_id")
+    unknown = ~frame["site_id"].isin(sites.index)
+    if unknown.any():
+        raise ValueError(f"withheld_rows: {int(unknown.sum())} rows name sites the study does not "
+                         f"hold (e.g. {frame.loc[unknown, 'site_id'].iloc[0]!r})")
+    w = region.window
+    x, y = _site_xy(sites, w.epsg)
+    xmin, xmax = w.col0 * PIXEL_SIZE, (w.col0 + w.width) * PIXEL_SIZE
+    ymax, ymin = -w.row0 * PIXEL_SIZE, -(w.row0 + w.height) * PIXEL_SIZE
+    dx = np.maximum.reduce([xmin - x, np.zeros_like(x), x - xmax])
+    dy = np.maximum.reduce([ymin - y, np.zeros_like(y), y - ymax])
+    dist = np.hypot(dx, dy)
+    inside = (sites["epsg"].to_numpy(int) == w.epsg) & (dist == 0)
+    camps = set(sites["campaign"].to_numpy()[inside].tolist()) | {region.campaign}
+    out = inside | (sites["campaign"].isin(camps).to_numpy() & (dist <= radius_km * 1000.0))
+    withheld = pd.Series(out, index=sites.index)
+    return withheld.reindex(frame["site_id"]).to_numpy(bool)
+
+
+# --------------------------------------------------------------------------
+# The product model and the residual model
+# --------------------------------------------------------------------------
+def _fit_trees(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, model: str, seed: int,
+               val_size: float = 0.1, n_jobs: int = 1) -> tuple[Any, int | None]:
+    """The book's model on ``X``, ``y``: boosted trees stop early on a ``val_size`` share of
+    whole groups, then are refitted on every row with the trees found."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from .models import MODEL_NAMES, fit_model, make_model
+    from .pipelines import BOOK_MODEL_PARAMS
+
+    if model not in MODEL_NAMES:
+        raise ValueError(f"model must be one of {list(MODEL_NAMES)}, got {model!r}")
+    params = dict(BOOK_MODEL_PARAMS.get(model, {}))
+    n_trees = None
+    if model in ("lightgbm", "xgboost") and val_size > 0:
+        g = groups if groups is not None else np.arange(len(y))
+        tr, va = next(GroupShuffleSplit(1, test_size=val_size, random_state=seed).split(X, y, g))
+        probe = fit_model(make_model(model, seed=seed, n_jobs=n_jobs, **params),
+                          X[tr], y[tr], X[va], y[va])
+        best = probe.best_iteration if model == "xgboost" else probe.best_iteration_
+        n_trees = int(best) + (1 if model == "xgboost" else 0) if best else int(probe.n_estimators)
+        params["n_estimators"] = n_trees
+    est = fit_model(make_model(model, seed=seed, n_jobs=n_jobs, **params), X, y)
+    return est, n_trees
+
+
+@dataclass
+class ProductModel:
+    """One tree model on both scales: the PCA of the pixel's 3 × 3 embedding patch and the
+    1 km covariates of its cell.
+
+    Attributes
+    ----------
+    map_model : MapModel
+        The ``ssl``-only 10 m model fitted on the same rows; its PCA projects the patch
+        (so the product and the 10 m map see the same components).
+    estimator : estimator
+        Predicts ``log1p(rarefied)`` from ``[components, covariates]``.
+    covariate_columns : list of str
+    model : str
+    n_samples : int
+    n_trees : int or None
+    """
+
+    map_model: MapModel
+    estimator: Any
+    covariate_columns: list[str]
+    model: str
+    n_samples: int
+    n_trees: int | None = None
+
+    def predict_components(self, z: np.ndarray, covariates: np.ndarray) -> np.ndarray:
+        """``log1p(rarefied)`` from components ``(n, C)`` and covariates ``(n, K)``; NaN where
+        either has a missing value."""
+        X = np.hstack([np.asarray(z, float), np.asarray(covariates, float)])
+        out = np.full(len(X), np.nan)
+        ok = np.isfinite(X).all(axis=1)
+        if ok.any():
+            out[ok] = self.estimator.predict(X[ok])
+        return out
+
+    def predict_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """``log1p(rarefied)`` for rows of a predictor table (``ssl_`` columns and covariates)."""
+        missing = [c for c in self.covariate_columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"ProductModel.predict_frame: the table lacks covariates {missing}")
+        return self.predict_components(self.map_model.project_patches(frame),
+                                       frame[self.covariate_columns].to_numpy(float))
+
+
+def fit_product_model(frame: pd.DataFrame, map_model: MapModel, model: str = "lightgbm",
+                      seed: int = 0, predictor_set: str = ONE_KM_SET,
+                      target: str = "log_richness", n_jobs: int = 1) -> ProductModel:
+    """Fit the product model on a predictor table, with ``map_model``'s patch PCA.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The rows ``map_model`` was fitted on (``ssl_`` columns, covariates, target, ``site_id``).
+    map_model : MapModel
+    model : str
+    seed : int
+    predictor_set : str
+        The 1 km covariates (default the 1 km map's, :data:`ONE_KM_SET`).
+    target : str
+    n_jobs : int
+
+    Returns
+    -------
+    ProductModel
+    """
+    from .pipelines import predictor_matrix
+
+    if target not in frame.columns:
+        raise ValueError(f"fit_product_model: target column {target!r} is not in the table")
+    cov = predictor_matrix(frame, predictor_set)
+    z = map_model.project_patches(frame)
+    X = np.hstack([z, cov.to_numpy(float)])
+    y = frame[target].to_numpy(float)
+    ok = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    if ok.sum() < 10:
+        raise ValueError(f"fit_product_model: only {int(ok.sum())} complete rows; need 10")
+    groups = frame["site_id"].to_numpy()[ok] if "site_id" in frame else None
+    est, n_trees = _fit_trees(X[ok], y[ok], groups, model, seed, n_jobs=n_jobs)
+    return ProductModel(map_model, est, list(cov.columns), model, int(ok.sum()), n_trees)
+
+
+@dataclass
+class ResidualModel:
+    """Trees on the patch's components fitted to the samples' residuals from out-of-fold
+    1 km predictions; the map is the 1 km map plus this model's prediction."""
+
+    map_model: MapModel
+    estimator: Any
+    n_samples: int
+    n_trees: int | None = None
+
+    def predict_components(self, z: np.ndarray) -> np.ndarray:
+        """The residual (log units) predicted from components ``(n, C)``; NaN where incomplete."""
+        z = np.asarray(z, float)
+        out = np.full(len(z), np.nan)
+        ok = np.isfinite(z).all(axis=1)
+        if ok.any():
+            out[ok] = self.estimator.predict(z[ok])
+        return out
+
+
+def fit_residual_model(frame: pd.DataFrame, map_model: MapModel, model: str = "lightgbm",
+                       seed: int = 0, predictor_set: str = ONE_KM_SET,
+                       target: str = "log_richness", n_folds: int = 5,
+                       n_jobs: int = 1) -> ResidualModel:
+    """Fit the residual model: the 1 km model's out-of-fold residuals (site-grouped folds) on
+    the patch's components, so the residuals are those of places the 1 km model did not see."""
+    from sklearn.model_selection import GroupKFold
+
+    from .pipelines import predictor_matrix
+
+    cov = predictor_matrix(frame, predictor_set).to_numpy(float)
+    z = map_model.project_patches(frame)
+    y = frame[target].to_numpy(float)
+    ok = np.isfinite(cov).all(axis=1) & np.isfinite(z).all(axis=1) & np.isfinite(y)
+    cov, z, y = cov[ok], z[ok], y[ok]
+    groups = frame["site_id"].to_numpy()[ok] if "site_id" in frame else np.arange(len(y))
+    oof = np.full(len(y), np.nan)
+    for tr, te in GroupKFold(n_splits=n_folds).split(cov, y, groups):
+        est, _ = _fit_trees(cov[tr], y[tr], groups[tr], model, seed, n_jobs=n_jobs)
+        oof[te] = est.predict(cov[te])
+    est, n_trees = _fit_trees(z, y - oof, groups, model, seed, n_jobs=n_jobs)
+    return ResidualModel(map_model, est, len(y), n_trees)
+
+
+@dataclass
+class HeldOutModels:
+    """Every model of one region, fitted without that region's samples (:func:`withheld_rows`).
+
+    Attributes
+    ----------
+    map_model : MapModel
+        The 10 m ``ssl`` map model.
+    model_1km : OneKmModel
+    product : ProductModel
+    residual : ResidualModel
+    n_withheld : int
+        Samples withheld.
+    campaigns_withheld : int
+        Campaigns that lost samples.
+    """
+
+    map_model: MapModel
+    model_1km: OneKmModel
+    product: ProductModel
+    residual: ResidualModel
+    n_withheld: int
+    campaigns_withheld: int
+
+
+def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Region,
+                   model: str = "lightgbm", seed: int = 0, profile: str = "full",
+                   model_1km: str | None = None, radius_km: float = HOLDOUT_KM) -> HeldOutModels:
+    """Fit the 10 m, 1 km, product and residual models without ``region``'s samples (cached).
+
+    Cached under ``data/cache/resolution_heldout/<key>/models.joblib``, keyed
+    as :func:`fitted_map_model` plus the region's window, the radius and the
+    rows withheld.
+    """
+    import hashlib
+
+    import joblib
+
+    from .mapmodel import MapModel, encoder_signature, package_versions
+    from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
+    from .study import simulated_study, simulator_fingerprint
+
+    study = simulated_study(profile, seed)
+    frame = table.frame
+    out = withheld_rows(frame, study, region, radius_km)
+    w = region.window
+    params = {"study": study.config.as_dict(), "simulator": simulator_fingerprint(),
+              "source": table.source, "n_rows": len(frame), "encoder": encoder_signature(trained),
+              "model": model, "model_1km": model_1km or model,
+              "params": BOOK_MODEL_PARAMS.get(model, {}), "components": SSL_COMPONENTS,
+              "seed": int(seed), "profile": profile, "versions": package_versions(),
+              "window": [w.epsg, w.col0, w.row0, w.width, w.height], "radius_km": radius_km,
+              "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 1}
+    path = cache_dir("resolution_heldout", params) / "models.joblib"
+    if path.exists():
+        return joblib.load(path)
+    train = frame.loc[~out].reset_index(drop=True)
+    m10 = MapModel(model, seed=seed, n_jobs=1).fit(train, encoder=trained)
+    m1 = fit_1km_model(train, model_1km or model, seed)
+    prod = fit_product_model(train, m10, model, seed)
+    resid = fit_residual_model(train, m10, model, seed)
+    camps = frame.loc[out, "site_id"].map(study.sites.drop_duplicates("site_id")
+                                          .set_index("site_id")["campaign"]).nunique()
+    models = HeldOutModels(m10, m1, prod, resid, int(out.sum()), int(camps))
+    joblib.dump(models, path)
+    return models
+
+
+def region_components(model: MapModel, store: str | Path, region: Region) -> np.ndarray:
+    """The principal components of every pixel's 3 × 3 patch over a region, ``(H, W, C)``
+    float32 (NaN where a patch is incomplete), read from the region's store."""
+    from .maps import open_embedding_source
+
+    src = open_embedding_source({region.year: Path(store)}, region.year, region.bbox)
+    h = model.spec.patch_size // 2
+    H, W = region.window.height, region.window.width
+    emb, sc = src.read(-h, H + h, -h, W + h, (H + 2 * h,), (W + 2 * h,))
+    return model.window_scores(np.asarray(emb.compute()), np.asarray(sc.compute())[..., 0])
+
+
+# --------------------------------------------------------------------------
 # Everything for every region
 # --------------------------------------------------------------------------
 @dataclass
@@ -690,7 +1027,16 @@ class RegionProducts:
     extra : dict
         ``true_richness``: the true species count of a core at each pixel
         (before sequencing and rarefaction), to state the offset between it and
-        the estimand; the first region's also ``map_model`` and ``model_1km``.
+        the estimand; ``models`` (:class:`HeldOutModels`, when the region was
+        held out); the first region's also ``map_model`` and ``model_1km``.
+    map_product : numpy.ndarray or None
+        ``log1p`` map of the product model (:class:`ProductModel`), ``(H, W)``.
+    alternatives : dict
+        Other candidate maps ``(H, W)``, ``log1p``: ``deviations`` (1 km map +
+        the 10 m map's within-cell deviations) and ``residual`` (1 km map + the
+        residual model), see :data:`CANDIDATES`.
+    held_out : bool
+        Whether every model of the region was fitted without its samples.
     """
 
     region: Region
@@ -703,6 +1049,9 @@ class RegionProducts:
     covariates: pd.DataFrame
     landcover: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+    map_product: np.ndarray | None = None
+    alternatives: dict[str, np.ndarray] = field(default_factory=dict)
+    held_out: bool = False
 
     @property
     def map_1km_pixels(self) -> np.ndarray:
@@ -720,9 +1069,16 @@ def region_products(
     profile: str = "full", seed: int = 0, *, model: str = "lightgbm",
     model_1km: str | None = None, year: int = YEAR, table: PredictorTable | None = None,
     trained: TrainedEncoder | None = None, region_list: Sequence[Region] | None = None,
-    output_dir: str | Path | None = None, progress: bool = True,
+    output_dir: str | Path | None = None, progress: bool = True, held_out: bool = True,
 ) -> list[RegionProducts]:
-    """Regions, their embeddings, truth, 10 m map and 1 km map, for a profile and seed.
+    """Regions, their embeddings, truth and every candidate map, for a profile and seed.
+
+    With ``held_out`` (the default) each region's maps come from models fitted
+    without that region's samples and those of its campaigns within
+    :data:`HOLDOUT_KM` (:func:`heldout_models`): the 10 m map, the 1 km map, the
+    product model and the residual model. Without it the 10 m and 1 km maps come
+    from models fitted on every sample (the product and residual maps are then
+    not made).
 
     Parameters
     ----------
@@ -744,13 +1100,14 @@ def region_products(
     output_dir : path, optional
         Folder for the 10 m COGs (default ``data/cache/resolution_maps/<key>``).
     progress : bool
+    held_out : bool
 
     Returns
     -------
     list of RegionProducts
         ``extra`` of the first also holds ``map_model`` (the 10 m
         :class:`~fungi_ssl.mapmodel.MapModel`) and ``model_1km``
-        (:class:`OneKmModel`).
+        (:class:`OneKmModel`) (the first region's held-out models, with ``held_out``).
     """
     from .predictors import predictor_table, pretrained_encoder
     from .study import simulated_study
@@ -764,28 +1121,59 @@ def region_products(
         trained, _ = pretrained_encoder(table.field, profile, seed, progress=progress)
     study = simulated_study(profile, seed)
     rs = list(region_list) if region_list is not None else regions(profile, seed, year)
-    m10 = fitted_map_model(table, trained, model, seed, profile)
-    m1 = fit_1km_model(table.frame, model_1km or model, seed)
-    out_dir = Path(output_dir) if output_dir is not None else cache_dir(
-        "resolution_maps", {"model": m10.fingerprint, "encoder": m10.spec.encoder})
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not held_out:
+        m10_all = fitted_map_model(table, trained, model, seed, profile)
+        m1_all = fit_1km_model(table.frame, model_1km or model, seed)
     products = []
     for r in rs:
+        if held_out:
+            hm = heldout_models(table, trained, r, model, seed, profile, model_1km)
+            m10, m1 = hm.map_model, hm.model_1km
+        else:
+            hm, m10, m1 = None, m10_all, m1_all
+        out_dir = Path(output_dir) if output_dir is not None else cache_dir(
+            "resolution_maps", {"model": m10.fingerprint, "encoder": m10.spec.encoder})
+        out_dir.mkdir(parents=True, exist_ok=True)
         store = region_store(r, trained, profile, seed, progress=progress)
         truth = region_truth(r, profile, seed).values.astype(np.float64)
         path = out_dir / f"{r.name}_{r.year}_log_richness.tif"
         run = predict_region_map(m10, r, store, output=path)
         cov = cell_covariates(study, r)
         layers = study.layers(r.window, r.year)
-        products.append(RegionProducts(
-            region=r, store=store, truth=np.log1p(truth),
-            map_10m=np.asarray(run.map.values, np.float64),
-            map_1km=np.asarray(predict_1km_map(m1, cov, r).values, np.float64),
+        map_10m = np.asarray(run.map.values, np.float64)
+        map_1km = np.asarray(predict_1km_map(m1, cov, r).values, np.float64)
+        p = RegionProducts(
+            region=r, store=store, truth=np.log1p(truth), map_10m=map_10m, map_1km=map_1km,
             map_path=path, run=run, covariates=cov, landcover=layers["landcover"].values,
-            extra={"true_richness": layers["true_richness"].values}))
+            extra={"true_richness": layers["true_richness"].values, "models": hm},
+            held_out=held_out)
+        if hm is not None:
+            z = region_components(m10, store, r)
+            H, W, C = z.shape
+            cov_px = np.stack([_expand(predict_grid(cov, r, c)) for c in hm.product.covariate_columns],
+                              axis=-1).reshape(H * W, -1)
+            p.map_product = hm.product.predict_components(z.reshape(H * W, C), cov_px).reshape(H, W)
+            m1_px = p.map_1km_pixels
+            p.alternatives = {
+                "deviations": m1_px + map_10m - _expand(cell_means(map_10m)),
+                "residual": m1_px + hm.residual.predict_components(z.reshape(H * W, C)).reshape(H, W),
+            }
+        products.append(p)
     if products:
-        products[0].extra.update(map_model=m10, model_1km=m1)
+        first = products[0].extra["models"]
+        products[0].extra.update(
+            map_model=first.map_model if first is not None else m10_all,
+            model_1km=first.model_1km if first is not None else m1_all)
     return products
+
+
+def predict_grid(covariates: pd.DataFrame, region: Region, column: str) -> np.ndarray:
+    """One covariate of :func:`cell_covariates` on the region's 1 km grid ``(rows, cols)``."""
+    w = region.window
+    grid = np.full((w.height // CELL_PX, w.width // CELL_PX), np.nan)
+    grid[covariates["cell_row"].to_numpy(), covariates["cell_col"].to_numpy()] = \
+        covariates[column].to_numpy(float)
+    return grid
 
 
 # --------------------------------------------------------------------------
@@ -892,28 +1280,135 @@ def pixel_ratio(n_fine: int, n_coarse: int) -> float:
     return float(n_fine) / float(n_coarse)
 
 
-def _stack(products: Sequence[RegionProducts]) -> dict[str, np.ndarray]:
-    """Truth, 10 m and 1 km maps of every region, each region's cells kept whole."""
-    out: dict[str, list] = {"truth": [], "m10": [], "m1": []}
-    for p in products:
-        both = np.isfinite(p.truth) & np.isfinite(p.map_10m) & np.isfinite(p.map_1km_pixels)
-        out["truth"].append(np.where(both, p.truth, np.nan))
-        out["m10"].append(np.where(both, p.map_10m, np.nan))
-        out["m1"].append(np.where(both, p.map_1km_pixels, np.nan))
-    # regions side by side along x (all regions' heights may differ: pad to the tallest)
-    h = max(a.shape[0] for a in out["truth"])
-    return {k: np.concatenate([np.pad(a, ((0, h - a.shape[0]), (0, 0)), constant_values=np.nan)
-                               for a in v], axis=1) for k, v in out.items()}
+def _map_layers(p: RegionProducts) -> dict[str, np.ndarray]:
+    """Every candidate map of a region on its 10 m pixels (``log1p`` scale)."""
+    out = {"10m": p.map_10m, "1km": p.map_1km_pixels}
+    if p.map_product is not None:
+        out["product"] = p.map_product
+    out.update(p.alternatives)
+    return out
+
+
+def _region_sums(p: RegionProducts, min_valid: float) -> dict[str, Any]:
+    """Sums from which every score of :func:`score_products` follows, for one region.
+
+    Pixels: land pixels where every candidate map has a value. Cells: cells
+    with at least ``min_valid`` of their pixels scored.
+    """
+    maps = _map_layers(p)
+    ok = np.isfinite(p.truth)
+    for v in maps.values():
+        ok &= np.isfinite(v)
+    t = np.where(ok, p.truth, np.nan)
+    tc = cell_means(t, min_valid=min_valid)
+    keep = np.isfinite(tc)
+    dt = _deviations(t, ok, CELL_PX)[ok]
+    tv = t[ok]
+    out: dict[str, Any] = {"n": int(ok.sum()), "st": tv.sum(), "stt": (tv ** 2).sum(),
+                           "nc": int(keep.sum()), "sct": tc[keep].sum(),
+                           "sctt": (tc[keep] ** 2).sum(), "sdd_t": (dt ** 2).sum(), "maps": {}}
+    for name, v in maps.items():
+        pv = v[ok]
+        pc = cell_means(np.where(ok, v, np.nan))[keep]
+        dp = _deviations(np.asarray(v, float), ok, CELL_PX)[ok]
+        out["maps"][name] = {
+            "sp": pv.sum(), "spp": (pv ** 2).sum(), "stp": (tv * pv).sum(),
+            "scp": pc.sum(), "scpp": (pc ** 2).sum(), "sctp": (tc[keep] * pc).sum(),
+            "sdd": ((dt - dp) ** 2).sum(), "bias": float(np.mean(pv - tv)) if pv.size else np.nan}
+    return out
+
+
+def _r2_sums(n, st, stt, sp, spp, stp) -> tuple[float, float]:
+    """R² and squared correlation from sums (NaN where undefined)."""
+    if n < 2:
+        return float("nan"), float("nan")
+    sst = stt - st * st / n
+    spp_c = spp - sp * sp / n
+    stp_c = stp - st * sp / n
+    sse = stt - 2 * stp + spp
+    r2v = 1.0 - sse / sst if sst > 0 else float("nan")
+    corr = stp_c * stp_c / (sst * spp_c) if sst > 0 and spp_c > 1e-12 * max(spp, 1.0) else float("nan")
+    return float(r2v), float(corr)
+
+
+#: Score name templates and the map each applies to, for :func:`_scores_from_sums`.
+_NAMES = {"10m": ("r2_10m_vs_truth", "r2corr_10m_vs_truth", "r2_10m_aggregated_vs_truth_1km",
+                  "r2corr_10m_aggregated_vs_truth_1km", "within_cell_variance_captured"),
+          "1km": ("r2_1km_vs_truth", "r2corr_1km_vs_truth", "r2_1km_vs_truth_1km",
+                  "r2corr_1km_vs_truth_1km", "within_cell_variance_captured_1km")}
+
+
+def _names(name: str) -> tuple[str, ...]:
+    return _NAMES.get(name, (f"r2_{name}_vs_truth", f"r2corr_{name}_vs_truth",
+                             f"r2_{name}_aggregated_vs_truth_1km",
+                             f"r2corr_{name}_aggregated_vs_truth_1km",
+                             f"within_cell_variance_captured_{name}"))
+
+
+def _scores_from_sums(sums: Sequence[dict[str, Any]], weights: np.ndarray | None = None
+                      ) -> dict[str, float]:
+    """Pooled scores of regions (each counted ``weights`` times) from :func:`_region_sums`."""
+    w = np.ones(len(sums)) if weights is None else np.asarray(weights, float)
+
+    def tot(key, name=None):
+        return float(sum(wi * (s[key] if name is None else s["maps"][name][key])
+                         for wi, s in zip(w, sums)))
+
+    n, st, stt = tot("n"), tot("st"), tot("stt")
+    nc, sct, sctt = tot("nc"), tot("sct"), tot("sctt")
+    sdd_t = tot("sdd_t")
+    out: dict[str, float] = {}
+    for name in sums[0]["maps"]:
+        a, b, c, d, e = _names(name)
+        out[a], out[b] = _r2_sums(n, st, stt, tot("sp", name), tot("spp", name), tot("stp", name))
+        out[c], out[d] = _r2_sums(nc, sct, sctt, tot("scp", name), tot("scpp", name),
+                                  tot("sctp", name))
+        out[e] = 1.0 - tot("sdd", name) / sdd_t if sdd_t > 0 else float("nan")
+    sst = stt - st * st / n if n else float("nan")
+    out["within_cell_share_of_truth"] = sdd_t / sst if n and sst > 0 else float("nan")
+    return out
+
+
+def bootstrap_scores(products: Sequence[RegionProducts], n_boot: int = 2000, seed: int = 0,
+                     level: float = CI_LEVEL, min_valid: float = 0.5) -> dict[str, list[float]]:
+    """Percentile intervals of every pooled score from a bootstrap over regions.
+
+    Regions are drawn with replacement ``n_boot`` times; each draw pools the
+    drawn regions' pixels (a region drawn twice counts twice) and recomputes
+    the scores of :func:`score_products` from per-region sums, so a draw costs
+    no pass over the pixels. The regions, not the pixels, are the units of
+    replication: the pixels of one region share its level error.
+
+    Returns
+    -------
+    dict
+        ``<score>_ci``: ``[lower, upper]`` for every score of
+        :func:`score_products` that depends on the maps, and for
+        ``within_cell_share_of_truth``; draws where a score is undefined are
+        left out.
+    """
+    if len(products) < 2:
+        raise ValueError(f"bootstrap_scores: need at least 2 regions, got {len(products)}")
+    sums = [_region_sums(p, min_valid) for p in products]
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(sums), np.full(len(sums), 1.0 / len(sums)), size=int(n_boot))
+    rows = [_scores_from_sums(sums, d) for d in draws]
+    tab = pd.DataFrame(rows)
+    a = (1.0 - float(level)) / 2
+    return {f"{k}_ci": [float(np.nanquantile(tab[k], a)), float(np.nanquantile(tab[k], 1 - a))]
+            for k in tab.columns}
 
 
 def score_products(products: Sequence[RegionProducts], min_valid: float = 0.5,
                    seconds: float | None = None) -> dict[str, Any]:
     """Score the 10 m and the 1 km maps of every region against the truth (``log1p`` scale).
 
-    Every score uses the same pixels: land pixels where both maps have a
-    value. 1 km scores use the cells with at least ``min_valid`` of their
+    Every score uses the same pixels: land pixels where every candidate map
+    has a value. 1 km scores use the cells with at least ``min_valid`` of their
     pixels scored; a cell's truth and 10 m value are the means of those
-    pixels, its 1 km value the 1 km map's.
+    pixels, its 1 km value the 1 km map's. Scores pool the regions' pixels;
+    they are computed from per-region sums, which :func:`bootstrap_scores`
+    reweights.
 
     Returns
     -------
@@ -928,38 +1423,24 @@ def score_products(products: Sequence[RegionProducts], min_valid: float = 0.5,
         ``n_cells_scored``, ``n_pixels`` (10 m pixels mapped),
         ``n_pixels_scored``, ``n_regions``, ``pixels_per_second``
         (pixels over the seconds of :func:`predict_region_map`, or over
-        ``seconds`` if given).
+        ``seconds`` if given). For every other candidate map ``c`` present
+        (``product``, ``deviations``, ``residual``): ``r2_<c>_vs_truth``,
+        ``r2corr_<c>_vs_truth``, ``r2_<c>_aggregated_vs_truth_1km``,
+        ``r2corr_<c>_aggregated_vs_truth_1km``, ``within_cell_variance_captured_<c>``.
     """
     if not products:
         raise ValueError("score_products: no regions to score")
-    s = _stack(products)
-    t, m10, m1 = s["truth"], s["m10"], s["m1"]
-    tc = cell_means(t, min_valid=min_valid)
-    keep = np.isfinite(tc)
-    m10c = np.where(keep, cell_means(m10), np.nan)
-    m1c = np.where(keep, cell_means(m1), np.nan)
+    sums = [_region_sums(p, min_valid) for p in products]
     n_pixels = int(sum(p.region.n_pixels for p in products))
     n_cells = int(sum(p.region.n_cells for p in products))
     secs = float(seconds) if seconds is not None else float(sum(p.run.seconds for p in products))
-    total_var = float(np.nanvar(t))
-    within = float(np.nanmean((t - _expand(cell_means(t))) ** 2))
     return {
-        "r2_10m_vs_truth": r2(t, m10),
-        "r2_1km_vs_truth": r2(t, m1),
-        "r2corr_10m_vs_truth": squared_correlation(t, m10),
-        "r2corr_1km_vs_truth": squared_correlation(t, m1),
-        "r2_10m_aggregated_vs_truth_1km": r2(tc, m10c),
-        "r2_1km_vs_truth_1km": r2(tc, m1c),
-        "r2corr_10m_aggregated_vs_truth_1km": squared_correlation(tc, m10c),
-        "r2corr_1km_vs_truth_1km": squared_correlation(tc, m1c),
-        "within_cell_variance_captured": within_cell_r2(t, m10),
-        "within_cell_variance_captured_1km": within_cell_r2(t, m1),
-        "within_cell_share_of_truth": within / total_var if total_var > 0 else float("nan"),
+        **_scores_from_sums(sums),
         "pixel_ratio": pixel_ratio(n_pixels, n_cells),
         "n_cells_1km": n_cells,
-        "n_cells_scored": int(keep.sum()),
+        "n_cells_scored": int(sum(s["nc"] for s in sums)),
         "n_pixels": n_pixels,
-        "n_pixels_scored": int(np.isfinite(t).sum()),
+        "n_pixels_scored": int(sum(s["n"] for s in sums)),
         "n_regions": len(products),
         "pixels_per_second": n_pixels / secs if secs > 0 else float("nan"),
     }
@@ -967,29 +1448,33 @@ def score_products(products: Sequence[RegionProducts], min_valid: float = 0.5,
 
 def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
     """:func:`score_products` of each region alone, one row per region (which landscapes
-    the 10 m map wins in).
+    each map wins in).
 
     Besides the scores: ``truth_mean`` and ``truth_sd`` of the region's scored
-    pixels, and ``bias_10m``, ``bias_1km``, each map's mean error (map − truth)
-    over them: a map can follow the pattern inside a region (high r²) and still
-    miss its level (negative R²).
+    pixels, and ``bias_<map>`` for every candidate (``bias_10m``, ``bias_1km``,
+    ``bias_product`` …), each map's mean error (map − truth) over them: a map
+    can follow the pattern inside a region (high r²) and still miss its level
+    (negative R²). ``n_withheld``: samples its models were fitted without.
     """
     rows = []
     for p in products:
         sc = score_products([p])
-        ok = np.isfinite(p.truth) & np.isfinite(p.map_10m) & np.isfinite(p.map_1km_pixels)
-        rows.append({"region": p.region.name, "landscape": f"{p.region.continent}, {p.region.focus}",
-                     "campaign": p.region.campaign, "woodland_share": p.region.woodland_share,
-                     **{k: sc[k] for k in ("r2_10m_vs_truth", "r2_1km_vs_truth",
-                                           "r2corr_10m_vs_truth", "r2corr_1km_vs_truth",
-                                           "r2_10m_aggregated_vs_truth_1km",
-                                           "r2_1km_vs_truth_1km",
-                                           "within_cell_variance_captured",
-                                           "n_pixels_scored")},
-                     "truth_mean": float(np.nanmean(p.truth[ok])),
-                     "bias_10m": float(np.mean(p.map_10m[ok] - p.truth[ok])),
-                     "bias_1km": float(np.mean(p.map_1km_pixels[ok] - p.truth[ok])),
-                     "truth_sd": float(np.nanstd(p.truth[ok]))})
+        s = _region_sums(p, 0.5)
+        ok = np.isfinite(p.truth)
+        for v in _map_layers(p).values():
+            ok &= np.isfinite(v)
+        row = {"region": p.region.name, "landscape": f"{p.region.continent}, {p.region.focus}",
+               "campaign": p.region.campaign, "woodland_share": p.region.woodland_share}
+        for name in s["maps"]:
+            row.update({k: sc[k] for k in _names(name)})
+        row.update({"n_pixels_scored": sc["n_pixels_scored"],
+                    "truth_mean": float(np.mean(p.truth[ok])),
+                    **{f"bias_{name}": m["bias"] for name, m in s["maps"].items()},
+                    "truth_sd": float(np.std(p.truth[ok]))})
+        hm = p.extra.get("models")
+        if hm is not None:
+            row.update(n_withheld=hm.n_withheld, campaigns_withheld=hm.campaigns_withheld)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("region")
 
 

@@ -650,3 +650,48 @@ def test_conformal_holdout_splits_on_worker_threads_give_the_sequential_result()
     pd.testing.assert_frame_equal(one, two)
     assert one.groupby("scheme").size().to_dict() == {"random": 200, "spatial": 500}
     assert list(one.drop_duplicates(["scheme", "split"])["split"]) == [0, 1, 0, 1, 2, 3, 4]
+
+
+def test_adaptive_conformal_covers_and_adapts():
+    """Heteroscedastic errors: the interval covers 90% overall, and within each half of the
+    feature too, where one fixed width over-covers the calm half and under-covers the other."""
+    from fungi_ssl.bias import AdaptiveConformal, conformal_quantile
+
+    rng = np.random.default_rng(4)
+    n = 6000
+    f = rng.uniform(0, 1, (n, 2))
+    sd = 0.1 + f[:, 0]
+    e = rng.normal(0, sd)
+    ac = AdaptiveConformal(0.9).fit(f[:4000], e[:4000], folds=np.arange(4000) % 5)
+    lo, hi = ac.interval(np.zeros(2000), f[4000:], lower_bound=None)
+    inside = (e[4000:] >= lo) & (e[4000:] <= hi)
+    assert abs(inside.mean() - 0.9) < 0.025
+    calm, wild = f[4000:, 0] < 0.5, f[4000:, 0] >= 0.5
+    assert abs(inside[calm].mean() - 0.9) < 0.05 and abs(inside[wild].mean() - 0.9) < 0.05
+    q = conformal_quantile(np.abs(e[:4000]), 0.9)
+    fixed = np.abs(e[4000:]) <= q
+    assert fixed[calm].mean() > 0.97 and fixed[wild].mean() < 0.86
+    # the lower end is clipped at 0 (log1p of no species)
+    lo0, _ = ac.interval(np.full(3, 0.05), f[:3])
+    assert (lo0 >= 0).all()
+    with pytest.raises(ValueError, match="two folds"):
+        AdaptiveConformal().fit(f[:100], e[:100], folds=np.zeros(100))
+    with pytest.raises(ValueError, match="not fitted"):
+        AdaptiveConformal().sigma(f[:3])
+
+
+def test_calibrated_richness_removes_the_back_transform_bias():
+    from fungi_ssl.bias import calibrated_richness, mean_error
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    mu = rng.normal(3, 0.6, n)
+    y = mu + rng.normal(0, 0.5, n)                    # log1p observed; model predicts mu
+    split = np.arange(n) % 5
+    plain = mean_error(np.expm1(y), np.expm1(mu)).mean_error_pct_of_mean
+    r, c = calibrated_richness(y, mu, split)
+    calib = mean_error(np.expm1(y), r).mean_error_pct_of_mean
+    assert plain < -8 and abs(calib) < 1.5            # expm1 of a mean log is a median
+    assert np.all(c > 1) and len(np.unique(c)) == 5   # one factor per split, from the others
+    with pytest.raises(ValueError, match="two splits"):
+        calibrated_richness(y, mu, np.zeros(n))

@@ -394,3 +394,99 @@ def test_uncertainty_maps_computes_only_the_layers_asked_for():
                          outputs={"aoa": "x.tif"}, progress=False)
     with pytest.raises(ValueError, match="layers"):
         uncertainty_maps(m, ds, 2020, aoa=aoa, quantile=0.0, layers=("width",), progress=False)
+
+
+def test_adaptive_interval_layers_follow_sigma(region):
+    """With an AdaptiveConformal the half-width is q·σ̂(prediction, DI) at every pixel."""
+    from fungi_ssl.bias import AdaptiveConformal
+    from fungi_ssl.bias_maps import adaptive_features
+
+    store, model, frame, folds, _ = region
+    aoa = map_aoa(model, frame, folds, n_jobs=1)
+    rng = np.random.default_rng(0)
+    complete = np.isfinite(model.project_patches(frame)).all(axis=1)  # the rows the AOA saw
+    pred = model.predict_patches(frame, output="log_richness")[complete]
+    di = aoa.train_di_
+    e = rng.normal(0, 0.1 + di)                      # errors grow with the DI
+    ac = AdaptiveConformal(0.9).fit(adaptive_features(pred, di), e, np.asarray(folds)[complete])
+    run = uncertainty_maps(model, store, 2020, aoa=aoa, conformal=ac, window=32, progress=False)
+    m = run.maps
+    p, d = m["log_richness"].values, m["dissimilarity"].values
+    half = ac.quantile_ * ac.sigma(adaptive_features(p.ravel(), d.ravel())).reshape(p.shape)
+    np.testing.assert_allclose(m["upper"].values, p + half, rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(m["lower"].values, np.maximum(p - half, 0), rtol=1e-5, atol=1e-6,
+                               equal_nan=True)
+    np.testing.assert_allclose(m["interval_width"].values, interval_width(p, half), rtol=1e-5,
+                               equal_nan=True)
+    ok = np.isfinite(half)
+    assert half[ok].std() > 0  # not one width everywhere
+    with pytest.raises(ValueError, match="either quantile"):
+        uncertainty_maps(model, store, 2020, aoa=aoa, quantile=0.3, conformal=ac, progress=False)
+
+
+def test_validation_folds_are_chapter04s_spatial_folds_and_adapt_to_small_studies():
+    from fungi_ssl.bias_maps import validation_folds
+    from fungi_ssl.comparison import spatial_splitter
+
+    rng = np.random.default_rng(2)
+    t = pd.DataFrame({"longitude": rng.uniform(0, 8, 400), "latitude": rng.uniform(44, 50, 400)})
+    folds, how = validation_folds(t, 50, seed=3)
+    assert np.array_equal(folds, spatial_splitter(t, 50_000, 5, seed=3).fold_labels())
+    assert how == "50 km spatial blocks, 5 folds"
+    small = pd.DataFrame({"longitude": rng.uniform(0, 0.2, 200),
+                          "latitude": rng.uniform(50, 50.15, 200)})   # about 14 km across
+    f2, how2 = validation_folds(small, 50)
+    assert len(np.unique(f2)) == 5 and "too few 50 km blocks" in how2
+    with pytest.raises(ValueError, match="longitude"):
+        validation_folds(t.drop(columns="longitude"))
+
+
+def test_draw_cores_follow_the_truth_curve():
+    from fungi_ssl.bias_maps import draw_cores
+    from fungi_ssl.simulate import SimulatedStudy
+    from fungi_ssl.simulate.truth import rarefied_curve
+
+    study = SimulatedStudy(n_samples=300, n_campaigns=8)
+    lr = np.full(20_000, 4.0)
+    cores = draw_cores(study, lr, seed=1)
+    cv = rarefied_curve(study)
+    mean = np.interp(4.0, cv["log_richness"], cv["log1p_mean"])
+    sd = np.interp(4.0, cv["log_richness"], cv["sd_log1p"])
+    assert abs(cores.mean() - mean) < 0.02 and abs(cores.std() - sd) < 0.02
+    assert np.isnan(draw_cores(study, [np.nan])[0])
+    assert not np.array_equal(draw_cores(study, lr[:10], seed=1), draw_cores(study, lr[:10], seed=2))
+
+
+def test_cached_map_aoa_equals_map_aoa_and_keys_on_the_folds(region, tmp_path):
+    from fungi_ssl.bias_maps import cached_map_aoa
+
+    store, model, frame, folds, _ = region
+    if not hasattr(model.regressor_, "feature_importances_"):
+        pytest.skip("the fixture's model has no importances")
+    ref = map_aoa(model, frame, folds, n_jobs=1)
+    a = cached_map_aoa(model, frame, folds, n_jobs=1, root=tmp_path)
+    b = cached_map_aoa(model, frame, folds, n_jobs=1, root=tmp_path)
+    assert a.threshold_ == b.threshold_ == ref.threshold_
+    np.testing.assert_array_equal(b.train_di_, ref.train_di_)
+    assert len(list(tmp_path.glob("map_aoa/*/aoa.joblib"))) == 1
+    other = (np.asarray(folds) + 1) % 5
+    cached_map_aoa(model, frame, other, n_jobs=1, root=tmp_path)
+    assert len(list(tmp_path.glob("map_aoa/*/aoa.joblib"))) == 2
+
+
+def test_chapter07_text_never_types_the_block_size():
+    """Chapter 07 run with another `block_km` must not say 50 km: its prose names the parameter
+    and its code prints the value (issue 16 item 6)."""
+    import json
+
+    from fungi_ssl import config
+
+    nb = json.loads((config.REPO_ROOT / "notebooks" / "07_bias.ipynb").read_text())
+    for cell in nb["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            assert "50 km" not in text and "50-km" not in text, text[:80]
+        else:
+            for line in text.splitlines():
+                if "km" in line and ('"' in line or "'" in line) and "50" in line:
+                    assert "block_km" in line or "#" in line, line

@@ -153,6 +153,27 @@ def test_flat_trees_equal_lightgbm_and_forest_exactly(lgbm_model):
     assert FlatTrees.from_model(make_model("ridge").fit(X[:, :3], log_r)) is None
 
 
+def test_flat_trees_exact_one_ulp_around_every_threshold(lgbm_model):
+    """Rows at each split threshold and one float64 ULP either side give the library's value:
+    scikit-learn casts rows to float32 before comparing, LightGBM compares doubles."""
+    X, _, log_r = synthetic(300)
+    rf = make_model("rf", n_estimators=15, n_jobs=1, random_state=0).fit(X[:, :6], log_r)
+    cases = [(rf, X[:, :6]), (lgbm_model.regressor_, None)]
+    for model, base in cases:
+        flat = FlatTrees.from_model(model)
+        if base is None:
+            n_feat = lgbm_model.pca_.n_components_
+            base = np.zeros((1, n_feat))
+        internal = np.isfinite(flat.threshold64)
+        feats, thrs = flat.feature[internal], flat.threshold64[internal]
+        rows = np.repeat(np.asarray(base, np.float64)[:1], 3 * len(thrs), axis=0)
+        for k, step in enumerate((-np.inf, None, np.inf)):
+            vals = thrs if step is None else np.nextafter(thrs, step)
+            rows[np.arange(len(thrs)) * 3 + k, feats] = vals
+        ref = (model.booster_.predict(rows) if hasattr(model, "booster_") else model.predict(rows))
+        np.testing.assert_allclose(flat.predict(rows), ref, rtol=1e-12, atol=1e-12)
+
+
 def test_predict_window_equals_predict_patches(lgbm_model):
     """The matmul-and-shift path gives the patch → PCA → model values of every pixel."""
     rng = np.random.default_rng(7)

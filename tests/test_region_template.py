@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyproj import Transformer
 
@@ -156,6 +157,21 @@ def test_area_of_applicability_lines_up_with_the_map(tiles, model_file, tmp_path
     # a pixel's DI is its nearest training sample's distance: the DI of the pixel under a
     # training sample is small
     assert float(np.nanmin(a.di.values)) < 0.05
+    assert a.details["folds"] == "5 site-grouped folds"
+    # with the samples' coordinates: chapter 07's validation folds (spatial blocks), so the
+    # threshold is the one chapter 07 computes for the same model and samples
+    from fungi_ssl.bias_maps import map_aoa, validation_folds
+
+    ll = pd.DataFrame({"longitude": lon, "latitude": lat})
+    b = region.area_of_applicability(m, p.reshape(200, -1), np.arange(200) // 4, tiles.root, YEAR,
+                                     BBOX, coordinates=ll, block_km=0.1, progress=False)
+    folds, how = validation_folds(ll, 0.1)
+    assert b.details["folds"] == how and "spatial blocks" in how
+    from fungi_ssl.bias import importance_weights
+
+    X = p.reshape(200, -1).astype(np.float32)
+    w = region._weights(m.regressor_, m.project_patches(X), importance_weights)
+    assert b.threshold == pytest.approx(map_aoa(m, X, folds, weights=w).threshold_)
 
 
 def test_region_inputs_say_why_they_skip(tmp_path):

@@ -191,8 +191,20 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
     # a constant 1 km map captures nothing within the cell; the 10 m map does
     assert s["within_cell_variance_captured_1km"] == pytest.approx(0.0, abs=1e-9)
     assert s["within_cell_variance_captured"] > 0.05  # an untrained encoder: 0.16 measured
-    assert s["r2_10m_vs_truth"] > s["r2_1km_vs_truth"]
     assert s["pixels_per_second"] > 0
+    # on equal terms: a 1 km model fitted on the same training pixels (their cell's 1 km
+    # covariates, the same target), both scored on the pixels neither model saw
+    train = np.zeros((F, F), bool)
+    train[rows, cols] = True
+    px = pd.DataFrame(np.repeat(cov[one.columns].to_numpy(float), int(ok.sum()), axis=0),
+                      columns=one.columns)
+    px["log_richness"], px["site_id"] = np.log1p(y[ok]), np.arange(int(ok.sum())).astype(str)
+    one_px = R.fit_1km_model(px, "rf", seed=0)
+    m1_px = R.predict_1km_map(one_px, cov, region).values.astype(float)
+    test_truth = np.where(train, np.nan, np.log1p(truth.values))
+    r2_10m = R.r2(test_truth, run.map.values)
+    r2_1km = R.r2(test_truth, R._expand(m1_px))
+    assert r2_10m > 0.05 and r2_10m > r2_1km + 0.05
 
 
 def test_edge_zoom_finds_the_woodland_edge():
@@ -226,3 +238,98 @@ def test_edge_zoom_on_whole_cells():
     lc = np.full((2 * F, 2 * F), 3, np.int8)
     lc[F:, F + F // 2:] = 0                        # woodland in the lower right cell only
     assert R.edge_zoom(lc, F, step=F) == (F, F)    # whole cells only: never straddles two
+
+
+# ------------------------------------------------------------------ held-out regions, products
+def test_withheld_rows_take_the_region_and_its_campaigns_nearby():
+    study = SimulatedStudy(n_samples=600, n_campaigns=10)
+    site = study.sites.iloc[0]
+    cc, cr = int(site["col"]) // F, int(site["row"]) // F
+    region = R.Region("H", Window(int(site["epsg"]), cc * F, cr * F, F, F, "H"), "Europe",
+                      "forest", int(site["campaign"]), 2020, 0.5, 0.0)
+    frame = study.samples.reset_index(drop=True)
+    out = R.withheld_rows(frame, study, region)
+    sites = study.sites.set_index("site_id").loc[frame["site_id"]]
+    same = (sites["epsg"] == region.window.epsg).to_numpy()
+    col, row = sites["col"].to_numpy(), sites["row"].to_numpy()
+    inside = same & (col // F == cc) & (row // F == cr)
+    assert inside.any() and out[inside].all()          # the region's own samples
+    # a sample of another campaign outside the region stays unless its campaign has a site inside
+    camps = set(sites["campaign"][inside]) | {region.campaign}
+    keep = ~sites["campaign"].isin(camps).to_numpy() & ~inside
+    assert not out[keep].any()
+    # the region's campaigns lose their samples within 10 km, keep those farther away
+    d = np.hypot(np.maximum.reduce([cc * F - col, np.zeros_like(col), col - (cc + 1) * F]),
+                 np.maximum.reduce([cr * F - row, np.zeros_like(row), row - (cr + 1) * F])) * 10.0
+    theirs = sites["campaign"].isin(camps).to_numpy() & same
+    assert out[theirs & (d <= 9_000)].all() and not out[theirs & (d > 11_000)].any()
+    with pytest.raises(ValueError, match="site_id"):
+        R.withheld_rows(frame.drop(columns="site_id"), study, region)
+
+
+def _two_cell_products(seed, level_shift=0.0):
+    rng = np.random.default_rng(seed)
+    level = rng.normal(3.0, 0.5, (1, 2))
+    within = rng.normal(0, 0.4, (F, 2 * F))
+    truth = R._expand(level) + within
+    m10 = truth + rng.normal(0, 0.3, truth.shape) + level_shift
+    p = _products(truth, m10, level + rng.normal(0, 0.2, level.shape))
+    p.map_product = truth + rng.normal(0, 0.2, truth.shape)
+    return p
+
+
+def test_scores_pool_regions_and_bootstrap_over_them():
+    ps = [_two_cell_products(s, shift) for s, shift in enumerate((0.0, 0.5, -0.3, 0.1))]
+    s = R.score_products(ps)
+    # pooled scores equal the scores of the pixels put together
+    t = np.concatenate([p.truth.ravel() for p in ps])
+    assert s["r2_10m_vs_truth"] == pytest.approx(R.r2(t, np.concatenate([p.map_10m.ravel() for p in ps])))
+    assert s["r2_product_vs_truth"] == pytest.approx(
+        R.r2(t, np.concatenate([p.map_product.ravel() for p in ps])))
+    assert s["r2_product_vs_truth"] > s["r2_10m_vs_truth"] > s["r2_1km_vs_truth"]
+    ci = R.bootstrap_scores(ps, n_boot=400, seed=1)
+    for k in ("r2_10m_vs_truth", "r2_product_vs_truth", "within_cell_variance_captured"):
+        lo, hi = ci[f"{k}_ci"]
+        assert lo <= s[k] <= hi and lo < hi
+    # the same region four times: every draw is that region, the interval collapses
+    same = R.bootstrap_scores([ps[0]] * 4, n_boot=50)
+    assert same["r2_10m_vs_truth_ci"][0] == pytest.approx(same["r2_10m_vs_truth_ci"][1])
+    table = R.region_scores(ps)
+    assert table["bias_10m"].iloc[0] == pytest.approx(float(np.mean(ps[0].map_10m - ps[0].truth)))
+    assert "bias_product" in table and "r2_product_vs_truth" in table
+    with pytest.raises(ValueError, match="at least 2 regions"):
+        R.bootstrap_scores(ps[:1])
+
+
+def test_product_model_sees_both_scales():
+    """A target made of a patch signal plus a covariate signal: the product model recovers
+    both, better than either single-scale model."""
+    from fungi_ssl.mapmodel import MapModel
+
+    rng = np.random.default_rng(3)
+    n, dim = 1500, 8
+    patch_signal = rng.normal(size=n)              # what the patch shows (its first PC)
+    X = (np.outer(patch_signal, rng.normal(size=9 * dim)) + 0.3 * rng.normal(size=(n, 9 * dim))
+         ).astype(np.float32)
+    temp = rng.normal(size=n)
+    frame = pd.DataFrame(X, columns=[f"ssl_{i:04d}" for i in range(9 * dim)])
+    frame["CHELSA_BIO_Annual_Mean_Temperature"] = temp
+    frame["SG_Soil_pH_H2O_005cm"] = rng.normal(size=n)
+    frame["ConsensusLandCoverClass_Barren"] = rng.uniform(size=n)
+    frame["log_richness"] = 3 + 0.5 * patch_signal + 0.5 * temp + rng.normal(0, 0.1, n)
+    frame["site_id"] = np.arange(n).astype(str)
+    tr, te = frame.iloc[:1200], frame.iloc[1200:]
+    m10 = MapModel("lightgbm", n_components=4, seed=0, n_jobs=1).fit(tr, encoder="e",
+                                                                    embedding_dim=dim)
+    prod = R.fit_product_model(tr, m10, "lightgbm", seed=0)
+    one = R.fit_1km_model(tr, "lightgbm", seed=0)
+    y = te["log_richness"].to_numpy()
+    r_prod = R.r2(y, prod.predict_frame(te))
+    r_10 = R.r2(y, m10.predict_patches(te, output="log_richness"))
+    r_1 = R.r2(y, one.predict(te))
+    assert r_prod > max(r_10, r_1) + 0.1
+    resid = R.fit_residual_model(tr, m10, "lightgbm", seed=0)
+    r_res = R.r2(y, one.predict(te) + resid.predict_components(m10.project_patches(te)))
+    assert r_res > max(r_10, r_1)
+    with pytest.raises(ValueError, match="lacks covariates"):
+        prod.predict_frame(te.drop(columns="SG_Soil_pH_H2O_005cm"))

@@ -100,3 +100,16 @@ def test_a_chapter_that_cannot_run_says_why_at_its_top(only_samples, tmp_path, n
     assert len(shown) == 1  # nothing else is shown: the analysis cells were skipped
     written = json.loads((tmp_path / "results" / f"{result}.json").read_text())
     assert written["skipped"] == shown[0]
+
+
+def test_bias_chapter_says_why_it_skips_in_its_own_words(only_samples):
+    """Chapter 07's sentence names what chapter 07 does, not what the predictor chapters do."""
+    from fungi_ssl.heldout import skip_reason
+
+    reason = skip_reason(only_samples)
+    assert _one_sentence(reason) and reason.startswith("This chapter checks the bias")
+    assert reason != table_skip_reason(only_samples) and "models richness" not in reason
+    few = skip_reason(None, n_rows=12)
+    assert _one_sentence(few) and "only 12 samples" in few
+    (only_samples / "tessera").mkdir()
+    assert skip_reason(only_samples) is None and skip_reason(None) is None

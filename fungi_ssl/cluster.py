@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +105,7 @@ def loopback_cluster(
     death_timeout: float = 60.0,
     idle_timeout: float = 900.0,
     env: Mapping[str, str] | None = None,
+    preload: Sequence[str] = (),
 ) -> Iterator[LoopbackCluster]:
     """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1.
 
@@ -148,6 +149,7 @@ def loopback_cluster(
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     penv = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    pre = [arg for p in preload for arg in ("--preload", str(p))]
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="fungi_ssl_cluster_") as tmp:
@@ -167,7 +169,7 @@ def loopback_cluster(
 
         commands = [_dask("scheduler", "--host", HOST, "--port", "0", "--no-dashboard",
                           "--scheduler-file", str(sched_file), "--idle-timeout",
-                          f"{idle_timeout:g}s")]
+                          f"{idle_timeout:g}s", *pre)]
         try:
             start(commands[0], "scheduler")
             deadline = time.monotonic() + timeout
@@ -185,7 +187,7 @@ def loopback_cluster(
                 cmd = _dask("worker", address, "--nthreads", str(int(threads_per_worker)),
                             "--nworkers", "1", "--host", HOST, "--no-dashboard",
                             "--name", f"loopback-{i}", "--local-directory", str(work / f"w{i}"),
-                            "--death-timeout", f"{death_timeout:g}s")
+                            "--death-timeout", f"{death_timeout:g}s", *pre)
                 commands.append(cmd)
                 start(cmd, f"worker-{i}")
             with Client(address, timeout=f"{timeout:g}s", set_as_default=False) as client:

@@ -12,18 +12,20 @@ every pixel of a bounding box, for one year or a stack of years, from
 
 How the work is cut
 -------------------
-The map is cut into *windows* of ``window × window`` pixels, computed one after
-another; inside a window, the embeddings are dask arrays in ``chunk × chunk``
-blocks and :func:`dask.array.map_overlap` gives each block a halo of
-``k // 2`` pixels (one for the 3 × 3 patch), so each block sees the full patch
-of every pixel it predicts. A window's halo comes from the embeddings around
-it, so a map is the same whatever the window and chunk sizes. Memory follows
-the window and the chunk, never the area: dask holds at most about two rows of
-a window's blocks (an unbounded row would grow with the map's width, which is
-why windows exist), and each block is predicted in strips
-(:meth:`~fungi_ssl.mapmodel.MapModel.predict_window`). Each window's result
-(``window²`` float32) is brought back to this process and written there, so
-the workers of a cluster never need to reach the output file.
+The map is cut into *windows* of ``window × window`` pixels and each window
+into *blocks* of ``chunk × chunk``. Every block is one task: it reads its own
+rectangle plus a halo of ``k // 2`` pixels (one for the 3 × 3 patch) straight
+from the Zarr store or the TESSERA tiles (:meth:`EmbeddingSource.block_reader`)
+and predicts it (:meth:`~fungi_ssl.mapmodel.MapModel.predict_window`, in
+strips), so no block data moves between tasks, threads or workers; a map is
+the same whatever the window and chunk sizes. The blocks of the next windows
+are queued while a finished window is written (reading and prediction
+overlap the writing), and only finished maps (``window²`` float32) are held:
+memory follows the window and the chunk, never the area. Each window's
+result is brought back to this process and written there, so the workers of
+a cluster never need to reach the output file. ``MapRun.details["seconds"]``
+records the tasks' CPU time of reading and predicting and this process's
+time writing windows and finishing the output.
 
 Pixels without an embedding (a non-finite scale: cloud-only, water, outside
 every tile or store) are NaN, and so is any pixel whose k × k patch has such a
@@ -43,12 +45,16 @@ final name. An existing output is refused unless ``overwrite=True``.
 
 Schedulers
 ----------
-By default the blocks run on dask's threaded scheduler with ``num_workers``
-threads (each block single-threaded). With a scheduler address, given as
+By default the blocks run on ``num_workers`` threads of this process (each
+block single-threaded). With a scheduler address, given as
 ``scheduler="tcp://host:8786"`` or in the environment variable
-:data:`SCHEDULER_ENV` (``FUNGI_SSL_DASK_SCHEDULER``), the same graph is
-submitted to that existing ``dask.distributed`` cluster; its workers must be
-able to import ``fungi_ssl`` and to read the embedding stores or tiles.
+:data:`SCHEDULER_ENV` (``FUNGI_SSL_DASK_SCHEDULER``), they run as tasks on that
+existing ``dask.distributed`` cluster: the model and the block readers are
+sent to every worker once, each task returns its block's map (4 bytes per
+pixel) straight to this process. Its workers must be able to import
+``fungi_ssl`` and to read the embedding stores or tiles at the same paths.
+:func:`fungi_ssl.cluster.loopback_cluster` starts such a cluster of
+processes on this machine.
 
 :func:`aggregate_map` turns a 10 m map into 1 km cells (mean and within-cell
 standard deviation), with its CRS.

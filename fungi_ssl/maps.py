@@ -12,18 +12,20 @@ every pixel of a bounding box, for one year or a stack of years, from
 
 How the work is cut
 -------------------
-The map is cut into *windows* of ``window × window`` pixels, computed one after
-another; inside a window, the embeddings are dask arrays in ``chunk × chunk``
-blocks and :func:`dask.array.map_overlap` gives each block a halo of
-``k // 2`` pixels (one for the 3 × 3 patch), so each block sees the full patch
-of every pixel it predicts. A window's halo comes from the embeddings around
-it, so a map is the same whatever the window and chunk sizes. Memory follows
-the window and the chunk, never the area: dask holds at most about two rows of
-a window's blocks (an unbounded row would grow with the map's width, which is
-why windows exist), and each block is predicted in strips
-(:meth:`~fungi_ssl.mapmodel.MapModel.predict_window`). Each window's result
-(``window²`` float32) is brought back to this process and written there, so
-the workers of a cluster never need to reach the output file.
+The map is cut into *windows* of ``window × window`` pixels and each window
+into *blocks* of ``chunk × chunk``. Every block is one task: it reads its own
+rectangle plus a halo of ``k // 2`` pixels (one for the 3 × 3 patch) straight
+from the Zarr store or the TESSERA tiles (:meth:`EmbeddingSource.block_reader`)
+and predicts it (:meth:`~fungi_ssl.mapmodel.MapModel.predict_window`, in
+strips), so no block data moves between tasks, threads or workers; a map is
+the same whatever the window and chunk sizes. The blocks of the next windows
+are queued while a finished window is written (reading and prediction
+overlap the writing), and only finished maps (``window²`` float32) are held:
+memory follows the window and the chunk, never the area. Each window's
+result is brought back to this process and written there, so the workers of
+a cluster never need to reach the output file. ``MapRun.details["seconds"]``
+records the tasks' CPU time of reading and predicting and this process's
+time writing windows and finishing the output.
 
 Pixels without an embedding (a non-finite scale: cloud-only, water, outside
 every tile or store) are NaN, and so is any pixel whose k × k patch has such a
@@ -43,12 +45,16 @@ final name. An existing output is refused unless ``overwrite=True``.
 
 Schedulers
 ----------
-By default the blocks run on dask's threaded scheduler with ``num_workers``
-threads (each block single-threaded). With a scheduler address, given as
+By default the blocks run on ``num_workers`` threads of this process (each
+block single-threaded). With a scheduler address, given as
 ``scheduler="tcp://host:8786"`` or in the environment variable
-:data:`SCHEDULER_ENV` (``FUNGI_SSL_DASK_SCHEDULER``), the same graph is
-submitted to that existing ``dask.distributed`` cluster; its workers must be
-able to import ``fungi_ssl`` and to read the embedding stores or tiles.
+:data:`SCHEDULER_ENV` (``FUNGI_SSL_DASK_SCHEDULER``), they run as tasks on that
+existing ``dask.distributed`` cluster: the model and the block readers are
+sent to every worker once, each task returns its block's map (4 bytes per
+pixel) straight to this process. Its workers must be able to import
+``fungi_ssl`` and to read the embedding stores or tiles at the same paths.
+:func:`fungi_ssl.cluster.loopback_cluster` starts such a cluster of
+processes on this machine.
 
 :func:`aggregate_map` turns a 10 m map into 1 km cells (mean and within-cell
 standard deviation), with its CRS.
@@ -221,6 +227,82 @@ class EmbeddingSource:
         """Lazy ``embedding (rows, cols, dim)`` int8 and ``scale (rows, cols, 1)`` float32."""
         raise NotImplementedError
 
+    def block_reader(self) -> BlockReader:
+        """A small picklable reader of any rectangle of the grid, as numpy arrays.
+
+        What a map's block task calls on a thread or a cluster's worker: it
+        reads its own block with its halo, so no block data moves between
+        tasks or workers.
+        """
+        raise NotImplementedError
+
+
+class BlockReader:
+    """Reads grid rows ``r0:r1``, cols ``c0:c1`` (also beyond the grid's edges) as numpy.
+
+    ``reader(r0, r1, c0, c1)`` gives ``embedding (rows, cols, dim)`` int8 and
+    ``scale (rows, cols)`` float32, NaN where there is no embedding.
+    """
+
+    def __call__(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class _StoreBlocks(BlockReader):
+    """Blocks of a Zarr store read straight from its arrays, or of in-memory/dask arrays.
+
+    Opened from a path, only the path and offsets are pickled; each process
+    opens the store's arrays once. Otherwise the arrays themselves travel
+    (scattered once per map on a cluster) and dask arrays are computed in
+    the task, synchronously.
+    """
+
+    def __init__(self, path: str | None, arrays: tuple[Any, Any] | None, r_off: int, c_off: int,
+                 ny: int, nx: int, dim: int) -> None:
+        self.path, self._arrays = path, arrays
+        self.r_off, self.c_off, self.ny, self.nx, self.dim = r_off, c_off, ny, nx, dim
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["_arrays"] = None  # reopened where it is used
+        return state
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._arrays is None:
+            import zarr
+
+            g = zarr.open_group(self.path, mode="r")
+            self._arrays = (g["embedding"], g["scale"])
+        return self._arrays
+
+    def __call__(self, r0, r1, c0, c1):
+        emb_a, sc_a = self._open()
+        R0, R1, C0, C1 = r0 + self.r_off, r1 + self.r_off, c0 + self.c_off, c1 + self.c_off
+        a0, a1 = max(R0, 0), min(R1, self.ny)
+        b0, b1 = max(C0, 0), min(C1, self.nx)
+        emb = np.zeros((r1 - r0, c1 - c0, self.dim), np.int8)
+        sc = np.full((r1 - r0, c1 - c0), np.nan, np.float32)
+        if a0 < a1 and b0 < b1:
+            e, s = emb_a[a0:a1, b0:b1], sc_a[a0:a1, b0:b1]
+            if isinstance(e, da.Array):
+                e, s = dask.compute(e, s, scheduler="synchronous")
+            emb[a0 - R0:a1 - R0, b0 - C0:b1 - C0] = e
+            sc[a0 - R0:a1 - R0, b0 - C0:b1 - C0] = s
+        return emb, sc
+
+
+class _TileBlocks(BlockReader):
+    """Blocks of the map grid read from TESSERA tiles (:func:`_read_tiles_block`)."""
+
+    def __init__(self, tiles: list, grid: MapGrid, dim: int, mask_water: bool) -> None:
+        self.tiles, self.grid, self.dim, self.mask_water = tiles, grid, dim, mask_water
+
+    def __call__(self, r0, r1, c0, c1):
+        emb, sc = _read_tiles_block(self.tiles, self.grid, r0, r1, c0, c1, self.dim,
+                                    self.mask_water)
+        return emb, sc[..., 0]
+
 
 class _ZarrSource(EmbeddingSource):
     """A window of one Zarr embedding store."""
@@ -259,6 +341,7 @@ class _ZarrSource(EmbeddingSource):
         sc = ds["scale"].transpose("y", "x").data
         self._scale = sc if isinstance(sc, da.Array) else da.from_array(np.asarray(sc))
         self._ny, self._nx = len(y), len(x)
+        self._path = _store_path(ds, emb, self._ny, self._nx, self.dim)
         crs = CRS.from_user_input(crs)
         if bbox is None:
             r0, r1, c0, c1 = 0, self._ny, 0, self._nx
@@ -298,6 +381,30 @@ class _ZarrSource(EmbeddingSource):
         emb = emb.rechunk((row_chunks, col_chunks, self.dim))
         sc = sc.rechunk((row_chunks, col_chunks))[:, :, None]
         return emb, sc
+
+    def block_reader(self) -> BlockReader:
+        arrays = None if self._path else (self._emb, self._scale)
+        return _StoreBlocks(self._path, arrays, self._r0, self._c0, self._ny, self._nx, self.dim)
+
+
+def _store_path(ds: xr.Dataset, emb: xr.DataArray, ny: int, nx: int, dim: int) -> str | None:
+    """The Zarr store ``ds`` was opened from, if its arrays are that store's, whole and (y, x, dim)."""
+    src = ds.encoding.get("source")
+    if not src or emb.dims != ds["embedding"].dims or ds["scale"].dims != ("y", "x"):
+        return None
+    for var in ("embedding", "scale"):  # as opened, not changed since (xarray names them so)
+        data = ds[var].data
+        if not (isinstance(data, da.Array) and data.name.startswith(f"open_dataset-{var}-")):
+            return None
+    try:
+        import zarr
+
+        g = zarr.open_group(str(src), mode="r")
+        ok = (tuple(g["embedding"].shape) == (ny, nx, dim) and tuple(g["scale"].shape) == (ny, nx)
+              and g["embedding"].dtype == np.int8)
+    except (OSError, KeyError, ValueError, TypeError):  # not a Zarr group of ours
+        return None
+    return str(src) if ok else None
 
 
 class _TesseraSource(EmbeddingSource):
@@ -407,6 +514,9 @@ class _TesseraSource(EmbeddingSource):
             return da.concatenate([da.concatenate(row, axis=1) for row in blocks], axis=0)
 
         return joined(emb_blocks), joined(sc_blocks)
+
+    def block_reader(self) -> BlockReader:
+        return _TileBlocks(self._tiles, self.grid, self.dim, self.mask_water)
 
 
 def _tessera_years(root: Path) -> list[int]:
@@ -770,101 +880,145 @@ def _fix_mmap_threshold() -> None:
         pass
 
 
-def _predict_block(emb: np.ndarray, scale: np.ndarray, model: MapModel, quantity: str) -> np.ndarray:
+def _map_block(reader: BlockReader, model: MapModel, r0: int, r1: int, c0: int, c1: int,
+               halo: int, quantity: str) -> tuple[np.ndarray, int, float, float]:
+    """Map grid rows r0:r1, cols c0:c1: read them with their halo, predict them.
+
+    Returns the block's map, its count of pixels without an embedding, and
+    the CPU seconds this thread spent reading and predicting.
+    """
     _fix_mmap_threshold()  # on a cluster's workers too
-    return model.predict_window(emb, scale[..., 0], output=quantity, num_threads=1)
+    t0 = time.thread_time()
+    emb, sc = reader(r0 - halo, r1 + halo, c0 - halo, c1 + halo)
+    t1 = time.thread_time()
+    n_missing = int((~np.isfinite(sc[halo : halo + r1 - r0, halo : halo + c1 - c0])).sum())
+    values = model.predict_window(emb, sc, output=quantity, num_threads=1)
+    return values, n_missing, t1 - t0, time.thread_time() - t1
 
 
-def _chunks(n: int, chunk: int, halo: int) -> tuple[int, ...]:
-    """Block sizes of ``n`` pixels plus ``halo`` on each side, aligned to ``chunk``."""
-    sizes = [min(chunk, n - i) for i in range(0, n, chunk)]
-    if len(sizes) > 1 and sizes[-1] < max(halo, 1):
-        sizes[-2] += sizes.pop()
-    sizes[0] += halo
-    sizes[-1] += halo
-    return tuple(sizes)
+def _blocks(r0: int, r1: int, c0: int, c1: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """The ``chunk × chunk`` blocks of a window, row by row (the last ones smaller)."""
+    return [(a, min(a + chunk, r1), b, min(b + chunk, c1))
+            for a in range(r0, r1, chunk) for b in range(c0, c1, chunk)]
 
 
-def _window_graph(source: EmbeddingSource, model_ref, r0: int, r1: int, c0: int, c1: int,
-                  halo: int, chunk: int, quantity: str) -> tuple[da.Array, da.Array]:
-    """The lazy map of grid rows r0:r1, cols c0:c1, and its count of pixels without embedding."""
-    rc, cc = _chunks(r1 - r0, chunk, halo), _chunks(c1 - c0, chunk, halo)
-    emb, sc = source.read(r0 - halo, r1 + halo, c0 - halo, c1 + halo, rc, cc)
-    depth = {0: halo, 1: halo, 2: 0}
-    out = da.map_overlap(
-        _predict_block, emb, sc,
-        depth=[depth, depth],
-        boundary=[{0: 0, 1: 0, 2: "none"}, {0: np.nan, 1: np.nan, 2: "none"}],
-        trim=False, align_arrays=False, drop_axis=2, chunks=(rc, cc), dtype=np.float32,
-        meta=np.empty((0, 0), np.float32), model=model_ref, quantity=quantity,
-    )
-    h, w = r1 - r0, c1 - c0
-    out = out[halo : halo + h, halo : halo + w]
-    no_emb = (~da.isfinite(sc[halo : halo + h, halo : halo + w, 0])).sum()
-    return out, no_emb
+class _Done:
+    """The result of a task run when it was submitted (``scheduler="synchronous"``)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def cancel(self) -> bool:
+        return False
+
+
+@dataclass
+class _Pool:
+    """Where block tasks run: ``submit(fn, *args)`` gives a future; ``share`` ships an object once."""
+
+    submit: Any
+    share: Any
+    threads: int
 
 
 @contextmanager
-def _scheduler(scheduler: Any, num_workers: int) -> Iterator[dict[str, Any]]:
-    """Compute options for dask: threads by default, or an existing distributed cluster."""
+def _scheduler(scheduler: Any, num_workers: int) -> Iterator[_Pool]:
+    """Threads of this process by default, or the workers of an existing distributed cluster."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
     if scheduler is None:
         scheduler = os.environ.get(SCHEDULER_ENV) or "threads"
-    if scheduler in ("threads", "synchronous", "sync"):
-        with threadpool_limits(1):  # blocks run in parallel; each one single-threaded
-            yield {"scheduler": scheduler, "num_workers": int(num_workers)}
+    if scheduler in ("synchronous", "sync"):
+        with threadpool_limits(1):
+            yield _Pool(lambda fn, *args: _Done(fn(*args)), lambda obj: obj, 1)
+        return
+    if scheduler == "threads":
+        # blocks run in parallel, each one single-threaded
+        with threadpool_limits(1), ThreadPoolExecutor(max(1, int(num_workers)),
+                                                      thread_name_prefix="fungi-map") as pool:
+            yield _Pool(pool.submit, lambda obj: obj, max(1, int(num_workers)))
         return
     try:
         import distributed
     except ImportError as err:  # pragma: no cover - distributed is a dependency
         raise ImportError("a scheduler address needs dask.distributed: pip install distributed") from err
-    if isinstance(scheduler, distributed.Client):
-        yield {"scheduler": scheduler}
-        return
-    if not isinstance(scheduler, str) or "://" not in scheduler:
+    if not isinstance(scheduler, distributed.Client) and (
+            not isinstance(scheduler, str) or "://" not in scheduler):
         raise ValueError(
             f"scheduler must be 'threads', a distributed Client or an address like "
             f"'tcp://host:8786' (or set {SCHEDULER_ENV}), got {scheduler!r}"
         )
-    with threadpool_limits(1), distributed.Client(scheduler, set_as_default=False) as client:
-        yield {"scheduler": client}
+
+    def pool_of(client) -> _Pool:
+        # the model and the readers go to every worker once, not with every task
+        return _Pool(lambda fn, *args: client.submit(fn, *args, pure=False),
+                     lambda obj: client.scatter(obj, broadcast=True, hash=False),
+                     max(1, sum(client.nthreads().values())))
+
+    if isinstance(scheduler, distributed.Client):
+        yield pool_of(scheduler)
+        return
+    # results come straight from the workers, not through the scheduler (half the bytes)
+    with threadpool_limits(1), distributed.Client(scheduler, set_as_default=False,
+                                                  direct_to_workers=True) as client:
+        yield pool_of(client)
 
 
-def _run_windows(jobs: list, graph: Any, opts: dict[str, Any], blocks_per_window: int) -> Iterator:
+def _run_windows(jobs: list, pool: _Pool, model_ref: Any, readers: list, chunk: int, halo: int,
+                 quantity: str, seconds: dict[str, float]) -> Iterator:
     """Compute the windows in order, yielding ``(job, (map, n_no_embedding))``.
 
-    Threads: one window at a time (its blocks keep the threads busy). A
-    distributed cluster: enough windows in flight to give every worker thread
-    about two blocks, and each result gathered in order; at most that many
-    windows' results wait in memory here.
+    Every block is one task that reads its own rectangle with its halo and
+    predicts it, so only the model and the readers (once) and the block's
+    map (4 bytes per pixel) travel. Blocks of the next window are submitted
+    before the current one is handed back, so the threads or workers keep
+    computing while the caller writes: the oldest window is waited for once
+    at least two blocks per thread are queued behind it (two windows on
+    this machine; more on a large cluster), and only maps are held. ``seconds`` collects the tasks' CPU time of
+    reading and predicting.
     """
-    client = opts.get("scheduler")
-    if isinstance(client, str):
-        for job in jobs:
-            yield job, dask.compute(*graph(job), **opts)
-        return
     from collections import deque
 
-    threads = max(1, sum(client.nthreads().values()))
-    ahead = max(2, math.ceil(2 * threads / max(1, blocks_per_window)))
-    todo = iter(jobs)
     pending: deque = deque()
+    n_pending = 0
+    enough = 2 * pool.threads  # blocks queued behind the oldest window keep every thread busy
+
+    def collect():
+        nonlocal n_pending
+        job, blocks, futures = pending.popleft()
+        n_pending -= len(futures)
+        _, (r0, r1, c0, c1) = job
+        values = np.empty((r1 - r0, c1 - c0), np.float32)
+        n_missing = 0
+        for (a0, a1, b0, b1), fut in zip(blocks, futures):
+            v, nm, t_read, t_pred = fut.result()
+            values[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = v
+            n_missing += nm
+            seconds["read_cpu_s"] += t_read
+            seconds["predict_cpu_s"] += t_pred
+        return job, (values, n_missing)
+
     try:
-        for job in todo:
-            pending.append((job, client.compute(list(graph(job)))))
-            if len(pending) >= ahead:
-                break
+        for job in jobs:
+            yi, (r0, r1, c0, c1) = job
+            blocks = _blocks(r0, r1, c0, c1, chunk)
+            futures = [pool.submit(_map_block, readers[yi], model_ref, *b, halo, quantity)
+                       for b in blocks]
+            pending.append((job, blocks, futures))
+            n_pending += len(futures)
+            while len(pending) > 1 and n_pending - len(pending[0][2]) >= enough:
+                yield collect()
         while pending:
-            job, futures = pending.popleft()
-            result = client.gather(futures)
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, client.compute(list(graph(nxt)))))
-            yield job, result
+            yield collect()
     finally:
-        for _, futures in pending:
-            client.cancel(futures)
+        for _, _, futures in pending:
+            for fut in futures:
+                fut.cancel()
 
 
 @dataclass
@@ -1133,7 +1287,6 @@ def predict_map(
 
     _fix_mmap_threshold()
     halo = int(patch_size) // 2
-    model_ref = dask.delayed(model, name=f"mapmodel-{uuid.uuid4().hex}", pure=True)
     windows = [
         (r, min(r + window, grid.height), c, min(c + window, grid.width))
         for r in range(0, grid.height, window)
@@ -1144,29 +1297,30 @@ def predict_map(
     n_nan = n_no = 0
     memory = None if writer is not None else np.full((len(years), grid.height, grid.width),
                                                      np.nan, np.float32)
+    timing = dict.fromkeys(("read_cpu_s", "predict_cpu_s", "write_s", "finish_s"), 0.0)
     try:
-        with _scheduler(scheduler, num_workers) as opts:
-            jobs = [(yi, src, w) for yi, src in enumerate(sources) for w in windows]
-
-            def graph(job):
-                _, src, (r0, r1, c0, c1) = job
-                return _window_graph(src, model_ref, r0, r1, c0, c1, halo, chunk, quantity)
-
+        with _scheduler(scheduler, num_workers) as pool:
+            model_ref = pool.share(model)
+            readers = [pool.share(s.block_reader()) for s in sources]
+            jobs = [(yi, w) for yi in range(len(sources)) for w in windows]
             with tqdm(total=len(jobs), desc="map windows", unit="window",
                       disable=not progress) as bar:
-                for (yi, _, (r0, r1, c0, c1)), (values, n_missing) in _run_windows(
-                    jobs, graph, opts, blocks_per_window=math.ceil(window / chunk) ** 2
+                for (yi, (r0, r1, c0, c1)), (values, n_missing) in _run_windows(
+                    jobs, pool, model_ref, readers, chunk, halo, quantity, timing
                 ):
-                    values = np.asarray(values, np.float32)
+                    tw = time.perf_counter()
                     n_nan += int(np.isnan(values).sum())
                     n_no += int(n_missing)
                     if writer is None:
                         memory[yi, r0:r1, c0:c1] = values
                     else:
                         writer.write(yi, r0, r1, c0, c1, values)
+                    timing["write_s"] += time.perf_counter() - tw
                     bar.update(1)
         if writer is not None:
+            tw = time.perf_counter()
             writer.finish(overwrite, {"n_nan": n_nan, "n_no_embedding": n_no})
+            timing["finish_s"] = time.perf_counter() - tw
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -1199,7 +1353,8 @@ def predict_map(
         n_no_embedding=n_no, seconds=seconds,
         pixels_per_second=n_pixels / seconds if seconds > 0 else float("inf"),
         details={"chunk": chunk, "window": window, "n_windows": len(windows),
-                 "scheduler": str(scheduler or os.environ.get(SCHEDULER_ENV) or "threads")},
+                 "scheduler": str(scheduler or os.environ.get(SCHEDULER_ENV) or "threads"),
+                 "seconds": timing},
     )
 
 

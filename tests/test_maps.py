@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -234,6 +235,60 @@ def test_distributed_cluster_gives_the_same_map(stores, model, reference_map, mo
     np.testing.assert_allclose(run.map.values, reference_map.map.values, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(via_env.map.values, reference_map.map.values, rtol=1e-6, atol=1e-6)
     assert run.n_nan == reference_map.n_nan
+
+
+def test_dask_scheduler_and_worker_processes_give_the_same_map(stores, model, reference_map,
+                                                                tmp_path, monkeypatch):
+    """`dask scheduler` and two `dask worker` processes (one thread each) on 127.0.0.1.
+
+    What the README tells a user to start: every block, the model and the
+    tasks are pickled and cross process boundaries over TCP. Maps from a Zarr
+    store and from TESSERA tiles equal the local threaded map.
+    """
+    from distributed import Client
+
+    from fungi_ssl.cluster import loopback_cluster
+    from fungi_ssl.coordinates import crs_to_lonlat
+    from fungi_ssl.tessera import tile_grid, write_tile
+
+    root, _ = stores
+    tiles = tmp_path / "tiles"
+    g = tile_grid(0.15, 52.05)
+    ta = Affine(10, 0, g.transform.c + 200, 0, -10, g.transform.f - 300)
+    emb, sc, _ = synthetic_embeddings(7, h=48, w=64)
+    write_tile(tiles, 2024, 0.15, 52.05, emb, sc, transform=ta)
+    tm = MapModel.load(model[0].save(tmp_path / "m.fmm"))
+    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera",
+                            tm.spec.predictor_columns)
+    west, south = crs_to_lonlat(ta.c + 30, ta.f - 450, g.epsg)
+    east, north = crs_to_lonlat(ta.c + 600, ta.f - 20, g.epsg)
+    bbox = (float(west), float(south), float(east), float(north))
+    tiles_local = predict_map(tm, tiles, 2024, bbox=bbox, chunk=16, window=32, progress=False,
+                              scheduler="threads")
+    with loopback_cluster(2, threads_per_worker=1, timeout=120) as cluster:
+        assert cluster.address.startswith("tcp://127.0.0.1:")
+        with Client(cluster.address, set_as_default=False) as client:
+            info = client.scheduler_info()["workers"]
+            pids = client.run(os.getpid)
+        assert len(info) == 2 and all(w["nthreads"] == 1 for w in info.values())
+        assert os.getpid() not in pids.values() and len(set(pids.values())) == 2
+        run = predict_map(model[0], root, 2020, chunk=16, window=32, quantity="log_richness",
+                          scheduler=cluster.address, progress=False)
+        monkeypatch.setenv(SCHEDULER_ENV, cluster.address)
+        cog = predict_map(model[0], root, 2020, chunk=16, window=64, quantity="log_richness",
+                          output=tmp_path / "cluster.tif", progress=False)
+        tiles_run = predict_map(tm, tiles, 2024, bbox=bbox, chunk=16, window=32, progress=False)
+    assert run.details["scheduler"] == cog.details["scheduler"] == cluster.address
+    np.testing.assert_array_equal(run.map.values, reference_map.map.values)
+    np.testing.assert_allclose(cog.map.values, reference_map.map.values, rtol=1e-6, atol=1e-6)
+    assert run.n_nan == cog.n_nan == reference_map.n_nan
+    assert run.n_no_embedding == reference_map.n_no_embedding
+    assert tiles_run.grid == tiles_local.grid
+    np.testing.assert_array_equal(tiles_run.map.values, tiles_local.map.values)
+    assert np.isfinite(tiles_local.map.values).sum() > 1000
+    for pid in cluster.pids:  # torn down
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # ------------------------------------------------------------------ bad input

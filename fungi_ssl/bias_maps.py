@@ -218,9 +218,9 @@ def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int 
     (:func:`fungi_ssl.region.area_of_applicability`) from the same, so a
     threshold means one thing: how unlike its training data a sample was
     when a fold of blocks predicted it. Where the samples span fewer blocks
-    than folds (a regional study), the block side is halved until they span
-    enough, and the description says so; below a 64th of ``block_km`` the
-    folds group whole sites instead.
+    than folds (a regional study), the splitter takes a smaller block side
+    (:func:`fungi_ssl.cv.fitting_block_size`) and the description says so;
+    when the samples lie in one 100 m block the folds group whole sites.
 
     Parameters
     ----------
@@ -248,32 +248,28 @@ def validation_folds(frame: pd.DataFrame, block_km: float = 50.0, n_splits: int 
     for c in ("longitude", "latitude"):
         if c not in frame.columns:
             raise ValueError(f"validation_folds: the table has no {c!r} column")
-    size = float(block_km)
-    for _ in range(7):  # down to a 64th of the side asked for
-        try:
-            splitter = spatial_splitter(frame, block_size_m=size * 1000.0, n_splits=n_splits,
-                                        seed=seed)
-            labels = np.asarray(splitter.fold_labels())
-        except ValueError:
-            size /= 2
-            continue
-        how = f"{size:g} km spatial blocks, {n_splits} folds"
-        if size != float(block_km):
-            how += f" (the samples span too few {block_km:g} km blocks)"
-        return labels, how
-    from sklearn.model_selection import GroupKFold
+    try:
+        splitter = spatial_splitter(frame, block_size_m=float(block_km) * 1000.0,
+                                    n_splits=n_splits, seed=seed)
+    except ValueError:
+        from sklearn.model_selection import GroupKFold
 
-    from fungi_ssl.cv import site_groups
+        from fungi_ssl.cv import site_groups
 
-    sites = site_groups(frame[["longitude", "latitude"]].to_numpy(float), coordinates="lonlat")
-    if len(np.unique(sites)) < n_splits:
-        raise ValueError(f"validation_folds: the {len(frame)} samples lie at fewer than "
-                         f"{n_splits} sites; no {n_splits} validation folds can be made")
-    labels = np.empty(len(frame), int)
-    for i, (_, test) in enumerate(GroupKFold(n_splits=n_splits).split(frame, groups=sites)):
-        labels[test] = i
-    return labels, (f"{n_splits} site-grouped folds (the samples span fewer than {n_splits} "
-                    f"blocks even of {size * 2:g} km)")
+        sites = site_groups(frame[["longitude", "latitude"]].to_numpy(float), coordinates="lonlat")
+        if len(np.unique(sites)) < n_splits:
+            raise ValueError(f"validation_folds: the {len(frame)} samples lie at fewer than "
+                             f"{n_splits} sites; no {n_splits} validation folds can be made") from None
+        labels = np.empty(len(frame), int)
+        for i, (_, test) in enumerate(GroupKFold(n_splits=n_splits).split(frame, groups=sites)):
+            labels[test] = i
+        return labels, (f"{n_splits} site-grouped folds (the samples lie in a single block "
+                        "even of 100 m)")
+    size = splitter.block_size_m / 1000.0
+    how = f"{size:g} km spatial blocks, {splitter.n_splits} folds"
+    if size != float(block_km) or splitter.n_splits != n_splits:
+        how += f" (the samples span too few {block_km:g} km blocks)"
+    return np.asarray(splitter.fold_labels()), how
 
 
 def draw_cores(study: Any, log_richness: Any, seed: int = 0) -> np.ndarray:

@@ -145,9 +145,9 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
     from fungi_ssl.study import simulated_study
 
     monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
-    # one cell where woodland meets grassland (the first quick region's, as regions() picks it)
-    region = R.Region("T", Window(32629, 54500, -450500, F, F, "T"), "Europe", "forest", 187,
-                      2020, 0.6, 0.0)
+    # one cell where woodland meets open land: the first quick region, as regions() picks it
+    region = R.regions("quick", 0)[0]
+    assert region.window.width == F and 0 < region.woodland_share < 1
     torch.manual_seed(0)
     enc = TesseraEncoder(EncoderConfig()).eval()  # untrained: features of the raw series
     trained = TrainedEncoder(enc, enc.config, enc.normaliser)

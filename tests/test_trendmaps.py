@@ -44,7 +44,7 @@ def test_null_world_keeps_2017_and_only_the_weather_changes(study):
 
 def test_null_world_sees_the_same_clouds_and_the_same_2017(study):
     null = trendmaps.null_world(study)
-    w = Window.around(-2.15, 54.25, 12)
+    w = trendmaps.park_window(study, "Lake District", 24)  # holds woodland that ages and changes
     args = (np.array([w.epsg]), w.x[None], w.y[None])
     a = sentinel_observations(study.landscape, *args, 2021, model=study.config.sensors)
     b = sentinel_observations(null.landscape, *args, 2021, model=study.config.sensors)
@@ -167,7 +167,7 @@ def test_trend_analysis_end_to_end_and_cached(study, tiny_chain, tmp_path):
 
 
 def test_replicate_worlds_see_the_same_landscape_through_other_sensors(study):
-    w = Window.around(-2.15, 54.25, 12)
+    w = trendmaps.park_window(study, "Lake District", 24)  # holds woodland that ages and changes
     args = (np.array([w.epsg]), w.x[None], w.y[None])
     assert len({trendmaps.replicate_seed(0, wd, k) for wd in trendmaps.WORLDS
                 for k in range(20)}) == 40

@@ -175,7 +175,7 @@ def true_log_richness(*, model: RichnessModel, **inputs) -> np.ndarray:
     380.0
     >>> meadow = true_log_richness(host=0.0, canopy=0.0, age=0.0, ancient=False, **kw)
     >>> round(float(np.exp(meadow)), 1)
-    11.4
+    5.7
     """
     missing = [k for k in RICHNESS_INPUTS if k not in inputs]
     if missing:

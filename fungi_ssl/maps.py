@@ -1416,6 +1416,10 @@ class _CogWriter:
             tiled=True, blockxsize=block, blockysize=block, compress="ZSTD", BIGTIFF="IF_SAFER",
         )
         self.dst.update_tags(**tags)
+        # the band says what it holds: species (richness) or log1p(species), and whose
+        self.dst.set_band_description(1, f"{tags.get('quantity', 'richness')}: "
+                                         f"{tags.get('units', '')}".rstrip(": "))
+        self.dst.set_band_unit(1, tags.get("units", ""))
 
     def write(self, yi: int, r0: int, r1: int, c0: int, c1: int, values: np.ndarray) -> None:
         from rasterio.windows import Window

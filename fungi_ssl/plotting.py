@@ -572,3 +572,48 @@ def categorical_map(
     options = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
     options.update(legend_kwargs)
     return ax.legend(handles=handles, **options)
+
+
+#: Units of the 1 km covariate columns, by column-name prefix (SPUN's table and
+#: the simulated study share names and units; see CONTRIBUTING's data contract).
+COVARIATE_UNITS: tuple[tuple[str, str], ...] = (
+    ("CHELSA_BIO_Annual_Mean_Temperature", "°C × 10"),
+    ("CHELSA_BIO_Max_Temperature", "°C × 10"),
+    ("CHELSA_BIO_Min_Temperature", "°C × 10"),
+    ("CHELSA_BIO_Mean_Temperature", "°C × 10"),
+    ("CHELSA_BIO_Mean_Diurnal_Range", "°C × 10"),
+    ("CHELSA_BIO_Temperature_Annual_Range", "°C × 10"),
+    ("CHELSA_BIO_Temperature_Seasonality", "SD of °C × 100"),
+    ("CHELSA_BIO_Isothermality", "%"),
+    ("CHELSA_BIO_Precipitation_Seasonality", "CV, %"),
+    ("CHELSA_BIO_", "mm"),
+    ("CGIAR_PET", "mm/year"),
+    ("SG_Soil_pH", "pH × 10"),
+    ("SG_SOC", "g/kg"),
+    ("SG_Sand", "%"),
+    ("SG_Depth_to_bedrock", "cm"),
+    ("ConsensusLandCover", "% cover"),
+    ("EarthEnvTopoMed_Elevation", "m"),
+    ("EarthEnvTopoMed_Slope", "°"),
+)
+_SHORT_PREFIXES = (("ConsensusLandCoverClass_", "LC_"), ("CHELSA_BIO_", "BIO_"),
+                   ("EarthEnvTopoMed_", "Topo_"))
+
+
+def covariate_label(column: str) -> str:
+    """A short axis label for a 1 km covariate column, with its unit where known.
+
+    Examples
+    --------
+    >>> covariate_label("CHELSA_BIO_Annual_Mean_Temperature")
+    'BIO_Annual_Mean_Temperature (°C × 10)'
+    >>> covariate_label("ConsensusLandCoverClass_Evergreen_Broadleaf_Trees")
+    'LC_Evergreen_Broadleaf_Trees (% cover)'
+    >>> covariate_label("my_column")
+    'my_column'
+    """
+    short = column
+    for prefix, abbreviation in _SHORT_PREFIXES:
+        short = short.replace(prefix, abbreviation)
+    unit = next((u for prefix, u in COVARIATE_UNITS if column.startswith(prefix)), None)
+    return f"{short} ({unit})" if unit else short

@@ -167,6 +167,9 @@ def test_cog_output_is_valid_and_atomic(model, tmp_path):
         assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
         values = src.read(1)
         assert src.tags()["quantity"] == "richness" and int(src.tags()["n_nan"]) == run.n_nan
+        # the band itself says what it holds, in species (the COG copy keeps it)
+        assert src.descriptions[0] == "richness: rarefied ECM richness"
+        assert src.units[0] == "rarefied ECM richness"
     inmem = predict_map(model[0], big, 2020, chunk=64, window=128, progress=False)
     np.testing.assert_array_equal(values, inmem.map.values)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "map.tif"]  # no temp file

@@ -1,0 +1,111 @@
+"""The simulator's values, pinned bit for bit.
+
+The book's numbers are being finalised: a change that makes the simulator
+faster must not change one bit of what it draws for a seed. The digests
+below were computed by the simulator before the speed-ups of issue 20
+(``SIMULATOR_VERSION`` 5) and must stay equal; a change that moves them needs
+a version bump and new pins, on purpose.
+
+Covered: a park-like window's Sentinel cube (a drought year and another, with
+ragged chunks), the null world's and a replicate world's cube (chapter 08),
+every latent layer and the richness inputs, batched grids in three UTM zones
+and years at once (the site-patch path), and the site patches and encoder
+training pixels of a small study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from fungi_ssl.simulate import SimulatedStudy, Window
+from fungi_ssl.simulate.sensors import sentinel_observations
+from fungi_ssl.trendmaps import ResensedLandscape, null_world
+
+#: sha256 (16 hex digits) of each case, from the simulator before issue 20's speed-ups.
+PINNED = {
+    "cube_2018": "d27e969b3a58e32a",
+    "cube_2021": "6612ed2e6bfbe890",
+    "null_cube_2022": "314f730473a07d0e",
+    "replicate_cube_2019": "13076a6dc0479635",
+    "layers_2020": "c2a1724652a8fd9b",
+    "batched_grids": "43396406facdd8e5",
+    "site_patches": "c55fe29bb6d4e8ae",
+    "random_pixels": "8266bd0d41087429",
+}
+
+
+def digest(arrays: dict) -> str:
+    """sha256 of named arrays (name, dtype, shape and bytes), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name]
+        if isinstance(a, dict):
+            h.update(name.encode())
+            h.update(digest(a).encode())
+            continue
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{name}{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cube(study: SimulatedStudy, window: Window, year: int, chunks: int = 16) -> dict:
+    ds = study.cube(window, year, chunks=chunks).compute()
+    return {v: ds[v].values for v in ("s2", "s2_valid", "s1", "s1_valid")}
+
+
+@pytest.fixture(scope="module")
+def study() -> SimulatedStudy:
+    return SimulatedStudy(n_samples=300, n_campaigns=8)
+
+
+#: A 24-pixel window in the Lake District, cut into ragged 16-pixel chunks.
+WINDOW = Window.around(-3.08, 54.48, 24)
+
+
+def _case(study: SimulatedStudy, name: str) -> dict:
+    if name == "cube_2018":
+        return _cube(study, WINDOW, 2018)
+    if name == "cube_2021":
+        return _cube(study, WINDOW, 2021)
+    if name == "null_cube_2022":
+        return _cube(null_world(study), WINDOW, 2022)
+    if name == "replicate_cube_2019":
+        other = SimulatedStudy(study.config)
+        other.landscape = ResensedLandscape(study.landscape, 12345)
+        return _cube(other, WINDOW, 2019)
+    if name == "layers_2020":
+        w = WINDOW
+        return study.landscape.layers(np.array([w.epsg]), w.x[None], w.y[None], 2020)
+    if name == "batched_grids":
+        # three zones (UK, central Europe, Asia) and three years (one a drought year)
+        wins = [Window.around(-3.65, 57.08, 5), Window.around(10.2, 50.1, 5),
+                Window.around(87.5, 43.2, 5)]
+        epsg = np.array([w.epsg for w in wins])
+        xs, ys = np.stack([w.x for w in wins]), np.stack([w.y for w in wins])
+        years = np.array([2017, 2022, 2024])
+        layers = study.landscape.layers(epsg, xs, ys, years)
+        obs = sentinel_observations(study.landscape, epsg, xs, ys, years, layers,
+                                    model=study.config.sensors)
+        return {"layers": layers, "obs": obs}
+    if name == "site_patches":
+        arrays, index = study.site_patch_series(k=3)
+        return {**arrays, "site_year": index["year"].to_numpy()}
+    if name == "random_pixels":
+        arrays, _ = study.random_pixels(300, seed=1)
+        return arrays
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_simulator_values_are_pinned(study, name):
+    assert digest(_case(study, name)) == PINNED[name]
+
+
+if __name__ == "__main__":  # print the digests (to pin them on purpose after a version bump)
+    s = SimulatedStudy(n_samples=300, n_campaigns=8)
+    for key in sorted(PINNED):
+        print(f'    "{key}": "{digest(_case(s, key))}",')

@@ -9,8 +9,12 @@ a version bump and new pins, on purpose.
 Covered: a park-like window's Sentinel cube (a drought year and another, with
 ragged chunks), the null world's and a replicate world's cube (chapter 08),
 every latent layer and the richness inputs, batched grids in three UTM zones
-and years at once (the site-patch path), and the site patches and encoder
-training pixels of a small study.
+and years at once (the site-patch path), and a small study's site patches,
+encoder training pixels, samples, truth and 1 km covariates.
+
+The digests hold on the machine that computed them (x86-64, NumPy 2.4): a
+NumPy or CPU whose ``exp`` or ``cos`` rounds differently in the last bit
+would move them with or without a change here.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ PINNED = {
     "batched_grids": "43396406facdd8e5",
     "site_patches": "c55fe29bb6d4e8ae",
     "random_pixels": "8266bd0d41087429",
+    "samples_and_covariates": "0b2403c47b149e1f",
 }
 
 
@@ -97,6 +102,12 @@ def _case(study: SimulatedStudy, name: str) -> dict:
     if name == "random_pixels":
         arrays, _ = study.random_pixels(300, seed=1)
         return arrays
+    if name == "samples_and_covariates":
+        samples, cov = study.samples, study.covariates
+        return {**{f"s_{c}": samples[c].to_numpy(dtype=float) for c in
+                   ("longitude", "latitude", "raw_obs_div", "rarefied")},
+                **{f"c_{c}": cov[c].to_numpy() for c in cov.columns},
+                "truth": study.truth.select_dtypes("number").to_numpy(dtype=float)}
     raise KeyError(name)
 
 

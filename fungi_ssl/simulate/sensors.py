@@ -27,6 +27,7 @@ from scipy.special import ndtri
 from tqdm.auto import tqdm
 
 from ..hashing import hash_keys, hash_normal, hash_uniform, splitmix64
+from . import kernels
 from .landscape import (
     BROADLEAF,
     CROPLAND,
@@ -311,6 +312,37 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     xo = xs + 1.0e7 * zone[:, None]
     theta = -math.sqrt(1 + _CLOUD_DATE_SD ** 2) * ndtri(_cloud_share(L["precipitation"]))
 
+    # The dates' loops run compiled (:mod:`.kernels`), on pixels flattened to
+    # ``N = B * H * W``: the same operations in the same order as the numpy
+    # they replace, so every value is bit for bit what it was; exp, ndtri and
+    # the cloud fields' cos and sin stay numpy calls, one per date.
+    shape = lc.shape
+    n_px, hw = lc.size, shape[1] * shape[2]
+
+    def flat(a: np.ndarray, dtype=np.float64) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(n_px)
+
+    def per_band(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(a, (*shape, 10)),
+                                    dtype=np.float64).reshape(n_px, 10)
+
+    # every date shares the pixel key with the year folded in (``_key_uniform``'s first step)
+    with np.errstate(over="ignore"):
+        h_year = flat(splitmix64(keys ^ (year_b[:, None, None].astype(np.uint64) + _GOLD
+                                         + (keys << np.uint64(6)))), np.uint64)
+    # the regional draws (cloud anomaly, soil moisture) are keyed by year, zone and
+    # 2-degree latitude cell: drawn once per distinct key, then spread to the pixels
+    regional = np.stack([np.broadcast_to(year_b[:, None, None], shape),
+                         np.broadcast_to(zone[:, None, None], shape), lat_cell], -1).reshape(-1, 3)
+    regions, region_of = np.unique(regional, axis=0, return_inverse=True)
+    region_of = region_of.reshape(n_px)
+    sos_t_f, eos_t_f, sos_g_f, eos_g_f = (flat(a) for a in (sos_t, eos_t, sos_g, eos_g))
+    c_f = flat(c)
+    gmin_t = flat(_GMIN[tree_cls])
+    gdiff_t = flat(_GMAX[tree_cls] - _GMIN[tree_cls])   # float32 difference, as _pheno takes it
+    gmin_g = flat(_GMIN[ground_cls])
+    gdiff_g = flat(_GMAX[ground_cls] - _GMIN[ground_cls])
+
     doy2 = np.stack([s2_doys(e) for e in epsg])  # (B, T2)
     T2 = doy2.shape[1]
     s2 = np.empty((T2, 10, *lc.shape), dtype=np.float32)
@@ -323,42 +355,31 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     gain = 1.0 + (nir_gain[..., None] - 1.0) * nir
     tilt_load = np.array([-1, -1, -1, 1, 1, 0, 0.5, 1, 0.3, 0.3])
     haze_add = np.array([600, 700, 650, 300, 300, 450, 350, 320, 150, 100], dtype=float)
+    cloud_colour = np.array([1.0, 1.05, 1.02, 0.95, 0.95, 0.98, 0.96, 0.95, 0.7, 0.55])
+    s2_static = (flat(theta), flat(theta - _THIN_CLOUD_MARGIN), flat(drought, np.bool_), c_f,
+                 flat(stand_depth), gmin_t, gdiff_t, gmin_g, gdiff_g, per_band(Gt), per_band(Ot),
+                 per_band(Gg), per_band(Og), per_band(gain), per_band(stand_gain), tilt_load,
+                 haze_add, cloud_colour)
+    doy2_f = doy2.astype(np.float64)
+    # the year shifts the cloud field far along x, which for a stationary field is a
+    # fresh realisation, so one field per date serves every year and zone; cloud
+    # shadow is the field cast SHADOW_OFFSET_M to the east and south
+    x_year = xo + 1.0e5 * (year_b[:, None] - 2000)
+    x_shadow, y_shadow = x_year + SHADOW_OFFSET_M, ys - SHADOW_OFFSET_M
+    # every date's regional cloudiness anomaly, (T2, regions)
+    anomalies = _CLOUD_DATE_SD * hash_normal(seed, 501, regions[None, :, 0],
+                                             np.arange(T2)[:, None], regions[None, :, 1],
+                                             regions[None, :, 2])
     for t in range(T2):
-        d = doy2[:, t][:, None, None]
-        dry = drought & (d >= 170) & (d <= 250)
-        gt = _pheno(d, sos_t, eos_t, _GMIN[tree_cls], _GMAX[tree_cls]) * np.where(dry, 0.93, 1.0)
-        gg = _pheno(d, sos_g, eos_g, _GMIN[ground_cls], _GMAX[ground_cls]) * np.where(dry, 0.8, 1.0)
-        gt, gg = np.clip(gt * stand_depth, 0, 1), np.clip(gg * stand_depth, 0, 1)
-        refl = (c[..., None] * (gt[..., None] * Gt + (1 - gt[..., None]) * Ot) * gain
-                + (1 - c[..., None]) * (gg[..., None] * Gg + (1 - gg[..., None]) * Og))
-        refl = refl * stand_gain
-        u1 = _key_uniform(keys, year_b[:, None, None], t, 1)
-        u2 = _key_uniform(keys, year_b[:, None, None], t, 2)
-        u3 = _key_uniform(keys, year_b[:, None, None], t, 3)
-        n1, n2 = ndtri(u1), ndtri(u2)
-        refl = refl * (1.0 + 0.035 * n1[..., None] + 0.025 * n2[..., None] * tilt_load)
-        refl = refl + (u3 < 0.06)[..., None] * haze_add * (0.5 + u3 / 0.12)[..., None]
-        # clouds: a coherent field per date plus a regional daily anomaly
-        # the year shifts the field far along x, which for a stationary field is a
-        # fresh realisation, so one field per date serves every year and zone
-        cf = _cloud_fields(seed)[t].grid(xo + 1.0e5 * (year_b[:, None] - 2000), ys)
-        anomaly = _CLOUD_DATE_SD * hash_normal(seed, 501, year_b[:, None, None], t,
-                                               zone[:, None, None], lat_cell)
-        cloudy = cf + anomaly > theta
-        # what the cloud mask misses: thin cloud at the edges of masked cloud
-        # brightens the visible bands, and cloud shadow, cast a few hundred
-        # metres from the cloud, darkens every band; both stay flagged valid
-        x_year = xo + 1.0e5 * (year_b[:, None] - 2000)
-        thin = ~cloudy & (cf + anomaly > theta - _THIN_CLOUD_MARGIN)
-        refl = refl + thin[..., None] * haze_add * (2.0 + 4.0 * u3)[..., None]
-        cs = _cloud_fields(seed)[t].grid(x_year + SHADOW_OFFSET_M, ys - SHADOW_OFFSET_M)
-        shadow = ~cloudy & (cs + anomaly > theta)
-        refl = np.where(shadow[..., None], refl * (0.35 + 0.2 * u2)[..., None], refl)
-        cloud_refl = (4800.0 + 1400.0 * n1)[..., None] * np.array(
-            [1.0, 1.05, 1.02, 0.95, 0.95, 0.98, 0.96, 0.95, 0.7, 0.55])
-        refl = np.where(cloudy[..., None], cloud_refl, refl)
-        s2[t] = np.moveaxis(np.clip(refl, 1.0, 15000.0), -1, 0)
-        s2_valid[t] = ~cloudy
+        e = np.exp(kernels.pheno_arguments(doy2_f, hw, t, sos_t_f, eos_t_f, sos_g_f, eos_g_f))
+        u = kernels.key_uniforms(h_year, t)
+        normals = ndtri(u[:2])
+        field = _cloud_fields(seed)[t]
+        cf = field.grid(x_year, ys).reshape(n_px)
+        cs = field.grid(x_shadow, y_shadow).reshape(n_px)
+        anomaly = anomalies[t][region_of]
+        kernels.sentinel2_date(doy2_f, hw, t, e, normals, u, cf, cs, anomaly, *s2_static,
+                               s2[t].reshape(10, n_px), s2_valid[t].reshape(n_px))
 
     doy1 = np.stack([s1_doys(e) for e in epsg])
     T1 = doy1.shape[1]
@@ -367,23 +388,21 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     biomass = c * (1.0 - np.exp(-L["stand_age"].astype(np.float64) / 40.0)) * is_wood
     ground_db = _S1_GROUND[lc].astype(np.float64)          # (B, H, W, 2)
     open_veg = np.isin(lc, (GRASSLAND, HEATH, CROPLAND))
+    s1_static = (c_f, flat(biomass), flat(broadish), flat(lc == CROPLAND), flat(open_veg),
+                 gmin_t, gdiff_t, flat(ground_db[..., 0]), flat(ground_db[..., 1]),
+                 float(_S1_WOOD[0]), float(_S1_WOOD[1]))
+    doy1_f = doy1.astype(np.float64)
+    # every date's regional soil moisture, (T1, regions)
+    moisture = hash_normal(seed, 601, regions[None, :, 0], np.arange(T1)[:, None],
+                           regions[None, :, 1], regions[None, :, 2])
     for t in range(T1):
-        d = doy1[:, t][:, None, None]
-        moist = hash_normal(seed, 601, year_b[:, None, None], t, zone[:, None, None], lat_cell)
+        e = np.exp(kernels.pheno_arguments(doy1_f, hw, t, sos_t_f, eos_t_f, sos_g_f, eos_g_f))
+        u = kernels.key_uniforms(h_year, 1000 + t)
+        normals = ndtri(u[:2])
+        moist = moisture[t][region_of]
         orbit = 0.5 if t % 2 == 0 else -0.5
-        leaf = c * _pheno(d, sos_t, eos_t, _GMIN[tree_cls], _GMAX[tree_cls]) * broadish
-        crop = (lc == CROPLAND) * _pheno(d, sos_g, eos_g, 0.0, 1.0)
-        u1 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 1)
-        u2 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 2)
-        u3 = _key_uniform(keys, year_b[:, None, None], 1000 + t, 3)
-        wet = (1.0 - biomass) * 1.6 * moist * open_veg
-        vv = ((1 - biomass) * ground_db[..., 0] + biomass * _S1_WOOD[0] + wet + orbit
-              + 1.5 * crop + 1.3 * ndtri(u1))
-        vh = ((1 - biomass) * ground_db[..., 1] + biomass * _S1_WOOD[1] + 0.8 * wet + orbit
-              + 0.8 * leaf + 2.0 * crop + 1.3 * ndtri(u2))
-        s1[t, 0] = vv
-        s1[t, 1] = vh
-        s1_valid[t] = u3 > 0.03
+        kernels.sentinel1_date(doy1_f, hw, t, e, normals, u, moist, orbit, *s1_static,
+                               s1[t].reshape(2, n_px), s1_valid[t].reshape(n_px))
     return {"s2": s2, "s2_valid": s2_valid, "s2_doy": doy2, "s1": s1, "s1_valid": s1_valid,
             "s1_doy": doy1}
 

@@ -1,0 +1,165 @@
+"""The embedding path against the encoder's own speed, and the simulator's speed.
+
+Measures, in one run on the same machine (issue 20, item 3):
+
+1. **encoder**: pixels/s of :func:`fungi_ssl.encoder.embed_pixels` on
+   synthetic pixels held in memory (the default encoder, fp32, batches of
+   8,192), as ``bench_encoder.py`` measures it;
+2. **simulator**: pixel-years/s of the simulated Sentinel-2/Sentinel-1 series
+   (73 + 60 dates) on
+   - chapter 08's park windows: a 72-pixel window in 80-pixel chunks (the
+     full book's ``PARK_WINDOW_PX`` and chunk rule) and a 32-pixel one (the
+     replicate worlds' ``REPLICATE_WINDOW_PX``), through ``SimulatedStudy.cube``;
+   - the 3 × 3 site patches of a study (``site_patch_series``, what
+     ``bench_simulate.py`` times), whose scattered 3 × 3 grids cannot share
+     the cloud fields' cosines between pixels;
+3. **cube embedding**: pixels/s of :func:`fungi_ssl.embed.embed_cube` on the
+   72-pixel park cube already simulated into memory, and end to end on the
+   lazy cube (simulating while embedding, as chapter 08 does);
+4. **tile embedding**: pixels/s of a 256 × 256 tile-year cube in memory
+   embedded by ``embed_cube`` (128-pixel windows) and written in geotessera's
+   layout by :func:`fungi_ssl.tessera.write_tile`.
+
+Every speed is the best of ``--repeats`` wall-clock runs and is also given
+per CPU-second of this process. The machine is shared, so absolute figures
+move with its load; the ratios to the encoder measured in the same run are
+the robust figures.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_embedding_path.py [--repeats 3] [--quick]
+
+Writes ``benchmarks/results/embedding_path.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+#: A Lake District point with woodland (the chapter 08 windows are in UK parks).
+PARK_POINT = (-3.08, 54.48)
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Best wall-clock seconds and the CPU seconds of that run."""
+    best = (np.inf, np.inf)
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.perf_counter() - t, time.process_time() - c))
+    return best
+
+
+def rate(n: float, wall: float, cpu: float) -> dict:
+    return {"n": int(n), "seconds": wall, "per_s": n / wall, "per_cpu_s": n / cpu}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, one repeat")
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "benchmarks" / "results" / "embedding_path.json")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    import torch
+    from bench_encoder import default_model, synthetic_cube, synthetic_pixels
+
+    from fungi_ssl import tessera
+    from fungi_ssl.embed import embed_cube
+    from fungi_ssl.encoder import embed_pixels
+    from fungi_ssl.simulate import SimulatedStudy, Window
+
+    reps = 1 if args.quick else args.repeats
+    n_enc, park, tile, n_samples = ((4096, 32, 64, 300) if args.quick
+                                    else (32_768, 72, 256, 2000))
+    model = default_model()
+    out: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                             "numpy": np.__version__, "cpu_threads": torch.get_num_threads()},
+                 "note": "shared, loaded 2-core machine: compare the ratios, measured in one run"}
+
+    # 1. the encoder alone
+    px = synthetic_pixels(n_enc)
+    embed_pixels(model, px[:512])
+    out["encoder"] = rate(n_enc, *timed(lambda: embed_pixels(model, px), reps))
+
+    # 2. the simulator
+    study = SimulatedStudy()
+    chunk = int(np.ceil(park / 16) * 16)            # chapter 08's chunk rule
+    big = Window.around(*PARK_POINT, park)
+    small = Window.around(*PARK_POINT, 32)
+    study.cube(small, 2017, chunks=32).load()       # warm: cloud fields, compiled kernels
+    years = iter(range(2018, 2018 + 100))
+    cubes = {}
+
+    def simulate(window, ch, key):
+        cubes[key] = study.cube(window, next(years) % 8 + 2017, chunks=ch).load()
+
+    out["simulate_park_cube"] = rate(park * park, *timed(lambda: simulate(big, chunk, "park"), reps))
+    out["simulate_replicate_cube"] = rate(32 * 32, *timed(lambda: simulate(small, 32, "small"),
+                                                           reps))
+    sites = SimulatedStudy(n_samples=n_samples, n_campaigns=max(8, n_samples // 75))
+    _ = sites.sites
+    n_site_px = 9 * len(sites.sites)
+    out["simulate_site_patches"] = rate(n_site_px, *timed(lambda: sites.site_patch_series(k=3), 1))
+
+    # 3. cube embedding: the park cube in memory, then simulated while embedded
+    cube = cubes["park"]
+    with tempfile.TemporaryDirectory() as d:
+        k = iter(range(1000))
+        out["embed_park_cube"] = rate(park * park, *timed(
+            lambda: embed_cube(cube, model, Path(d) / f"{next(k)}.zarr", chunk=chunk,
+                               progress=False), reps))
+        out["simulate_and_embed_park_cube"] = rate(park * park, *timed(
+            lambda: embed_cube(study.cube(big, 2019, chunks=chunk), model,
+                               Path(d) / f"{next(k)}.zarr", chunk=chunk, progress=False), reps))
+
+    # 4. tile embedding: a tile-year in memory, embedded and written as a geotessera tile
+    tcube = synthetic_cube(tile).load()
+    with tempfile.TemporaryDirectory() as d:
+        k = iter(range(1000))
+
+        def embed_tile():
+            from affine import Affine
+
+            from fungi_ssl.embed import open_embeddings
+
+            run = embed_cube(tcube, model, Path(d) / f"{next(k)}.zarr", chunk=128, progress=False)
+            ds = open_embeddings(run.store)
+            tessera.write_tile(Path(d) / "tiles", 2024, 0.15, 52.05,
+                               np.asarray(ds["embedding"].values, np.int8),
+                               np.asarray(ds["scale"].values, np.float32),
+                               crs=32631, transform=Affine(10, 0, 300_000, 0, -10, 5_770_000),
+                               overwrite=True)
+
+        out["embed_tile"] = rate(tile * tile, *timed(embed_tile, reps))
+
+    enc = out["encoder"]
+    for key in ("embed_park_cube", "simulate_and_embed_park_cube", "embed_tile"):
+        out[key]["ratio_to_encoder"] = out[key]["per_s"] / enc["per_s"]
+        out[key]["cpu_ratio_to_encoder"] = out[key]["per_cpu_s"] / enc["per_cpu_s"]
+    print(f"{'stage':<32}{'n':>9}{'per s':>12}{'per CPU-s':>12}{'÷ encoder':>11}")
+    for key, r in out.items():
+        if isinstance(r, dict) and "per_s" in r:
+            ratio = f"{r['ratio_to_encoder']:>11.2f}" if "ratio_to_encoder" in r else ""
+            print(f"{key:<32}{r['n']:>9,}{r['per_s']:>12,.0f}{r['per_cpu_s']:>12,.0f}{ratio}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "cached_embed_cube",
     "cached_pretrain",
     "embed_cube",
+    "embed_cube_in_memory",
     "open_embeddings",
     "patch_features_frame",
     "raster_patches",
@@ -103,16 +105,21 @@ def _encoder_signature(model: TrainedEncoder) -> str:
     return cache.cache_key(meta)
 
 
-def _template(cube: xr.Dataset, chunk: int, n_cy: int, n_cx: int, dim: int, attrs: dict) -> xr.Dataset:
+def _template(cube: xr.Dataset, chunk: int, n_cy: int, n_cx: int, dim: int, attrs: dict,
+              emb: Any = None, scale: Any = None, done: Any = None, nan: Any = None) -> xr.Dataset:
+    """The store's Dataset: lazy zeros (to create a store), or the given arrays (in memory)."""
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    emb = da.zeros((ny, nx, dim), dtype=np.int8, chunks=(chunk, chunk, dim))
-    scale = da.full((ny, nx), np.nan, dtype=np.float32, chunks=(chunk, chunk))
+    if emb is None:
+        emb = da.zeros((ny, nx, dim), dtype=np.int8, chunks=(chunk, chunk, dim))
+        scale = da.full((ny, nx), np.nan, dtype=np.float32, chunks=(chunk, chunk))
+        done = np.zeros((n_cy, n_cx), np.uint8)
+        nan = np.zeros((n_cy, n_cx), np.int64)
     ds = xr.Dataset(
         {
             "embedding": (("y", "x", "dim"), emb),
             "scale": (("y", "x"), scale),
-            "chunk_done": (("chunk_y", "chunk_x"), np.zeros((n_cy, n_cx), np.uint8)),
-            "chunk_nan": (("chunk_y", "chunk_x"), np.zeros((n_cy, n_cx), np.int64)),
+            "chunk_done": (("chunk_y", "chunk_x"), done),
+            "chunk_nan": (("chunk_y", "chunk_x"), nan),
         },
         coords={"y": cube["y"].values, "x": cube["x"].values, "dim": np.arange(dim)},
         attrs=attrs,
@@ -125,6 +132,58 @@ def _template(cube: xr.Dataset, chunk: int, n_cy: int, n_cx: int, dim: int, attr
         except RioXarrayError:  # a 1-pixel-wide raster has no derivable transform
             ds.attrs["transform_note"] = "raster too narrow to derive a transform"
     return ds
+
+
+_CUBE_VARIABLES = ["s2", "s2_valid", "s1", "s1_valid"]
+
+
+def _embedded_windows(
+    cube: xr.Dataset,
+    model: TrainedEncoder,
+    todo: Sequence[tuple[int, int]],
+    chunk: int,
+    seed: int,
+    batch_size: int,
+    n_draws: int,
+    n_threads: int | None,
+) -> Iterator[tuple[tuple[int, int], slice, slice, np.ndarray, np.ndarray, int]]:
+    """Embed the windows ``todo`` of a cube: ``((i, j), ys, xs, int8, scale, n_nan)`` each.
+
+    While the encoder embeds one window, a background thread loads the next
+    (for a lazy cube, simulates or reads it): loading (NumPy, numba, I/O) and
+    the encoder (torch) release the GIL, so the two overlap on two cores.
+    Timestep draws are keyed by each pixel's index in the whole cube, so a
+    window's embedding does not depend on the windows around it.
+    """
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    dim = model.config.embed_dim
+    sub = cube[_CUBE_VARIABLES]
+
+    def window(i: int, j: int) -> tuple[slice, slice, xr.Dataset]:
+        ys = slice(i * chunk, min(ny, (i + 1) * chunk))
+        xs = slice(j * chunk, min(nx, (j + 1) * chunk))
+        return ys, xs, sub.isel(y=ys, x=xs).compute()
+
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fungi-ssl-window") as pool:
+        pending = pool.submit(window, *todo[0])
+        for k, (i, j) in enumerate(todo):
+            ys, xs, data = pending.result()
+            if k + 1 < len(todo):
+                pending = pool.submit(window, *todo[k + 1])
+            pixels = PixelTimeSeries.from_cube(data)
+            del data
+            rows, cols = np.meshgrid(np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop),
+                                     indexing="ij")
+            ids = (rows * nx + cols).ravel().astype(np.int64)
+            emb, flags = embed_pixels(model, pixels, batch_size=batch_size, seed=seed,
+                                      pixel_ids=ids, return_flags=True, n_draws=n_draws,
+                                      n_threads=n_threads)
+            q, s = quantise(emb)
+            wy, wx = ys.stop - ys.start, xs.stop - xs.start
+            yield (i, j), ys, xs, q.reshape(wy, wx, dim), s.reshape(wy, wx), flags.n_nan
+            del pixels, emb, q, s
 
 
 def embed_cube(
@@ -142,7 +201,8 @@ def embed_cube(
 ) -> EmbeddingRun:
     """Embed a satellite cube window by window into a Zarr store.
 
-    Each ``chunk × chunk`` window of the cube is loaded (dask ``.compute()``),
+    Each ``chunk × chunk`` window of the cube is loaded (dask ``.compute()``;
+    the next window loads in a background thread while this one is embedded),
     embedded with :func:`fungi_ssl.encoder.embed_pixels` (timestep draws keyed
     by each pixel's global index, so results do not depend on ``chunk``),
     quantised to int8 plus scale and written to its region of the store. After
@@ -209,14 +269,7 @@ def embed_cube(
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     n_cy, n_cx = -(-ny // chunk), -(-nx // chunk)
     dim = model.config.embed_dim
-    attrs = {
-        "encoder": _encoder_signature(model),
-        "seed": int(seed),
-        "n_draws": int(n_draws),
-        "chunk": chunk,
-        "shape": json.dumps([ny, nx, dim]),
-        "description": "TESSERA-style int8 embeddings; value = embedding * scale",
-    }
+    attrs = _store_attrs(cube, model, chunk, seed, n_draws)
     if store.exists() and not overwrite:
         try:
             old = xr.open_zarr(store, consolidated=False)
@@ -244,23 +297,13 @@ def embed_cube(
     todo = [(i, j) for i in range(n_cy) for j in range(n_cx) if not done[i, j]]
     if max_chunks is not None:
         todo = todo[: max(0, int(max_chunks))]
-    variables = ["s2", "s2_valid", "s1", "s1_valid"]
-    for i, j in tqdm(todo, desc="embedding chunks", disable=not progress):
-        ys, xs = slice(i * chunk, min(ny, (i + 1) * chunk)), slice(j * chunk, min(nx, (j + 1) * chunk))
-        window = cube[variables].isel(y=ys, x=xs).compute()
-        pixels = PixelTimeSeries.from_cube(window)
-        wy, wx = ys.stop - ys.start, xs.stop - xs.start
-        rows, cols = np.meshgrid(np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop), indexing="ij")
-        ids = (rows * nx + cols).ravel().astype(np.int64)
-        emb, flags = embed_pixels(model, pixels, batch_size=batch_size, seed=seed,
-                                  pixel_ids=ids, return_flags=True, n_draws=n_draws,
-                                  n_threads=n_threads)
-        q, s = quantise(emb)
-        root["embedding"][ys, xs, :] = q.reshape(wy, wx, dim)
-        root["scale"][ys, xs] = s.reshape(wy, wx)
-        root["chunk_nan"][i, j] = flags.n_nan
+    windows = _embedded_windows(cube, model, todo, chunk, seed, batch_size, n_draws, n_threads)
+    for (i, j), ys, xs, q, s, n_nan in tqdm(windows, total=len(todo), desc="embedding chunks",
+                                            disable=not progress):
+        root["embedding"][ys, xs, :] = q
+        root["scale"][ys, xs] = s
+        root["chunk_nan"][i, j] = n_nan
         root["chunk_done"][i, j] = 1  # last: the window is only "done" once written
-        del window, pixels, emb, q, s
     done = np.asarray(root["chunk_done"][:]).astype(bool)
     n_nan = int(np.asarray(root["chunk_nan"][:]).sum())
     run = EmbeddingRun(store, ny * nx, n_nan, n_cy * n_cx, int(done.sum()), n_skipped)
@@ -270,6 +313,91 @@ def embed_cube(
             "their embeddings are NaN (scale NaN)", stacklevel=2,
         )
     return run
+
+
+def _store_attrs(cube: xr.Dataset, model: TrainedEncoder, chunk: int, seed: int,
+                 n_draws: int) -> dict[str, Any]:
+    """What an embedding store records of how it was made."""
+    return {
+        "encoder": _encoder_signature(model),
+        "seed": int(seed),
+        "n_draws": int(n_draws),
+        "chunk": int(chunk),
+        "shape": json.dumps([cube.sizes["y"], cube.sizes["x"], model.config.embed_dim]),
+        "description": "TESSERA-style int8 embeddings; value = embedding * scale",
+    }
+
+
+def embed_cube_in_memory(
+    cube: xr.Dataset,
+    model: TrainedEncoder,
+    chunk: int = 256,
+    seed: int = 0,
+    batch_size: int = 8192,
+    progress: bool = False,
+    n_draws: int = 1,
+    n_threads: int | None = None,
+) -> xr.Dataset:
+    """:func:`embed_cube` into memory: the Dataset ``open_embeddings(store).load()`` would give.
+
+    The same windows, timestep draws and quantisation as :func:`embed_cube`
+    (so the same int8 values and scales), without writing a Zarr store and
+    reading it back: for cubes embedded to be mapped at once and thrown away
+    (chapter 08's replicate worlds, :func:`fungi_ssl.region.write_simulated_tiles`),
+    where the store's creation costs as much as embedding a small window.
+    Nothing resumes, so use :func:`embed_cube` for long runs.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> from fungi_ssl.encoder import S2_BANDS, S1_BANDS, TesseraEncoder, TrainedEncoder, EncoderConfig
+    >>> rng = np.random.default_rng(0)
+    >>> cube = xr.Dataset(
+    ...     {"s2": (("time_s2", "band_s2", "y", "x"), rng.random((6, 10, 4, 5), np.float32)),
+    ...      "s2_valid": (("time_s2", "y", "x"), np.ones((6, 4, 5), bool)),
+    ...      "s1": (("time_s1", "band_s1", "y", "x"), rng.random((5, 2, 4, 5), np.float32)),
+    ...      "s1_valid": (("time_s1", "y", "x"), np.ones((5, 4, 5), bool))},
+    ...     coords={"band_s2": list(S2_BANDS), "band_s1": list(S1_BANDS),
+    ...             "doy_s2": ("time_s2", np.arange(6) * 60 + 1), "doy_s1": ("time_s1", np.arange(5) * 70 + 1),
+    ...             "y": 6e6 - 10 * np.arange(4) - 5, "x": 5e5 + 10 * np.arange(5) + 5}
+    ... ).rio.write_crs(32630)
+    >>> enc = TesseraEncoder(EncoderConfig()).eval()
+    >>> ds = embed_cube_in_memory(cube, TrainedEncoder(enc, enc.config, enc.normaliser), chunk=2)
+    >>> ds["embedding"].shape, ds.attrs["complete"], ds.rio.crs.to_epsg()
+    ((4, 5, 128), True, 32630)
+    """
+    if not isinstance(model, TrainedEncoder):
+        raise ValueError(  # noqa: TRY004 (project rule: bad input is a ValueError)
+            f"embed_cube_in_memory: model must be a TrainedEncoder, got {type(model).__name__}"
+        )
+    if int(chunk) < 1:
+        raise ValueError(f"embed_cube_in_memory: chunk must be ≥ 1, got {chunk}")
+    chunk = int(chunk)
+    check_cube(cube)
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    n_cy, n_cx = -(-ny // chunk), -(-nx // chunk)
+    dim = model.config.embed_dim
+    emb = np.zeros((ny, nx, dim), np.int8)
+    scale = np.full((ny, nx), np.nan, np.float32)
+    nan = np.zeros((n_cy, n_cx), np.int64)
+    todo = [(i, j) for i in range(n_cy) for j in range(n_cx)]
+    windows = _embedded_windows(cube, model, todo, chunk, seed, batch_size, n_draws, n_threads)
+    for (i, j), ys, xs, q, s, n_nan in tqdm(windows, total=len(todo), desc="embedding chunks",
+                                            disable=not progress):
+        emb[ys, xs] = q
+        scale[ys, xs] = s
+        nan[i, j] = n_nan
+    attrs = _store_attrs(cube, model, chunk, seed, n_draws)
+    ds = _template(cube, chunk, n_cy, n_cx, dim, attrs, emb, scale,
+                   np.ones((n_cy, n_cx), np.uint8), nan)
+    n_nan = int(nan.sum())
+    ds.attrs.update(n_nan=n_nan, complete=True)
+    if n_nan:
+        warnings.warn(
+            f"embed_cube: {n_nan} of {ny * nx} pixels have no valid S2 or S1 observation; "
+            "their embeddings are NaN (scale NaN)", stacklevel=2,
+        )
+    return ds
 
 
 def open_embeddings(store: str | Path) -> xr.Dataset:

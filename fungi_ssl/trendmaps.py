@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -343,29 +343,63 @@ def _null_key() -> str:
     return f"v{NULL_WORLD_VERSION}-{hashlib.sha256(src[start:end]).hexdigest()[:12]}"
 
 
-def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
-             trained: TrainedEncoder, model: MapModel, seed: int,
-             root: Path | None) -> tuple[np.ndarray, dict[str, float]]:
-    from . import embed
-    from .maps import predict_map
+def _simulated_ahead(jobs: Sequence[Any], make: Any) -> Iterator[Any]:
+    """``make(*job)`` of each job in order, the next one made in a background thread meanwhile.
 
+    Simulating a cube (NumPy and numba kernels) and embedding one (torch) both
+    release the GIL, so the next job's cube is simulated on the second core
+    while this one's is embedded. ``make`` must not depend on the order
+    (every cube is a function of its window, year and seed).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fungi-ssl-simulate") as pool:
+        pending = pool.submit(make, *jobs[0])
+        for k in range(len(jobs)):
+            result = pending.result()
+            if k + 1 < len(jobs):
+                pending = pool.submit(make, *jobs[k + 1])
+            yield result
+
+
+def _map_key(study: SimulatedStudy, world: str, park: str, size: int, year: int,
+             model: MapModel, seed: int, root: Path | None) -> tuple[str, dict[str, Any], Path]:
+    """The world a park-year is simulated in, its cube's cache parameters and its map's cache folder."""
     # 2017 is the same world in both: one embedding and one map serve both
     world_key = "changing" if (world == "null" and int(year) == NULL_BASE_YEAR) else world
-    w = park_window(study, park, size)
     cube_params = {**_sim_key(study), "world": world_key, "park": park, "size": int(size),
                    "year": int(year)}
     if world_key == "null":
         cube_params["null_world"] = _null_key()
     params = {"cube": cube_params, "encoder": model.spec.encoder,
               "model": model.fingerprint, "model_settings": model.settings, "seed": int(seed)}
-    d = cache.cache_dir("trend_maps", params, root=root)
+    return world_key, cube_params, cache.cache_dir("trend_maps", params, root=root)
+
+
+def _park_cube(study: SimulatedStudy, world_key: str, park: str, size: int,
+               year: int) -> xr.Dataset:
+    """A park-year's lazy Sentinel cube, in chapter 08's chunks (one window)."""
+    chunk = int(np.ceil(int(size) / 16) * 16)
+    return _world_study(study, world_key).cube(park_window(study, park, size), int(year),
+                                               chunks=chunk)
+
+
+def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
+             trained: TrainedEncoder, model: MapModel, seed: int,
+             root: Path | None, cube: xr.Dataset | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    from . import embed
+    from .maps import predict_map
+
+    world_key, cube_params, d = _map_key(study, world, park, size, year, model, seed, root)
     path = d / "map.npy"
     if path.exists():
         return np.load(path), {"cached": 1.0}
     t0 = time.perf_counter()
-    s = _world_study(study, world_key)
     chunk = int(np.ceil(int(size) / 16) * 16)
-    cube = s.cube(w, int(year), chunks=chunk)
+    if cube is None:
+        cube = _park_cube(study, world_key, park, size, year)
     store = embed.cached_embed_cube(cube, trained, cube_params, chunk=chunk, seed=seed,
                                     root=root, progress=False)
     t1 = time.perf_counter()
@@ -457,8 +491,22 @@ def park_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *
     t0 = time.perf_counter()
     jobs = [(p, y) for p in parks for y in years]
     layers: dict[str, list[np.ndarray]] = {p: [] for p in parks}
-    for p, y in tqdm(jobs, desc=f"{world} world maps", unit="park-year", disable=not progress):
-        values, info = _map_one(study, world, p, size, y, trained, model, seed, root)
+    for p in parks:
+        park_window(study, p, size)  # chosen here, before the simulating thread starts
+    _world_study(study, world)
+    todo = {(p, y) for p, y in jobs
+            if not (_map_key(study, world, p, size, y, model, seed, root)[2] / "map.npy").exists()}
+
+    def simulate(p: str, y: int) -> xr.Dataset | None:
+        if (p, y) not in todo:
+            return None
+        world_key = _map_key(study, world, p, size, y, model, seed, root)[0]
+        return _park_cube(study, world_key, p, size, y).load(scheduler="synchronous")
+
+    cubes = _simulated_ahead(jobs, simulate)
+    for (p, y), cube in tqdm(zip(jobs, cubes), total=len(jobs), desc=f"{world} world maps",
+                             unit="park-year", disable=not progress):
+        values, info = _map_one(study, world, p, size, y, trained, model, seed, root, cube)
         layers[p].append(values)
         out.n_cached += int(info["cached"])
     for p in parks:
@@ -768,15 +816,10 @@ def _replicate_key() -> str:
 
 def _embed_in_memory(cube: xr.Dataset, trained: TrainedEncoder, chunk: int,
                      seed: int) -> xr.Dataset:
-    """:func:`~fungi_ssl.embed.embed_cube` into a temporary store, read back into memory."""
-    import tempfile
-
+    """:func:`~fungi_ssl.embed.embed_cube`'s embeddings, made in memory (no store to write and read back)."""
     from . import embed
 
-    with tempfile.TemporaryDirectory(prefix="fungi-ssl-replicate-") as tmp:
-        run = embed.embed_cube(cube, trained, Path(tmp) / "e.zarr", chunk=chunk, seed=seed,
-                               progress=False, n_threads=1)
-        return embed.open_embeddings(run.store).load()
+    return embed.embed_cube_in_memory(cube, trained, chunk=chunk, seed=seed, n_threads=1)
 
 
 def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *,
@@ -811,15 +854,20 @@ def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     s = replicate_study(study, world, k)
     chunk = int(np.ceil(int(size) / 16) * 16)
     out: dict[str, np.ndarray] = {}
+    windows = {p: park_window(study, p, size) for p in parks}
+    jobs = [(p, y) for p in parks for y in years]
+    layers: dict[str, list[np.ndarray]] = {p: [] for p in parks}
+
+    def simulate(p: str, y: int) -> xr.Dataset:
+        return s.cube(windows[p], y, chunks=chunk).load(scheduler="synchronous")
+
+    for (p, y), cube in zip(jobs, _simulated_ahead(jobs, simulate)):
+        store = _embed_in_memory(cube, trained, chunk, seed)
+        run = predict_map(model, {y: store}, y, quantity="log_richness", chunk=chunk,
+                          window=chunk, scheduler="synchronous", progress=False)
+        layers[p].append(np.asarray(run.map.values, dtype=np.float32))
     for p in parks:
-        w = park_window(study, p, size)
-        layers = []
-        for y in years:
-            store = _embed_in_memory(s.cube(w, y, chunks=chunk), trained, chunk, seed)
-            run = predict_map(model, {y: store}, y, quantity="log_richness", chunk=chunk,
-                              window=chunk, scheduler="synchronous", progress=False)
-            layers.append(np.asarray(run.map.values, dtype=np.float32))
-        out[p] = np.stack(layers)
+        out[p] = np.stack(layers[p])
     tmp = d / "maps.tmp.npz"
     with open(tmp, "wb") as fh:
         np.savez(fh, **{f"p{i}": out[p] for i, p in enumerate(parks)})

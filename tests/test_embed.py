@@ -128,6 +128,24 @@ def test_resume_equals_uninterrupted(tmp_path, trained):
     assert open_embeddings(full.store).attrs["n_draws"] == 1
 
 
+def test_in_memory_equals_the_store(tmp_path, trained):
+    """embed_cube_in_memory gives the store's values bit for bit, and the same map."""
+    from fungi_ssl.embed import embed_cube_in_memory
+
+    cube = make_cube(chunks={"y": 4, "x": 4})  # lazy: windows load in a background thread
+    with pytest.warns(UserWarning, match="1 of 130 pixels have no valid"):
+        run = embed_cube(cube, trained, tmp_path / "e.zarr", chunk=4, seed=3, progress=False)
+    with pytest.warns(UserWarning, match="1 of 130 pixels have no valid"):
+        mem = embed_cube_in_memory(cube, trained, chunk=4, seed=3)
+    disk = open_embeddings(run.store).load()
+    for v in ("embedding", "scale", "chunk_done", "chunk_nan"):
+        np.testing.assert_array_equal(mem[v].values, disk[v].values)
+        assert mem[v].dtype == disk[v].dtype
+    for k in ("encoder", "seed", "n_draws", "chunk", "shape", "n_nan", "complete"):
+        assert str(mem.attrs[k]) == str(disk.attrs[k])
+    assert mem.rio.crs == disk.rio.crs and mem.rio.transform() == disk.rio.transform()
+
+
 def test_patch_sampling_at_lonlat(tmp_path, trained):
     cube = make_cube()
     ds = open_embeddings(embed_cube(cube, trained, tmp_path / "e.zarr", chunk=5, progress=False).store)

@@ -217,6 +217,17 @@ def _cloud_fields(seed: int) -> list[GaussianField]:
     return [GaussianField(seed, 10_000 + t, CLOUD_LENGTH_M, 24) for t in range(73)]
 
 
+#: Cosines held at once when the cloud fields of several dates are evaluated together.
+_TRIG_AT_ONCE = 1 << 20
+
+
+@lru_cache(maxsize=8)
+def _cloud_field_stack(seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The cloud fields of :func:`_cloud_fields` stacked: ``w (73, K, 2)``, ``phi (73, K)``, amp."""
+    fields = _cloud_fields(seed)
+    return (np.stack([f.w for f in fields]), np.stack([f.phi for f in fields]), fields[0].amp)
+
+
 def _pheno(doy, sos, eos, gmin, gmax):
     rise = 1.0 / (1.0 + np.exp(-(doy - sos) / 8.0))
     fall = 1.0 / (1.0 + np.exp(-(doy - eos) / 10.0))
@@ -370,13 +381,23 @@ def sentinel_observations(landscape: Landscape, epsg: np.ndarray, xs: np.ndarray
     anomalies = _CLOUD_DATE_SD * hash_normal(seed, 501, regions[None, :, 0],
                                              np.arange(T2)[:, None], regions[None, :, 1],
                                              regions[None, :, 2])
+    # the cloud fields' cosines and sines, for a group of dates at a time
+    w_all, phi_all, amp = _cloud_field_stack(seed)
+    group = max(1, min(T2, _TRIG_AT_ONCE // (w_all.shape[1] * B * (xs.shape[1] + ys.shape[1]))))
     for t in range(T2):
+        if t % group == 0:
+            g = slice(t, t + group)
+            wx, wy = w_all[g, :, 0][..., None, None], w_all[g, :, 1][..., None, None]
+            ph = phi_all[g][..., None, None]
+            ax, ay = wx * x_year[None, None] + ph, wy * ys[None, None]
+            bx, by = wx * x_shadow[None, None] + ph, wy * y_shadow[None, None]
+            trig = [np.cos(ay), np.cos(ax), np.sin(ay), np.sin(ax)]
+            trig_shadow = [np.cos(by), np.cos(bx), np.sin(by), np.sin(bx)]
         e = np.exp(kernels.pheno_arguments(doy2_f, hw, t, sos_t_f, eos_t_f, sos_g_f, eos_g_f))
         u = kernels.key_uniforms(h_year, t)
         normals = ndtri(u[:2])
-        field = _cloud_fields(seed)[t]
-        cf = field.grid(x_year, ys).reshape(n_px)
-        cs = field.grid(x_shadow, y_shadow).reshape(n_px)
+        cf = kernels.fourier_grid_sum(*(a[t % group] for a in trig), amp).reshape(n_px)
+        cs = kernels.fourier_grid_sum(*(a[t % group] for a in trig_shadow), amp).reshape(n_px)
         anomaly = anomalies[t][region_of]
         kernels.sentinel2_date(doy2_f, hw, t, e, normals, u, cf, cs, anomaly, *s2_static,
                                s2[t].reshape(10, n_px), s2_valid[t].reshape(n_px))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -244,7 +243,7 @@ def write_simulated_tiles(
 
     from tqdm.auto import tqdm
 
-    from .embed import embed_cube, open_embeddings
+    from .embed import embed_cube_in_memory
     from .study import simulator_fingerprint
 
     b = check_bbox(bbox)
@@ -267,27 +266,23 @@ def write_simulated_tiles(
     cells = _cell_windows(b, TILE_MARGIN_PX)
     names, n_pixels = [], 0
     jobs = [(y, c) for y in years for c in cells]
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, (year, (c_lon, c_lat, win)) in enumerate(
-            tqdm(jobs, desc="simulated tiles", unit="tile", disable=not progress)
-        ):
-            cube = study.cube(win, year, chunks=64)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pixels without a clear observation: no-data scale
-                run = embed_cube(cube, trained, Path(tmp) / f"{k}.zarr", chunk=64, seed=seed,
-                                 progress=False)
-            ds = open_embeddings(run.store)
-            emb = np.asarray(ds["embedding"].values, dtype=np.int8)
-            scale = np.asarray(ds["scale"].values, dtype=np.float32)
-            if scale.ndim == 3:
-                scale = scale[..., 0]
-            from affine import Affine
+    for year, (c_lon, c_lat, win) in tqdm(jobs, desc="simulated tiles", unit="tile",
+                                          disable=not progress):
+        cube = study.cube(win, year, chunks=64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pixels without a clear observation: no-data scale
+            ds = embed_cube_in_memory(cube, trained, chunk=64, seed=seed)
+        emb = np.asarray(ds["embedding"].values, dtype=np.int8)
+        scale = np.asarray(ds["scale"].values, dtype=np.float32)
+        if scale.ndim == 3:
+            scale = scale[..., 0]
+        from affine import Affine
 
-            transform = Affine(10.0, 0.0, win.col0 * 10.0, 0.0, -10.0, -win.row0 * 10.0)
-            tessera.write_tile(root, year, c_lon, c_lat, emb, scale, crs=win.epsg,
-                               transform=transform, overwrite=True)
-            names.append(win.name)
-            n_pixels += emb.shape[0] * emb.shape[1]
+        transform = Affine(10.0, 0.0, win.col0 * 10.0, 0.0, -10.0, -win.row0 * 10.0)
+        tessera.write_tile(root, year, c_lon, c_lat, emb, scale, crs=win.epsg,
+                           transform=transform, overwrite=True)
+        names.append(win.name)
+        n_pixels += emb.shape[0] * emb.shape[1]
     meta = {"dataset_version": sig.split(":", 1)[1], "dataset_variant": "fungi_ssl.simulate",
             "note": "simulated embeddings written by fungi_ssl.region.write_simulated_tiles"}
     (root / tessera.METADATA_FILENAME).write_text(json.dumps(meta, indent=1) + "\n")

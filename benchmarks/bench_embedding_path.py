@@ -15,7 +15,10 @@ Measures, in one run on the same machine (issue 20, item 3):
      the cloud fields' cosines between pixels;
 3. **cube embedding**: pixels/s of :func:`fungi_ssl.embed.embed_cube` on the
    72-pixel park cube already simulated into memory, and end to end on the
-   lazy cube (simulating while embedding, as chapter 08 does);
+   lazy cube (simulated, then embedded: one window, so nothing overlaps), and
+   on a lazy 192 × 192 cube in 64-pixel windows (the windows of
+   :func:`fungi_ssl.region.write_simulated_tiles`), where the next window is
+   simulated in a background thread while the encoder embeds this one;
 4. **tile embedding**: pixels/s of a 256 × 256 tile-year cube in memory
    embedded by ``embed_cube`` (128-pixel windows) and written in geotessera's
    layout by :func:`fungi_ssl.tessera.write_tile`.
@@ -25,6 +28,23 @@ warm-up (the site patches: one run) and is also given per CPU-second of this
 process. The machine is shared, so absolute figures
 move with its load; the ratios to the encoder measured in the same run are
 the robust figures.
+
+Where the time went (issue 20, item 3): embedding a cube already in memory
+was never far from the encoder (0.65 of its pixels/s before, in one run).
+Chapter 08's 3,700 px/s was the simulator in front of it (7,000–15,000
+pixel-years/s on park windows: every date a few dozen NumPy passes over
+float64 temporaries, nine splitmix64 rounds per uniform, regional draws hashed
+pixel by pixel, cloud fields summed feature by feature) and, for the 32-pixel
+replicate cubes, a Zarr store created, written and read back per cube (60–80
+ms, as long as embedding the cube). Now the dates' loops and the Fourier sums
+are numba kernels with the same floating-point operations in the same order
+(``fungi_ssl.simulate.kernels``; the values are pinned bit for bit by
+``tests/test_simulate_pinned.py``), throwaway cubes are embedded in memory
+(``embed_cube_in_memory``), and the next window or cube is simulated in a
+background thread while the encoder embeds this one. What is left: the 3 × 3
+site patches cannot share the cloud fields' cosines between pixels, so
+``numpy.cos``/``sin`` (about 4,700 per pixel-year) bound them; a single-window
+cube cannot overlap its own simulation with its embedding.
 
 Usage::
 
@@ -89,6 +109,7 @@ def main() -> None:
     reps = 1 if args.quick else args.repeats
     n_enc, park, tile, n_samples = ((4096, 32, 64, 300) if args.quick
                                     else (32_768, 72, 256, 2000))
+    region_chunk = 32 if args.quick else 64     # region.write_simulated_tiles' windows
     model = default_model()
     out: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                              "numpy": np.__version__, "cpu_threads": torch.get_num_threads()},
@@ -131,6 +152,12 @@ def main() -> None:
             lambda: embed_cube(study.cube(big, 2019, chunks=chunk), model,
                                Path(d) / f"{next(k)}.zarr", chunk=chunk, progress=False), reps))
 
+        region = Window.around(*PARK_POINT, 3 * region_chunk)
+        out["simulate_and_embed_region"] = rate(region.width * region.height, *timed(
+            lambda: embed_cube(study.cube(region, 2020, chunks=region_chunk), model,
+                               Path(d) / f"{next(k)}.zarr", chunk=region_chunk, progress=False),
+            reps))
+
     # 4. tile embedding: a tile-year in memory, embedded and written as a geotessera tile
     tcube = synthetic_cube(tile).load()
     with tempfile.TemporaryDirectory() as d:
@@ -152,7 +179,8 @@ def main() -> None:
         out["embed_tile"] = rate(tile * tile, *timed(embed_tile, reps))
 
     enc = out["encoder"]
-    for key in ("embed_park_cube", "simulate_and_embed_park_cube", "embed_tile"):
+    for key in ("embed_park_cube", "simulate_and_embed_park_cube", "simulate_and_embed_region",
+                "embed_tile"):
         out[key]["ratio_to_encoder"] = out[key]["per_s"] / enc["per_s"]
         out[key]["cpu_ratio_to_encoder"] = out[key]["per_cpu_s"] / enc["per_cpu_s"]
     print(f"{'stage':<32}{'n':>9}{'per s':>12}{'per CPU-s':>12}{'÷ encoder':>11}")

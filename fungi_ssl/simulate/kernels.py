@@ -21,6 +21,7 @@ Kernels are compiled on first use and cached on disk (``cache=True``), as
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -172,16 +173,21 @@ _KERNELS: dict[str, Any] = {}
 _CALLED = ("_splitmix64", "_fold", "_clip", "_pheno")
 
 
+_JIT_LOCK = threading.Lock()  # a cube may first be simulated in a background thread
+
+
 def _jit(name: str, func: Any) -> Any:
-    if name not in _KERNELS:
+    kernel = _KERNELS.get(name)
+    if kernel is None:
         import numba
 
-        g = globals()
-        for called in _CALLED:
-            if not isinstance(g[called], numba.core.dispatcher.Dispatcher):
-                g[called] = numba.njit(cache=True)(g[called])
-        _KERNELS[name] = numba.njit(nogil=True, cache=True)(func)
-    return _KERNELS[name]
+        with _JIT_LOCK:
+            g = globals()
+            for called in _CALLED:
+                if not isinstance(g[called], numba.core.dispatcher.Dispatcher):
+                    g[called] = numba.njit(cache=True)(g[called])
+            kernel = _KERNELS.setdefault(name, numba.njit(nogil=True, cache=True)(func))
+    return kernel
 
 
 def fourier_grid(w: np.ndarray, phi: np.ndarray, amp: float, xs: np.ndarray,

@@ -133,8 +133,8 @@ def encoder_signature(source: Any) -> str:
         it); an embedding store opened with
         :func:`fungi_ssl.embed.open_embeddings` (its ``encoder`` attribute); or
         a TESSERA tile from :func:`fungi_ssl.tessera.open_tile`
-        (``"tessera"``, plus ``":<dataset_version>"`` when the download
-        recorded one).
+        (``"tessera:<dataset_version>"``, ``"tessera:unknown-version"`` when
+        the download records none: :func:`fungi_ssl.tessera.version_signature`).
 
     Examples
     --------
@@ -151,8 +151,9 @@ def encoder_signature(source: Any) -> str:
         if "encoder" in source.attrs:
             return str(source.attrs["encoder"])
         if "tile" in source.attrs:  # a TESSERA tile (fungi_ssl.tessera.open_tile)
-            version = source.attrs.get("tessera_dataset_version")
-            return "tessera" if version is None else f"tessera:{version}"
+            from .tessera import version_signature
+
+            return version_signature(source.attrs.get("tessera_dataset_version"))
         raise ValueError(
             "encoder_signature: the Dataset records no encoder (no 'encoder' attribute as "
             "fungi_ssl.embed stores write, and not a TESSERA tile)"

@@ -487,8 +487,7 @@ class _TesseraSource(EmbeddingSource):
                     f"TESSERA tile {t.name} has per-dimension scales {sc.shape}; maps need one "
                     "scale per pixel"
                 )
-        v = _tessera_version(root)
-        self.encoder = "tessera" if v is None else f"tessera:{v}"
+        self.encoder = tessera.embeddings_signature(root)
 
     def read(self, r0, r1, c0, c1, row_chunks, col_chunks):
         rows, cols = [], []
@@ -526,22 +525,6 @@ def _tessera_years(root: Path) -> list[int]:
     if not base.is_dir():
         return []
     return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d{4}", p.name))
-
-
-def _tessera_version(root: Path) -> str | None:
-    from .tessera import METADATA_FILENAME
-
-    sidecar = root / METADATA_FILENAME
-    if not sidecar.is_file():
-        return None
-    import json
-
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    v = meta.get("dataset_version")
-    return None if v is None else str(v)
 
 
 def _tile_bounds_in(t, crs: CRS) -> tuple[float, float, float, float]:

@@ -261,7 +261,8 @@ def test_dask_scheduler_and_worker_processes_give_the_same_map(stores, model, re
     emb, sc, _ = synthetic_embeddings(7, h=48, w=64)
     write_tile(tiles, 2024, 0.15, 52.05, emb, sc, transform=ta)
     tm = MapModel.load(model[0].save(tmp_path / "m.fmm"))
-    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera",
+    # tiles without tessera_metadata.json: an unknown TESSERA release
+    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera:unknown-version",
                             tm.spec.predictor_columns)
     west, south = crs_to_lonlat(ta.c + 30, ta.f - 450, g.epsg)
     east, north = crs_to_lonlat(ta.c + 600, ta.f - 20, g.epsg)
@@ -414,7 +415,8 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
     write_tile(root, 2024, 0.15, 52.05, emb_a, sc_a, transform=ta)
     write_tile(root, 2024, 0.25, 52.05, emb_b, sc_b, transform=tb)
     tm = MapModel.load(model[0].save(tmp_path / "m.fmm"), check_versions=True)
-    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera",
+    # tiles without tessera_metadata.json: an unknown TESSERA release
+    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera:unknown-version",
                             tm.spec.predictor_columns)
     # a bbox inside tile A: the same map as a store holding tile A's arrays
     west, south = crs_to_lonlat(ta.c + 100, ta.f - 300, ga.epsg)
@@ -422,7 +424,7 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
     bbox = (float(west), float(south), float(east), float(north))
     tiles_run = predict_map(tm, root, 2024, bbox=bbox, chunk=16, window=32, progress=False)
     store = write_embedding_store(tmp_path / "a.zarr", emb_a, sc_a, transform=ta, crs=ga.epsg,
-                                  encoder="tessera", year=2024)
+                                  encoder="tessera:unknown-version", year=2024)
     src = open_embedding_source(root, 2024, bbox)
     g = src.grid
     store_run = predict_map(tm, store, 2024, bbox=(g.bounds[0] + 5, g.bounds[1] + 5,
@@ -444,7 +446,7 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
         predict_map(tm, root, 2023, bbox=bbox, progress=False)
     with pytest.raises(ValueError, match="outside every TESSERA tile"):
         predict_map(tm, root, 2024, bbox=(10.0, 40.0, 10.01, 40.01), progress=False)
-    with pytest.raises(ValueError, match="encoder: model 'enc-test', embeddings .* 'tessera'"):
+    with pytest.raises(ValueError, match="encoder: model 'enc-test', embeddings .* 'tessera:unknown-version'"):
         predict_map(model[0], root, 2024, bbox=bbox, progress=False)
 
 

@@ -481,3 +481,25 @@ def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
     np.testing.assert_allclose(result.map.values[rows, cols][ok], m.predict_patches(patches[ok]),
                                rtol=1e-4)
     assert result.n_no_embedding == store.attrs["n_nan"]
+
+
+def test_a_bbox_across_two_utm_zones_is_refused_with_where_to_split(tmp_path):
+    """Cells west of 0° lie in UTM zone 30, east of it in 31: a box over both is refused in one
+    line naming the longitude to split at, not mapped with one zone resampled onto the other."""
+    from fungi_ssl.maps import open_embedding_source
+    from fungi_ssl.tessera import tile_grid, write_tile
+
+    for lon in (-0.05, 0.05):
+        g = tile_grid(lon, 52.05)
+        write_tile(tmp_path, 2024, lon, 52.05, np.ones((g.height, g.width, 4), np.int8),
+                   np.full((g.height, g.width), 0.1, np.float32))
+    with pytest.raises(ValueError) as err:
+        open_embedding_source(tmp_path, 2024, (-0.02, 52.02, 0.03, 52.08))
+    msg = str(err.value)
+    assert "\n" not in msg and "UTM zones 30, 31" in msg
+    assert "split the box at longitude 0 " in msg
+    assert "-0.02 52.02 0 52.08; 0 52.02 0.03 52.08" in msg
+    # each part maps, in its own zone
+    west = open_embedding_source(tmp_path, 2024, (-0.02, 52.02, 0.0, 52.08))
+    east = open_embedding_source(tmp_path, 2024, (0.0, 52.02, 0.03, 52.08))
+    assert (west.grid.crs.to_epsg(), east.grid.crs.to_epsg()) == (32630, 32631)

@@ -85,7 +85,7 @@ import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .mapmodel import MapModel
 

@@ -242,7 +242,7 @@ def write_simulated_tiles(
     """
     import time
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .embed import embed_cube, open_embeddings
     from .study import simulator_fingerprint

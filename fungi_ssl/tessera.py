@@ -909,7 +909,7 @@ def sample_patches(
     >>> bool(np.allclose(p[0].values, emb[1:4, 1:4] * 0.5)), bool(np.isnan(p[1]).all())
     (True, True)
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
         raise ValueError(f"sample_patches: k must be a positive odd integer, got {k!r}")

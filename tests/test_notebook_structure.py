@@ -21,7 +21,7 @@ def _fungi_names(nb) -> set[str]:
     for c in nb.cells:
         if c.cell_type != "code":
             continue
-        for m in re.finditer(r"^from fungi_ssl(?:\.\w+)* import \(?([^)]*?)\)?$", c.source, re.M):
+        for m in re.finditer(r"^from fungi_ssl(?:\.\w+)* import \(?([^)]*?)\)?$", c.source, re.MULTILINE):
             names |= {p.strip().split(" as ")[-1] for p in m.group(1).split(",") if p.strip()}
     return names - {"plotting", "write_results", "chapter_guild"}
 

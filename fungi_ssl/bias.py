@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import stats
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401 (the .rio accessor)
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.bias import (
     DEFAULT_CONFIDENCE,

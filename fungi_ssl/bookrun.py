@@ -1088,7 +1088,7 @@ def run_book(
         When a notebook fails; the summary is still written, with the failed
         notebook marked ``"failed"``, and later notebooks are not run.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     profile = profile or config.DEFAULT_PROFILE
     config.get_profile(profile)  # validates the name

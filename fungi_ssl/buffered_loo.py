@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.coordinates import geodesic_distance_m
 from fungi_ssl.cv import CoordinateKind, SpatialKFold

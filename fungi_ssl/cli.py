@@ -10,9 +10,10 @@
 
 Each subcommand calls the package's public functions and prints what it
 wrote: ``download`` calls :func:`fungi_ssl.download.download_real_tables`;
-``fit`` :func:`embedding_patches` and :class:`fungi_ssl.mapmodel.MapModel`;
-``predict-map`` :func:`fungi_ssl.maps.predict_map`; ``trend``
-:func:`polygon_trend_table` (:mod:`fungi_ssl.trends`); ``book``
+``fit`` :func:`fungi_ssl.predictors.embedding_patches` and
+:class:`fungi_ssl.mapmodel.MapModel`; ``predict-map``
+:func:`fungi_ssl.maps.predict_map`; ``trend``
+:func:`fungi_ssl.trends.polygon_trend_table`; ``book``
 :func:`fungi_ssl.bookrun.run_book`, then Jupyter Book as ``make book`` does.
 
 Embeddings
@@ -29,10 +30,12 @@ A sample's patch is read at its plot coordinate (``longitude``,
 column). When that year is not held (TESSERA starts in 2017, so older
 samples have none), the sample takes the nearest year held: the first year
 for samples from before it, the last for samples after it, the earlier of
-two equally near years in a gap. ``--year Y`` instead reads every sample
-from year ``Y``, which must be held. A sample without a year needs
-``--year``. :func:`fungi_ssl.predictors.embedding_years` applies the rule
-(the book's chapters use the same function) and counts each case.
+two equally near years in a gap. A sample without a year (the real
+GlobalFungi table has no year column) is read from the first year held, as
+an old sample is. ``--year Y`` instead reads every sample from year ``Y``,
+which must be held. :func:`fungi_ssl.predictors.embedding_years` applies the
+rule, the same for the book's chapters, and ``fit`` prints how many samples
+took each case.
 
 Errors
 ------
@@ -61,30 +64,15 @@ import sys
 import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from typer.core import TyperGroup
 
 from . import config
 
-if TYPE_CHECKING:  # pragma: no cover
-    import geopandas as gpd
-    import numpy as np
-    import pandas as pd
-
-    from .predictors import EmbeddingYears
-
-__all__ = [
-    "CommandError",
-    "app",
-    "embedding_patches",
-    "held_years",
-    "polygon_trend_table",
-    "target_values",
-]
+__all__ = ["CommandError", "app"]
 
 #: Exceptions that mean bad input: one line on stderr unless ``--debug``.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
@@ -92,17 +80,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 DEFAULT_TARGET = "rarefied"
 #: The fungal guild a sample table holds by default.
 DEFAULT_GUILD = "ECM"
-#: The study's patch (3 × 3 pixels), the one :func:`fungi_ssl.maps.predict_map` maps with.
-PATCH_SIZE = 3
-
-
-def __getattr__(name: str) -> Any:
-    # the year rule lives in fungi_ssl.predictors, which imports torch: load it only when asked
-    if name in ("EmbeddingYears", "embedding_years"):
-        from . import predictors
-
-        return getattr(predictors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CommandError(Exception):
@@ -261,234 +238,6 @@ def _writable(path: Path, overwrite: bool, what: str) -> Path:
     return path
 
 
-def _is_zarr_store(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
-
-
-# --------------------------------------------------------------------------
-# the embeddings behind a sample table
-# --------------------------------------------------------------------------
-def held_years(embeddings: str | os.PathLike) -> dict[int, Path]:
-    """The years an embeddings folder holds, each with what to read it from.
-
-    Parameters
-    ----------
-    embeddings : path
-        A geotessera download folder, a Zarr embedding store with a ``year``
-        attribute, or a folder of ``<year>.zarr`` stores.
-
-    Returns
-    -------
-    dict
-        ``{year: path}``: the geotessera folder itself for every year it
-        holds tiles of, or the Zarr store of that year; sorted by year.
-
-    Raises
-    ------
-    FileNotFoundError
-        The path does not exist.
-    ValueError
-        A folder that holds none of the three, a geotessera folder without
-        any year, or a store that records no year.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> import numpy as np
-    >>> from affine import Affine
-    >>> from fungi_ssl import tessera
-    >>> root = tempfile.mkdtemp()
-    >>> _ = tessera.write_tile(root, 2021, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
-    ...                        np.ones((3, 3), np.float32),
-    ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
-    >>> list(held_years(root))
-    [2021]
-    """
-    from .tessera import EMBEDDINGS_DIR_NAME
-
-    path = _existing(Path(embeddings), "embeddings folder")
-    if (path / EMBEDDINGS_DIR_NAME).is_dir():
-        years = sorted(
-            int(p.name)
-            for p in (path / EMBEDDINGS_DIR_NAME).iterdir()
-            if p.is_dir() and re.fullmatch(r"\d{4}", p.name) and any(p.iterdir())
-        )
-        if not years:
-            raise ValueError(
-                f"the geotessera folder {path} holds no tiles: {path / EMBEDDINGS_DIR_NAME} has "
-                "no non-empty <year>/ folder"
-            )
-        return {y: path for y in years}
-    if _is_zarr_store(path):
-        from .embed import open_embeddings
-
-        year = open_embeddings(path).attrs.get("year")
-        if year is None:
-            raise ValueError(
-                f"embedding store {path} records no year (attribute 'year'); put it in a folder "
-                "as <year>.zarr"
-            )
-        return {int(year): path}
-    if path.is_dir():
-        stores = {int(p.stem): p for p in path.glob("*.zarr") if re.fullmatch(r"\d{4}", p.stem)}
-        if stores:
-            return dict(sorted(stores.items()))
-    raise ValueError(
-        f"{path} holds no embeddings: expected a geotessera download folder (with "
-        f"{EMBEDDINGS_DIR_NAME}/), a Zarr embedding store or a folder of <year>.zarr stores"
-    )
-
-
-def embedding_patches(
-    samples: pd.DataFrame,
-    embeddings: str | os.PathLike,
-    *,
-    year: int | None = None,
-    k: int = PATCH_SIZE,
-    progress: bool = True,
-) -> tuple[np.ndarray, str, EmbeddingYears]:
-    """Dequantised k × k patches at each sample's plot coordinate, from its embedding year.
-
-    Parameters
-    ----------
-    samples : pandas.DataFrame
-        The sample-table schema (:func:`fungi_ssl.io.read_samples`):
-        ``longitude``, ``latitude`` and, unless ``year`` is given, ``year``.
-    embeddings : path
-        See :func:`held_years`.
-    year : int, optional
-        Read every sample from this year (see the module's year rule).
-    k : int
-        Patch side in pixels.
-    progress : bool
-        Progress bars over tiles.
-
-    Returns
-    -------
-    patches : numpy.ndarray
-        float32 ``(n, k, k, dim)`` in the samples' order; NaN where a sample
-        or a pixel of its patch has no embedding.
-    encoder : str
-        Signature of the embeddings' encoder
-        (:func:`fungi_ssl.mapmodel.encoder_signature`), which a map model
-        records.
-    years : EmbeddingYears
-        The year each sample was read from.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        As :func:`held_years` and :func:`embedding_years`; embeddings of
-        different dimensions or encoders in different years.
-    """
-    import numpy as np
-
-    from .mapmodel import encoder_signature
-    from .predictors import embedding_years
-
-    held = held_years(embeddings)
-    path = Path(embeddings)
-    if "year" in samples.columns:
-        sample_years = samples["year"]
-    elif year is not None:
-        sample_years = [year] * len(samples)
-    else:
-        raise ValueError(
-            f"the sample table has no 'year' column; pass --year to read every sample from one "
-            f"year of the embeddings under {path} (years held: {sorted(held)})"
-        )
-    which = embedding_years(sample_years, list(held), year=year, source=f"embeddings under {path}")
-    lon = samples["longitude"].to_numpy(dtype=float)
-    lat = samples["latitude"].to_numpy(dtype=float)
-    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    encoders: dict[int, str] = {}
-    for y in np.unique(which.years):
-        rows = np.flatnonzero(which.years == y)
-        src = held[int(y)]
-        if _is_zarr_store(src):
-            from .embed import open_embeddings, raster_patches
-
-            ds = open_embeddings(src)
-            p = raster_patches(ds, longitude=lon[rows], latitude=lat[rows], k=k)
-            encoders[int(y)] = encoder_signature(ds)
-        else:
-            from . import tessera
-
-            p = tessera.sample_patches(src, int(y), lon[rows], lat[rows], k=k, progress=progress)
-            # the signature is the download's (its tessera_metadata.json): any tile gives it
-            folder = src / tessera.EMBEDDINGS_DIR_NAME / str(int(y))
-            first = min(d.name for d in folder.glob("grid_*") if d.is_dir())
-            encoders[int(y)] = encoder_signature(
-                tessera.open_tile(src, int(y), *tessera.parse_tile_name(first))
-            )
-        parts[int(y)] = (rows, np.asarray(p.transpose("sample", "row", "col", "dim").values))
-    dims = {int(y): v[1].shape[-1] for y, v in parts.items()}
-    if len(set(dims.values())) > 1:
-        raise ValueError(f"the embeddings under {path} differ in dimension between years: {dims}")
-    if len(set(encoders.values())) > 1:
-        raise ValueError(f"the embeddings under {path} come from different encoders: {encoders}")
-    dim = next(iter(dims.values()))
-    out = np.full((len(samples), k, k, dim), np.nan, np.float32)
-    for rows, values in parts.values():
-        out[rows] = values
-    return out, next(iter(encoders.values())), which
-
-
-def target_values(samples: pd.DataFrame, target: str) -> np.ndarray:
-    """The target column of a sample table as float richness (≥ 0, NaN kept).
-
-    Raises
-    ------
-    ValueError
-        The column is missing, holds text that is not a number, or a
-        negative or infinite value; the message names the table, the column
-        and the first bad rows.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> target_values(pd.DataFrame({"am": [1.0, None]}), "am").tolist()
-    [1.0, nan]
-    >>> target_values(pd.DataFrame({"am": ["1", "many"]}), "am")
-    Traceback (most recent call last):
-    ...
-    ValueError: sample table: target column 'am' is not numeric in 1 row(s): row 1: 'many'
-    """
-    import numpy as np
-    import pandas as pd
-
-    source = str(samples.attrs.get("source", "sample table"))
-    if target not in samples.columns:
-        raise ValueError(
-            f"{source}: no target column {target!r}; columns are {list(map(str, samples.columns))}"
-        )
-    col = samples[target]
-    values = pd.to_numeric(col, errors="coerce")
-    bad = values.isna() & col.notna()
-    problem = ""
-    if bad.any():
-        problem = "is not numeric"
-    else:
-        values = values.astype(float)
-        bad = ~np.isfinite(values) & values.notna()
-        problem = "is infinite"
-        if not bad.any():
-            bad = values < 0
-            problem = "is negative (richness must be ≥ 0)"
-    if bad.any():
-        ids = samples["sample_id"] if "sample_id" in samples.columns else None
-        shown = ", ".join(
-            f"{'row ' + str(i) if ids is None else 'sample ' + repr(ids[i])}: {v!r}"
-            for i, v in col[bad].iloc[:5].items()
-        )
-        raise ValueError(
-            f"{source}: target column {target!r} {problem} in {int(bad.sum())} row(s): {shown}"
-        )
-    if values.isna().all():
-        raise ValueError(f"{source}: target column {target!r} has no value")
-    return values.to_numpy(dtype=float)
-
-
 # --------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------
@@ -611,13 +360,14 @@ def fit(
 
     Patches are read at each sample's plot coordinate from the embeddings of
     its sampling year; a year the embeddings lack takes the nearest year held
-    (TESSERA starts in 2017). Samples without a complete patch are left out
-    and counted.
+    (TESSERA starts in 2017), and a sample without a year the first year
+    held. Samples without a complete patch are left out and counted.
     """
     import numpy as np
 
-    from .io import read_samples
+    from .io import read_samples, target_values
     from .mapmodel import MapModel
+    from .predictors import PATCH_SIZE, embedding_patches
 
     _writable(out, overwrite, "--out")
     table = read_samples(samples)
@@ -821,227 +571,6 @@ def predict_map(
 # --------------------------------------------------------------------------
 # trend
 # --------------------------------------------------------------------------
-def _map_year(arr: Any, path: Path) -> int:
-    years = arr.attrs.get("years")
-    if years is not None and re.fullmatch(r"\s*\d{4}\s*", str(years)):
-        return int(years)
-    found = re.findall(r"(?<!\d)(\d{4})(?!\d)", path.stem)
-    if len(found) == 1:
-        return int(found[0])
-    raise ValueError(
-        f"map {path}: cannot tell its year (no 'years' tag as fungi-ssl predict-map writes, "
-        "and not exactly one 4-digit year in the file name)"
-    )
-
-
-def _open_stack(maps: Sequence[Path]) -> Any:
-    from .maps import open_map
-    from .trends import stack_years
-
-    for p in maps:
-        _existing(p, "map")
-    zarrs = [p for p in maps if p.suffix.lower() == ".zarr"]
-    if zarrs:
-        if len(maps) != 1:
-            raise ValueError(
-                f"give either one Zarr stack or one GeoTIFF per year, not {len(maps)} maps "
-                f"including {zarrs[0]}"
-            )
-        stack = open_map(maps[0])
-        if stack.rio.crs is None or "quantity" not in stack.attrs:
-            # maps.open_map leaves the CRS behind when the store keeps spatial_ref as a data
-            # variable (as predict_map writes it), and the quantity in the store's attributes
-            import xarray as xr
-
-            ds = xr.open_zarr(maps[0], consolidated=False)
-            if stack.rio.crs is None and "spatial_ref" in ds.variables:
-                stack = stack.rio.write_crs(ds["spatial_ref"].attrs.get("crs_wkt"))
-            stack.attrs.setdefault("quantity", ds.attrs.get("quantity", "richness"))
-        return stack
-    by_year: dict[int, Any] = {}
-    for p in maps:
-        arr = open_map(p)
-        y = _map_year(arr, p)
-        if y in by_year:
-            raise ValueError(f"two maps for year {y}: {by_year[y].encoding.get('source')} and {p}")
-        arr.encoding["source"] = str(p)
-        by_year[y] = arr
-    stack = stack_years(by_year)
-    stack.attrs["quantity"] = next(iter(by_year.values())).attrs.get("quantity", "richness")
-    return stack
-
-
-def _read_polygons(path: Path) -> gpd.GeoDataFrame:
-    import geopandas as gpd
-    from pyogrio.errors import DataSourceError
-
-    _existing(path, "--polygons")
-    try:
-        return gpd.read_file(path)
-    except DataSourceError as err:  # a RuntimeError
-        raise ValueError(f"--polygons {path}: not a vector file GDAL can read ({err})") from None
-
-
-@dataclass
-class TrendTable:
-    """What :func:`polygon_trend_table` computed.
-
-    Attributes
-    ----------
-    trends : pandas.DataFrame
-        One row per polygon (:func:`fungi_ssl.trends.polygon_trends`).
-    years : list of int
-    contrast : fungi_ssl.trends.WoodlandContrast or None
-        Ancient against other woodland, when the polygons say which is which.
-    notes : list of str
-        Why the contrast was left out, if it was.
-    """
-
-    trends: pd.DataFrame
-    years: list[int]
-    contrast: Any = None
-    notes: list[str] = field(default_factory=list)
-
-
-def polygon_trend_table(
-    maps: Sequence[str | os.PathLike],
-    polygons: str | os.PathLike,
-    *,
-    id_column: str = "polygon_id",
-    type_column: str = "woodland",
-    park_column: str = "park",
-    min_valid_fraction: float = 0.5,
-    n_boot: int = 2000,
-    confidence: float | None = None,
-    seed: int = 0,
-) -> TrendTable:
-    """Per-polygon Theil–Sen trends of yearly maps, and the ancient-vs-other contrast.
-
-    Chapter 08's estimand (:data:`TREND_ESTIMAND`): richness maps are taken
-    to ``log1p`` pixel by pixel before the polygon means, so a polygon's
-    value is the mean of ``log1p(richness)``, whatever scale the maps hold.
-    The contrast's interval is :func:`fungi_ssl.trends.park_year_contrast`'s.
-
-    Parameters
-    ----------
-    maps : sequence of path
-        One map per year (GeoTIFFs from ``fungi-ssl predict-map``, whose
-        ``years`` tag or file name gives the year) or one Zarr ``(year, y, x)`` stack.
-    polygons : path
-        A vector file (GeoPackage, GeoJSON, shapefile …) with a CRS and a
-        unique ``id_column``.
-    id_column, type_column, park_column : str
-        Polygon id; woodland type (``ancient`` or ``other``; without it, no
-        contrast); park (strata of the bootstrap, when present).
-    min_valid_fraction, n_boot, confidence, seed
-        As :func:`fungi_ssl.trends.polygon_trends` and
-        :func:`fungi_ssl.trends.woodland_contrast`.
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        Missing files; maps of different grids, unknown years or too few of
-        them; polygons without CRS, id or overlap with the maps; woodland
-        types other than ancient/other.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from . import trends as tr
-
-    confidence = tr.DEFAULT_CONFIDENCE if confidence is None else confidence
-    stack = _open_stack([Path(m) for m in maps])
-    poly = _read_polygons(Path(polygons))
-    if id_column not in poly.columns:
-        raise ValueError(
-            f"--polygons {polygons}: no id column {id_column!r} (columns: "
-            f"{[c for c in poly.columns if c != 'geometry']}); name it with --id-column"
-        )
-    notes: list[str] = []
-    rename = {}
-    if type_column in poly.columns:
-        rename[type_column] = "woodland"
-    else:
-        notes.append(
-            f"no woodland type column {type_column!r} in {polygons}: no ancient-vs-other "
-            "contrast (name it with --type-column)"
-        )
-    if park_column in poly.columns:
-        rename[park_column] = "park"
-    poly = poly.drop(
-        columns=[c for c in ("woodland", "park") if c in poly.columns and c not in rename],
-        errors="ignore",
-    ).rename(columns=rename)
-    if "woodland" in poly.columns:
-        kinds = set(poly["woodland"].dropna().astype(str))
-        unknown = sorted(kinds - set(tr.WOODLAND_TYPES))
-        if unknown:
-            raise ValueError(
-                f"--polygons {polygons}: column {type_column!r} must hold "
-                f"{' or '.join(tr.WOODLAND_TYPES)}, found {unknown}"
-            )
-    if stack.attrs.get("quantity", "richness") != "log_richness":
-        # the book's estimand everywhere: the polygon mean of log1p(richness) per pixel
-        # (for predict-map's richness maps, expm1 of the model's log1p scale, exactly
-        # the model's own log1p prediction), not the log of the mean richness
-        attrs_ = dict(stack.attrs)
-        stack = np.log1p(stack.where(stack > -1))
-        stack.attrs.update(attrs_, quantity="log_richness")
-    log = False
-    # trends.zonal_means names its id column "polygon_id" whatever id_column is, so the
-    # polygons carry their ids under that name here and get theirs back in the table
-    key = "polygon_id"
-    if id_column != key:
-        poly = poly.drop(columns=[key], errors="ignore").rename(columns={id_column: key})
-    zonal = tr.zonal_means(stack, poly, id_column=key)
-    attrs = pd.DataFrame(poly.drop(columns="geometry"))
-    table = tr.polygon_trends(
-        zonal,
-        attrs,
-        log=log,
-        min_valid_fraction=min_valid_fraction,
-        confidence=confidence,
-        id_column=key,
-    )
-    table = table.rename(columns={key: id_column})
-    years = list(table.attrs.get("years", []))
-    contrast = None
-    if "woodland" in table.columns:
-        ok = table[table["slope"].notna()]
-        missing = [k for k in tr.WOODLAND_TYPES if not (ok["woodland"] == k).any()]
-        if missing:
-            notes.append(f"no {' or '.join(missing)} woodland polygon with a trend: no contrast")
-        else:
-            z = zonal.merge(
-                attrs[[key, "woodland", *(["park"] if "park" in attrs.columns else [])]], on=key
-            )
-            if "park" not in z.columns:
-                notes.append(
-                    f"no park column {park_column!r}: all polygons are taken as one park, so "
-                    "errors shared by a park-year cancel from the contrast and only type and "
-                    "polygon errors enter its interval"
-                )
-                z = z.assign(park="all")
-            contrast = tr.park_year_contrast(
-                z.dropna(subset=["woodland"]),
-                log=log,
-                min_valid_fraction=min_valid_fraction,
-                years=years,
-                n_boot=n_boot,
-                confidence=confidence,
-                seed=seed,
-            )
-    return TrendTable(table, years, contrast, notes)
-
-
-#: What ``fungi-ssl trend`` and chapter 08 estimate, in one sentence.
-TREND_ESTIMAND = (
-    "per polygon, the Theil-Sen slope over the years of the mean over its pixels of "
-    "log1p(richness) (log richness per year); per woodland type, the pixel-weighted mean of "
-    "those slopes; the interval treats parks and park-years as the units of replication"
-)
-
-
 def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -1149,6 +678,8 @@ def trend(
     difference, with an interval that treats parks and park-years as the
     units of replication (fungi_ssl.trends.park_year_contrast).
     """
+    from .trends import TREND_ESTIMAND, polygon_trend_table
+
     paths = [*(maps or []), *(more_maps or [])]
     if not paths:
         raise CommandError("no maps given: pass --maps MAP1.tif MAP2.tif ... or one .zarr stack")

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.cv import BlockKFold, SpatialKFold, fitting_block_size
 from fungi_ssl.features import select_predictors

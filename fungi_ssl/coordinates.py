@@ -171,6 +171,20 @@ def utm_epsg(longitude: float, latitude: float) -> int:
     return (32600 if latitude >= 0 else 32700) + zone
 
 
+def utm_zone_edges(west: float, east: float) -> list[float]:
+    """Longitudes of the UTM zone edges (multiples of 6° from −180°) strictly inside a range.
+
+    Examples
+    --------
+    >>> utm_zone_edges(-0.5, 0.5), utm_zone_edges(0.1, 0.9), utm_zone_edges(-7.0, 7.0)
+    ([0.0], [], [-6.0, 0.0, 6.0])
+    """
+    first = int(np.floor((west + 180.0) / 6.0)) + 1
+    last = int(np.ceil((east + 180.0) / 6.0)) - 1
+    return [float(-180.0 + 6.0 * k) for k in range(first, last + 1)
+            if west < -180.0 + 6.0 * k < east]
+
+
 def lonlat_to_crs(
     longitude: np.ndarray, latitude: np.ndarray, crs: CRS | int | str
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.model_selection import KFold, PredefinedSplit
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.config import get_profile
 from fungi_ssl.coordinates import EARTH_RADIUS_M, check_lonlat

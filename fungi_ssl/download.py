@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pooch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "REAL_TABLES",

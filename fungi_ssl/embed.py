@@ -39,7 +39,7 @@ import xarray as xr
 import zarr
 import zarr.errors
 from rioxarray.exceptions import RioXarrayError
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import cache, coordinates
 from .encoder import (

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .hashing import hash_uniform_rows
 from .tessera import dequantise  # noqa: F401  (re-exported: the inverse of quantise)

@@ -265,9 +265,9 @@ def _fingerprint(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from fungi_ssl.mapmodel import package_versions
+    from fungi_ssl.mapmodel import library_versions
 
-    v = package_versions()
+    v = library_versions()
     return {k: v[k] for k in sorted(v) if k in ("lightgbm", "xgboost", "scikit-learn", "numpy")}
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "read_samples",
     "read_spun_covariates",
     "sample_raster_at_points",
+    "target_values",
     "validate_samples",
 ]
 
@@ -888,3 +889,55 @@ def check_data_directory(data_dir: str | os.PathLike, *, target: str = "rarefied
             f"TARGET={target}: {tables.directory} has no sample table to read it from, only "
             f"{tables.spun_covariates.name}, whose richness is ECM_diversity")
     return tables
+
+
+def target_values(samples: pd.DataFrame, target: str) -> np.ndarray:
+    """The target column of a sample table as float richness (≥ 0, NaN kept).
+
+    Raises
+    ------
+    ValueError
+        The column is missing, holds text that is not a number, or a
+        negative or infinite value; the message names the table, the column
+        and the first bad rows.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> target_values(pd.DataFrame({"am": [1.0, None]}), "am").tolist()
+    [1.0, nan]
+    >>> target_values(pd.DataFrame({"am": ["1", "many"]}), "am")
+    Traceback (most recent call last):
+    ...
+    ValueError: sample table: target column 'am' is not numeric in 1 row(s): row 1: 'many'
+    """
+    source = str(samples.attrs.get("source", "sample table"))
+    if target not in samples.columns:
+        raise ValueError(
+            f"{source}: no target column {target!r}; columns are {list(map(str, samples.columns))}"
+        )
+    col = samples[target]
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    problem = ""
+    if bad.any():
+        problem = "is not numeric"
+    else:
+        values = values.astype(float)
+        bad = ~np.isfinite(values) & values.notna()
+        problem = "is infinite"
+        if not bad.any():
+            bad = values < 0
+            problem = "is negative (richness must be ≥ 0)"
+    if bad.any():
+        ids = samples["sample_id"] if "sample_id" in samples.columns else None
+        shown = ", ".join(
+            f"{'row ' + str(i) if ids is None else 'sample ' + repr(ids[i])}: {v!r}"
+            for i, v in col[bad].iloc[:5].items()
+        )
+        raise ValueError(
+            f"{source}: target column {target!r} {problem} in {int(bad.sum())} row(s): {shown}"
+        )
+    if values.isna().all():
+        raise ValueError(f"{source}: target column {target!r} has no value")
+    return values.to_numpy(dtype=float)

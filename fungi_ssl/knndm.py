@@ -83,7 +83,7 @@ import pandas as pd
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial import cKDTree
 from scipy.stats import ks_2samp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.coordinates import WGS84_GEOD, nearest_distance_m
 from fungi_ssl.cv import SITE_DISTANCE_M, SpatialKFold, check_coords, site_groups

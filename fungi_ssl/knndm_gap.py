@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.model_selection import PredefinedSplit
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from fungi_ssl.coordinates import nearest_distance_m
 from fungi_ssl.knndm import KNNDMKFold, KNNDMResult

@@ -22,7 +22,10 @@ predictor set, refitted on all samples for mapping:
 
 It records its :class:`FeatureSpec` (embedding dimension, patch size, the
 encoder's signature, the predictor columns), the fingerprint of the training
-table and the versions of ``fungi_ssl``, scikit-learn and LightGBM.
+table, the TESSERA dataset version of the embeddings (when they are TESSERA
+tiles) and the versions of every library whose objects the file holds:
+``fungi_ssl``, scikit-learn (the PCA), the regressor's library (LightGBM,
+XGBoost or scikit-learn), skops and numpy (:func:`package_versions`).
 
 Map prediction does not build the 1,152 patch features: PCA is linear, so
 the patch projection is one matmul of each pixel's 128 int8 values with a
@@ -40,7 +43,10 @@ File format
 -----------
 :meth:`MapModel.save` writes one zip file holding ``meta.json`` (plain JSON:
 format version, feature spec, fingerprint, versions, settings) and
-``model.skops`` (the PCA and the regressor, serialised with skops). Why skops
+``model.skops`` (the PCA and the regressor, serialised with skops). A file
+loads under the same major version (``0.y`` for a ``0.y`` release) of
+``fungi_ssl`` and of the libraries whose estimators it rebuilds; a minor
+difference gives a one-line warning (:func:`version_check`). Why skops
 and not pickle or joblib: unpickling executes whatever code the file names,
 so a model file from someone else is a program you run; skops only
 reconstructs an allow-list of types and refuses anything else, so loading a
@@ -56,9 +62,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -72,13 +80,18 @@ from .models import MODEL_NAMES, fit_model, make_model
 from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
 __all__ = [
+    "CACHE_KEY_LIBRARIES",
     "FORMAT_VERSION",
+    "REGRESSOR_LIBRARY",
     "FeatureSpec",
     "FlatTrees",
     "MapModel",
+    "compatible_series",
     "encoder_signature",
+    "library_versions",
     "package_versions",
     "table_fingerprint",
+    "version_check",
 ]
 
 #: The model's target, :data:`fungi_ssl.predictors.TARGET` (``log1p(rarefied)``); repeated
@@ -97,28 +110,145 @@ _TRUSTED_TYPES = frozenset(
         "xgboost.sklearn.XGBRegressor",
     }
 )
-#: Packages whose versions a saved model records and checks.
-_VERSIONED = ("fungi_ssl", "scikit-learn", "lightgbm")
+#: Libraries whose objects every model file holds: the package, the PCA's scikit-learn,
+#: skops (the file format of the objects) and numpy (their arrays).
+_ALWAYS_HELD = ("fungi_ssl", "scikit-learn", "skops", "numpy")
+#: The library of each regressor (the one whose objects it adds to the file).
+REGRESSOR_LIBRARY = {"lightgbm": "lightgbm", "xgboost": "xgboost", "rf": "scikit-learn",
+                     "ridge": "scikit-learn"}
+#: Libraries a model must share the compatible version of (:func:`compatible_series`) to be
+#: loaded: the package and the libraries whose estimators it rebuilds. numpy and skops keep
+#: their formats across versions (skops reads older files; arrays are .npy), so a different
+#: series of them is a warning only.
+_MUST_MATCH = ("fungi_ssl", "scikit-learn", "lightgbm", "xgboost")
 
 Output = Literal["richness", "log_richness"]
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of ``fungi_ssl``, scikit-learn and LightGBM.
+def package_versions(model: str | None = None) -> dict[str, str]:
+    """Installed versions of the libraries whose objects a model file holds.
+
+    Parameters
+    ----------
+    model : {"lightgbm", "xgboost", "rf", "ridge"}, optional
+        The regressor: its library (:data:`REGRESSOR_LIBRARY`) is added to
+        ``fungi_ssl``, scikit-learn, skops and numpy.
 
     Examples
     --------
-    >>> sorted(package_versions())
-    ['fungi_ssl', 'lightgbm', 'scikit-learn']
+    >>> sorted(package_versions("xgboost"))
+    ['fungi_ssl', 'numpy', 'scikit-learn', 'skops', 'xgboost']
+    >>> sorted(package_versions("rf"))
+    ['fungi_ssl', 'numpy', 'scikit-learn', 'skops']
+    """
+    names = list(_ALWAYS_HELD)
+    if model is not None:
+        lib = REGRESSOR_LIBRARY[model]
+        if lib not in names:
+            names.append(lib)
+    return library_versions(names)
+
+
+#: The libraries whose versions key the book's cached models (:mod:`fungi_ssl.resolution`,
+#: :mod:`fungi_ssl.heldout`); unchanged so that existing caches stay valid.
+CACHE_KEY_LIBRARIES = ("fungi_ssl", "scikit-learn", "lightgbm")
+
+
+def library_versions(names: Sequence[str] = CACHE_KEY_LIBRARIES) -> dict[str, str]:
+    """Installed versions of the named distributions, in that order (``"unknown"`` if absent).
+
+    Examples
+    --------
+    >>> list(library_versions(["numpy", "fungi_ssl"]))
+    ['numpy', 'fungi_ssl']
     """
     out = {}
-    for name in _VERSIONED:
-        dist = "fungi-ssl" if name == "fungi_ssl" else name
-        try:
-            out[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # pragma: no cover - an uninstalled checkout
-            out[name] = "unknown"
+    for name in names:
+        out[name] = "unknown"  # an uninstalled checkout
+        for dist in _DISTRIBUTIONS.get(name, (name,)):
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
+
+
+#: Distributions that install a library under another name (XGBoost's CPU-only wheel).
+_DISTRIBUTIONS = {"fungi_ssl": ("fungi-ssl",), "xgboost": ("xgboost", "xgboost-cpu")}
+
+
+def compatible_series(version: str) -> tuple[int, ...] | None:
+    """The part of a version that must match for a saved model to load: its compatible series.
+
+    The major version; for a ``0.y`` version (semantic versioning's initial
+    development, where any minor release may break) the major and minor
+    version. None for a version that cannot be read.
+
+    Examples
+    --------
+    >>> compatible_series("4.5.0"), compatible_series("0.1.0"), compatible_series("2.1rc1")
+    ((4,), (0, 1), (2,))
+    >>> compatible_series("unknown") is None
+    True
+    """
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?", str(version))
+    if m is None:
+        return None
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    return (0, minor) if major == 0 else (major,)
+
+
+def _minor(version: str) -> tuple[int, ...] | None:
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?", str(version))
+    return None if m is None else (int(m.group(1)), int(m.group(2) or 0))
+
+
+def version_check(saved: Mapping[str, str], installed: Mapping[str, str]) -> tuple[str, str]:
+    """Compare a model file's library versions with the installed ones.
+
+    Parameters
+    ----------
+    saved : mapping
+        ``versions`` of the model file (:func:`package_versions` at fit time).
+    installed : mapping
+        :func:`package_versions` here, for the same regressor.
+
+    Returns
+    -------
+    refuse : str
+        Empty when the model can be loaded; else the libraries whose
+        compatible series (:func:`compatible_series`) differ, each with both
+        versions: ``fungi_ssl`` and the libraries whose estimators the file
+        holds (scikit-learn's PCA, the regressor's library).
+    warn : str
+        Empty, or the other differences worth one line: another minor
+        version of those libraries, another series of numpy or skops. A
+        library the file records no version of (an older file) is not compared.
+
+    Examples
+    --------
+    >>> version_check({"lightgbm": "4.5.0"}, {"lightgbm": "4.6.0"})
+    ('', "lightgbm: saved with '4.5.0', installed '4.6.0'")
+    >>> version_check({"lightgbm": "3.3.5"}, {"lightgbm": "4.6.0"})[0]
+    "lightgbm: saved with '3.3.5', installed '4.6.0'"
+    """
+    refuse, warn = {}, {}
+    for lib, here in installed.items():
+        there = saved.get(lib)
+        if there is None or there == here:
+            # files written before this library was recorded (numpy, skops, xgboost) say
+            # nothing about it; their estimators' own libraries were checked as before
+            continue
+        a, b = compatible_series(there), compatible_series(here)
+        if lib in _MUST_MATCH and (a is None or a != b):
+            refuse[lib] = (there, here)
+            continue
+        # a compatible library's other minor version; numpy's or skops's other series
+        worth_saying = _minor(there) != _minor(here) if lib in _MUST_MATCH else a != b
+        if worth_saying:
+            warn[lib] = (there, here)
+    return _describe(refuse, "saved with", "installed"), _describe(warn, "saved with", "installed")
 
 
 def encoder_signature(source: Any) -> str:
@@ -133,8 +263,8 @@ def encoder_signature(source: Any) -> str:
         it); an embedding store opened with
         :func:`fungi_ssl.embed.open_embeddings` (its ``encoder`` attribute); or
         a TESSERA tile from :func:`fungi_ssl.tessera.open_tile`
-        (``"tessera"``, plus ``":<dataset_version>"`` when the download
-        recorded one).
+        (``"tessera:<dataset_version>"``, ``"tessera:unknown-version"`` when
+        the download records none: :func:`fungi_ssl.tessera.version_signature`).
 
     Examples
     --------
@@ -151,8 +281,9 @@ def encoder_signature(source: Any) -> str:
         if "encoder" in source.attrs:
             return str(source.attrs["encoder"])
         if "tile" in source.attrs:  # a TESSERA tile (fungi_ssl.tessera.open_tile)
-            version = source.attrs.get("tessera_dataset_version")
-            return "tessera" if version is None else f"tessera:{version}"
+            from .tessera import version_signature
+
+            return version_signature(source.attrs.get("tessera_dataset_version"))
         raise ValueError(
             "encoder_signature: the Dataset records no encoder (no 'encoder' attribute as "
             "fungi_ssl.embed stores write, and not a TESSERA tile)"
@@ -375,7 +506,7 @@ class MapModel:
             predictor_columns=cols,
         )
         self.fingerprint = table_fingerprint(X, target, cols)
-        self.versions = package_versions()
+        self.versions = package_versions(self.model)
         ok = np.isfinite(X).all(axis=1) & np.isfinite(target)
         self.n_dropped = int((~ok).sum())
         X, target = X[ok], target[ok]
@@ -759,6 +890,8 @@ class MapModel:
             "spec": self.spec.to_dict(),
             "fingerprint": self.fingerprint,
             "versions": dict(self.versions),
+            "embeddings": {"encoder": self.spec.encoder,
+                           "tessera_dataset_version": self.tessera_dataset_version},
             "n_samples": self.n_samples,
             "n_dropped": self.n_dropped,
             "settings": self.settings,
@@ -766,6 +899,23 @@ class MapModel:
                      "model_params": {k: _plain(v) for k, v in self.model_params.items()},
                      "val_size": self.val_size, "n_jobs": self.n_jobs},
         }
+
+    @property
+    def tessera_dataset_version(self) -> str | None:
+        """The TESSERA dataset version of the embeddings the model was fitted on.
+
+        ``"v1"`` for a model fitted on a geotessera download that records
+        ``dataset_version: v1``; None for the book's own encoder, or for
+        tiles that record no version (their encoder is then
+        ``"tessera:unknown-version"``, :func:`fungi_ssl.tessera.version_signature`).
+        ``meta.json`` holds it under ``embeddings``.
+        """
+        self._check_fitted()
+        enc = self.spec.encoder
+        if not enc.startswith("tessera:"):
+            return None
+        version = enc.split(":", 1)[1]
+        return None if version == "unknown-version" else version
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model to one file (see the module docstring), atomically.
@@ -826,15 +976,24 @@ class MapModel:
         expect : FeatureSpec, optional
             The feature spec the caller's embeddings have; a difference raises.
         check_versions : bool
-            Refuse a model saved under other versions of fungi_ssl, scikit-learn
-            or LightGBM (a model refitted under the current versions is the
-            safe fix; pass False to load it anyway, at your own risk).
+            Refuse a model saved under another compatible series
+            (:func:`compatible_series`: the major version, or ``0.y``) of
+            fungi_ssl, scikit-learn or the regressor's library (LightGBM,
+            XGBoost); warn in one line on another minor version of them, or
+            on another series of numpy or skops (:func:`version_check`). A model refitted under the
+            current versions is the safe fix; pass False to load it anyway,
+            at your own risk.
 
         Raises
         ------
         ValueError
             One message naming both sides of every mismatch (versions, then
             feature spec), or a file that is not a map model.
+
+        Warns
+        -----
+        UserWarning
+            One line naming the versions that differ but are compatible.
         """
         import skops.io as sio
 
@@ -846,12 +1005,14 @@ class MapModel:
                 f"this fungi_ssl reads version {FORMAT_VERSION}"
             )
         problems = []
+        minor_note = ""
         if check_versions:
-            here = package_versions()
-            saved = meta["versions"]
-            diffs = {k: (saved.get(k), here[k]) for k in here if saved.get(k) != here[k]}
-            if diffs:
-                problems.append("versions differ: " + _describe(diffs, "saved with", "installed"))
+            model_name = meta.get("init", {}).get("model")
+            here = package_versions(model_name if model_name in REGRESSOR_LIBRARY else None)
+            refuse, minor_note = version_check(meta.get("versions", {}), here)
+            if refuse:
+                problems.append("versions differ (a model loads under the same major version, "
+                                "or the same 0.y): " + refuse)
         spec = FeatureSpec.from_dict(meta["spec"])
         if expect is not None:
             diffs = spec.differences(expect)
@@ -863,6 +1024,10 @@ class MapModel:
                 + (". Refit the model here, or pass check_versions=False to load it anyway"
                    if check_versions and any(p.startswith("versions") for p in problems) else "")
             )
+        if minor_note:
+            warnings.warn(f"MapModel.load: {path} was saved under other compatible versions "
+                          f"({minor_note}); its predictions should be unchanged, and a refit "
+                          "here makes sure", UserWarning, stacklevel=2)
         with zipfile.ZipFile(path) as zf:
             blob = zf.read("model.skops")
         untrusted = set(sio.get_untrusted_types(data=blob))

@@ -63,6 +63,7 @@ standard deviation), with its CRS.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 import re
@@ -84,7 +85,7 @@ import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .mapmodel import MapModel
 
@@ -415,7 +416,9 @@ class _TesseraSource(EmbeddingSource):
     in that zone), so that tile's pixels are used exactly. A map pixel is
     read from the first tile whose raster contains its centre: tiles of the
     map's grid first, then the others (nearest pixel, i.e. the one containing
-    the centre). Pixels in no tile have no embedding.
+    the centre). Pixels in no tile have no embedding. A bbox whose cells hold
+    tiles of more than one UTM zone is refused with the longitude to split it
+    at (:func:`_check_one_utm_zone`): a map lies in one zone.
     """
 
     def __init__(self, root: Path, year: int, bbox: BBox, bbox_crs: Any,
@@ -463,6 +466,7 @@ class _TesseraSource(EmbeddingSource):
             raise ValueError(
                 f"bbox {tuple(bbox)} lies outside every TESSERA tile for {year} under {root}"
             )
+        _check_one_utm_zone(keep, b, bbox, root, year)
         dims = {t.shape[2] for t in keep}
         if len(dims) > 1:
             raise ValueError(f"TESSERA tiles under {root} for {year} differ in dimensions {sorted(dims)}")
@@ -487,8 +491,7 @@ class _TesseraSource(EmbeddingSource):
                     f"TESSERA tile {t.name} has per-dimension scales {sc.shape}; maps need one "
                     "scale per pixel"
                 )
-        v = _tessera_version(root)
-        self.encoder = "tessera" if v is None else f"tessera:{v}"
+        self.encoder = tessera.embeddings_signature(root)
 
     def read(self, r0, r1, c0, c1, row_chunks, col_chunks):
         rows, cols = [], []
@@ -519,6 +522,41 @@ class _TesseraSource(EmbeddingSource):
         return _TileBlocks(self._tiles, self.grid, self.dim, self.mask_water)
 
 
+def _utm_zone(crs: Any) -> str:
+    """The zone number of a WGS84 UTM CRS, whichever hemisphere (``"31"``), else the CRS's name."""
+    epsg = CRS(crs).to_epsg()
+    if epsg is not None and (32601 <= epsg <= 32660 or 32701 <= epsg <= 32760):
+        return str(epsg % 100)
+    return CRS(crs).name
+
+
+def _check_one_utm_zone(tiles: Sequence[Any], lonlat_bbox: BBox, bbox: Sequence[float],
+                        root: Path, year: int) -> None:
+    """Refuse a bbox whose 0.1° cells hold tiles of more than one UTM zone, saying where to split.
+
+    A map is one raster in one CRS: tiles of another zone would be resampled onto it
+    (nearest pixel), so the pixels near the zone edge would not be TESSERA's own. The
+    hemisphere does not count (32631 and 32731 share a grid up to a false northing).
+    """
+    from .coordinates import utm_zone_edges
+
+    w, s, e, n = lonlat_bbox
+    inside = [t for t in tiles
+              if t.bounds[0] < e and t.bounds[2] > w and t.bounds[1] < n and t.bounds[3] > s]
+    zones = sorted({_utm_zone(t.crs) for t in inside}, key=lambda z: (len(z), z))
+    if len(zones) <= 1:
+        return
+    edges = utm_zone_edges(w, e) or [round((w + e) / 2, 4)]
+    cuts = [w, *edges, e]
+    parts = "; ".join(f"{a:g} {s:g} {b:g} {n:g}" for a, b in itertools.pairwise(cuts))
+    raise ValueError(
+        f"bbox {tuple(bbox)} takes TESSERA tiles for {year} under {root} from UTM zones "
+        f"{', '.join(zones)}, and a map lies in one zone's grid; split the box at longitude "
+        f"{', '.join(f'{x:g}' for x in edges)} and map each part on its own "
+        f"(west south east north: {parts})"
+    )
+
+
 def _tessera_years(root: Path) -> list[int]:
     from .tessera import EMBEDDINGS_DIR_NAME
 
@@ -526,22 +564,6 @@ def _tessera_years(root: Path) -> list[int]:
     if not base.is_dir():
         return []
     return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and re.fullmatch(r"\d{4}", p.name))
-
-
-def _tessera_version(root: Path) -> str | None:
-    from .tessera import METADATA_FILENAME
-
-    sidecar = root / METADATA_FILENAME
-    if not sidecar.is_file():
-        return None
-    import json
-
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    v = meta.get("dataset_version")
-    return None if v is None else str(v)
 
 
 def _tile_bounds_in(t, crs: CRS) -> tuple[float, float, float, float]:

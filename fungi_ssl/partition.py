@@ -44,7 +44,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.model_selection import KFold
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 #: Largest number of groups accepted (2^k − 1 models are fitted).
 MAX_GROUPS = 10

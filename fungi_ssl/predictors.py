@@ -34,6 +34,7 @@ richness is right-skewed (real European table: median 40, 99th percentile
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -58,13 +59,17 @@ from .tessera import dequantise
 
 __all__ = [
     "FIRST_EMBEDDING_YEAR",
+    "PATCH_SIZE",
     "SSL_DRAWS",
     "TARGET",
     "EmbeddingYears",
     "PlotCoordinates",
     "PredictorTable",
+    "embedding_patches",
     "embedding_years",
     "encoder_config",
+    "held_years",
+    "is_zarr_store",
     "pixel_series",
     "plot_coordinates",
     "predictor_table",
@@ -271,8 +276,7 @@ class EmbeddingYears:
         Samples from before the first year held, after the last, or from a
         year inside the range that is not held, which took the nearest year.
     n_no_year : int
-        Samples without a sampling year, read from the first year held
-        (``missing="first"``).
+        Samples without a sampling year, read from the first year held.
     fixed : bool
         True when every sample was given one year (``year=``, ``--year``).
     """
@@ -306,54 +310,49 @@ class EmbeddingYears:
 
 def embedding_years(
     sample_years: Any, held: Any, *, year: int | None = None, source: str = "embeddings",
-    missing: str = "error",
 ) -> EmbeddingYears:
     """The embedding year of each sample: its own year, the nearest one held, or ``year``.
 
-    The rule: a sample is read from the embeddings of its sampling year.
-    When that year is not held, it takes the nearest year held: the first
-    year for samples from before it (TESSERA starts in
-    :data:`FIRST_EMBEDDING_YEAR`, so every older sample is read from the
-    first year held, i.e. the land as it was then stands in for the land at
-    sampling), the last for samples after it, the earlier of two equally near
-    years in a gap. ``year`` instead reads every sample from one year.
-    A sample without a year is an error (``missing="error"``, the command
-    line's ``fit``: pass ``--year``) or is read from the first year held, as
-    an old sample would be (``missing="first"``, the book's chapters, which
-    say how many).
+    The rule, the same for ``fungi-ssl fit``, chapter 10 and chapters 03–05:
+    a sample is read from the embeddings of its sampling year. When that year
+    is not held, it takes the nearest year held: the first year for samples
+    from before it (TESSERA starts in :data:`FIRST_EMBEDDING_YEAR`, so every
+    older sample is read from the first year held, i.e. the land as it was
+    then stands in for the land at sampling), the last for samples after it,
+    the earlier of two equally near years in a gap. A sample without a year
+    is read from the first year held, as an old sample is: GlobalFungi
+    records no sampling year for most samples (the real European table has
+    no year column) and most of them predate TESSERA. :meth:`EmbeddingYears.describe`
+    counts each case. ``year`` instead reads every sample from one year.
 
     Parameters
     ----------
     sample_years : array_like
-        Sampling year per sample (NA allowed with ``year`` or ``missing="first"``).
+        Sampling year per sample (NA where unknown).
     held : sequence of int
         Years the embeddings hold.
     year : int, optional
         Read every sample from this year (must be held).
     source : str
         The embeddings, for messages.
-    missing : {"error", "first"}
-        What a sample without a year takes.
 
     Raises
     ------
     ValueError
-        ``year`` not held; a sample without a year with ``missing="error"``.
+        ``year`` not held; no year held.
 
     Examples
     --------
     >>> e = embedding_years([2012, 2018, 2020, 2026], [2017, 2018, 2019, 2021, 2022])
     >>> e.years.tolist(), e.n_before, e.n_gap, e.n_after
     ([2017, 2018, 2019, 2022], 1, 1, 1)
-    >>> embedding_years([2018, None], [2017, 2018], missing="first").years.tolist()
+    >>> embedding_years([2018, None], [2017, 2018]).years.tolist()
     [2018, 2017]
     >>> embedding_years([2018], [2017, 2018], year=2016)
     Traceback (most recent call last):
     ...
     ValueError: year 2016 is not in the embeddings (years held: [2017, 2018])
     """
-    if missing not in ("error", "first"):
-        raise ValueError(f"missing must be 'error' or 'first', got {missing!r}")
     held = sorted(int(h) for h in held)
     if not held:
         raise ValueError(f"the {source} hold no year")
@@ -364,11 +363,6 @@ def embedding_years(
         return EmbeddingYears(np.full(n, int(year), np.int64), held, fixed=True)
     sy = pd.array(sample_years, dtype="Int64")
     no_year = np.asarray(pd.isna(sy))
-    if no_year.any() and missing == "error":
-        raise ValueError(
-            f"{int(no_year.sum())} of {n} samples have no year; pass --year to read every "
-            f"sample from one year of the {source} (years held: {held})"
-        )
     h = np.asarray(held, np.int64)
     sy = np.where(no_year, h[0], np.asarray(sy.fillna(h[0]), dtype=np.int64))
     # nearest year held; ties go to the earlier year (argmin takes the first)
@@ -377,6 +371,192 @@ def embedding_years(
     gap = ~before & ~after & ~no_year & ~np.isin(sy, h)
     return EmbeddingYears(out, held, int(before.sum()), int(after.sum()), int(gap.sum()),
                           n_no_year=int(no_year.sum()))
+
+
+# --------------------------------------------------------------------------
+# the one reader of patches at samples: geotessera tiles or Zarr embedding stores
+# --------------------------------------------------------------------------
+#: The study's patch (3 × 3 pixels), the one :func:`fungi_ssl.maps.predict_map` maps with.
+PATCH_SIZE = 3
+
+
+def is_zarr_store(path: Path) -> bool:
+    """Whether ``path`` is a Zarr group (v2 or v3) on disk."""
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zattrs"))
+
+
+def held_years(embeddings: str | os.PathLike) -> dict[int, Path]:
+    """The years an embeddings folder holds, each with what to read it from.
+
+    Parameters
+    ----------
+    embeddings : path
+        A geotessera download folder, a Zarr embedding store with a ``year``
+        attribute, or a folder of ``<year>.zarr`` stores.
+
+    Returns
+    -------
+    dict
+        ``{year: path}``: the geotessera folder itself for every year it
+        holds tiles of, or the Zarr store of that year; sorted by year.
+
+    Raises
+    ------
+    FileNotFoundError
+        The path does not exist.
+    ValueError
+        A folder that holds none of the three, a geotessera folder without
+        any year, or a store that records no year.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from affine import Affine
+    >>> from fungi_ssl import tessera
+    >>> root = tempfile.mkdtemp()
+    >>> _ = tessera.write_tile(root, 2021, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
+    ...                        np.ones((3, 3), np.float32),
+    ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
+    >>> list(held_years(root))
+    [2021]
+    """
+    import re
+
+    from .tessera import EMBEDDINGS_DIR_NAME
+
+    path = Path(embeddings)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings folder {path} does not exist")
+    if (path / EMBEDDINGS_DIR_NAME).is_dir():
+        years = sorted(
+            int(p.name)
+            for p in (path / EMBEDDINGS_DIR_NAME).iterdir()
+            if p.is_dir() and re.fullmatch(r"\d{4}", p.name) and any(p.iterdir())
+        )
+        if not years:
+            raise ValueError(
+                f"the geotessera folder {path} holds no tiles: {path / EMBEDDINGS_DIR_NAME} has "
+                "no non-empty <year>/ folder"
+            )
+        return {y: path for y in years}
+    if is_zarr_store(path):
+        from .embed import open_embeddings
+
+        year = open_embeddings(path).attrs.get("year")
+        if year is None:
+            raise ValueError(
+                f"embedding store {path} records no year (attribute 'year'); put it in a folder "
+                "as <year>.zarr"
+            )
+        return {int(year): path}
+    if path.is_dir():
+        stores = {int(p.stem): p for p in path.glob("*.zarr") if re.fullmatch(r"\d{4}", p.stem)}
+        if stores:
+            return dict(sorted(stores.items()))
+    raise ValueError(
+        f"{path} holds no embeddings: expected a geotessera download folder (with "
+        f"{EMBEDDINGS_DIR_NAME}/), a Zarr embedding store or a folder of <year>.zarr stores"
+    )
+
+
+def _store_encoder(ds: Any, path: Path) -> str:
+    """The encoder signature a Zarr embedding store records (as ``mapmodel.encoder_signature``)."""
+    sig = ds.attrs.get("encoder")
+    if not sig:
+        raise ValueError(
+            f"embedding store {path} records no encoder (attribute 'encoder', as "
+            "fungi_ssl.embed stores write)"
+        )
+    return str(sig)
+
+
+def embedding_patches(
+    samples: pd.DataFrame,
+    embeddings: str | os.PathLike,
+    *,
+    year: int | None = None,
+    k: int = PATCH_SIZE,
+    progress: bool = True,
+) -> tuple[np.ndarray, str, EmbeddingYears]:
+    """Dequantised k × k patches at each sample's plot coordinate, from its embedding year.
+
+    The one reader of patches at samples: ``fungi-ssl fit``, chapter 10
+    (:func:`fungi_ssl.region.fit_from_samples`) and chapters 03–05
+    (:func:`predictor_table` on real data) all call it, so one table gives
+    the same patches everywhere. Tiles are read by
+    :func:`fungi_ssl.tessera.sample_patches`, Zarr stores by
+    :func:`fungi_ssl.embed.raster_patches`; the year is
+    :func:`embedding_years`'s rule.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        The sample-table schema (:func:`fungi_ssl.io.read_samples`):
+        ``longitude``, ``latitude`` (the plot coordinate) and optionally
+        ``year`` (a sample without one is read from the first year held).
+    embeddings : path
+        See :func:`held_years`.
+    year : int, optional
+        Read every sample from this year.
+    k : int
+        Patch side in pixels.
+    progress : bool
+        Progress bars over tiles.
+
+    Returns
+    -------
+    patches : numpy.ndarray
+        float32 ``(n, k, k, dim)`` in the samples' order; NaN where a sample
+        or a pixel of its patch has no embedding.
+    encoder : str
+        Signature of the embeddings' encoder (a store's ``encoder``
+        attribute; :func:`fungi_ssl.tessera.embeddings_signature` for
+        tiles), which a map model records.
+    years : EmbeddingYears
+        The year each sample was read from.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`held_years` and :func:`embedding_years`; an empty sample
+        table; embeddings of different dimensions or encoders in different years.
+    """
+    held = held_years(embeddings)
+    path = Path(embeddings)
+    if not len(samples):
+        raise ValueError(f"no samples to read patches for from the embeddings under {path}")
+    sample_years = samples["year"] if "year" in samples.columns else [pd.NA] * len(samples)
+    which = embedding_years(sample_years, list(held), year=year, source=f"embeddings under {path}")
+    lon = samples["longitude"].to_numpy(dtype=float)
+    lat = samples["latitude"].to_numpy(dtype=float)
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    encoders: dict[int, str] = {}
+    for y in np.unique(which.years):
+        rows = np.flatnonzero(which.years == y)
+        src = held[int(y)]
+        if is_zarr_store(src):
+            from .embed import open_embeddings, raster_patches
+
+            ds = open_embeddings(src)
+            p = raster_patches(ds, longitude=lon[rows], latitude=lat[rows], k=k)
+            encoders[int(y)] = _store_encoder(ds, src)
+        else:
+            from . import tessera
+
+            p = tessera.sample_patches(src, int(y), lon[rows], lat[rows], k=k, progress=progress)
+            # one download, one signature (its tessera_metadata.json); said once, not per year
+            encoders[int(y)] = tessera.embeddings_signature(src, warn=not encoders)
+        parts[int(y)] = (rows, np.asarray(p.transpose("sample", "row", "col", "dim").values))
+    dims = {int(y): v[1].shape[-1] for y, v in parts.items()}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"the embeddings under {path} differ in dimension between years: {dims}")
+    if len(set(encoders.values())) > 1:
+        raise ValueError(f"the embeddings under {path} come from different encoders: {encoders}")
+    dim = next(iter(dims.values()))
+    out = np.full((len(samples), k, k, dim), np.nan, np.float32)
+    for rows, values in parts.values():
+        out[rows] = values
+    return out, next(iter(encoders.values())), which
 
 
 @dataclass
@@ -524,13 +704,13 @@ def _real_ssl_features(data_dir: Path, samples: pd.DataFrame, progress: bool,
     The SPUN table's coordinates are 1 km pixel centres, so its samples get
     the plot coordinate (and year, if any) of the same ``sample_id`` in the
     GlobalFungi sample table when the directory holds one, and no patch
-    otherwise. Each sample is read from its embedding year
-    (:func:`embedding_years`, ``missing="first"``: a sample without a year is
-    read from the first year held, like one from before it).
+    otherwise. The patches are :func:`embedding_patches`'s, the reader that
+    ``fungi-ssl fit`` and chapter 10 use: each sample is read from its
+    embedding year (:func:`embedding_years`: a sample without a year is read
+    from the first year held, like one from before it). ``<data_dir>/tessera``
+    may hold geotessera tiles or Zarr embedding stores.
     """
-    from .cli import held_years
     from .io import find_real_tables, read_samples
-    from .tessera import sample_patches
 
     root = data_dir / "tessera"
     plots = None
@@ -538,27 +718,23 @@ def _real_ssl_features(data_dir: Path, samples: pd.DataFrame, progress: bool,
         gf = find_real_tables(data_dir).samples
         plots = read_samples(gf) if gf is not None else None
     where = plot_coordinates(samples, plots, pixel_centres=pixel_centres)
-    held = list(held_years(root))
     ok = np.isfinite(where.longitude) & np.isfinite(where.latitude)
-    which = embedding_years(where.year[ok], held, source=f"TESSERA tiles under {root}",
-                            missing="first")
-    n, k = len(samples), 3
-    out: np.ndarray | None = None
-    rows = np.flatnonzero(ok)
-    for y in np.unique(which.years):
-        sel = rows[which.years == y]
+    n, k = len(samples), PATCH_SIZE
+    out = np.full((n, k, k, 128), np.nan, np.float32)
+    if ok.any():
+        located = pd.DataFrame({"longitude": where.longitude[ok], "latitude": where.latitude[ok],
+                                "year": pd.array(where.year[ok], dtype="Int64")})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # counted below
-            da = sample_patches(root, int(y), where.longitude[sel], where.latitude[sel], k=k,
-                                progress=progress)
-        if out is None:
-            out = np.full((n, k, k, da.sizes["dim"]), np.nan, np.float32)
-        out[sel] = da.transpose("sample", "row", "col", "dim").values
-    if out is None:
-        out = np.full((n, k, k, 128), np.nan, np.float32)
+            patches, _, which = embedding_patches(located, root, k=k, progress=progress)
+        out = np.full((n, *patches.shape[1:]), np.nan, np.float32)
+        out[ok] = patches
+        years_note = which.describe()
+    else:
+        years_note = "no sample has a plot coordinate to read a patch at"
     ssl = patch_features_frame(out, samples["sample_id"].to_numpy())
     complete = np.isfinite(out).all(axis=(1, 2, 3))
-    notes = {"coordinates": where.describe(), "years": which.describe(),
+    notes = {"coordinates": where.describe(), "years": years_note,
              "n_joined": where.n_joined, "n_no_coordinate": where.n_missing,
              "n_complete_patch": int(complete.sum()), "n_samples": n}
     return ssl, notes

@@ -27,7 +27,7 @@ the story:
   are chapter 07's (:func:`fungi_ssl.bias_maps.map_aoa`,
   :func:`fungi_ssl.bias_maps.uncertainty_maps`), so the logic exists once.
 * :func:`trend_summary` condenses the per-polygon trend table
-  (:func:`fungi_ssl.cli.polygon_trend_table`).
+  (:func:`fungi_ssl.trends.polygon_trend_table`).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def write_simulated_tiles(
     """
     import time
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .embed import embed_cube_in_memory
     from .study import simulator_fingerprint
@@ -552,7 +552,7 @@ def area_of_applicability(
 # trends per polygon
 # --------------------------------------------------------------------------
 def trend_summary(table: Any) -> dict[str, Any]:
-    """Counts and medians of a :class:`fungi_ssl.cli.TrendTable` for the results file.
+    """Counts and medians of a :class:`fungi_ssl.trends.TrendTable` for the results file.
 
     Returns
     -------
@@ -669,8 +669,10 @@ def fit_from_samples(
 ) -> tuple[Any, np.ndarray, np.ndarray, str]:
     """Fit the map model on a real sample table, as ``fungi-ssl fit`` does.
 
-    Patches are read at each sample's plot coordinate from the embeddings of
-    its sampling year, by the rule of :func:`fungi_ssl.cli.embedding_years`.
+    Patches are read by :func:`fungi_ssl.predictors.embedding_patches`, the
+    reader ``fungi-ssl fit`` and chapters 03–05 use: at each sample's plot
+    coordinate, from the embeddings of its sampling year by the rule of
+    :func:`fungi_ssl.predictors.embedding_years`.
 
     Returns
     -------
@@ -682,8 +684,9 @@ def fit_from_samples(
     years_note : str
         Samples per embedding year, and how many took a nearer year.
     """
-    from .cli import PATCH_SIZE, embedding_patches, target_values
+    from .io import target_values
     from .mapmodel import MapModel
+    from .predictors import PATCH_SIZE, embedding_patches
 
     richness = target_values(samples, target_column)
     patches, encoder, which = embedding_patches(samples, embeddings, k=PATCH_SIZE,
@@ -799,7 +802,7 @@ def held_map_years(embeddings: str | Path, years: Sequence[int]) -> tuple[list[i
     >>> held_map_years(root, [2018, 2024])
     ([2018], 'The embeddings hold no year 2024 (they hold 2018), so this run maps 2018 only.')
     """
-    from .cli import held_years
+    from .predictors import held_years
 
     held = sorted(held_years(embeddings))
     kept = [int(y) for y in years if int(y) in held]

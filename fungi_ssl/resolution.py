@@ -459,7 +459,7 @@ def fitted_map_model(table: PredictorTable, trained: TrainedEncoder, model: str 
     ``data/cache/resolution_model/<key>/model.zip``, keyed by the study, the
     simulator, the encoder, the model settings and the package versions.
     """
-    from .mapmodel import MapModel, encoder_signature, package_versions
+    from .mapmodel import MapModel, encoder_signature, library_versions
     from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
     from .study import simulator_fingerprint
 
@@ -471,7 +471,7 @@ def fitted_map_model(table: PredictorTable, trained: TrainedEncoder, model: str 
               "n_rows": len(table.frame), "encoder": encoder_signature(trained),
               "model": model, "params": BOOK_MODEL_PARAMS.get(model, {}),
               "components": SSL_COMPONENTS, "seed": int(seed), "profile": profile,
-              "versions": package_versions()}
+              "versions": library_versions()}
     path = cache_dir("resolution_model", params) / "model.zip"
     if path.exists():
         return MapModel.load(path)
@@ -956,7 +956,7 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
 
     import joblib
 
-    from .mapmodel import MapModel, encoder_signature, package_versions
+    from .mapmodel import MapModel, encoder_signature, library_versions
     from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
     from .study import simulated_study, simulator_fingerprint
 
@@ -968,7 +968,7 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
               "source": table.source, "n_rows": len(frame), "encoder": encoder_signature(trained),
               "model": model, "model_1km": model_1km or model,
               "params": BOOK_MODEL_PARAMS.get(model, {}), "components": SSL_COMPONENTS,
-              "seed": int(seed), "profile": profile, "versions": package_versions(),
+              "seed": int(seed), "profile": profile, "versions": library_versions(),
               "window": [w.epsg, w.col0, w.row0, w.width, w.height], "radius_km": radius_km,
               "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 1}
     path = cache_dir("resolution_heldout", params) / "models.joblib"

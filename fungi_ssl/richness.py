@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.special import gammaln
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "CHAO1_FORMS",

@@ -426,7 +426,7 @@ def sensitivity_grid(frame: pd.DataFrame, study, *, profile: str = "quick", seed
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .cv import BlockKFold, RandomTrainValTest
     from .models import fit_model, make_model, regression_metrics

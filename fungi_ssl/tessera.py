@@ -512,6 +512,80 @@ def _provenance(root: Path) -> dict[str, str]:
     return {f"tessera_{k}": str(meta[k]) for k in keys if k in meta}
 
 
+#: What a download without ``tessera_metadata.json`` (or without its ``dataset_version``)
+#: is called in encoder signatures: ``"tessera:unknown-version"``, never plain ``"tessera"``.
+UNKNOWN_DATASET_VERSION = "unknown-version"
+
+
+def dataset_version(root: str | Path) -> str | None:
+    """The TESSERA dataset version a download records, or None when it records none.
+
+    ``geotessera download`` writes ``tessera_metadata.json`` beside the tile
+    folders; its ``dataset_version`` (e.g. ``"v1"``) says which release the
+    embeddings come from.
+
+    Examples
+    --------
+    >>> import tempfile, json
+    >>> root = Path(tempfile.mkdtemp())
+    >>> dataset_version(root) is None
+    True
+    >>> _ = (root / METADATA_FILENAME).write_text(json.dumps({"dataset_version": "v1"}))
+    >>> dataset_version(root)
+    'v1'
+    """
+    v = _provenance(Path(root)).get("tessera_dataset_version")
+    return None if v in (None, "") else v
+
+
+def version_signature(version: str | None) -> str:
+    """The encoder signature of TESSERA embeddings of one dataset version.
+
+    ``"tessera:<version>"``; ``"tessera:unknown-version"`` when the version is
+    unknown, so embeddings of an unknown release are never taken for those of
+    a known one (a map model records this signature and refuses others).
+
+    Examples
+    --------
+    >>> version_signature("v1"), version_signature(None)
+    ('tessera:v1', 'tessera:unknown-version')
+    """
+    return f"tessera:{version if version else UNKNOWN_DATASET_VERSION}"
+
+
+def embeddings_signature(root: str | Path, *, warn: bool = True) -> str:
+    """The encoder signature of a geotessera download: :func:`version_signature` of its version.
+
+    Parameters
+    ----------
+    root : str or Path
+        Directory that geotessera downloaded into.
+    warn : bool
+        Warn (one line, naming the file to add) when the download records no
+        dataset version.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     sig = embeddings_signature(tempfile.mkdtemp())
+    >>> sig, "record no dataset version" in str(w[0].message)
+    ('tessera:unknown-version', True)
+    """
+    version = dataset_version(root)
+    if version is None and warn:
+        warnings.warn(
+            f"the TESSERA tiles under {root} record no dataset version (no {METADATA_FILENAME} "
+            f"with 'dataset_version', as `geotessera download` writes): they are called "
+            f"{version_signature(None)!r}, and a map model fitted on them maps only tiles of an "
+            "unknown version too",
+            UserWarning,
+            stacklevel=2,
+        )
+    return version_signature(version)
+
+
 def _tile_dataset(tile: TesseraTile) -> xr.Dataset:
     import rasterio
 
@@ -835,7 +909,7 @@ def sample_patches(
     >>> bool(np.allclose(p[0].values, emb[1:4, 1:4] * 0.5)), bool(np.isnan(p[1]).all())
     (True, True)
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
         raise ValueError(f"sample_patches: k must be a positive odd integer, got {k!r}")

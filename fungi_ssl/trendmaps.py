@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import cache, config
 from .simulate import SimulatedStudy

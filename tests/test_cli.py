@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 # fungi_ssl.download imports pooch, whose logger binds sys.stderr when imported: import it
 # here, not inside a CliRunner invocation whose captured stderr is closed afterwards
-from fungi_ssl import cli, download, tessera  # noqa: F401
+from fungi_ssl import cli, download, predictors, tessera, trends  # noqa: F401
 from fungi_ssl.coordinates import crs_to_lonlat
 from fungi_ssl.mapmodel import MapModel
 
@@ -81,6 +81,8 @@ class Region:
                 transform=self.transform,
                 overwrite=True,
             )
+        # the provenance sidecar `geotessera download` writes: the TESSERA dataset version
+        (self.tiles / tessera.METADATA_FILENAME).write_text(json.dumps({"dataset_version": "v1"}))
         # samples: sampled in 2015 (before the first embedding year: read from 2020) or 2021-22
         n = 150
         r, c = rng.integers(3, H - 3, n), rng.integers(3, W - 3, n)
@@ -236,13 +238,14 @@ def test_defaults_match_the_package():
 def test_fit_reads_patches_at_each_sample_from_its_year(region, model_file):
     m = MapModel.load(model_file)
     assert m.spec.embedding_dim == DIM and m.spec.patch_size == 3
-    assert m.spec.encoder == "tessera"
+    # the encoder is the TESSERA dataset version the download records
+    assert m.spec.encoder == "tessera:v1"
     assert m.n_samples == len(region.samples)
     assert m.settings["guild"] == "ECM" and m.settings["target_column"] == "rarefied"
     # samples from 2015 were read from 2020, the first year held
     assert m.settings["embedding_years"] == [2020, 2021, 2022]
     # the model recovers the rule richness follows: predict the samples' own patches
-    patches, _, which = cli.embedding_patches(region.samples, region.tiles, progress=False)
+    patches, _, which = predictors.embedding_patches(region.samples, region.tiles, progress=False)
     pred = m.predict_patches(patches, output="log_richness")
     truth = np.log1p(region.samples["rarefied"].to_numpy())
     assert np.corrcoef(pred, truth)[0, 1] > 0.95
@@ -337,8 +340,8 @@ def test_fit_and_predict_from_a_folder_of_zarr_stores(region, model_file, tmp_pa
     assert m.spec.encoder == "enc-test" and m.spec.embedding_dim == DIM
     assert m.settings["embedding_years"] == [2020, 2021, 2022]
     # the same samples read from tiles and from stores give the same patches
-    a, _, _ = cli.embedding_patches(region.samples, folder)
-    b, _, _ = cli.embedding_patches(region.samples, region.tiles, progress=False)
+    a, _, _ = predictors.embedding_patches(region.samples, folder)
+    b, _, _ = predictors.embedding_patches(region.samples, region.tiles, progress=False)
     np.testing.assert_array_equal(a, b)
     res = _invoke(
         "predict-map",
@@ -370,7 +373,7 @@ def test_fit_and_predict_from_a_folder_of_zarr_stores(region, model_file, tmp_pa
             "--out",
             tmp_path / "n.tif",
         ],
-        ["encoder", "'tessera'", "'enc-test'"],
+        ["encoder", "'tessera:v1'", "'enc-test'"],
         ValueError,
     )
 
@@ -442,7 +445,7 @@ def test_trend_on_yearly_maps_recovers_the_drift(region, yearly_maps, tmp_path):
     assert "ancient − other woodland" in res.stdout
     # one estimand with the book: the mean of log1p(richness) over each polygon's pixels,
     # and the book's interval (parks and park-years as units), stated in the output
-    assert doc["estimand"] == cli.TREND_ESTIMAND and "estimand: " in res.stdout
+    assert doc["estimand"] == trends.TREND_ESTIMAND and "estimand: " in res.stdout
     assert doc["contrast"]["interval"] == "park_years" and "park-years" in res.stdout
 
 
@@ -450,7 +453,7 @@ def test_trend_fits_the_books_estimand_on_richness_maps(region, yearly_maps):
     from fungi_ssl import trends
     from fungi_ssl.maps import open_map
 
-    result = cli.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
+    result = trends.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
                                      type_column="kind", n_boot=200)
     poly = __import__("geopandas").read_file(region.polygons).rename(
         columns={"wood_id": "polygon_id", "kind": "woodland"})

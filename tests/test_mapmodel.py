@@ -64,8 +64,9 @@ def test_fit_recovers_known_signal_and_records_spec():
     # true R² ≈ 0.96; the first components carry the latent factor (int8 rounding, scale noise)
     assert r2 > 0.85
     assert m.spec == FeatureSpec(DIM, 3, "enc-a", tuple(f"ssl_{i:04d}" for i in range(9 * DIM)))
-    assert set(m.versions) == {"fungi_ssl", "scikit-learn", "lightgbm"}
-    assert m.versions == package_versions()
+    # every library whose objects the file holds: a ridge is scikit-learn's, as the PCA is
+    assert set(m.versions) == {"fungi_ssl", "scikit-learn", "skops", "numpy"}
+    assert m.versions == package_versions("ridge")
     assert len(m.fingerprint) == 16 and m.n_samples == 600 and m.n_dropped == 0
     np.testing.assert_allclose(m.predict_patches(X[600:605]), np.expm1(pred[:5]))
 
@@ -250,6 +251,10 @@ def test_save_load_round_trip_other_models(name, tmp_path):
     assert (back._flat is None) == (name != "rf")
     if name == "xgboost":  # early-stopped on a hold-out, then refitted with that many trees
         assert 1 <= m.settings["early_stopped_trees"] < 1000
+    # the regressor's library is recorded beside scikit-learn, skops and numpy
+    lib = {"rf": "scikit-learn", "xgboost": "xgboost", "ridge": "scikit-learn"}[name]
+    assert set(m.versions) == {"fungi_ssl", "scikit-learn", "skops", "numpy", lib}
+    assert back.versions == m.versions == package_versions(name)
 
 
 def _rewrite_meta(path, out, change):
@@ -271,7 +276,7 @@ def test_load_refuses_other_versions_and_feature_spec_in_one_message(lgbm_model,
         meta["versions"]["lightgbm"] = "3.0.0"
 
     bad = _rewrite_meta(path, tmp_path / "old.fmm", old_versions)
-    here = package_versions()
+    here = package_versions("lightgbm")
     other_spec = FeatureSpec(128, 3, "enc-test", lgbm_model.spec.predictor_columns)
     with pytest.raises(ValueError) as err:
         MapModel.load(bad, expect=other_spec)
@@ -319,3 +324,100 @@ def test_encoder_signature_of_a_trained_encoder_matches_its_store(tmp_path):
     assert encoder_signature(trained) == encoder_signature(store) == store.attrs["encoder"]
     with pytest.raises(ValueError, match="records no encoder"):
         encoder_signature(xr.Dataset())
+
+
+def _shift(version: str, part: int) -> str:
+    """``version`` with its major (0) or minor (1) part raised by one."""
+    nums = [int(v) for v in version.split(".")[:2]] + [0]
+    nums[part] += 1
+    if part == 0:
+        nums[1] = 0
+    return f"{nums[0]}.{nums[1]}.0"
+
+
+def test_compatible_series_is_the_major_version_or_zero_minor():
+    assert mapmodel.compatible_series("4.6.0") == mapmodel.compatible_series("4.1.2") == (4,)
+    assert mapmodel.compatible_series("0.1.0") != mapmodel.compatible_series("0.2.0")
+    assert mapmodel.compatible_series("3.0.0") != mapmodel.compatible_series("4.0.0")
+
+
+def test_load_accepts_another_minor_version_with_one_warning_line(lgbm_model, tmp_path):
+    import warnings
+
+    path = lgbm_model.save(tmp_path / "m.fmm")
+    here = package_versions("lightgbm")
+    newer = _shift(here["lightgbm"], 1)
+    other = _rewrite_meta(path, tmp_path / "minor.fmm",
+                          lambda m: m["versions"].update(lightgbm=newer))
+    with pytest.warns(UserWarning) as rec:
+        back = MapModel.load(other)
+    msg = str(rec[0].message)
+    assert len(rec) == 1 and "\n" not in msg
+    assert f"lightgbm: saved with {newer!r}, installed {here['lightgbm']!r}" in msg
+    X, _, _ = synthetic(20, seed=3)
+    np.testing.assert_array_equal(back.predict_patches(X), lgbm_model.predict_patches(X))
+    # the same versions: no warning at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MapModel.load(path)
+
+
+@pytest.mark.parametrize("lib", ["lightgbm", "fungi_ssl", "scikit-learn"])
+def test_load_refuses_another_major_version_in_one_line(lgbm_model, tmp_path, lib):
+    path = lgbm_model.save(tmp_path / "m.fmm")
+    here = package_versions("lightgbm")[lib]
+    # a 0.y package breaks at a minor release (0.1 -> 0.2), a 1.x one at the major
+    other = _shift(here, 1 if here.startswith("0.") else 0)
+    bad = _rewrite_meta(path, tmp_path / "major.fmm", lambda m: m["versions"].update({lib: other}))
+    with pytest.raises(ValueError) as err:
+        MapModel.load(bad)
+    msg = str(err.value)
+    assert f"{lib}: saved with {other!r}, installed {here!r}" in msg and "\n" not in msg
+    assert "same major version" in msg and "check_versions=False" in msg
+
+
+def test_xgboost_models_check_xgboost_not_lightgbm(tmp_path):
+    X, y, _ = synthetic(200)
+    m = MapModel("xgboost", n_components=4, model_params={"learning_rate": 0.3}, n_jobs=1).fit(
+        X, y, encoder="e", embedding_dim=DIM)
+    path = m.save(tmp_path / "x.fmm")
+    here = package_versions("xgboost")["xgboost"]
+    bad = _rewrite_meta(path, tmp_path / "old.fmm",
+                        lambda meta: meta["versions"].update(xgboost=_shift(here, 0)))
+    with pytest.raises(ValueError, match=r"xgboost: saved with"):
+        MapModel.load(bad)
+    # a lightgbm of another major version is not this model's business
+    fine = _rewrite_meta(path, tmp_path / "fine.fmm",
+                         lambda meta: meta["versions"].update(lightgbm="1.0.0"))
+    MapModel.load(fine)
+
+
+def test_numpy_or_skops_of_another_series_only_warns_and_old_files_load(lgbm_model, tmp_path):
+    import warnings
+
+    path = lgbm_model.save(tmp_path / "m.fmm")
+    here = package_versions("lightgbm")
+    other = _rewrite_meta(path, tmp_path / "np.fmm",
+                          lambda m: m["versions"].update(numpy=_shift(here["numpy"], 0)))
+    with pytest.warns(UserWarning, match="numpy: saved with"):
+        MapModel.load(other)
+    # a file from before numpy and skops were recorded loads without a word
+    def old_file(meta):
+        meta["versions"] = {k: here[k] for k in ("fungi_ssl", "scikit-learn", "lightgbm")}
+
+    old = _rewrite_meta(path, tmp_path / "old.fmm", old_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MapModel.load(old)
+
+
+@pytest.mark.parametrize(("encoder", "version"), [("tessera:v1", "v1"),
+                                                  ("tessera:unknown-version", None),
+                                                  ("enc-test", None)])
+def test_model_file_records_the_tessera_dataset_version(tmp_path, encoder, version):
+    X, y, _ = synthetic(100)
+    m = MapModel("ridge", n_components=4).fit(X, y, encoder=encoder, embedding_dim=DIM)
+    with zipfile.ZipFile(m.save(tmp_path / "m.fmm")) as zf:
+        meta = json.loads(zf.read("meta.json"))
+    assert meta["embeddings"] == {"encoder": encoder, "tessera_dataset_version": version}
+    assert MapModel.load(tmp_path / "m.fmm").tessera_dataset_version == version

@@ -261,7 +261,8 @@ def test_dask_scheduler_and_worker_processes_give_the_same_map(stores, model, re
     emb, sc, _ = synthetic_embeddings(7, h=48, w=64)
     write_tile(tiles, 2024, 0.15, 52.05, emb, sc, transform=ta)
     tm = MapModel.load(model[0].save(tmp_path / "m.fmm"))
-    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera",
+    # tiles without tessera_metadata.json: an unknown TESSERA release
+    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera:unknown-version",
                             tm.spec.predictor_columns)
     west, south = crs_to_lonlat(ta.c + 30, ta.f - 450, g.epsg)
     east, north = crs_to_lonlat(ta.c + 600, ta.f - 20, g.epsg)
@@ -414,7 +415,8 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
     write_tile(root, 2024, 0.15, 52.05, emb_a, sc_a, transform=ta)
     write_tile(root, 2024, 0.25, 52.05, emb_b, sc_b, transform=tb)
     tm = MapModel.load(model[0].save(tmp_path / "m.fmm"), check_versions=True)
-    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera",
+    # tiles without tessera_metadata.json: an unknown TESSERA release
+    tm.spec = type(tm.spec)(tm.spec.embedding_dim, tm.spec.patch_size, "tessera:unknown-version",
                             tm.spec.predictor_columns)
     # a bbox inside tile A: the same map as a store holding tile A's arrays
     west, south = crs_to_lonlat(ta.c + 100, ta.f - 300, ga.epsg)
@@ -422,7 +424,7 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
     bbox = (float(west), float(south), float(east), float(north))
     tiles_run = predict_map(tm, root, 2024, bbox=bbox, chunk=16, window=32, progress=False)
     store = write_embedding_store(tmp_path / "a.zarr", emb_a, sc_a, transform=ta, crs=ga.epsg,
-                                  encoder="tessera", year=2024)
+                                  encoder="tessera:unknown-version", year=2024)
     src = open_embedding_source(root, 2024, bbox)
     g = src.grid
     store_run = predict_map(tm, store, 2024, bbox=(g.bounds[0] + 5, g.bounds[1] + 5,
@@ -444,7 +446,7 @@ def test_tessera_tiles_map_like_a_store(tmp_path, model):
         predict_map(tm, root, 2023, bbox=bbox, progress=False)
     with pytest.raises(ValueError, match="outside every TESSERA tile"):
         predict_map(tm, root, 2024, bbox=(10.0, 40.0, 10.01, 40.01), progress=False)
-    with pytest.raises(ValueError, match="encoder: model 'enc-test', embeddings .* 'tessera'"):
+    with pytest.raises(ValueError, match="encoder: model 'enc-test', embeddings .* 'tessera:unknown-version'"):
         predict_map(model[0], root, 2024, bbox=bbox, progress=False)
 
 
@@ -479,3 +481,25 @@ def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
     np.testing.assert_allclose(result.map.values[rows, cols][ok], m.predict_patches(patches[ok]),
                                rtol=1e-4)
     assert result.n_no_embedding == store.attrs["n_nan"]
+
+
+def test_a_bbox_across_two_utm_zones_is_refused_with_where_to_split(tmp_path):
+    """Cells west of 0° lie in UTM zone 30, east of it in 31: a box over both is refused in one
+    line naming the longitude to split at, not mapped with one zone resampled onto the other."""
+    from fungi_ssl.maps import open_embedding_source
+    from fungi_ssl.tessera import tile_grid, write_tile
+
+    for lon in (-0.05, 0.05):
+        g = tile_grid(lon, 52.05)
+        write_tile(tmp_path, 2024, lon, 52.05, np.ones((g.height, g.width, 4), np.int8),
+                   np.full((g.height, g.width), 0.1, np.float32))
+    with pytest.raises(ValueError) as err:
+        open_embedding_source(tmp_path, 2024, (-0.02, 52.02, 0.03, 52.08))
+    msg = str(err.value)
+    assert "\n" not in msg and "UTM zones 30, 31" in msg
+    assert "split the box at longitude 0 " in msg
+    assert "-0.02 52.02 0 52.08; 0 52.02 0.03 52.08" in msg
+    # each part maps, in its own zone
+    west = open_embedding_source(tmp_path, 2024, (-0.02, 52.02, 0.0, 52.08))
+    east = open_embedding_source(tmp_path, 2024, (0.0, 52.02, 0.03, 52.08))
+    assert (west.grid.crs.to_epsg(), east.grid.crs.to_epsg()) == (32630, 32631)

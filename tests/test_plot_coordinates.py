@@ -34,19 +34,13 @@ def test_the_year_rule():
     assert e.years.tolist() == [2017, 2017, 2018, 2018, 2020]
     assert (e.n_before, e.n_gap, e.n_after) == (2, 1, 1)
     assert FIRST_EMBEDDING_YEAR == 2017
-    with pytest.raises(ValueError, match="have no year; pass --year"):
-        embedding_years([2018, None], [2017, 2018])
-    e = embedding_years([None, 2018, None], [2017, 2018], missing="first")
+    # one rule everywhere: a sample without a year is read from the first year held, and said
+    e = embedding_years([None, 2018, None], [2017, 2018])
     assert e.years.tolist() == [2017, 2018, 2017] and e.n_no_year == 2
     assert "2 without a sampling year took 2017" in e.describe()
-    with pytest.raises(ValueError, match="missing must be"):
-        embedding_years([2018], [2018], missing="nearest")
-
-
-def test_cli_uses_the_same_rule():
-    from fungi_ssl import cli, predictors
-
-    assert cli.embedding_years is predictors.embedding_years
+    assert embedding_years([None], [2017, 2018], year=2018).years.tolist() == [2018]
+    with pytest.raises(ValueError, match=r"year 2016 is not in the tiles \(years held"):
+        embedding_years([2018], [2017, 2018], year=2016, source="tiles")
 
 
 def test_plot_coordinates_join_and_leave_out():
@@ -119,3 +113,71 @@ def test_the_chapters_sentence_on_ssl_patches(real_dir):
     assert note.startswith("SSL patches: 2 of 3 samples were given their GlobalFungi plot")
     assert "2 of 3 samples have a complete patch" in note
     assert predictor_table(None, with_ssl=False, progress=False).ssl_note == ""
+
+
+@pytest.mark.parametrize("store", ["tiles", "zarr"])
+def test_the_command_line_and_the_chapters_read_equal_patches(tmp_path, store):
+    """One sample table, one embeddings folder: ``fungi-ssl fit`` (and chapter 10, which
+    calls the same function) and chapters 03-05 (``predictor_table``) read the same patches,
+    whether the folder holds geotessera tiles or Zarr stores, with samples of several years,
+    from before the first year, and without a year."""
+    from typer.testing import CliRunner
+
+    from fungi_ssl import cli, download  # noqa: F401  (pooch's logger: see test_cli)
+    from fungi_ssl.io import read_samples
+    from fungi_ssl.mapmodel import MapModel, table_fingerprint
+    from fungi_ssl.maps import write_embedding_store
+    from fungi_ssl.predictors import embedding_patches
+
+    grid = tessera.tile_grid(LON, LAT)
+    x0, y0 = grid.transform.c + 1000.0, grid.transform.f - 1000.0
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "tessera"
+    for year in (2018, 2019, 2021):
+        emb = rng.integers(-100, 100, (H, W, DIM)).astype(np.int8)
+        emb[..., 2] = year - 2000  # each year says which it is
+        scale = rng.uniform(0.01, 0.02, (H, W)).astype(np.float32)
+        if store == "tiles":
+            tessera.write_tile(folder, year, LON, LAT, emb, scale,
+                               transform=Affine(10, 0, x0, 0, -10, y0), overwrite=True)
+        else:
+            folder.mkdir(exist_ok=True)
+            write_embedding_store(folder / f"{year}.zarr", emb, scale,
+                                  transform=Affine(10, 0, x0, 0, -10, y0), crs=EPSG,
+                                  encoder="enc-test", year=year)
+    n = 40
+    r, c = rng.integers(2, H - 2, n), rng.integers(2, W - 2, n)
+    lon, lat = crs_to_lonlat(x0 + 10 * c + 5, y0 - 10 * r - 5, EPSG)
+    years = pd.array(rng.choice([2012, 2018, 2019, 2020, 2021, -1], n), dtype="Int64")
+    years[years == -1] = pd.NA
+    richness = rng.uniform(1, 80, n).round(2)
+    csv = tmp_path / "samples.csv"
+    pd.DataFrame({"sample_id": [f"s{i:02d}" for i in range(n)], "longitude": lon,
+                  "latitude": lat, "raw_obs_div": richness.round(), "rarefied": richness,
+                  "year": years}).to_csv(csv, index=False)
+
+    # chapters 03-05: the predictor table of a data directory with a sample table and tiles
+    table = predictor_table(tmp_path, progress=False)
+    f = table.frame.set_index("sample_id")
+    chapters = f[table.ssl_columns].to_numpy()
+    assert np.isfinite(chapters).all()
+    # the command line's reader on the same table
+    samples = read_samples(csv)
+    patches, _, which = embedding_patches(samples, folder, progress=False)
+    own = patches.reshape(n, -1)
+    order = samples["sample_id"].map({s: i for i, s in enumerate(f.index)}).to_numpy()
+    np.testing.assert_array_equal(own, chapters[order])
+    # the year rule took effect: 2012 and no year -> 2018; 2020 (a gap) -> 2019 (earlier)
+    y = years.to_numpy(dtype=float, na_value=np.nan)
+    want = np.select([np.isnan(y) | (y == 2012), y == 2020], [2018, 2019], y).astype(int)
+    np.testing.assert_array_equal(which.years, want)
+    # and `fungi-ssl fit` trained on exactly those patches: its fingerprint is theirs
+    out = tmp_path / "m.model"
+    res = CliRunner().invoke(cli.app, ["fit", "--samples", str(csv), "--embeddings", str(folder),
+                                       "--out", str(out), "--model", "ridge", "--components",
+                                       "4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert f"{int(np.isnan(y).sum())} without a sampling year took 2018" in res.stderr
+    m = MapModel.load(out)
+    expect = table_fingerprint(chapters[order], np.log1p(richness), tuple(table.ssl_columns))
+    assert m.fingerprint == expect

@@ -426,3 +426,46 @@ def test_write_tile_round_trips_and_tile_grid_covers_the_cell(tmp_path, tiles):
     row = (g.transform.f - y) / 10.0
     assert col.min() >= -1e-6 and col.max() <= g.width + 1
     assert row.min() >= -1e-6 and row.max() <= g.height + 1
+
+
+def _one_tile(root: Path) -> None:
+    g = tessera.tile_grid(0.15, 52.05)
+    tessera.write_tile(root, 2021, 0.15, 52.05, np.ones((20, 20, 8), np.int8),
+                       np.full((20, 20), 0.1, np.float32),
+                       transform=Affine(10, 0, g.transform.c + 500, 0, -10, g.transform.f - 500))
+
+
+def test_a_download_without_its_metadata_is_not_silently_called_tessera(tmp_path):
+    """The encoder signature of tiles is their TESSERA dataset version; without
+    tessera_metadata.json it is 'tessera:unknown-version' and a warning says so, for the map
+    reader, the patch reader and a tile opened alone."""
+    import json
+
+    import pandas as pd
+
+    from fungi_ssl.mapmodel import encoder_signature
+    from fungi_ssl.maps import open_embedding_source
+    from fungi_ssl.predictors import embedding_patches
+
+    _one_tile(tmp_path)
+    g = tessera.tile_grid(0.15, 52.05)
+    lon, lat = crs_to_lonlat([g.transform.c + 600], [g.transform.f - 600], g.epsg)
+    samples = {"longitude": lon, "latitude": lat}
+    bbox = (float(lon[0]) - 0.0005, float(lat[0]) - 0.0005, float(lon[0]) + 0.0005,
+            float(lat[0]) + 0.0005)
+    with pytest.warns(UserWarning, match="record no dataset version") as rec:
+        src = open_embedding_source(tmp_path, 2021, bbox)
+    assert src.encoder == "tessera:unknown-version" and len(rec) == 1
+    assert "\n" not in str(rec[0].message) and tessera.METADATA_FILENAME in str(rec[0].message)
+    with pytest.warns(UserWarning, match="record no dataset version"):
+        _, enc, _ = embedding_patches(pd.DataFrame(samples), tmp_path, progress=False)
+    assert enc == "tessera:unknown-version"
+    assert encoder_signature(tessera.open_tile(tmp_path, 2021, 0.15, 52.05)) == enc
+    # with the sidecar geotessera writes, the version is the signature, and nothing is said
+    (tmp_path / tessera.METADATA_FILENAME).write_text(json.dumps({"dataset_version": "v1"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_embedding_source(tmp_path, 2021, bbox).encoder == "tessera:v1"
+        _, enc, _ = embedding_patches(pd.DataFrame(samples), tmp_path, progress=False)
+    assert enc == "tessera:v1" == encoder_signature(tessera.open_tile(tmp_path, 2021, 0.15, 52.05))
+    assert tessera.dataset_version(tmp_path) == "v1"

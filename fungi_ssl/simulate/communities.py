@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = ["COARSE_TERMS", "INVISIBLE_TERMS", "RICHNESS_INPUTS", "TERM_COEFFICIENTS",
            "RichnessModel", "assign_otus", "draw_community_counts", "richness_terms",

@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 from pyproj import CRS
 from scipy.special import ndtri
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..hashing import hash_keys, hash_normal, hash_uniform, splitmix64
 from . import kernels

@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 import xarray as xr
 from pyproj import CRS
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import config
 from .communities import RichnessModel, assign_otus, true_log_richness

@@ -63,6 +63,7 @@ __all__ = [
     "fit_from_samples",
     "fit_region_model",
     "guild_units",
+    "product_covariates",
     "region_inputs",
     "simulated_woodland",
     "tiles_encoder",
@@ -444,6 +445,7 @@ def simulated_woodland(
 def fit_region_model(
     frame: pd.DataFrame, encoder: str, *, guild: str = "ECM", target_column: str = "rarefied",
     model: str = "lightgbm", n_components: int = 32, seed: int = 0,
+    covariates: Sequence[str] | None = None,
 ) -> Any:
     """Fit the map model on a predictor table's SSL patches.
 
@@ -458,6 +460,10 @@ def fit_region_model(
         Recorded in the model's settings; the map's units follow the guild.
     model, n_components, seed
         As :class:`fungi_ssl.mapmodel.MapModel`.
+    covariates : sequence of str, optional
+        Columns of the table holding 1 km covariates: fits the product model
+        (chapter 06's map model) on the patch and these; default the
+        ``ssl``-only model.
     """
     from .mapmodel import MapModel
 
@@ -467,9 +473,18 @@ def fit_region_model(
     if target_column in frame.columns:
         y = pd.to_numeric(frame[target_column], errors="coerce").to_numpy(dtype=float)
     m = MapModel(model, n_components=n_components, seed=seed)
-    m.fit(frame, y, encoder=encoder)
-    m.settings.update({"target_column": target_column, "guild": guild})
+    m.fit(frame, y, encoder=encoder, covariates=None if not covariates else list(covariates))
+    m.settings.update({"target_column": target_column, "guild": guild,
+                       "map_model": "product" if covariates else "ssl"})
     return m
+
+
+def product_covariates(frame: pd.DataFrame) -> list[str]:
+    """The 1 km covariates of a predictor table that the product model sees: chapter 06's
+    (:data:`fungi_ssl.resolution.ONE_KM_SET`, climate, soil and land cover)."""
+    from .pipelines import predictor_matrix
+
+    return [str(c) for c in predictor_matrix(frame, "climate+soil+landcover").columns]
 
 
 # --------------------------------------------------------------------------
@@ -504,19 +519,25 @@ class AOARun:
 
 
 def _weights(est: Any, Z: np.ndarray, importance_weights: Any) -> np.ndarray:
-    """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models."""
+    """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models.
+
+    Only the first ``Z.shape[1]`` predictors (the patch's components) are
+    weighted: a product model's regressor also sees the 1 km covariates,
+    which lie outside the space the area of applicability is measured in.
+    """
+    n = Z.shape[1]
     try:
-        return importance_weights(est).to_numpy(dtype=float)
+        return importance_weights(est).to_numpy(dtype=float)[:n]
     except ValueError:
         steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
         coef = getattr(steps[-1], "coef_", None)
         if coef is None:
-            return np.ones(Z.shape[1])
+            return np.ones(n)
         # one SD of a predictor moves the prediction by |coef| × SD (÷ a scaler's own scale)
-        w = np.abs(np.ravel(coef)) * Z.std(axis=0, ddof=1)
+        w = np.abs(np.ravel(coef)[:n]) * Z.std(axis=0, ddof=1)
         for step in steps[:-1]:
             if getattr(step, "scale_", None) is not None:
-                w = w / np.asarray(step.scale_, dtype=float)
+                w = w / np.asarray(step.scale_, dtype=float)[:n]
         return w
 
 
@@ -751,11 +772,15 @@ def region_inputs(
 def fit_from_samples(
     samples: pd.DataFrame, embeddings: str | Path, *, target_column: str = "rarefied",
     guild: str = "ECM", model: str = "lightgbm", seed: int = 0, progress: bool = True,
+    covariates: str | Path | None = None,
 ) -> tuple[Any, np.ndarray, np.ndarray, str]:
     """Fit the map model on a real sample table, as ``fungi-ssl fit`` does.
 
     Patches are read at each sample's plot coordinate from the embeddings of
     its sampling year, by the rule of :func:`fungi_ssl.cli.embedding_years`.
+    With ``covariates`` (a stack, :mod:`fungi_ssl.covariate_stack`) every band
+    is sampled at the plot coordinates and the product model is fitted, as
+    ``fungi-ssl fit --covariates`` does.
 
     Returns
     -------
@@ -775,9 +800,16 @@ def fit_from_samples(
                                                 progress=progress)
     X = patches.reshape(len(patches), -1)
     groups = samples["site_id"].to_numpy() if "site_id" in samples else np.arange(len(samples))
+    cov = None
+    if covariates is not None:
+        from .covariate_stack import open_covariate_stack
+
+        cov = open_covariate_stack(covariates, where="covariates").at_lonlat(
+            samples["longitude"].to_numpy(float), samples["latitude"].to_numpy(float))
     m = MapModel(model, seed=seed).fit(X, richness, encoder=encoder, groups=groups,
-                                       embedding_dim=patches.shape[-1])
-    m.settings.update({"target_column": target_column, "guild": guild})
+                                       embedding_dim=patches.shape[-1], covariates=cov)
+    m.settings.update({"target_column": target_column, "guild": guild,
+                       "map_model": "ssl" if cov is None else "product"})
     return m, X, groups, which.describe()
 
 

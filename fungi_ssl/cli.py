@@ -3,8 +3,9 @@
 ``make setup`` installs it (``[project.scripts]`` in ``pyproject.toml``)::
 
     fungi-ssl download [--dest DIR] [--overwrite]
-    fungi-ssl fit --samples CSV --embeddings DIR --out MODEL [--target COL] [--guild NAME]
+    fungi-ssl fit --samples CSV --embeddings DIR --out MODEL [--covariates STACK] [--target COL]
     fungi-ssl predict-map --embeddings DIR --model FILE --bbox W S E N --year Y --out map.tif
+                          [--covariates STACK]
     fungi-ssl trend --maps MAP1.tif MAP2.tif ... --polygons FILE --out trends.csv
     fungi-ssl book [--profile quick] [--seed 0] [--data DIR] [--only NN] [--guild AM]
 
@@ -22,6 +23,23 @@ Embeddings
 ``global_0.1_degree_representation/``, read by :mod:`fungi_ssl.tessera`), a
 Zarr embedding store whose ``year`` attribute names its year
 (:mod:`fungi_ssl.embed`), or a folder of ``<year>.zarr`` stores.
+
+1 km covariates: the product model
+----------------------------------
+``--covariates STACK`` is a raster stack of 1 km covariates, a GeoTIFF whose
+band descriptions name the covariates or a Zarr store with one ``(y, x)``
+variable per covariate (:mod:`fungi_ssl.covariate_stack`), named as the SPUN
+covariate table names them. ``fit --covariates`` samples every band at each
+sample's plot coordinate (the value of the 1 km cell holding it) and fits
+the **product model**, chapter 06's map model: one regressor on the patch's
+principal components and those covariates (``--map-model product``, the
+default when covariates are given; ``--map-model ssl`` fits the study's
+``ssl``-only model and ignores them). ``predict-map`` then needs
+``--covariates`` too: each 10 m pixel gets the covariates of the 1 km cell
+holding its centre, the rule chapter 06 maps the product model with. A stack
+that lacks a band the model needs, whose CRS cannot be transformed to the
+map's, or that does not cover the map's box is refused in one line, as is a
+product model without ``--covariates``.
 
 The year rule of ``fit``
 ------------------------
@@ -238,6 +256,13 @@ def _writable(path: Path, overwrite: bool, what: str) -> Path:
     return path
 
 
+def _covariate_stack(path: Path) -> Any:
+    """The ``--covariates`` stack, read with messages that name the option."""
+    from .covariate_stack import open_covariate_stack
+
+    return open_covariate_stack(path, where="--covariates")
+
+
 # --------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------
@@ -339,6 +364,26 @@ def fit(
         Literal["lightgbm", "xgboost", "rf", "ridge"],
         typer.Option("--model", help="Regressor fitted on the patch PCA (chapter 10's families)."),
     ] = "lightgbm",
+    covariates: Annotated[
+        Path | None,
+        typer.Option(
+            "--covariates",
+            metavar="STACK",
+            help="1 km covariates: a GeoTIFF (band descriptions = covariate names) or a Zarr "
+            "store (one variable per covariate), sampled at each sample's coordinate; fits the "
+            "product model (patch PCA + covariates).",
+            show_default="none: the ssl-only model",
+        ),
+    ] = None,
+    map_model: Annotated[
+        Literal["product", "ssl"] | None,
+        typer.Option(
+            "--map-model",
+            help="product: one regressor on the patch PCA and the 1 km covariates (chapter 06's "
+            "map model; needs --covariates); ssl: the study's patch-only model.",
+            show_default="product with --covariates, else ssl",
+        ),
+    ] = None,
     components: Annotated[
         int,
         typer.Option("--components", metavar="N", help="PCA components of the 3×3 patch."),
@@ -361,7 +406,10 @@ def fit(
     Patches are read at each sample's plot coordinate from the embeddings of
     its sampling year; a year the embeddings lack takes the nearest year held
     (TESSERA starts in 2017), and a sample without a year the first year
-    held. Samples without a complete patch are left out and counted.
+    held. Samples without a complete patch are left out and counted. With
+    --covariates the regressor also sees the 1 km covariates of each
+    sample's cell (the product model, chapter 06's map model); samples
+    outside the stack are left out and counted.
     """
     import numpy as np
 
@@ -369,21 +417,46 @@ def fit(
     from .mapmodel import MapModel
     from .predictors import PATCH_SIZE, embedding_patches
 
+    kind = map_model or ("product" if covariates is not None else "ssl")
+    if kind == "product" and covariates is None:
+        raise CommandError(
+            "--map-model product needs --covariates STACK: the 1 km covariates it is fitted on"
+        )
     _writable(out, overwrite, "--out")
+    stack = None
+    if covariates is not None:
+        _existing(covariates, "--covariates")
+        if kind == "product":
+            stack = _covariate_stack(covariates)
+        else:
+            typer.echo(f"note: --map-model ssl: the covariates in {covariates} are not used",
+                       err=True)
     table = read_samples(samples)
     richness = target_values(table, target)
+    cov = None
+    if stack is not None:
+        cov = stack.at_lonlat(table["longitude"].to_numpy(float),
+                              table["latitude"].to_numpy(float))
+        if not np.isfinite(cov.to_numpy()).all(axis=1).any():
+            raise ValueError(
+                f"--covariates {covariates} covers none of the {len(table)} samples in {samples} "
+                f"(with a value in every band); it spans {stack.bounds} in {stack.crs.to_string()}"
+            )
     patches, encoder, which = embedding_patches(
         table, embeddings, year=year, k=PATCH_SIZE, progress=progress
     )
     typer.echo(which.describe(), err=True)
     X = patches.reshape(len(patches), -1)
     complete = np.isfinite(X).all(axis=1)
-    usable = complete & np.isfinite(richness)
+    has_cov = np.ones(len(X), bool) if cov is None else np.isfinite(cov.to_numpy()).all(axis=1)
+    usable = complete & np.isfinite(richness) & has_cov
     if usable.sum() < 10:
         raise CommandError(
             f"only {int(usable.sum())} of {len(table)} samples in {samples} have a complete "
-            f"{PATCH_SIZE}×{PATCH_SIZE} patch in the embeddings under {embeddings} and a "
-            f"{target!r} value; need at least 10 (do the embeddings cover the samples?)"
+            f"{PATCH_SIZE}×{PATCH_SIZE} patch in the embeddings under {embeddings}"
+            + ("" if cov is None else f", every covariate in {covariates}")
+            + f" and a {target!r} value; need at least 10 (do the embeddings"
+            + ("" if cov is None else " and covariates") + " cover the samples?)"
         )
     fitted = MapModel(model, n_components=components, seed=seed).fit(
         X,
@@ -391,13 +464,18 @@ def fit(
         encoder=encoder,
         groups=table["site_id"].to_numpy(),
         embedding_dim=patches.shape[-1],
+        covariates=cov,
     )
     from .region import map_model_skill
 
     lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
     skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
                             n_components=components, seed=seed,
-                            embedding_dim=patches.shape[-1])
+                            embedding_dim=patches.shape[-1],
+                            covariates=None if cov is None else cov.loc[usable])
+    fitted.settings.update({"map_model": kind})
+    if stack is not None:
+        fitted.settings.update({"covariate_stack": str(covariates)})
     fitted.settings.update(
         {
             "target_column": target,
@@ -408,11 +486,16 @@ def fit(
     )
     fitted.save(out, overwrite=overwrite)
     site, block = skill["site"], skill["block"]
+    with_cov = (f" + {len(fitted.covariate_columns)} 1 km covariates from {covariates}"
+                if fitted.covariate_columns else "")
     typer.echo(
-        f"wrote {out}: {fitted.model} on {fitted.n_samples} samples "
+        f"wrote {out}: {kind} model, {fitted.model} on {fitted.n_samples} samples "
         f"({int((~complete).sum())} without a complete patch, "
-        f"{int((complete & ~np.isfinite(richness)).sum())} without {target!r}), "
-        f"{guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from {encoder}; "
+        f"{int((complete & ~np.isfinite(richness)).sum())} without {target!r}"
+        + ("" if cov is None else
+           f", {int((complete & np.isfinite(richness) & ~has_cov).sum())} outside the covariates")
+        + f"), {guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from "
+        f"{encoder}{with_cov}; "
         f"cross-validated R² of log1p({target}): {site['r2']:.2f} over {site['n_folds']} folds "
         f"of 25 m site groups, {block['r2']:.2f} over {block['n_folds']} folds of "
         f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)"
@@ -508,12 +591,23 @@ def predict_map(
         bool,
         typer.Option("--progress/--no-progress", help="Show a progress bar over map windows."),
     ] = True,
+    covariates: Annotated[
+        Path | None,
+        typer.Option(
+            "--covariates",
+            metavar="STACK",
+            help="1 km covariates of a product model (fit --covariates): a GeoTIFF or Zarr "
+            "stack with its bands; each pixel takes its 1 km cell's values.",
+            show_default="none: needed only by a product model",
+        ),
+    ] = None,
 ) -> None:
     """Predict a 10 m richness map over a bounding box from stored embeddings.
 
     Inputs are checked before anything is computed: the model against the
-    embeddings (dimension, encoder, patch), the year, the bounding box and
-    the output. The map is written under a temporary name and renamed when
+    embeddings (dimension, encoder, patch), the year, the bounding box, the
+    output and, for a product model, the covariate stack (its bands, CRS and
+    extent). The map is written under a temporary name and renamed when
     complete.
     """
     from .mapmodel import MapModel
@@ -537,6 +631,23 @@ def predict_map(
         raise ValueError(
             str(err).replace("pass check_versions=False", "pass --ignore-versions")
         ) from err
+    need = list(fitted.covariate_columns)
+    stack = None
+    if need and covariates is None:
+        raise CommandError(
+            f"--model {model} is a product model fitted with 1 km covariates: pass --covariates "
+            f"STACK with the bands {', '.join(need)}"
+        )
+    if covariates is not None:
+        _existing(covariates, "--covariates")
+        if not need:
+            raise CommandError(
+                f"--model {model} is the ssl-only model (fitted without 1 km covariates), so "
+                f"--covariates {covariates} would not be used; leave it out, or refit with "
+                "fit --covariates"
+            )
+        stack = _covariate_stack(covariates)
+        stack.require(need, needed_by=f"--model {model}")
     years = list(year)
     try:
         run = _predict_map(
@@ -552,9 +663,11 @@ def predict_map(
             num_workers=workers,
             cog_blocksize=blocksize,
             progress=progress,
+            covariates=stack,
         )
     except ValueError as err:
-        if "outside" not in str(err) and "not in WGS84" not in str(err):
+        if "--covariates" in str(err) or (
+                "outside" not in str(err) and "not in WGS84" not in str(err)):
             raise
         hint = _swapped_bbox_hint(embeddings, years[0], bbox, bbox_crs)
         if not hint:
@@ -562,7 +675,8 @@ def predict_map(
         raise ValueError(f"{_one_line(err)}{hint}") from err
     g = run.grid
     typer.echo(
-        f"wrote {run.path}: {g.height} × {g.width} pixels × {len(run.years)} year(s) in "
+        f"wrote {run.path}: {'product' if need else 'ssl'} model, "
+        f"{g.height} × {g.width} pixels × {len(run.years)} year(s) in "
         f"{g.crs.to_string()}, {run.n_nan} without a prediction ({run.n_no_embedding} without "
         f"an embedding), {run.seconds:.1f} s ({run.pixels_per_second:,.0f} pixels/s)"
     )

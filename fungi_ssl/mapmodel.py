@@ -27,6 +27,18 @@ tiles) and the versions of every library whose objects the file holds:
 ``fungi_ssl``, scikit-learn (the PCA), the regressor's library (LightGBM,
 XGBoost or scikit-learn), skops and numpy (:func:`package_versions`).
 
+**The product model.** Fitted with ``covariates`` (the 1 km climate, soil
+and land-cover columns, SPUN-named), the regressor sees the patch's
+principal components *and* the 1 km covariates of the sample's cell: chapter
+06's :class:`fungi_ssl.resolution.ProductModel`, fitted by the same rule
+(the PCA on every row with a complete patch, then the trees on the rows
+complete in both, stopping early on a site-grouped ``val_size`` share), so
+the two give the same numbers on the same rows. The spec then lists the
+covariates (``covariate_columns``), a map needs them for every pixel (the
+value of the 1 km cell holding the pixel's centre,
+:mod:`fungi_ssl.covariate_stack`), and the file is written as format 2,
+which older versions refuse instead of misreading.
+
 Map prediction does not build the 1,152 patch features: PCA is linear, so
 the patch projection is one matmul of each pixel's 128 int8 values with a
 128 × (k²·n_components) matrix, times the pixel's scale, followed by a sum of
@@ -81,6 +93,7 @@ from .pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
 __all__ = [
     "CACHE_KEY_LIBRARIES",
+    "COVARIATE_RULE",
     "FORMAT_VERSION",
     "REGRESSOR_LIBRARY",
     "FeatureSpec",
@@ -97,8 +110,11 @@ __all__ = [
 #: The model's target, :data:`fungi_ssl.predictors.TARGET` (``log1p(rarefied)``); repeated
 #: here so that loading a map model does not import the encoder (torch).
 TARGET = "log_richness"
-#: Version of the file layout written by :meth:`MapModel.save`.
-FORMAT_VERSION = 1
+#: Version of the file layout written by :meth:`MapModel.save` (2 for a model with
+#: covariates, which a reader of version 1 must refuse; 1 otherwise).
+FORMAT_VERSION = 2
+#: File layouts :meth:`MapModel.load` reads.
+READABLE_FORMATS = (1, 2)
 #: Types that :meth:`MapModel.load` lets skops rebuild beyond scikit-learn's own.
 _TRUSTED_TYPES = frozenset(
     {
@@ -123,6 +139,8 @@ REGRESSOR_LIBRARY = {"lightgbm": "lightgbm", "xgboost": "xgboost", "rf": "scikit
 _MUST_MATCH = ("fungi_ssl", "scikit-learn", "lightgbm", "xgboost")
 
 Output = Literal["richness", "log_richness"]
+#: How a 10 m pixel gets the 1 km covariates of the product model (as chapter 06 maps it).
+COVARIATE_RULE = "the value of the 1 km cell holding the pixel's centre (nearest cell)"
 
 
 def package_versions(model: str | None = None) -> dict[str, str]:
@@ -334,17 +352,24 @@ class FeatureSpec:
         (:func:`encoder_signature`).
     predictor_columns : tuple of str
         The patch columns, ``ssl_0000`` … in (row, col, dim) order.
+    covariate_columns : tuple of str
+        The 1 km covariates the regressor also sees (the product model), in
+        order; empty for the ``ssl``-only model.
     """
 
     embedding_dim: int
     patch_size: int
     encoder: str
     predictor_columns: tuple[str, ...] = field(repr=False)
+    covariate_columns: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
+        """Plain-JSON form (``covariate_columns`` only when there are any)."""
         d = asdict(self)
         d["predictor_columns"] = list(self.predictor_columns)
+        d["covariate_columns"] = list(self.covariate_columns)
+        if not self.covariate_columns:
+            del d["covariate_columns"]
         return d
 
     @classmethod
@@ -355,6 +380,7 @@ class FeatureSpec:
             patch_size=int(d["patch_size"]),
             encoder=str(d["encoder"]),
             predictor_columns=tuple(str(c) for c in d["predictor_columns"]),
+            covariate_columns=tuple(str(c) for c in d.get("covariate_columns", ())),
         )
 
     def differences(self, other: FeatureSpec) -> dict[str, tuple[Any, Any]]:
@@ -375,6 +401,9 @@ class FeatureSpec:
                 _columns_summary(self.predictor_columns),
                 _columns_summary(other.predictor_columns),
             )
+        if self.covariate_columns != other.covariate_columns:
+            out["covariate_columns"] = (list(self.covariate_columns),
+                                        list(other.covariate_columns))
         return out
 
 
@@ -469,6 +498,7 @@ class MapModel:
         encoder: Any,
         groups: np.ndarray | pd.Series | None = None,
         embedding_dim: int = EMBEDDING_DIM,
+        covariates: pd.DataFrame | Sequence[str] | None = None,
     ) -> MapModel:
         """Fit the chain on every sample with a complete patch and a target.
 
@@ -491,6 +521,11 @@ class MapModel:
             table's ``site_id`` column if it has one).
         embedding_dim : int
             Dimensions per pixel, to read the patch layout.
+        covariates : pandas.DataFrame or sequence of str, optional
+            The 1 km covariates of each row, named (a DataFrame in the rows'
+            order), or the names of columns of ``data`` that hold them: the
+            product model (see the module docstring). Rows with a missing
+            covariate still shape the PCA but not the regressor.
 
         Returns
         -------
@@ -498,33 +533,49 @@ class MapModel:
             ``self``, fitted.
         """
         X, target, cols, grp = self._training_arrays(data, y, groups, embedding_dim)
+        cov, cov_cols = self._training_covariates(data, covariates, len(X))
         k = patch_layout(X.shape[1], embedding_dim)
         self.spec = FeatureSpec(
             embedding_dim=int(embedding_dim),
             patch_size=k,
             encoder=encoder_signature(encoder),
             predictor_columns=cols,
+            covariate_columns=cov_cols,
         )
-        self.fingerprint = table_fingerprint(X, target, cols)
+        self.fingerprint = table_fingerprint(
+            X if cov is None else np.hstack([X, cov]), target, cols + cov_cols)
         self.versions = package_versions(self.model)
         ok = np.isfinite(X).all(axis=1) & np.isfinite(target)
-        self.n_dropped = int((~ok).sum())
-        X, target = X[ok], target[ok]
-        grp = None if grp is None else grp[ok]
-        self.n_samples = len(target)
+        fitted = ok if cov is None else ok & np.isfinite(cov).all(axis=1)
+        self.n_dropped = int((~fitted).sum())
+        self.n_samples = int(fitted.sum())
         if self.n_samples < 10:
             raise ValueError(
-                f"MapModel.fit: only {self.n_samples} rows have a complete patch and a target; "
-                "need at least 10"
+                f"MapModel.fit: only {self.n_samples} rows have a complete patch"
+                + ("" if cov is None else ", every covariate") + " and a target; need at least 10"
             )
         params = {**BOOK_MODEL_PARAMS.get(self.model, {}), **self.model_params}
         n_trees = None
         boosted = self.model in ("lightgbm", "xgboost")
-        if boosted and self.val_size > 0 and "n_estimators" not in self.model_params:
-            n_trees = self._early_stopped_trees(X, target, grp, params)
-            params["n_estimators"] = n_trees
-        self.pca_ = self._reducer().fit(X).reducer_
-        z = self._project(X)
+        early = boosted and self.val_size > 0 and "n_estimators" not in self.model_params
+        if cov is None:
+            X, target = X[ok], target[ok]
+            grp = None if grp is None else grp[ok]
+            if early:
+                n_trees = self._early_stopped_trees(X, target, grp, params)
+                params["n_estimators"] = n_trees
+            self.pca_ = self._reducer().fit(X).reducer_
+            z = self._project(X)
+        else:
+            # chapter 06's product model: the PCA of every complete patch, then the trees on
+            # [components, covariates] of the rows complete in both (resolution._fit_trees)
+            self.pca_ = self._reducer().fit(X[ok]).reducer_
+            z = np.hstack([self._project(X[fitted]), cov[fitted]])
+            target = target[fitted]
+            if early:
+                g = grp[fitted] if grp is not None else np.arange(len(target))
+                n_trees = self._early_stopped_product_trees(z, target, g, params)
+                params["n_estimators"] = n_trees
         self.regressor_ = fit_model(
             make_model(self.model, seed=self.seed, n_jobs=self.n_jobs, **params), z, target
         )
@@ -538,8 +589,55 @@ class MapModel:
             "target": TARGET,
             "target_transform": "log1p",
         }
+        if cov_cols:
+            self.settings.update(map_model="product", covariates=list(cov_cols),
+                                 covariate_rule=COVARIATE_RULE)
         self._prepare()
         return self
+
+    @property
+    def covariate_columns(self) -> tuple[str, ...]:
+        """The 1 km covariates the model needs (empty for the ``ssl``-only model)."""
+        spec = getattr(self, "spec", None)
+        return spec.covariate_columns if spec is not None else ()
+
+    @staticmethod
+    def _training_covariates(data, covariates, n: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+        if covariates is None:
+            return None, ()
+        if isinstance(covariates, pd.DataFrame):
+            frame = covariates
+        else:
+            names = [str(c) for c in covariates]
+            if not isinstance(data, pd.DataFrame):
+                raise ValueError(  # noqa: TRY004 - bad input is a ValueError here
+                    "MapModel.fit: covariates given by name need a table as data; "
+                    "pass a DataFrame of covariates with an array of patches")
+            missing = [c for c in names if c not in data.columns]
+            if missing:
+                raise ValueError(f"MapModel.fit: the table lacks the covariate columns {missing}")
+            frame = data[names]
+        if frame.shape[1] == 0:
+            raise ValueError("MapModel.fit: covariates has no column")
+        if len(frame) != n:
+            raise ValueError(f"MapModel.fit: covariates has {len(frame)} rows for {n} patches")
+        bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+        if bad:
+            raise ValueError(f"MapModel.fit: covariate columns {bad} are not numeric")
+        return frame.to_numpy(dtype=np.float64), tuple(str(c) for c in frame.columns)
+
+    def _early_stopped_product_trees(self, X, target, groups, params) -> int:
+        """Trees of the product model: resolution._fit_trees' rule (whole groups held out)."""
+        from sklearn.model_selection import GroupShuffleSplit
+
+        split = GroupShuffleSplit(1, test_size=self.val_size, random_state=self.seed)
+        train, val = next(split.split(X, target, groups))
+        model = make_model(self.model, seed=self.seed, n_jobs=self.n_jobs, **params)
+        fit_model(model, X[train], target[train], X[val], target[val])
+        best = model.best_iteration if self.model == "xgboost" else model.best_iteration_
+        if not best:
+            return int(model.n_estimators)
+        return int(best) + (1 if self.model == "xgboost" else 0)
 
     def _reducer(self) -> PatchReducer:
         return PatchReducer(n_components=self.n_components, method="pca", pixels="patch",
@@ -681,7 +779,8 @@ class MapModel:
         return out
 
     def predict_patches(
-        self, patches, *, output: Output = "richness", num_threads: int | None = None
+        self, patches, *, output: Output = "richness", num_threads: int | None = None,
+        covariates: pd.DataFrame | np.ndarray | None = None,
     ) -> np.ndarray:
         """Predict from patches: ``(n, k·k·dim)``, ``(n, k, k, dim)`` or a table of ``ssl_`` columns.
 
@@ -693,18 +792,51 @@ class MapModel:
             Rarefied richness (``expm1`` of the model) or the model's log scale.
         num_threads : int, optional
             Threads of the regressor's prediction (default: ``n_jobs``).
+        covariates : pandas.DataFrame or numpy.ndarray, optional
+            The product model's 1 km covariates per row: a table holding
+            :attr:`covariate_columns` (``patches`` itself, when it is a table
+            that holds them, is used by default), or an ``(n, K)`` array in
+            that order. Required by a model fitted with covariates.
 
         Returns
         -------
         numpy.ndarray
-            ``(n,)`` float64; NaN where a patch has a missing value.
+            ``(n,)`` float64; NaN where a patch or a covariate has a missing value.
         """
         z = self.project_patches(patches)
+        if self.covariate_columns:
+            if covariates is None and isinstance(patches, pd.DataFrame):
+                covariates = patches
+            z = np.hstack([z, self._covariate_array(covariates, len(z))])
+        elif covariates is not None:
+            raise ValueError("covariates: this map model was fitted without 1 km covariates")
         out = np.full(len(z), np.nan)
         ok = np.isfinite(z).all(axis=1)
         if ok.any():
             out[ok] = self._regress(z[ok], num_threads)
         return self._output(out, output)
+
+    def _covariate_array(self, covariates, n: int) -> np.ndarray:
+        """The product model's covariates as ``(n, K)`` float64 in the model's order."""
+        cols = list(self.covariate_columns)
+        if covariates is None:
+            raise ValueError(
+                f"covariates: this map model was fitted with the 1 km covariates {cols}; "
+                "give them for every row"
+            )
+        if isinstance(covariates, pd.DataFrame):
+            missing = [c for c in cols if c not in covariates.columns]
+            if missing:
+                raise ValueError(f"covariates: the table lacks {missing}, which the model needs")
+            c = covariates[cols].to_numpy(dtype=np.float64)
+        else:
+            c = np.asarray(covariates, dtype=np.float64)
+            if c.ndim == 1 and len(cols) == 1:
+                c = c[:, None]
+        if c.shape != (n, len(cols)):
+            raise ValueError(f"covariates: shape {c.shape}, expected ({n}, {len(cols)}) for the "
+                             f"model's covariates {cols}")
+        return c
 
     def _output(self, log_values: np.ndarray, output: str) -> np.ndarray:
         if output == "log_richness":
@@ -742,6 +874,7 @@ class MapModel:
         output: Output = "richness",
         num_threads: int = 1,
         strip_pixels: int = 16_384,
+        covariates: np.ndarray | None = None,
     ) -> np.ndarray:
         """Predict every interior pixel of an int8 embedding window with a halo.
 
@@ -763,12 +896,16 @@ class MapModel:
             Threads of the regressor (1 when blocks run in parallel).
         strip_pixels : int
             Output pixels per strip.
+        covariates : numpy.ndarray, optional
+            ``(H, W, K)``: the product model's 1 km covariates of every
+            interior pixel, in :attr:`covariate_columns` order (required by a
+            model fitted with covariates); NaN gives a NaN pixel.
 
         Returns
         -------
         numpy.ndarray
             ``(H, W)`` float32; NaN where the pixel or a neighbour in its
-            patch has no embedding.
+            patch has no embedding, or a covariate is missing.
 
         Examples
         --------
@@ -787,10 +924,26 @@ class MapModel:
         if n_rows <= 0 or n_cols <= 0:
             return out
         c = self._bias.shape[0]
+        cov = None
+        if self.covariate_columns:
+            k = len(self.covariate_columns)
+            if covariates is None:
+                raise ValueError(
+                    f"covariates: this map model was fitted with the 1 km covariates "
+                    f"{list(self.covariate_columns)}; give them for every pixel"
+                )
+            cov = np.asarray(covariates, dtype=np.float32)
+            if cov.shape != (n_rows, n_cols, k):
+                raise ValueError(f"covariates: shape {cov.shape}, expected "
+                                 f"({n_rows}, {n_cols}, {k}) for this window")
+        elif covariates is not None:
+            raise ValueError("covariates: this map model was fitted without 1 km covariates")
         step = max(1, int(strip_pixels) // n_cols)
         for r0 in range(0, n_rows, step):
             r1 = min(n_rows, r0 + step)
             zf = self._strip_scores(emb, sc, r0, r1).reshape(-1, c)
+            if cov is not None:
+                zf = np.concatenate([zf, cov[r0:r1].reshape(-1, cov.shape[2])], axis=1)
             ok = np.isfinite(zf).all(axis=1)
             if ok.any():
                 pred = self._regress(np.ascontiguousarray(zf[ok]), num_threads)
@@ -886,7 +1039,7 @@ class MapModel:
         self._check_fitted()
         return {
             "format": "fungi_ssl.MapModel",
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.covariate_columns else 1,
             "spec": self.spec.to_dict(),
             "fingerprint": self.fingerprint,
             "versions": dict(self.versions),
@@ -999,10 +1152,10 @@ class MapModel:
 
         path = Path(path)
         meta = cls.read_metadata(path)
-        if int(meta.get("format_version", -1)) != FORMAT_VERSION:
+        if int(meta.get("format_version", -1)) not in READABLE_FORMATS:
             raise ValueError(
                 f"MapModel.load: {path} has file format version {meta.get('format_version')}, "
-                f"this fungi_ssl reads version {FORMAT_VERSION}"
+                f"this fungi_ssl reads versions {', '.join(map(str, READABLE_FORMATS))}"
             )
         problems = []
         minor_note = ""
@@ -1056,9 +1209,11 @@ class MapModel:
     def __repr__(self) -> str:
         if not hasattr(self, "regressor_"):
             return f"MapModel({self.model!r}, unfitted)"
+        cov = (f" + {len(self.covariate_columns)} 1 km covariates" if self.covariate_columns
+               else "")
         return (
             f"MapModel({self.model!r}, {self.spec.patch_size}×{self.spec.patch_size}×"
-            f"{self.spec.embedding_dim} → PCA {self.pca_.n_components_}, "
+            f"{self.spec.embedding_dim} → PCA {self.pca_.n_components_}{cov}, "
             f"{self.n_samples} samples, encoder {self.spec.encoder[:12]})"
         )
 

@@ -903,18 +903,22 @@ def _fix_mmap_threshold() -> None:
 
 
 def _map_block(reader: BlockReader, model: MapModel, r0: int, r1: int, c0: int, c1: int,
-               halo: int, quantity: str) -> tuple[np.ndarray, int, float, float]:
+               halo: int, quantity: str, covariates: Any = None
+               ) -> tuple[np.ndarray, int, float, float]:
     """Map grid rows r0:r1, cols c0:c1: read them with their halo, predict them.
 
+    ``covariates`` (a :class:`fungi_ssl.covariate_stack.CovariateReader`)
+    gives the product model its 1 km covariates of the block's pixels.
     Returns the block's map, its count of pixels without an embedding, and
     the CPU seconds this thread spent reading and predicting.
     """
     _fix_mmap_threshold()  # on a cluster's workers too
     t0 = time.thread_time()
     emb, sc = reader(r0 - halo, r1 + halo, c0 - halo, c1 + halo)
+    cov = None if covariates is None else covariates(r0, r1, c0, c1)
     t1 = time.thread_time()
     n_missing = int((~np.isfinite(sc[halo : halo + r1 - r0, halo : halo + c1 - c0])).sum())
-    values = model.predict_window(emb, sc, output=quantity, num_threads=1)
+    values = model.predict_window(emb, sc, output=quantity, num_threads=1, covariates=cov)
     return values, n_missing, t1 - t0, time.thread_time() - t1
 
 
@@ -992,7 +996,7 @@ def _scheduler(scheduler: Any, num_workers: int) -> Iterator[_Pool]:
 
 
 def _run_windows(jobs: list, pool: _Pool, model_ref: Any, readers: list, chunk: int, halo: int,
-                 quantity: str, seconds: dict[str, float]) -> Iterator:
+                 quantity: str, seconds: dict[str, float], covariates: Any = None) -> Iterator:
     """Compute the windows in order, yielding ``(job, (map, n_no_embedding))``.
 
     Every block is one task that reads its own rectangle with its halo and
@@ -1029,8 +1033,8 @@ def _run_windows(jobs: list, pool: _Pool, model_ref: Any, readers: list, chunk: 
         for job in jobs:
             yi, (r0, r1, c0, c1) = job
             blocks = _blocks(r0, r1, c0, c1, chunk)
-            futures = [pool.submit(_map_block, readers[yi], model_ref, *b, halo, quantity)
-                       for b in blocks]
+            futures = [pool.submit(_map_block, readers[yi], model_ref, *b, halo, quantity,
+                                   covariates) for b in blocks]
             pending.append((job, blocks, futures))
             n_pending += len(futures)
             while len(pending) > 1 and n_pending - len(pending[0][2]) >= enough:
@@ -1197,6 +1201,7 @@ def predict_map(
     mask_water: bool = False,
     cog_blocksize: int = 512,
     progress: bool = True,
+    covariates: Any = None,
 ) -> MapRun:
     """Predict a 10 m map over a bounding box from stored embeddings.
 
@@ -1241,6 +1246,13 @@ def predict_map(
         Tile side of the COG (its overviews stop below one tile).
     progress : bool
         A tqdm bar over windows.
+    covariates : path or CovariateStack, optional
+        The 1 km covariates of a product model (a model fitted with
+        covariates, :attr:`MapModel.covariate_columns`): a GeoTIFF or Zarr
+        stack (:func:`fungi_ssl.covariate_stack.open_covariate_stack`). Each
+        pixel gets the values of the 1 km cell holding its centre, as
+        chapter 06 maps the product model. Required by such a model, refused
+        by the ``ssl``-only one.
 
     Returns
     -------
@@ -1252,7 +1264,9 @@ def predict_map(
         Embeddings whose dimension or encoder differ from the model's; a
         model fitted for another patch size; a bbox with min ≥ max or outside
         every store or tile; a year the source does not hold; a COG asked for
-        several years.
+        several years; a product model without covariates, or a stack that
+        lacks one of its bands, is in a CRS that cannot be transformed or
+        does not cover the map.
     FileNotFoundError
         A missing source, model file or output folder.
     FileExistsError
@@ -1291,6 +1305,7 @@ def predict_map(
     model._check_fitted()
     if int(patch_size) < 1 or int(patch_size) % 2 == 0:
         raise ValueError(f"patch_size must be a positive odd integer, got {patch_size}")
+    _check_covariates_given(model, covariates)
     out_path, kind = _check_output(output, overwrite, len(years))
     sources = [
         open_embedding_source(source, y, bbox, bbox_crs=bbox_crs, mask_water=mask_water)
@@ -1306,6 +1321,14 @@ def predict_map(
                 f"the embeddings of {s.year} ({s.name}) lie on another grid than those of "
                 f"{years[0]}; a stack of years needs one grid"
             )
+
+    cov_reader = None
+    if model.covariate_columns:
+        from .covariate_stack import CovariateStack, open_covariate_stack
+
+        stack = (covariates if isinstance(covariates, CovariateStack)
+                 else open_covariate_stack(covariates))
+        cov_reader = stack.grid_reader(grid, model.covariate_columns)
 
     _fix_mmap_threshold()
     halo = int(patch_size) // 2
@@ -1324,11 +1347,12 @@ def predict_map(
         with _scheduler(scheduler, num_workers) as pool:
             model_ref = pool.share(model)
             readers = [pool.share(s.block_reader()) for s in sources]
+            cov_ref = None if cov_reader is None else pool.share(cov_reader)
             jobs = [(yi, w) for yi in range(len(sources)) for w in windows]
             with tqdm(total=len(jobs), desc="map windows", unit="window",
                       disable=not progress) as bar:
                 for (yi, (r0, r1, c0, c1)), (values, n_missing) in _run_windows(
-                    jobs, pool, model_ref, readers, chunk, halo, quantity, timing
+                    jobs, pool, model_ref, readers, chunk, halo, quantity, timing, cov_ref
                 ):
                     tw = time.perf_counter()
                     n_nan += int(np.isnan(values).sum())
@@ -1357,6 +1381,7 @@ def predict_map(
         "encoder": model.spec.encoder,
         "n_nan": n_nan,
         "n_no_embedding": n_no,
+        **_model_attrs(model),
     }
     if n_pixels and n_nan > NAN_WARN_SHARE * n_pixels:
         warnings.warn(
@@ -1378,6 +1403,21 @@ def predict_map(
                  "scheduler": str(scheduler or os.environ.get(SCHEDULER_ENV) or "threads"),
                  "seconds": timing},
     )
+
+
+def _check_covariates_given(model: MapModel, covariates: Any) -> None:
+    """A product model needs its covariates; the ``ssl``-only model takes none."""
+    cols = list(model.covariate_columns)
+    if cols and covariates is None:
+        raise ValueError(
+            f"the map model was fitted with 1 km covariates; pass covariates= a stack with the "
+            f"bands {', '.join(cols)}"
+        )
+    if not cols and covariates is not None:
+        raise ValueError(
+            "the map model was fitted without 1 km covariates (the ssl-only model), so a "
+            "covariate stack would not be used; refit it with covariates, or leave them out"
+        )
 
 
 def _as_dataarray(values: np.ndarray, grid: MapGrid, years: list[int] | None, name: str,
@@ -1525,6 +1565,14 @@ def map_units(model: MapModel, quantity: str = "richness") -> str:
     return base if quantity == "richness" else f"log1p({base})"
 
 
+def _model_attrs(model: MapModel) -> dict[str, str]:
+    """Which map model made a map: ``ssl`` or ``product``, and the product's covariates."""
+    cols = list(model.covariate_columns)
+    if not cols:
+        return {"map_model": "ssl"}
+    return {"map_model": "product", "covariates": ",".join(cols)}
+
+
 def _make_writer(kind, out, grid, years, quantity, model: MapModel, blocksize, chunk):
     if kind is None:
         return None
@@ -1536,6 +1584,7 @@ def _make_writer(kind, out, grid, years, quantity, model: MapModel, blocksize, c
         "encoder": model.spec.encoder,
         "years": ",".join(str(y) for y in years),
         "software": "fungi_ssl.maps.predict_map",
+        **_model_attrs(model),
     }
     if kind == "cog":
         return _CogWriter(out, grid, attrs, blocksize, chunk)

@@ -15,6 +15,10 @@ the story:
   ``tessera_metadata.json`` names the encoder (``dataset_version =
   "simulated-<encoder signature>"``), and :func:`tiles_encoder` gives the
   signature a map model must record to be allowed to map them.
+* :func:`write_simulated_covariates` writes the simulated study's 1 km
+  covariates over the box as a raster stack (GeoTIFF with named bands, or
+  Zarr; :mod:`fungi_ssl.covariate_stack`), the input a real region's product
+  map needs beside its tiles, so ``--covariates`` runs end to end.
 * :func:`simulated_woodland` draws woodland polygons (ancient or other) from
   the simulator's land cover over the box, as an inventory would give them.
 * :func:`fit_region_model` fits the map model on a predictor table's SSL
@@ -50,6 +54,7 @@ from .coordinates import lonlat_to_crs, utm_epsg
 __all__ = [
     "AOARun",
     "RegionInputs",
+    "SimulatedCovariates",
     "SimulatedTiles",
     "area_of_applicability",
     "check_bbox",
@@ -57,10 +62,12 @@ __all__ = [
     "fit_from_samples",
     "fit_region_model",
     "guild_units",
+    "product_covariates",
     "region_inputs",
     "simulated_woodland",
     "tiles_encoder",
     "trend_summary",
+    "write_simulated_covariates",
     "write_simulated_tiles",
 ]
 
@@ -293,6 +300,80 @@ def write_simulated_tiles(
     return SimulatedTiles(root, b, years, names, n_pixels, sig, seconds)
 
 
+@dataclass
+class SimulatedCovariates:
+    """A stack :func:`write_simulated_covariates` wrote.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    columns : list of str
+        Its bands: the SPUN-named 1 km covariates.
+    epsg : int
+        Its CRS: the UTM zone of the box's centre (the map's).
+    n_cells : int
+        1 km cells (rows × columns).
+    """
+
+    path: Path
+    columns: list[str]
+    epsg: int
+    n_cells: int
+
+
+def write_simulated_covariates(
+    study: Any, bbox: Sequence[float], path: str | Path, *, margin_cells: int = 1,
+    overwrite: bool = True,
+) -> SimulatedCovariates:
+    """Write the simulated study's 1 km covariates over a box as a raster stack.
+
+    The cells are the 1 km cells of the UTM zone of the box's centre (the
+    zone :func:`fungi_ssl.maps.predict_map` maps the box in) that the box
+    touches, plus ``margin_cells`` on each side. Each cell's values are
+    :func:`fungi_ssl.simulate.sensors.covariates_1km` of a stand-in site at its
+    centre pixel, so they are exactly the covariates every sample in that
+    cell carries in the study's table (as :func:`fungi_ssl.resolution.cell_covariates`
+    asks for them). Bands are named as the table's columns.
+
+    Parameters
+    ----------
+    study : fungi_ssl.simulate.SimulatedStudy
+    bbox : (west, south, east, north)
+        WGS84 degrees.
+    path : path
+        ``.tif`` (a GeoTIFF whose band descriptions name the covariates) or
+        ``.zarr`` (one variable per covariate).
+    margin_cells : int
+    overwrite : bool
+
+    Returns
+    -------
+    SimulatedCovariates
+    """
+    from pyproj import Transformer
+
+    from .covariate_stack import cells_to_stack, write_covariate_stack
+    from .simulate.sensors import covariates_1km
+
+    b = check_bbox(bbox)
+    epsg = utm_epsg((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+    tr = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True)
+    xmin, ymin, xmax, ymax = tr.transform_bounds(*b, densify_pts=21)
+    m = int(margin_cells)
+    cc = np.arange(math.floor(xmin / 1000) - m, math.floor(xmax / 1000) + m + 1)
+    cr = np.arange(math.floor(-ymax / 1000) - m, math.floor(-ymin / 1000) + m + 1)
+    gc, gr = (a.ravel() for a in np.meshgrid(cc, cr))
+    ids = [f"{epsg}_{r}_{c}" for r, c in zip(gr, gc)]
+    sites = pd.DataFrame({"site_id": ids, "epsg": epsg, "col": gc * 100 + 50,
+                          "row": gr * 100 + 50})
+    cov = covariates_1km(study.landscape, sites, pd.DataFrame({"sample_id": ids, "site_id": ids}),
+                         study.config.sensors)
+    cells = pd.concat([pd.DataFrame({"x": (gc + 0.5) * 1000.0, "y": -(gr + 0.5) * 1000.0}),
+                       cov.reset_index(drop=True)], axis=1)
+    out = write_covariate_stack(cells_to_stack(cells, epsg), path, overwrite=overwrite)
+    return SimulatedCovariates(out, [str(c) for c in cov.columns], int(epsg), len(ids))
+
+
 def simulated_woodland(
     study: Any, bbox: Sequence[float], year: int, out: str | Path | None = None,
     min_area_ha: float = MIN_POLYGON_HA,
@@ -359,6 +440,7 @@ def simulated_woodland(
 def fit_region_model(
     frame: pd.DataFrame, encoder: str, *, guild: str = "ECM", target_column: str = "rarefied",
     model: str = "lightgbm", n_components: int = 32, seed: int = 0,
+    covariates: Sequence[str] | None = None,
 ) -> Any:
     """Fit the map model on a predictor table's SSL patches.
 
@@ -373,6 +455,10 @@ def fit_region_model(
         Recorded in the model's settings; the map's units follow the guild.
     model, n_components, seed
         As :class:`fungi_ssl.mapmodel.MapModel`.
+    covariates : sequence of str, optional
+        Columns of the table holding 1 km covariates: fits the product model
+        (chapter 06's map model) on the patch and these; default the
+        ``ssl``-only model.
     """
     from .mapmodel import MapModel
 
@@ -382,9 +468,18 @@ def fit_region_model(
     if target_column in frame.columns:
         y = pd.to_numeric(frame[target_column], errors="coerce").to_numpy(dtype=float)
     m = MapModel(model, n_components=n_components, seed=seed)
-    m.fit(frame, y, encoder=encoder)
-    m.settings.update({"target_column": target_column, "guild": guild})
+    m.fit(frame, y, encoder=encoder, covariates=None if not covariates else list(covariates))
+    m.settings.update({"target_column": target_column, "guild": guild,
+                       "map_model": "product" if covariates else "ssl"})
     return m
+
+
+def product_covariates(frame: pd.DataFrame) -> list[str]:
+    """The 1 km covariates of a predictor table that the product model sees: chapter 06's
+    (:data:`fungi_ssl.resolution.ONE_KM_SET`, climate, soil and land cover)."""
+    from .pipelines import predictor_matrix
+
+    return [str(c) for c in predictor_matrix(frame, "climate+soil+landcover").columns]
 
 
 # --------------------------------------------------------------------------
@@ -419,19 +514,25 @@ class AOARun:
 
 
 def _weights(est: Any, Z: np.ndarray, importance_weights: Any) -> np.ndarray:
-    """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models."""
+    """Predictor weights: tree importance (gain), else |coefficient| × SD for linear models.
+
+    Only the first ``Z.shape[1]`` predictors (the patch's components) are
+    weighted: a product model's regressor also sees the 1 km covariates,
+    which lie outside the space the area of applicability is measured in.
+    """
+    n = Z.shape[1]
     try:
-        return importance_weights(est).to_numpy(dtype=float)
+        return importance_weights(est).to_numpy(dtype=float)[:n]
     except ValueError:
         steps = [s for _, s in est.steps] if hasattr(est, "steps") else [est]
         coef = getattr(steps[-1], "coef_", None)
         if coef is None:
-            return np.ones(Z.shape[1])
+            return np.ones(n)
         # one SD of a predictor moves the prediction by |coef| × SD (÷ a scaler's own scale)
-        w = np.abs(np.ravel(coef)) * Z.std(axis=0, ddof=1)
+        w = np.abs(np.ravel(coef)[:n]) * Z.std(axis=0, ddof=1)
         for step in steps[:-1]:
             if getattr(step, "scale_", None) is not None:
-                w = w / np.asarray(step.scale_, dtype=float)
+                w = w / np.asarray(step.scale_, dtype=float)[:n]
         return w
 
 
@@ -666,13 +767,17 @@ def region_inputs(
 def fit_from_samples(
     samples: pd.DataFrame, embeddings: str | Path, *, target_column: str = "rarefied",
     guild: str = "ECM", model: str = "lightgbm", seed: int = 0, progress: bool = True,
+    covariates: str | Path | None = None,
 ) -> tuple[Any, np.ndarray, np.ndarray, str]:
     """Fit the map model on a real sample table, as ``fungi-ssl fit`` does.
 
     Patches are read by :func:`fungi_ssl.predictors.embedding_patches`, the
     reader ``fungi-ssl fit`` and chapters 03–05 use: at each sample's plot
     coordinate, from the embeddings of its sampling year by the rule of
-    :func:`fungi_ssl.predictors.embedding_years`.
+    :func:`fungi_ssl.predictors.embedding_years`. With ``covariates`` (a
+    stack, :mod:`fungi_ssl.covariate_stack`) every band is sampled at the plot
+    coordinates and the product model is fitted, as ``fungi-ssl fit
+    --covariates`` does.
 
     Returns
     -------
@@ -693,9 +798,16 @@ def fit_from_samples(
                                                 progress=progress)
     X = patches.reshape(len(patches), -1)
     groups = samples["site_id"].to_numpy() if "site_id" in samples else np.arange(len(samples))
+    cov = None
+    if covariates is not None:
+        from .covariate_stack import open_covariate_stack
+
+        cov = open_covariate_stack(covariates, where="covariates").at_lonlat(
+            samples["longitude"].to_numpy(float), samples["latitude"].to_numpy(float))
     m = MapModel(model, seed=seed).fit(X, richness, encoder=encoder, groups=groups,
-                                       embedding_dim=patches.shape[-1])
-    m.settings.update({"target_column": target_column, "guild": guild})
+                                       embedding_dim=patches.shape[-1], covariates=cov)
+    m.settings.update({"target_column": target_column, "guild": guild,
+                       "map_model": "ssl" if cov is None else "product"})
     return m, X, groups, which.describe()
 
 
@@ -706,6 +818,7 @@ def map_model_skill(
     patches: np.ndarray, richness: np.ndarray, lonlat: np.ndarray, *, model: str = "lightgbm",
     n_components: int = 32, seed: int = 0, n_splits: int = 5,
     block_size_m: float = 50_000.0, embedding_dim: int | None = None,
+    covariates: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Cross-validated skill of the map model: site-grouped folds and spatial blocks.
 
@@ -731,6 +844,10 @@ def map_model_skill(
         Side of the spatial blocks asked for.
     embedding_dim : int, optional
         Dimensions per pixel (default: ``patches.shape[1] / 9``).
+    covariates : pandas.DataFrame, optional
+        The 1 km covariates of each row: the skill is then the product
+        model's (:class:`~fungi_ssl.mapmodel.MapModel` fitted with
+        ``covariates``), on the rows that have every covariate.
 
     Returns
     -------
@@ -758,6 +875,11 @@ def map_model_skill(
     r = np.asarray(richness, dtype=np.float64)
     xy = np.asarray(lonlat, dtype=np.float64)
     ok = np.isfinite(X).all(axis=1) & np.isfinite(r) & np.isfinite(xy).all(axis=1)
+    cov = None
+    if covariates is not None:
+        cov = covariates.reset_index(drop=True)
+        ok &= np.isfinite(cov.to_numpy(dtype=float)).all(axis=1)
+        cov = cov.loc[ok].reset_index(drop=True)
     X, r, xy = X[ok], r[ok], xy[ok]
     dim = int(embedding_dim or X.shape[1] // 9)
     y = np.log1p(r)
@@ -772,8 +894,14 @@ def map_model_skill(
         for train, test in cv.split(X):
             m = MapModel(model, n_components=min(n_components, len(train) - 1), seed=seed,
                          n_jobs=1)
-            m.fit(X[train], r[train], encoder="cv", embedding_dim=dim)
-            pred[test] = m.predict_patches(X[test], output="log_richness")
+            if cov is None:
+                m.fit(X[train], r[train], encoder="cv", embedding_dim=dim)
+                pred[test] = m.predict_patches(X[test], output="log_richness")
+            else:
+                m.fit(X[train], r[train], encoder="cv", embedding_dim=dim,
+                      covariates=cov.iloc[train])
+                pred[test] = m.predict_patches(X[test], output="log_richness",
+                                               covariates=cov.iloc[test])
         done = np.isfinite(pred)
         out[name] = {"r2": float(r2_score(y[done], pred[done])),
                      "rmse": float(np.sqrt(mean_squared_error(y[done], pred[done]))),

@@ -24,7 +24,8 @@ criteria (:func:`criteria_table`, :func:`pick_product`). Why no map keeps
 every held-out region's mean error within a quarter of a log unit is
 measured, not argued: :func:`level_shares` (how much of the regions' true
 offsets each map's regional means reproduce) and :func:`oracle_1km_biases`
-(the 1 km model refitted on noise-free labels, :func:`estimand_at_samples`).
+(the 1 km model, and optionally the product model, refitted on noise-free
+labels, :func:`estimand_at_samples`).
 
 Every region is **held out**: its maps come from models fitted without its
 samples and without its campaigns' samples within :data:`HOLDOUT_KM`

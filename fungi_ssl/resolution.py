@@ -13,9 +13,19 @@ Chapter 06 maps simulated regions twice, from the same field samples:
 
 * **product maps** that use both scales: :class:`ProductModel`, one model
   on the patch's principal components and the 1 km covariates of the
-  pixel's cell; the 1 km map plus the 10 m map's within-cell deviations; and
-  the 1 km map plus :class:`ResidualModel`, trees on the patch fitted to the
-  1 km model's out-of-fold residuals.
+  pixel's cell; the 1 km map plus the 10 m map's within-cell deviations; the
+  product model's 1 km cell means plus the 10 m map's within-cell deviations
+  (:func:`with_within_cell_deviations`); and the 1 km map plus
+  :class:`ResidualModel`, trees on the patch fitted to the 1 km model's
+  out-of-fold residuals.
+
+The book's product map is the candidate that meets most of issue 18's
+criteria (:func:`criteria_table`, :func:`pick_product`). Why no map keeps
+every held-out region's mean error within a quarter of a log unit is
+measured, not argued: :func:`level_shares` (how much of the regions' true
+offsets each map's regional means reproduce) and :func:`oracle_1km_biases`
+(the 1 km model, and optionally the product model, refitted on noise-free
+labels, :func:`estimand_at_samples`).
 
 Every region is **held out**: its maps come from models fitted without its
 samples and without its campaigns' samples within :data:`HOLDOUT_KM`
@@ -53,6 +63,9 @@ API (stable; chapter 07 builds on it)
 Scoring: :func:`r2`, :func:`squared_correlation`, :func:`cell_means`,
 :func:`within_cell_r2`, :func:`pixel_ratio`, :func:`score_products`,
 :func:`region_scores`, :func:`bootstrap_scores`.
+The product map: :func:`with_within_cell_deviations`, :func:`criteria_table`,
+:func:`pick_product`; regional levels: :func:`level_shares`,
+:func:`estimand_at_samples`, :func:`oracle_1km_biases`.
 """
 
 from __future__ import annotations
@@ -82,34 +95,41 @@ if TYPE_CHECKING:
     from .simulate import SimulatedStudy
 
 __all__ = [
-    "CELL_PX",
-    "ONE_KM_SET",
-    "REGION_LAYOUT",
-    "YEAR",
-    "Region",
-    "RegionProducts",
-    "cell_covariates",
     "CANDIDATES",
+    "CELL_PX",
+    "CRITERIA",
     "HOLDOUT_KM",
+    "ONE_KM_SET",
+    "PRODUCT_MARGINS",
+    "REGION_LAYOUT",
+    "SINGLE_SCALE",
+    "YEAR",
     "HeldOutModels",
     "ProductModel",
+    "Region",
+    "RegionProducts",
     "ResidualModel",
     "bootstrap_scores",
+    "cell_covariates",
     "cell_means",
+    "chapter04_model",
+    "criteria_table",
+    "edge_zoom",
+    "estimand_at_samples",
+    "fit_1km_model",
     "fit_product_model",
     "fit_residual_model",
-    "heldout_models",
-    "predict_grid",
-    "region_components",
-    "withheld_rows",
-    "chapter04_model",
-    "edge_zoom",
-    "fit_1km_model",
     "fitted_map_model",
+    "heldout_models",
+    "level_shares",
+    "oracle_1km_biases",
+    "pick_product",
     "pixel_ratio",
     "predict_1km_map",
+    "predict_grid",
     "predict_region_map",
     "r2",
+    "region_components",
     "region_products",
     "region_scores",
     "region_store",
@@ -118,6 +138,8 @@ __all__ = [
     "score_products",
     "skip_reason",
     "squared_correlation",
+    "with_within_cell_deviations",
+    "withheld_rows",
     "within_cell_r2",
 ]
 
@@ -147,7 +169,17 @@ CANDIDATES: dict[str, str] = {
                    "means)"),
     "residual": ("1 km map + a residual model: trees on the PCA of the patch fitted to the "
                  "samples' residuals from out-of-fold 1 km predictions"),
+    "product_deviations": ("product model's 1 km cell means + the 10 m map's within-cell "
+                           "deviations (the level of each cell from the product model, the "
+                           "pattern inside it from the 10 m map)"),
 }
+#: The single-scale maps a product map is measured against (never a product candidate).
+SINGLE_SCALE = ("10m", "1km")
+#: The issue's criteria for a product map (issue 18): per-pixel R² at least this much above
+#: the better single-scale map; R² of 1 km means at most this much below the 1 km map's;
+#: within-cell R² at most this much below the 10 m map's; |mean error| of every region at
+#: most this many log units.
+PRODUCT_MARGINS: dict[str, float] = {"pixel": 0.03, "cell": 0.02, "within": 0.05, "bias": 0.25}
 #: The 1 km predictor set of the SPUN-style model (chapter 04's 1 km sets together).
 ONE_KM_SET = "climate+soil+landcover"
 #: Pixels of margin embedded around a region, so its edge pixels have full 3 × 3 patches.
@@ -1033,8 +1065,9 @@ class RegionProducts:
         ``log1p`` map of the product model (:class:`ProductModel`), ``(H, W)``.
     alternatives : dict
         Other candidate maps ``(H, W)``, ``log1p``: ``deviations`` (1 km map +
-        the 10 m map's within-cell deviations) and ``residual`` (1 km map + the
-        residual model), see :data:`CANDIDATES`.
+        the 10 m map's within-cell deviations), ``residual`` (1 km map + the
+        residual model) and ``product_deviations`` (the product model's cell
+        means + the 10 m map's within-cell deviations), see :data:`CANDIDATES`.
     held_out : bool
         Whether every model of the region was fitted without its samples.
     """
@@ -1150,13 +1183,12 @@ def region_products(
         if hm is not None:
             z = region_components(m10, store, r)
             H, W, C = z.shape
-            cov_px = np.stack([_expand(predict_grid(cov, r, c)) for c in hm.product.covariate_columns],
-                              axis=-1).reshape(H * W, -1)
-            p.map_product = hm.product.predict_components(z.reshape(H * W, C), cov_px).reshape(H, W)
+            p.map_product = _product_map(hm.product, z, cov, r)
             m1_px = p.map_1km_pixels
             p.alternatives = {
-                "deviations": m1_px + map_10m - _expand(cell_means(map_10m)),
+                "deviations": with_within_cell_deviations(m1_px, map_10m),
                 "residual": m1_px + hm.residual.predict_components(z.reshape(H * W, C)).reshape(H, W),
+                "product_deviations": with_within_cell_deviations(p.map_product, map_10m),
             }
         products.append(p)
     if products:
@@ -1165,6 +1197,16 @@ def region_products(
             map_model=first.map_model if first is not None else m10_all,
             model_1km=first.model_1km if first is not None else m1_all)
     return products
+
+
+def _product_map(product: ProductModel, z: np.ndarray, covariates: pd.DataFrame,
+                 region: Region) -> np.ndarray:
+    """The product model's map of a region from its components ``(H, W, C)`` and the cells'
+    covariates (each pixel gets its cell's values)."""
+    H, W, C = z.shape
+    cov_px = np.stack([_expand(predict_grid(covariates, region, c))
+                       for c in product.covariate_columns], axis=-1).reshape(H * W, -1)
+    return product.predict_components(z.reshape(H * W, C), cov_px).reshape(H, W)
 
 
 def predict_grid(covariates: pd.DataFrame, region: Region, column: str) -> np.ndarray:
@@ -1235,6 +1277,30 @@ def cell_means(values: np.ndarray, f: int = CELL_PX, min_valid: float = 0.0) -> 
     with np.errstate(invalid="ignore", divide="ignore"):
         m = s / n
     return np.where((n > 0) & (n / (f * f) >= min_valid), m, np.nan)
+
+
+def with_within_cell_deviations(levels: np.ndarray, pattern: np.ndarray,
+                                f: int = CELL_PX) -> np.ndarray:
+    """A map with the cell means of ``levels`` and the within-cell deviations of ``pattern``.
+
+    Each pixel gets its cell's mean of ``levels`` plus its own ``pattern``
+    value minus its cell's mean of ``pattern`` (means over each map's finite
+    pixels, :func:`cell_means`): the 1 km map (``levels`` constant in each
+    cell) or the product model's cell means, with the 10 m map's pattern
+    inside every cell. NaN where ``pattern`` is NaN.
+
+    Examples
+    --------
+    >>> lv = np.array([[5.0, 7.0], [6.0, 6.0]])        # cell mean 6
+    >>> pt = np.array([[1.0, 3.0], [2.0, np.nan]])     # cell mean 2
+    >>> with_within_cell_deviations(lv, pt, f=2).tolist()
+    [[5.0, 7.0], [6.0, nan]]
+    """
+    lv, pt = np.asarray(levels, float), np.asarray(pattern, float)
+    if lv.shape != pt.shape:
+        raise ValueError(f"with_within_cell_deviations: levels {lv.shape} and pattern "
+                         f"{pt.shape} differ in shape")
+    return _expand(cell_means(lv, f), f) + pt - _expand(cell_means(pt, f), f)
 
 
 def _deviations(values: np.ndarray, mask: np.ndarray, f: int) -> np.ndarray:
@@ -1460,9 +1526,7 @@ def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
     for p in products:
         sc = score_products([p])
         s = _region_sums(p, 0.5)
-        ok = np.isfinite(p.truth)
-        for v in _map_layers(p).values():
-            ok &= np.isfinite(v)
+        ok = _scored_mask(p)
         row = {"region": p.region.name, "landscape": f"{p.region.continent}, {p.region.focus}",
                "campaign": p.region.campaign, "woodland_share": p.region.woodland_share}
         for name in s["maps"]:
@@ -1476,6 +1540,298 @@ def region_scores(products: Sequence[RegionProducts]) -> pd.DataFrame:
             row.update(n_withheld=hm.n_withheld, campaigns_withheld=hm.campaigns_withheld)
         rows.append(row)
     return pd.DataFrame(rows).set_index("region")
+
+
+# --------------------------------------------------------------------------
+# The product map: the issue's criteria for every candidate, and the winner
+# --------------------------------------------------------------------------
+#: The criteria of :func:`criteria_table` as chapter 06 and its JSON name them.
+CRITERIA: dict[str, str] = {
+    "pixel": "R² every pixel ≥ max(10 m, 1 km) + 0.03",
+    "cell": "R² of 1 km means ≥ 1 km map's − 0.02",
+    "within": "within-cell R² ≥ 10 m map's − 0.05",
+    "bias": "largest |mean error| of a region ≤ 0.25 log units",
+}
+
+
+def criteria_table(scores: dict[str, Any], per_region: pd.DataFrame,
+                   candidates: Sequence[str] | None = None,
+                   margins: dict[str, float] | None = None) -> pd.DataFrame:
+    """The issue's four criteria for a product map, for every candidate map.
+
+    Parameters
+    ----------
+    scores : dict
+        :func:`score_products` of the held-out regions (pooled scores).
+    per_region : pandas.DataFrame
+        :func:`region_scores` of the same regions (``bias_<map>`` columns).
+    candidates : sequence of str, optional
+        Maps to check (default every map with scores and a bias column).
+    margins : dict, optional
+        Default :data:`PRODUCT_MARGINS`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per candidate: ``r2_vs_truth``, ``r2_aggregated_vs_truth_1km``,
+        ``within_cell_variance_captured``, ``max_abs_bias`` and ``worst_region``
+        (its value), the target each is held to (``target_<criterion>`` for
+        ``pixel``, ``cell``, ``within``, ``bias``), ``met_<criterion>`` and
+        ``n_met``. Targets come from the 10 m and 1 km maps' own scores.
+
+    Examples
+    --------
+    >>> sc = {"r2_10m_vs_truth": 0.4, "r2_1km_vs_truth": 0.2, "r2_1km_vs_truth_1km": 0.5,
+    ...       "r2_10m_aggregated_vs_truth_1km": 0.4, "within_cell_variance_captured": 0.4,
+    ...       "within_cell_variance_captured_1km": 0.0, "r2_x_vs_truth": 0.45,
+    ...       "r2_x_aggregated_vs_truth_1km": 0.49, "within_cell_variance_captured_x": 0.36}
+    >>> pr = pd.DataFrame({"bias_10m": [0.3, -0.1], "bias_1km": [0.2, 0.1],
+    ...                    "bias_x": [0.2, -0.26]}, index=["R1", "R2"])
+    >>> t = criteria_table(sc, pr)
+    >>> [bool(t.loc["x", f"met_{k}"]) for k in CRITERIA], int(t.loc["x", "n_met"])
+    ([True, True, True, False], 3)
+    >>> t.loc["x", "worst_region"]
+    'R2'
+    """
+    m = {**PRODUCT_MARGINS, **(margins or {})}
+    if candidates is None:
+        biased = [c[len("bias_"):] for c in per_region.columns if c.startswith("bias_")]
+        candidates = list(dict.fromkeys([*SINGLE_SCALE, *(c for c in biased
+                                                          if _names(c)[0] in scores)]))
+    targets = {"pixel": max(scores["r2_10m_vs_truth"], scores["r2_1km_vs_truth"]) + m["pixel"],
+               "cell": scores["r2_1km_vs_truth_1km"] - m["cell"],
+               "within": scores["within_cell_variance_captured"] - m["within"],
+               "bias": m["bias"]}
+    rows = []
+    for c in candidates:
+        a, _, agg, _, wc = _names(c)
+        missing = [k for k in (a, agg, wc) if k not in scores]
+        if missing or f"bias_{c}" not in per_region:
+            raise ValueError(f"criteria_table: candidate {c!r} has no scores {missing} or no "
+                             f"bias_{c} column")
+        bias = per_region[f"bias_{c}"].astype(float)
+        row = {"candidate": c, "r2_vs_truth": scores[a], "r2_aggregated_vs_truth_1km": scores[agg],
+               "within_cell_variance_captured": scores[wc],
+               "max_abs_bias": float(bias.abs().max()), "worst_region": str(bias.abs().idxmax())}
+        values = {"pixel": scores[a], "cell": scores[agg], "within": scores[wc],
+                  "bias": row["max_abs_bias"]}
+        for k, v in values.items():
+            row[f"target_{k}"] = targets[k]
+            row[f"met_{k}"] = bool(v <= targets[k] if k == "bias" else v >= targets[k])
+        row["n_met"] = sum(row[f"met_{k}"] for k in CRITERIA)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("candidate")
+
+
+def pick_product(table: pd.DataFrame) -> str:
+    """The book's product map by the issue's criteria: among the maps that use both scales
+    (not :data:`SINGLE_SCALE`), the one that meets most criteria of :func:`criteria_table`,
+    ties broken by R² over every pixel.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"n_met": [1, 3, 3, 2], "r2_vs_truth": [0.9, 0.5, 0.55, 0.6]},
+    ...                  index=["10m", "a", "b", "c"])
+    >>> pick_product(t)
+    'b'
+    """
+    cand = table.loc[[c for c in table.index if c not in SINGLE_SCALE]]
+    if cand.empty:
+        raise ValueError("pick_product: no candidate uses both scales")
+    order = cand.sort_values(["n_met", "r2_vs_truth"], ascending=False, kind="stable")
+    return str(order.index[0])
+
+
+# --------------------------------------------------------------------------
+# Regional levels: why no map reaches |mean error| ≤ 0.25 in every region
+# --------------------------------------------------------------------------
+def level_shares(per_region: pd.DataFrame, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """How well each map places the regions' levels: its mean errors per region against the
+    spread of the regions' true means.
+
+    ``level_r2`` is ``1 − Σ bias² / Σ (truth_mean − mean of truth_means)²``
+    over the regions: the share of the regions' true offsets from their
+    common mean that a map's regional means reproduce (1: every region's
+    level right; 0: no better than giving every region the same level;
+    negative: worse).
+
+    Parameters
+    ----------
+    per_region : pandas.DataFrame
+        :func:`region_scores` (``truth_mean`` and ``bias_<map>`` columns), or
+        any table with them.
+    names : sequence of str, optional
+        Maps (default every ``bias_<map>`` column).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per map: ``level_r2``, ``rms_bias``, ``max_abs_bias``,
+        ``regions_within`` (regions with ``|bias| ≤`` :data:`PRODUCT_MARGINS`'s
+        ``bias``) and ``n_regions``.
+
+    Examples
+    --------
+    >>> pr = pd.DataFrame({"truth_mean": [1.0, 2.0, 3.0], "bias_a": [0.0, 0.5, 0.0]})
+    >>> t = level_shares(pr)
+    >>> float(t.loc["a", "level_r2"]), int(t.loc["a", "regions_within"])
+    (0.875, 2)
+    """
+    if names is None:
+        names = [c[len("bias_"):] for c in per_region.columns if c.startswith("bias_")]
+    t = per_region["truth_mean"].to_numpy(float)
+    sst = float(((t - t.mean()) ** 2).sum())
+    rows = []
+    for n in names:
+        b = per_region[f"bias_{n}"].to_numpy(float)
+        rows.append({"map": n, "level_r2": 1.0 - float((b ** 2).sum()) / sst if sst > 0 else np.nan,
+                     "rms_bias": float(np.sqrt(np.mean(b ** 2))),
+                     "max_abs_bias": float(np.abs(b).max()),
+                     "regions_within": int((np.abs(b) <= PRODUCT_MARGINS["bias"]).sum()),
+                     "n_regions": len(b)})
+    return pd.DataFrame(rows).set_index("map")
+
+
+def estimand_at_samples(frame: pd.DataFrame, study: SimulatedStudy) -> np.ndarray:
+    """The noise-free label of each sample: the estimand at its plot's pixel in its year.
+
+    The mean ``log1p(rarefied)`` of a core taken at the sample's true pixel
+    (:func:`fungi_ssl.simulate.truth.expected_log1p_rarefied` of the pixel's
+    true log richness), which is what the truth layer holds at that pixel.
+    The sample's own ``log_richness`` differs from it by its core's
+    micro-habitat, its reads and its campaign's detection bias, which no
+    predictor sees.
+    """
+    from .simulate.truth import expected_log1p_rarefied
+
+    if "sample_id" not in frame:
+        raise ValueError("estimand_at_samples: the sample table has no 'sample_id' column")
+    truth = study.truth.set_index("sample_id")["true_richness_pixel"]
+    pix = frame["sample_id"].map(truth).to_numpy(float)
+    if np.isnan(pix).any():
+        raise ValueError(f"estimand_at_samples: {int(np.isnan(pix).sum())} samples are not in "
+                         "the study's truth table")
+    return expected_log1p_rarefied(study, np.log(pix))
+
+
+def _scored_mask(p: RegionProducts) -> np.ndarray:
+    ok = np.isfinite(p.truth)
+    for v in _map_layers(p).values():
+        ok &= np.isfinite(v)
+    return ok
+
+
+def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
+                      study: SimulatedStudy, model: str = "lightgbm", seed: int = 0,
+                      radius_km: float = HOLDOUT_KM, nearby_km: float = 300.0,
+                      product: bool = False) -> pd.DataFrame:
+    """Where the regions' level errors come from: a 1 km model fitted on noise-free labels.
+
+    For each held-out region the SPUN-style 1 km model is refitted on the
+    same training rows (:func:`withheld_rows`) with the estimand at each
+    sample (:func:`estimand_at_samples`) as the target, instead of the
+    sample's own ``log1p(rarefied)``: a model that sees the same covariates
+    and the same places, but whose labels carry no core noise and no
+    campaign detection bias. Its mean error per region (over the pixels
+    :func:`region_scores` scores) is what the 1 km covariates alone leave
+    of the region's level; the gap to the real 1 km map's is what the
+    labels add. The result is cached under ``data/cache/resolution_oracle``,
+    keyed by the study, the table's labels, the model, the regions and their
+    withheld rows (and the held-out 10 m models, with ``product``).
+
+    Parameters
+    ----------
+    products : sequence of RegionProducts
+        :func:`region_products` with ``held_out``.
+    table : PredictorTable
+    study : SimulatedStudy
+    model : str
+    seed : int
+    radius_km : float
+        As :func:`withheld_rows`.
+    nearby_km : float
+        Radius of ``label_offset_nearby``.
+    product : bool
+        Also refit the region's product model (:func:`fit_product_model`, on
+        its held-out 10 m model's patch PCA, ``p.extra["models"]``) on the
+        noise-free labels and map it: ``bias_oracle_product``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by region: ``bias_oracle_1km`` (and ``bias_oracle_product``);
+        ``label_offset_nearby``, the
+        mean of ``log_richness − estimand`` over the training samples within
+        ``nearby_km`` of the region's centre (the level error the labels
+        near it carry), and ``n_nearby``; ``label_offset_training``, the same
+        over every training sample.
+    """
+    import hashlib
+
+    import joblib
+
+    from .coordinates import crs_to_lonlat
+    from .mapmodel import library_versions
+    from .study import simulator_fingerprint
+
+    frame = table.frame.reset_index(drop=True)
+    keys = []
+    for p in products:
+        hm = p.extra.get("models")
+        w = p.region.window
+        out = withheld_rows(frame, study, p.region, radius_km)
+        keys.append([w.epsg, w.col0, w.row0, w.width, w.height, p.region.year,
+                     hashlib.sha1(np.packbits(out).tobytes()).hexdigest(),
+                     None if hm is None or not product else hm.map_model.fingerprint])
+    params = {"study": study.config.as_dict(), "simulator": simulator_fingerprint(),
+              "source": getattr(table, "source", None), "n_rows": len(frame),
+              "frame": pd.util.hash_pandas_object(frame[["sample_id", "log_richness"]],
+                                                  index=False).sum().item(),
+              "model": model, "seed": int(seed), "versions": library_versions(),
+              "regions": keys, "radius_km": radius_km, "nearby_km": nearby_km,
+              "product": bool(product), "layout": 1}
+    path = cache_dir("resolution_oracle", params) / "biases.joblib"
+    if path.exists():
+        return joblib.load(path)
+    est = estimand_at_samples(frame, study)
+    data = frame.assign(estimand=est)
+    offset = frame["log_richness"].to_numpy(float) - est
+    lon, lat = np.radians(frame["longitude"].to_numpy(float)), np.radians(
+        frame["latitude"].to_numpy(float))
+    rows = []
+    for p in products:
+        train = ~withheld_rows(frame, study, p.region, radius_km)
+        m = fit_1km_model(data.loc[train].reset_index(drop=True), model, seed, target="estimand")
+        grid = np.full(p.map_1km.shape, np.nan)
+        grid[p.covariates["cell_row"].to_numpy(), p.covariates["cell_col"].to_numpy()] = \
+            m.predict(p.covariates)
+        ok = _scored_mask(p)
+        w = p.region.window
+        clon, clat = crs_to_lonlat(np.array([w.x.mean()]), np.array([w.y.mean()]), w.epsg)
+        c0, c1 = np.radians(float(clon[0])), np.radians(float(clat[0]))
+        d = 2 * 6371.0 * np.arcsin(np.sqrt(np.sin((lat - c1) / 2) ** 2 + np.cos(lat) * np.cos(c1)
+                                           * np.sin((lon - c0) / 2) ** 2))
+        near = train & (d <= nearby_km) & np.isfinite(offset)
+        extra = {}
+        if product:
+            hm = p.extra.get("models")
+            if hm is None:
+                raise ValueError(f"oracle_1km_biases: region {p.region.name} has no held-out "
+                                 "models (region_products with held_out)")
+            prod = fit_product_model(data.loc[train].reset_index(drop=True), hm.map_model, model,
+                                     seed, target="estimand")
+            mp = _product_map(prod, region_components(hm.map_model, p.store, p.region),
+                              p.covariates, p.region)
+            sel = ok & np.isfinite(mp)
+            extra["bias_oracle_product"] = float(np.mean(mp[sel] - p.truth[sel]))
+        rows.append({"region": p.region.name,
+                     "bias_oracle_1km": float(np.mean(_expand(grid)[ok] - p.truth[ok])), **extra,
+                     "label_offset_nearby": float(offset[near].mean()) if near.any() else np.nan,
+                     "n_nearby": int(near.sum()),
+                     "label_offset_training": float(np.nanmean(offset[train]))})
+    result = pd.DataFrame(rows).set_index("region")
+    joblib.dump(result, path)
+    return result
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:

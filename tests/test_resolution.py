@@ -333,3 +333,151 @@ def test_product_model_sees_both_scales():
     assert r_res > max(r_10, r_1)
     with pytest.raises(ValueError, match="lacks covariates"):
         prod.predict_frame(te.drop(columns="SG_Soil_pH_H2O_005cm"))
+
+
+# ------------------------------------------------------------------ composites, criteria, levels
+def test_within_cell_deviations_keep_the_levels_and_take_the_pattern():
+    rng = np.random.default_rng(5)
+    level = rng.normal(3.0, 0.5, (1, 2))
+    pattern = rng.normal(0.0, 1.0, (F, 2 * F)) + 7.0         # its own level is far off
+    pattern[:5, :5] = np.nan
+    product = R._expand(level) + rng.normal(0, 0.3, (F, 2 * F))
+    out = R.with_within_cell_deviations(product, pattern)
+    # cell means of the result are the product's; deviations inside a cell are the pattern's
+    np.testing.assert_allclose(R.cell_means(out), R.cell_means(product))
+    np.testing.assert_allclose(out - R._expand(R.cell_means(out)),
+                               pattern - R._expand(R.cell_means(pattern)))
+    assert np.isnan(out[:5, :5]).all() and np.isfinite(out[5:, 5:]).all()
+    # a 1 km map's pixels: the chapter's "deviations" map, exactly as it was built
+    m1 = R._expand(level.astype(np.float32).astype(float))
+    np.testing.assert_array_equal(R.with_within_cell_deviations(m1, pattern),
+                                  m1 + pattern - R._expand(R.cell_means(pattern)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        R.with_within_cell_deviations(product, pattern[:, :F])
+
+
+def test_composite_of_product_levels_and_10m_pattern_scores_both():
+    """Truth = levels + pattern; a product map with the right levels but a weak pattern and a
+    10 m map with the right pattern but wrong levels: the composite keeps the best of each."""
+    rng = np.random.default_rng(7)
+    level = rng.normal(3.0, 0.6, (1, 2))
+    within = rng.normal(0, 0.5, (F, 2 * F))
+    within -= R._expand(R.cell_means(within))
+    truth = R._expand(level) + within
+    m10 = truth + np.array([[0.8, -0.8]]).repeat(F, 0).repeat(F, 1) + rng.normal(0, 0.2, truth.shape)
+    p = _products(truth, m10, level + rng.normal(0, 0.3, level.shape))
+    p.map_product = R._expand(level) + 0.3 * within + rng.normal(0, 0.05, truth.shape)
+    p.alternatives = {"product_deviations": R.with_within_cell_deviations(p.map_product, m10)}
+    s = R.score_products([p])
+    assert s["within_cell_variance_captured_product_deviations"] == pytest.approx(
+        s["within_cell_variance_captured"])
+    assert s["r2_product_deviations_aggregated_vs_truth_1km"] == pytest.approx(
+        s["r2_product_aggregated_vs_truth_1km"], abs=1e-9)
+    assert s["r2_product_deviations_vs_truth"] > max(s["r2_product_vs_truth"],
+                                                     s["r2_10m_vs_truth"])
+    assert "bias_product_deviations" in R.region_scores([p])
+
+
+def test_criteria_table_and_the_winner_by_hand():
+    scores = {"r2_10m_vs_truth": 0.46, "r2_1km_vs_truth": 0.21, "r2_1km_vs_truth_1km": 0.47,
+              "r2_10m_aggregated_vs_truth_1km": 0.47, "within_cell_variance_captured": 0.45,
+              "within_cell_variance_captured_1km": 0.0}
+    for c, (a, b, w) in {"product": (0.50, 0.69, 0.35), "deviations": (0.46, 0.46, 0.45),
+                         "product_deviations": (0.55, 0.69, 0.45)}.items():
+        scores.update({f"r2_{c}_vs_truth": a, f"r2_{c}_aggregated_vs_truth_1km": b,
+                       f"within_cell_variance_captured_{c}": w})
+    pr = pd.DataFrame({"bias_10m": [1.2, -0.2], "bias_1km": [0.5, 1.07],
+                       "bias_product": [0.36, -0.5], "bias_deviations": [0.5, 1.07],
+                       "bias_product_deviations": [0.36, -0.5]}, index=["R1", "R2"])
+    t = R.criteria_table(scores, pr)
+    assert list(t.index) == ["10m", "1km", "product", "deviations", "product_deviations"]
+    assert t.loc["product", "target_pixel"] == pytest.approx(0.49)
+    assert t.loc["product", "target_cell"] == pytest.approx(0.45)
+    assert t.loc["product", "target_within"] == pytest.approx(0.40)
+    assert t.loc["product", "n_met"] == 2 and not t.loc["product", "met_within"]
+    assert t.loc["product_deviations", "n_met"] == 3 and not t.loc["product_deviations", "met_bias"]
+    assert t.loc["product_deviations", "worst_region"] == "R2"
+    assert t.loc["10m", "n_met"] == 2 and not t.loc["10m", "met_pixel"]  # single-scale maps too
+    assert R.pick_product(t) == "product_deviations"
+    # a tie in criteria met goes to R² over every pixel
+    t2 = t.copy()
+    t2.loc["product", "n_met"] = 3
+    t2.loc["product", "r2_vs_truth"] = 0.6
+    assert R.pick_product(t2) == "product"
+    assert R.pick_product(t.loc[["10m", "deviations"]]) == "deviations"  # never a single scale
+    with pytest.raises(ValueError, match="both scales"):
+        R.pick_product(t.loc[["10m", "1km"]])
+    with pytest.raises(ValueError, match="no scores"):
+        R.criteria_table(scores, pr, ["residual"])
+
+
+def test_level_shares_by_hand():
+    pr = pd.DataFrame({"truth_mean": [2.0, 3.0, 4.0, 3.0],        # SS about the mean: 2
+                       "bias_a": [0.1, -0.2, 0.3, 0.0],          # SS 0.14
+                       "bias_b": [1.0, -1.0, 0.0, 0.0]})         # SS 2: no better than a constant
+    t = R.level_shares(pr)
+    assert t.loc["a", "level_r2"] == pytest.approx(1 - 0.14 / 2)
+    assert t.loc["b", "level_r2"] == pytest.approx(0.0)
+    assert t.loc["a", "rms_bias"] == pytest.approx(np.sqrt(0.14 / 4))
+    assert (t.loc["a", "regions_within"], t.loc["b", "regions_within"]) == (3, 2)
+    assert t.loc["a", "max_abs_bias"] == pytest.approx(0.3) and t.loc["a", "n_regions"] == 4
+    assert list(R.level_shares(pr, ["b"]).index) == ["b"]
+
+
+def test_estimand_at_samples_is_the_truth_at_the_plot():
+    from fungi_ssl.simulate.truth import expected_log1p_rarefied
+
+    study = SimulatedStudy(n_samples=300, n_campaigns=8)
+    frame = study.samples.dropna(subset=["rarefied"]).reset_index(drop=True)
+    est = R.estimand_at_samples(frame, study)
+    truth = study.truth.set_index("sample_id").loc[frame["sample_id"], "true_richness_pixel"]
+    np.testing.assert_allclose(est, expected_log1p_rarefied(study, np.log(truth.to_numpy())))
+    # the labels scatter about the estimand: cores, reads and campaign detection bias
+    off = np.log1p(frame["rarefied"].to_numpy()) - est
+    assert np.isfinite(est).all() and 0.1 < off.std() < 2.0
+    bad = frame.assign(sample_id="nope")
+    with pytest.raises(ValueError, match="not in the study's truth table"):
+        R.estimand_at_samples(bad, study)
+    with pytest.raises(ValueError, match="no 'sample_id'"):
+        R.estimand_at_samples(frame.drop(columns="sample_id"), study)
+
+
+def test_oracle_1km_biases_refit_on_noise_free_labels(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fungi_ssl.simulate.truth import truth_layer
+
+    study = SimulatedStudy(n_samples=600, n_campaigns=10)
+    site = study.sites.iloc[0]
+    cc, cr = int(site["col"]) // F, int(site["row"]) // F
+    region = R.Region("O", Window(int(site["epsg"]), cc * F, cr * F, F, F, "O"), "Europe",
+                      "forest", int(site["campaign"]), 2020, 0.5, 0.0)
+    frame = pd.concat([study.samples.reset_index(drop=True),
+                       study.covariates.reset_index(drop=True)], axis=1)
+    frame = frame.dropna(subset=["rarefied"]).reset_index(drop=True)
+    frame["log_richness"] = np.log1p(frame["rarefied"])
+    cov = R.cell_covariates(study, region)
+    truth = np.log1p(truth_layer(study, region.window, 2020).values.astype(float))
+    p = R.RegionProducts(region=region, store=None, truth=truth, map_10m=truth.copy(),
+                         map_1km=np.array([[3.0]]), map_path=None, run=None, covariates=cov,
+                         landcover=np.zeros((F, F), np.int8))
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    out = R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0)
+    assert len(list(tmp_path.glob("resolution_oracle/*/biases.joblib"))) == 1
+    pd.testing.assert_frame_equal(
+        R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0), out)  # cached
+    assert list(out.index) == ["O"] and np.isfinite(out.loc["O", "bias_oracle_1km"])
+    # the label offsets are those of the training rows only (the region's own are withheld)
+    train = ~R.withheld_rows(frame, study, region)
+    off = frame["log_richness"].to_numpy() - R.estimand_at_samples(frame, study)
+    assert out.loc["O", "label_offset_training"] == pytest.approx(off[train].mean())
+    assert 0 < out.loc["O", "n_nearby"] <= train.sum()
+    # the oracle's map is the 1 km model fitted on the estimand: its bias is its cell value
+    # minus the truth's mean over the scored pixels
+    m = R.fit_1km_model(frame.assign(estimand=R.estimand_at_samples(frame, study)).loc[train]
+                        .reset_index(drop=True), "rf", 0, target="estimand")
+    ok = np.isfinite(truth)
+    assert out.loc["O", "bias_oracle_1km"] == pytest.approx(
+        float(m.predict(cov)[0]) - truth[ok].mean())
+    with pytest.raises(ValueError, match="no held-out models"):
+        R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0, product=True)

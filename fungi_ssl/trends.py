@@ -27,10 +27,12 @@ slope (median of pairwise slopes, :func:`theil_sen_slope`) of
 significance is a Mann–Kendall test (:func:`mann_kendall`) of the same
 series. Ancient and other woodland are summarised by the **area-weighted mean
 slope** of their polygons (weight: the polygon's pixels in the map, all
-10 m), and compared by their difference (ancient − other) with a bootstrap
-confidence interval that resamples polygons within each park and woodland
-type (:func:`woodland_contrast`). The truth is the same computation on the
-true-richness layer.
+10 m), and compared by their difference (ancient − other) with an interval
+whose units of replication are parks and park-years and which carries the
+spread of the map's response to each polygon's change, its slope gain
+(:func:`park_year_contrast`, :func:`calibrate_slope_gain`; the interval that
+resamples polygons as if independent, :func:`woodland_contrast`, is kept for
+comparison). The truth is the same computation on the true-richness layer.
 
 Zonal statistics
 ----------------
@@ -49,7 +51,8 @@ What is here
 * :func:`label_map`, :func:`zonal_means`: the label raster and zonal means;
 * :func:`theil_sen_slope`, :func:`mann_kendall`, :func:`percent_per_year`,
   :func:`polygon_trends`: one trend per polygon;
-* :func:`area_weighted_slope`, :func:`woodland_contrast`: ancient against other;
+* :func:`area_weighted_slope`, :func:`park_year_contrast`, :func:`calibrate_slope_gain`,
+  :func:`woodland_contrast`: ancient against other;
 * :func:`difference_map`, :func:`yearly_summary`, :func:`plot_difference_map`,
   :func:`plot_yearly_summary`, :func:`plot_slope_recovery`: the study's two
   figures and recovered against true slopes;

@@ -1560,8 +1560,9 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         The :data:`RESULT_KEYS` (slopes in log richness per year, intervals as
         ``[low, high]``), plus ``confidence``, ``significance_level``,
         ``min_decline``, ``n_polygons``, ``n_null_polygons``,
-        ``n_truly_declining``, ``polygon_slope_bias`` (mean recovered − true)
-        and ``polygon_slope_rmse``.
+        ``n_truly_declining``, ``polygon_slope_bias`` (mean recovered − true),
+        ``polygon_slope_rmse``, and the interval's ``interval``, ``n_parks``,
+        ``n_park_years`` and ``slope_gain_sd``.
 
         * ``false_positive_rate``: share of the null world's polygons whose
           Mann–Kendall p is below ``alpha`` (either direction);

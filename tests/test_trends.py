@@ -721,6 +721,11 @@ def test_trend_results_with_zonal_tables_use_the_park_year_interval():
     assert r["interval"] == "park_years" and r["n_park_years"] == 24 and r["n_parks"] == 3
     assert r["slope_difference_ci"] == list(c.ci)
     assert r["null_slope_difference_ci"] == list(park_year_contrast(zn, n_boot=200).ci)
+    g = trend_results(rec, true, null, n_boot=200, recovered_zonal=z, null_zonal=zn,
+                      slope_gain_sd=0.5)
+    assert g["slope_gain_sd"] == 0.5 and r["slope_gain_sd"] == 0.0
+    assert g["slope_difference_ci"] == list(park_year_contrast(z, n_boot=200,
+                                                               slope_gain_sd=0.5).ci)
     with pytest.raises(ValueError, match="give both recovered_zonal and null_zonal"):
         trend_results(rec, true, null, recovered_zonal=z)
 

@@ -634,7 +634,8 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
                    n_boot: int = 2000, min_decline: float = MIN_DECLINE,
                    tolerance: float = SLOPE_TOLERANCE, progress: bool = True,
                    maps: dict[str, ParkMaps] | None = None,
-                   root: str | Path | None = None) -> TrendAnalysis:
+                   root: str | Path | None = None,
+                   slope_gain_sd: float = 0.0) -> TrendAnalysis:
     """Trends per woodland polygon in the changing and the null world, scored against the truth.
 
     For each world: the yearly maps of every park (:func:`park_maps`), the
@@ -665,6 +666,10 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         Largest accepted |recovered − true| area-weighted slope.
     maps : dict, optional
         Maps of both worlds made before.
+    slope_gain_sd : float
+        Relative SD of a polygon's map slope about its true slope, carried by
+        the intervals (:func:`fungi_ssl.trends.park_year_contrast`;
+        :func:`replicate_worlds` measures it).
     """
     from . import trends as tr
 
@@ -701,7 +706,8 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     trends_["changing"].attrs["years"] = years
     res = tr.trend_results(trends_["changing"], trends_["changing_true"], trends_["null"],
                            min_decline=min_decline, n_boot=n_boot, seed=seed,
-                           recovered_zonal=zonal_["changing"], null_zonal=zonal_["null"])
+                           recovered_zonal=zonal_["changing"], null_zonal=zonal_["null"],
+                           slope_gain_sd=slope_gain_sd)
     null_true = tr.area_weighted_slope(trends_["null_true"])
     diff_err = {k: res[f"slope_{k}"] - res[f"true_slope_{k}"]
                 for k in ("ancient", "other", "difference")}
@@ -740,8 +746,10 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
 
 #: Version of the replicate worlds' definition (part of their cache keys).
 REPLICATE_VERSION = 1
-#: Changing and null worlds chapter 08 replicates (each kind).
-N_REPLICATE_WORLDS = 20
+#: Changing and null worlds chapter 08 replicates (each kind): 40, so that a coverage near
+#: 90% is known to about ±8% (90% binomial interval; ±11% with 20 worlds, wider than the
+#: 0.85-0.95 band the interval is held to).
+N_REPLICATE_WORLDS = 40
 #: Side (pixels) of the park windows of the replicate worlds, in both profiles:
 #: 40 worlds × 3 parks × 8 years of simulating, embedding and mapping cost
 #: too much at the book windows' size (:data:`PARK_WINDOW_PX`) on two cores.
@@ -883,7 +891,12 @@ class ReplicateWorlds:
     ----------
     table : pandas.DataFrame
         One row per world: ``world``, ``replicate``, ``sensor_seed``,
-        ``difference``, ``ci_low``, ``ci_high`` (:func:`fungi_ssl.trends.park_year_contrast`),
+        ``slope_ancient``, ``slope_other`` and their truths ``true_slope_*``,
+        ``difference``, ``ci_low``, ``ci_high`` (:func:`fungi_ssl.trends.park_year_contrast`
+        with the slope-gain SD calibrated on the other changing worlds,
+        ``slope_gain_sd``), ``se``, ``se_residual``, ``gain_load``,
+        ``residual_ci_low``, ``residual_ci_high`` and ``residual_covers`` (the
+        same interval without the slope-gain part),
         ``polygon_ci_low``, ``polygon_ci_high`` (:func:`fungi_ssl.trends.woodland_contrast`,
         polygons as units, for comparison), ``true_difference``, ``covers``
         (the interval holds the true difference), ``excludes_zero``,
@@ -892,8 +905,17 @@ class ReplicateWorlds:
     summary : dict
         ``n_worlds`` (changing + null), ``n_changing``, ``n_null``,
         ``ci_coverage_90``, ``null_ci_excludes_zero_rate``, the same two for the
-        polygon interval, ``mean_false_positive_rate`` (null worlds),
-        ``window_px``, ``n_parks``, ``n_park_years``, ``seconds``.
+        polygon interval and for the residual-only interval
+        (``residual_ci_coverage_90``, ``residual_null_ci_excludes_zero_rate``),
+        ``slope_gain_sd`` (calibrated on every changing world: the book's
+        value), per kind of world (``changing``, ``null``) the diagnostics of
+        the estimate against the truth: ``mean_error`` (and its standard
+        error ``se_mean_error``; ``mean_error_ancient``, ``mean_error_other``
+        of the two types' slopes), ``mean_z`` (mean of
+        (estimate − truth) / se), ``sd_z``, ``sd_over_mean_se`` and
+        ``sd_over_mean_se_residual`` (SD of the estimates over worlds against
+        the mean standard error), ``mean_false_positive_rate`` (null worlds),
+        ``window_px``, ``n_parks``, ``n_park_years``, ``df``, ``seconds``.
     """
 
     table: pd.DataFrame
@@ -914,6 +936,11 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
     changing world's interval should hold the true difference (of the same
     polygons, on the pixels its maps cover) at the nominal rate; a null
     world's should exclude zero at one minus it.
+
+    Each interval is :func:`fungi_ssl.trends.park_year_contrast`'s with the
+    slope-gain SD (:func:`fungi_ssl.trends.calibrate_slope_gain`) measured
+    on the *other* changing worlds' estimates (a null world: on all of them),
+    so no interval sees its own world, and no calibration sees any truth.
     """
     from . import trends as tr
 
@@ -930,6 +957,7 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
                        for g in polys.values()], ignore_index=True)
     truths = {w: {p: truth_stack(study, p, size, years, w) for p in parks} for w in WORLDS}
     rows = []
+    contrasts: list[Any] = []
     jobs = [(w, k) for k in range(int(n_worlds)) for w in WORLDS]
     for w, k in tqdm(jobs, desc="replicate worlds", unit="world", disable=not progress):
         maps, info = replicate_maps(study, trained, model, world=w, k=k, parks=parks, size=size,
@@ -950,29 +978,74 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
         pc = tr.woodland_contrast(rec, n_boot=n_boot, confidence=confidence, seed=seed)
         d_true = float(truth_d["ancient"] - truth_d["other"])
         tested = rec["mk_p"].dropna()
+        contrasts.append(c)
         rows.append({"world": w, "replicate": k,
                      "sensor_seed": replicate_seed(study.config.seed, w, k),
-                     "difference": c.difference, "ci_low": c.ci[0], "ci_high": c.ci[1],
+                     "slope_ancient": c.slope_ancient, "slope_other": c.slope_other,
+                     "true_slope_ancient": float(truth_d["ancient"]),
+                     "true_slope_other": float(truth_d["other"]),
+                     "difference": c.difference, "se_residual": c.se_residual,
+                     "gain_load": c.gain_load,
+                     "residual_ci_low": c.ci[0], "residual_ci_high": c.ci[1],
                      "polygon_ci_low": pc.ci[0], "polygon_ci_high": pc.ci[1],
                      "true_difference": d_true,
-                     "covers": bool(c.ci[0] <= d_true <= c.ci[1]),
-                     "excludes_zero": bool(c.ci[0] > 0 or c.ci[1] < 0),
+                     "residual_covers": bool(c.ci[0] <= d_true <= c.ci[1]),
+                     "residual_excludes_zero": bool(c.ci[0] > 0 or c.ci[1] < 0),
                      "polygon_covers": bool(pc.ci[0] <= d_true <= pc.ci[1]),
                      "polygon_excludes_zero": bool(pc.ci[0] > 0 or pc.ci[1] < 0),
                      "false_positive_rate": float((tested < alpha).mean()) if len(tested) else None,
-                     "n_parks": c.n_parks, "n_park_years": c.n_park_years,
+                     "n_parks": c.n_parks, "n_park_years": c.n_park_years, "df": c.df,
                      "cached": bool(info["cached"])})
     table = pd.DataFrame(rows)
-    ch, nu = table[table["world"] == "changing"], table[table["world"] == "null"]
+    changing = (table["world"] == "changing").to_numpy()
+
+    def gain_without(i: int | None) -> float:
+        use = changing.copy()
+        if i is not None:
+            use[i] = False
+        if use.sum() < 3:
+            return 0.0
+        t = table[use]
+        return tr.calibrate_slope_gain(t["difference"], t["se_residual"], t["gain_load"])
+
+    table[["slope_gain_sd", "se", "ci_low", "ci_high"]] = np.nan
+    table[["covers", "excludes_zero"]] = False
+    for i, c in enumerate(contrasts):
+        g = c.with_slope_gain(gain_without(i if changing[i] else None))
+        d_true = table.at[i, "true_difference"]
+        table.loc[i, ["slope_gain_sd", "se", "ci_low", "ci_high"]] = [
+            g.slope_gain_sd, g.se, g.ci[0], g.ci[1]]
+        table.loc[i, "covers"] = bool(g.ci[0] <= d_true <= g.ci[1])
+        table.loc[i, "excludes_zero"] = bool(g.ci[0] > 0 or g.ci[1] < 0)
+    ch, nu = table[changing], table[~changing]
+
+    def diagnostics(t: pd.DataFrame) -> dict[str, float]:
+        err = t["difference"] - t["true_difference"]
+        z = err / t["se"]
+        sd = float(t["difference"].std(ddof=1)) if len(t) > 1 else float("nan")
+        out = {f"mean_error_{k}": float((t[f"slope_{k}"] - t[f"true_slope_{k}"]).mean())
+               for k in ("ancient", "other")}
+        return {**out, "mean_error": float(err.mean()),
+                "se_mean_error": float(err.std(ddof=1) / np.sqrt(len(t))) if len(t) > 1 else float("nan"),
+                "mean_z": float(z.mean()),
+                "sd_z": float(z.std(ddof=1)) if len(t) > 1 else float("nan"),
+                "sd_over_mean_se": sd / float(t["se"].mean()),
+                "sd_over_mean_se_residual": sd / float(t["se_residual"].mean())}
+
     summary = {
         "n_worlds": len(table), "n_changing": len(ch), "n_null": len(nu),
         "ci_coverage_90": float(ch["covers"].mean()),
         "null_ci_excludes_zero_rate": float(nu["excludes_zero"].mean()),
+        "residual_ci_coverage_90": float(ch["residual_covers"].mean()),
+        "residual_null_ci_excludes_zero_rate": float(nu["residual_excludes_zero"].mean()),
         "polygon_ci_coverage_90": float(ch["polygon_covers"].mean()),
         "polygon_null_ci_excludes_zero_rate": float(nu["polygon_excludes_zero"].mean()),
+        "slope_gain_sd": gain_without(None),
+        "changing": diagnostics(ch), "null": diagnostics(nu),
         "mean_false_positive_rate": float(nu["false_positive_rate"].mean()),
         "confidence": float(confidence), "window_px": int(size),
         "n_parks": int(table["n_parks"].iloc[0]), "n_park_years": int(table["n_park_years"].iloc[0]),
+        "df": int(table["df"].iloc[0]),
         "n_cached": int(table["cached"].sum()), "seconds": time.perf_counter() - t0,
     }
     return ReplicateWorlds(table, summary)

@@ -27,10 +27,12 @@ slope (median of pairwise slopes, :func:`theil_sen_slope`) of
 significance is a Mann–Kendall test (:func:`mann_kendall`) of the same
 series. Ancient and other woodland are summarised by the **area-weighted mean
 slope** of their polygons (weight: the polygon's pixels in the map, all
-10 m), and compared by their difference (ancient − other) with a bootstrap
-confidence interval that resamples polygons within each park and woodland
-type (:func:`woodland_contrast`). The truth is the same computation on the
-true-richness layer.
+10 m), and compared by their difference (ancient − other) with an interval
+whose units of replication are parks and park-years and which carries the
+spread of the map's response to each polygon's change, its slope gain
+(:func:`park_year_contrast`, :func:`calibrate_slope_gain`; the interval that
+resamples polygons as if independent, :func:`woodland_contrast`, is kept for
+comparison). The truth is the same computation on the true-richness layer.
 
 Zonal statistics
 ----------------
@@ -49,7 +51,8 @@ What is here
 * :func:`label_map`, :func:`zonal_means`: the label raster and zonal means;
 * :func:`theil_sen_slope`, :func:`mann_kendall`, :func:`percent_per_year`,
   :func:`polygon_trends`: one trend per polygon;
-* :func:`area_weighted_slope`, :func:`woodland_contrast`: ancient against other;
+* :func:`area_weighted_slope`, :func:`park_year_contrast`, :func:`calibrate_slope_gain`,
+  :func:`woodland_contrast`: ancient against other;
 * :func:`difference_map`, :func:`yearly_summary`, :func:`plot_difference_map`,
   :func:`plot_yearly_summary`, :func:`plot_slope_recovery`: the study's two
   figures and recovered against true slopes;
@@ -73,7 +76,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,12 +95,14 @@ __all__ = [
     "DEFAULT_CONFIDENCE",
     "MIN_YEARS",
     "RESULT_KEYS",
+    "SLOPE_GAIN_SD",
     "TREND_ESTIMAND",
     "WOODLAND_TYPES",
     "MannKendall",
     "TrendTable",
     "WoodlandContrast",
     "area_weighted_slope",
+    "calibrate_slope_gain",
     "check_year_stack",
     "difference_map",
     "label_map",
@@ -123,6 +128,11 @@ MIN_YEARS = 4
 DEFAULT_CONFIDENCE = 0.9
 #: Significance level of the per-polygon Mann–Kendall tests.
 DEFAULT_ALPHA = 0.05
+#: Relative SD of a polygon's map slope about its true slope (:func:`park_year_contrast`'s
+#: ``slope_gain_sd``), the default of ``fungi-ssl trend``: chapter 08 measures it over its
+#: replicate worlds (:func:`calibrate_slope_gain`) and reports the value it finds; this is
+#: the full profile's measurement over 40 changing worlds (0.37), rounded up to one decimal.
+SLOPE_GAIN_SD = 0.4
 #: Woodland types, in the order of the contrast (ancient − other).
 WOODLAND_TYPES: tuple[str, str] = ("ancient", "other")
 #: Chapter 08's results keys (all slopes in log richness per year).
@@ -845,7 +855,8 @@ class WoodlandContrast:
     difference : float
         ``slope_ancient − slope_other``.
     ci : tuple of float
-        Percentile bootstrap interval of the difference at ``confidence``.
+        Interval of the difference at ``confidence`` (percentile bootstrap
+        for ``"polygons"``; ``difference ± t × se`` for ``"park_years"``).
     confidence : float
     n_boot, seed : int
     n_ancient, n_other : int
@@ -856,6 +867,17 @@ class WoodlandContrast:
         ``"park_years"`` or ``"polygons"``.
     n_parks, n_park_years : int or None
         Parks and park-years the ``"park_years"`` interval rests on.
+    se_residual : float or None
+        ``"park_years"``: SD of the bootstrap draws (the error seen in the
+        yearly residuals).
+    gain_load : float or None
+        ``"park_years"``: ``Σ (w_p / W_type)² ŝ_p²`` over polygons, what a
+        slope-gain SD of 1 adds to the variance of the difference.
+    slope_gain_sd : float
+        The relative SD of a polygon's map slope about its true slope
+        (:func:`park_year_contrast`) the interval carries.
+    df : int or None
+        Degrees of freedom of the t quantile (``"park_years"``).
     """
 
     slope_ancient: float
@@ -871,6 +893,26 @@ class WoodlandContrast:
     method: str = "polygons"
     n_parks: int | None = None
     n_park_years: int | None = None
+    se_residual: float | None = None
+    gain_load: float | None = None
+    slope_gain_sd: float = 0.0
+    df: int | None = None
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of the difference: residual and slope-gain parts together (``"park_years"``)."""
+        if self.se_residual is None or self.gain_load is None:
+            return None
+        return float(np.sqrt(self.se_residual**2 + self.slope_gain_sd**2 * self.gain_load))
+
+    def with_slope_gain(self, slope_gain_sd: float) -> WoodlandContrast:
+        """The same contrast with another slope-gain SD (:func:`park_year_contrast`); no redraw."""
+        if self.se_residual is None or self.gain_load is None or self.df is None:
+            raise ValueError("with_slope_gain needs a park_year_contrast (method 'park_years')")
+        g = _check_gain_sd(slope_gain_sd)
+        se = np.sqrt(self.se_residual**2 + g**2 * self.gain_load)
+        half = float(stats.t.ppf(0.5 + self.confidence / 2.0, self.df)) * float(se)
+        return replace(self, ci=(self.difference - half, self.difference + half), slope_gain_sd=g)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain numbers (no bootstrap draws), for a results JSON."""
@@ -879,7 +921,9 @@ class WoodlandContrast:
                 "confidence": self.confidence, "n_boot": self.n_boot, "seed": self.seed,
                 "n_ancient": self.n_ancient, "n_other": self.n_other,
                 "interval": self.method, "n_parks": self.n_parks,
-                "n_park_years": self.n_park_years}
+                "n_park_years": self.n_park_years, "se": self.se,
+                "se_residual": self.se_residual, "gain_load": self.gain_load,
+                "slope_gain_sd": self.slope_gain_sd, "df": self.df}
 
 
 def woodland_contrast(trends: pd.DataFrame, *, n_boot: int = 2000,
@@ -973,7 +1017,8 @@ def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_frac
                        years: Iterable[int] | None = None, n_boot: int = 2000,
                        confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
                        weight: str = "n_pixels", id_column: str = "polygon_id",
-                       min_years: int = MIN_YEARS) -> WoodlandContrast:
+                       min_years: int = MIN_YEARS,
+                       slope_gain_sd: float = 0.0) -> WoodlandContrast:
     """Ancient minus other woodland slope, with parks and park-years as units of replication.
 
     The point estimate is :func:`woodland_contrast`'s: area-weighted mean
@@ -1000,11 +1045,21 @@ def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_frac
        ``sqrt(1 − h_t)``, ``h_t`` its leverage in a straight line over the
        ``T`` years, as HC2 does; the park-year part times ``sqrt(K / (K − 1))``
        for ``K`` parks);
-    4. the interval is ``difference ± t × SD(draws)``, with ``t`` the
-       quantile of Student's t on ``(K − 1)(T − 2)`` degrees of freedom, the
-       park-years left to estimate the shared error (one park: the
-       polygon-years'), because a standard error from few units is itself
-       uncertain.
+    4. a map does not respond to every stand's change alike: how strongly a
+       stand's map follows its loss of canopy depends on the stand (its
+       spectral make-up), so a polygon's map slope is its true slope times a
+       gain that differs from polygon to polygon. That error is the same in
+       every year of the polygon, a slope error and not a yearly residual, so
+       no draw of residuals can see it. With ``slope_gain_sd`` (``σ_g``, the
+       relative SD of a polygon's map slope about its true slope, measured on
+       replicate worlds by :func:`calibrate_slope_gain`) each polygon adds
+       ``(w_p / W_type)² σ_g² ŝ_p²`` to the variance of the difference
+       (``gain_load`` is the sum of ``(w_p / W_type)² ŝ_p²``);
+    5. the interval is ``difference ± t × se``, ``se² = SD(draws)² + σ_g² ×
+       gain_load``, with ``t`` the quantile of Student's t on
+       ``(K − 1)(T − 2)`` degrees of freedom, the park-years left to estimate
+       the shared error (one park: the polygon-years'), because a standard
+       error from few units is itself uncertain.
 
     The truth it aims at is the difference of the same polygons' true slopes
     (a fixed set of polygons, as an inventory is): spread of true slopes
@@ -1033,11 +1088,16 @@ def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_frac
         Seed of the signs.
     weight : str
         Area weight column (``n_pixels``).
+    slope_gain_sd : float
+        Relative SD of a polygon's map slope about its true slope (0: only
+        the error the yearly residuals show; :data:`SLOPE_GAIN_SD` is chapter
+        08's measurement).
 
     Returns
     -------
     WoodlandContrast
-        With ``method="park_years"``, ``n_parks`` and ``n_park_years``.
+        With ``method="park_years"``, ``n_parks``, ``n_park_years``,
+        ``se_residual``, ``gain_load``, ``slope_gain_sd`` and ``df``.
 
     Examples
     --------
@@ -1058,8 +1118,9 @@ def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_frac
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if int(n_boot) < 2:
+        raise ValueError(f"n_boot must be a positive integer of at least 2, got {n_boot!r}")
+    gain_sd = _check_gain_sd(slope_gain_sd)
     need = [id_column, "year", "mean", "n_pixels", "n_valid", "park", "woodland"]
     missing = [c for c in need if c not in zonal.columns]
     if missing:
@@ -1118,14 +1179,76 @@ def park_year_contrast(zonal: pd.DataFrame, *, log: bool = False, min_valid_frac
         boot[b0:b0 + nb] = (sl @ wa) / wa.sum() - (sl @ wo) / wo.sum()
     diff = point["ancient"] - point["other"]
     df = (K - 1) * (T - 2) if K > 1 else len(w) * (T - 2)
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, df)) * float(boot.std(ddof=1))
+    se_res = float(boot.std(ddof=1))
+    share = np.where(anc, w / wa.sum(), w / wo.sum())
+    load = float(((share * slope) ** 2).sum())
+    se = np.sqrt(se_res**2 + gain_sd**2 * load)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, df)) * float(se)
     return WoodlandContrast(
         slope_ancient=point["ancient"], slope_other=point["other"],
         difference=diff, ci=(diff - half, diff + half),
         confidence=float(confidence), n_boot=int(n_boot), seed=int(seed),
         n_ancient=int(anc.sum()), n_other=int((~anc).sum()), boot=boot,
         method="park_years", n_parks=int(K), n_park_years=int(K * T),
+        se_residual=se_res, gain_load=load, slope_gain_sd=gain_sd, df=int(df),
     )
+
+
+def _check_gain_sd(value: float) -> float:
+    g = float(value)
+    if not np.isfinite(g) or g < 0:
+        raise ValueError(f"slope_gain_sd must be a finite number ≥ 0, got {value!r}")
+    return g
+
+
+def calibrate_slope_gain(differences: Sequence[float], se_residual: Sequence[float],
+                         gain_load: Sequence[float]) -> float:
+    """The slope-gain SD that the spread of a contrast over replicate worlds asks for.
+
+    Over worlds that share a landscape and its truth but each see it through
+    their own weather, clouds and sensor noise, the ancient-minus-other
+    difference scatters by more than its residual standard errors say when
+    the map's response to each stand's change varies (see
+    :func:`park_year_contrast`, step 4). With ``V`` the variance of the
+    differences over the worlds, ``s_r`` their residual standard errors and
+    ``L`` their gain loads,
+
+    ``σ_g² = max(0, (V − mean(s_r²)) / mean(L))``.
+
+    Only the worlds' estimates enter, never their truth. To score a world's
+    interval, calibrate on the other worlds.
+
+    Parameters
+    ----------
+    differences, se_residual, gain_load : sequence of float
+        One entry per changing world (:class:`WoodlandContrast`'s
+        ``difference``, ``se_residual`` and ``gain_load``), at least 3.
+
+    Returns
+    -------
+    float
+        ``σ_g``, relative SD of a polygon's map slope about its true slope.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> load = np.full(400, 2e-4)                    # (w/W)² ŝ² summed over polygons
+    >>> d = -0.01 + rng.normal(0, np.sqrt(0.003**2 + 0.5**2 * load))
+    >>> round(calibrate_slope_gain(d, np.full(400, 0.003), load), 1)
+    0.5
+    """
+    d = np.asarray(differences, dtype=float)
+    s = np.asarray(se_residual, dtype=float)
+    g = np.asarray(gain_load, dtype=float)
+    if not (d.shape == s.shape == g.shape) or d.ndim != 1:
+        raise ValueError(f"differences, se_residual and gain_load must be 1-d and of one length, "
+                         f"got shapes {d.shape}, {s.shape}, {g.shape}")
+    if len(d) < 3 or not (np.isfinite(d).all() and np.isfinite(s).all() and np.isfinite(g).all()):
+        raise ValueError(f"calibrate_slope_gain needs at least 3 worlds with finite values, got "
+                         f"{len(d)}")
+    if g.mean() <= 0:
+        return 0.0
+    return float(np.sqrt(max(0.0, (d.var(ddof=1) - (s**2).mean()) / g.mean())))
 
 
 # --------------------------------------------------------------------------
@@ -1400,7 +1523,7 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
                   weight: str = "n_pixels", id_column: str = "polygon_id",
                   recovered_zonal: pd.DataFrame | None = None,
                   null_zonal: pd.DataFrame | None = None,
-                  log: bool = False) -> dict[str, Any]:
+                  log: bool = False, slope_gain_sd: float = 0.0) -> dict[str, Any]:
     """Chapter 08's results dict from three per-polygon trend tables.
 
     Parameters
@@ -1428,6 +1551,8 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         :func:`woodland_contrast`'s (polygons as units).
     log : bool
         As :func:`park_year_contrast` (False: the maps hold log richness).
+    slope_gain_sd : float
+        As :func:`park_year_contrast` (with the zonal tables only).
 
     Returns
     -------
@@ -1435,8 +1560,9 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         The :data:`RESULT_KEYS` (slopes in log richness per year, intervals as
         ``[low, high]``), plus ``confidence``, ``significance_level``,
         ``min_decline``, ``n_polygons``, ``n_null_polygons``,
-        ``n_truly_declining``, ``polygon_slope_bias`` (mean recovered − true)
-        and ``polygon_slope_rmse``.
+        ``n_truly_declining``, ``polygon_slope_bias`` (mean recovered − true),
+        ``polygon_slope_rmse``, and the interval's ``interval``, ``n_parks``,
+        ``n_park_years`` and ``slope_gain_sd``.
 
         * ``false_positive_rate``: share of the null world's polygons whose
           Mann–Kendall p is below ``alpha`` (either direction);
@@ -1466,7 +1592,8 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
     if recovered_zonal is not None:
         years = recovered.attrs.get("years")
         kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed, "log": log,
-              "years": years, "id_column": id_column, "weight": weight}
+              "years": years, "id_column": id_column, "weight": weight,
+              "slope_gain_sd": slope_gain_sd}
         rec = park_year_contrast(recovered_zonal, **kw)
         nul = park_year_contrast(null_zonal, **kw)
     else:
@@ -1497,6 +1624,7 @@ def trend_results(recovered: pd.DataFrame, true: pd.DataFrame, null: pd.DataFram
         "null_slope_difference_ci": list(nul.ci),
         "null_slope_difference": nul.difference,
         "interval": rec.method,
+        "slope_gain_sd": rec.slope_gain_sd,
         "n_parks": rec.n_parks,
         "n_park_years": rec.n_park_years,
         "false_positive_rate": (float((tested["mk_p"] < alpha).mean()) if len(tested) else None),
@@ -1611,6 +1739,7 @@ def polygon_trend_table(
     n_boot: int = 2000,
     confidence: float | None = None,
     seed: int = 0,
+    slope_gain_sd: float = SLOPE_GAIN_SD,
 ) -> TrendTable:
     """Per-polygon Theil–Sen trends of yearly maps, and the ancient-vs-other contrast.
 
@@ -1633,6 +1762,9 @@ def polygon_trend_table(
     min_valid_fraction, n_boot, confidence, seed
         As :func:`fungi_ssl.trends.polygon_trends` and
         :func:`fungi_ssl.trends.woodland_contrast`.
+    slope_gain_sd : float
+        As :func:`park_year_contrast`; by default :data:`SLOPE_GAIN_SD`,
+        chapter 08's measurement on simulated worlds.
 
     Raises
     ------
@@ -1722,6 +1854,7 @@ def polygon_trend_table(
                 n_boot=n_boot,
                 confidence=confidence,
                 seed=seed,
+                slope_gain_sd=slope_gain_sd,
             )
     return TrendTable(table, years, contrast, notes)
 
@@ -1730,5 +1863,6 @@ def polygon_trend_table(
 TREND_ESTIMAND = (
     "per polygon, the Theil-Sen slope over the years of the mean over its pixels of "
     "log1p(richness) (log richness per year); per woodland type, the pixel-weighted mean of "
-    "those slopes; the interval treats parks and park-years as the units of replication"
+    "those slopes; the interval treats parks and park-years as the units of replication and "
+    "adds the spread of the map's response to each polygon's change (slope gain)"
 )

@@ -200,6 +200,13 @@ def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, t
     s = r.summary
     assert s["n_worlds"] == 4 and s["n_park_years"] == 8 and s["n_cached"] == 0
     assert s["ci_coverage_90"] == t.loc[t["world"] == "changing", "covers"].mean()
+    # two changing worlds are too few to measure a slope gain (each would rest on one other):
+    # the interval is the residual one, and says so
+    assert s["slope_gain_sd"] == 0.0 and (t["slope_gain_sd"] == 0.0).all()
+    np.testing.assert_array_equal(t["ci_low"], t["residual_ci_low"])
+    assert s["df"] == (2 - 1) * (4 - 2)
+    assert set(s["changing"]) >= {"mean_error", "mean_z", "sd_over_mean_se",
+                                  "sd_over_mean_se_residual"}
     again = trendmaps.replicate_worlds(study, trained, model, **kw)
     assert again.summary["n_cached"] == 4
     np.testing.assert_array_equal(again.table["ci_low"], t["ci_low"])

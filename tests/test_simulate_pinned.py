@@ -2,9 +2,11 @@
 
 The book's numbers are being finalised: a change that makes the simulator
 faster must not change one bit of what it draws for a seed. The digests
-below were computed by the simulator before the speed-ups of issue 20
-(``SIMULATOR_VERSION`` 5) and must stay equal; a change that moves them needs
-a version bump and new pins, on purpose.
+below were computed by simulator version 6 (issue 15's calibration: the
+soil-pH mosaic of parent materials and the SPUN table's five climate and five
+soil columns; version 5's pins were those from before the speed-ups of issue
+20) and must stay equal; a change that moves them needs a version bump and new
+pins, on purpose.
 
 Covered: a park-like window's Sentinel cube (a drought year and another, with
 ragged chunks), the null world's and a replicate world's cube (chapter 08),
@@ -28,7 +30,7 @@ from fungi_ssl.simulate import SimulatedStudy, Window
 from fungi_ssl.simulate.sensors import sentinel_observations
 from fungi_ssl.trendmaps import ResensedLandscape, null_world
 
-#: sha256 (16 hex digits) of each case, from the simulator before issue 20's speed-ups.
+#: sha256 (16 hex digits) of each case, from simulator version 6.
 PINNED = {
     "cube_2018": "d27e969b3a58e32a",
     "cube_2021": "6612ed2e6bfbe890",

@@ -32,15 +32,15 @@ from fungi_ssl.trendmaps import ResensedLandscape, null_world
 
 #: sha256 (16 hex digits) of each case, from simulator version 6.
 PINNED = {
-    "cube_2018": "d27e969b3a58e32a",
-    "cube_2021": "6612ed2e6bfbe890",
-    "null_cube_2022": "314f730473a07d0e",
-    "replicate_cube_2019": "13076a6dc0479635",
-    "layers_2020": "c2a1724652a8fd9b",
-    "batched_grids": "43396406facdd8e5",
-    "site_patches": "c55fe29bb6d4e8ae",
-    "random_pixels": "8266bd0d41087429",
-    "samples_and_covariates": "0b2403c47b149e1f",
+    "batched_grids": "762c528fff197694",
+    "cube_2018": "589a7ec512b9fcf4",
+    "cube_2021": "e34f6a594443c69c",
+    "layers_2020": "65f599e4d14885e1",
+    "null_cube_2022": "0347b28d84cf3ffb",
+    "random_pixels": "e5e7d2ae1e80f002",
+    "replicate_cube_2019": "fa9634c0df82ca09",
+    "samples_and_covariates": "49d5797c1dc9bd8b",
+    "site_patches": "0516df390a428334",
 }
 
 

@@ -41,6 +41,15 @@ Simulator version 5 calibrated the world to the real table's semivariogram
 ``independent_campaign_bias``
     Each campaign's detection bias its own (log-SD 0.55, nothing shared regionally).
 
+Simulator version 6 finished that calibration (issue 15 item 1); each of its changes is
+undone on its own:
+
+``v5_covariate_columns``
+    The 1 km climate and soil sets with two and three columns (mean temperature and
+    precipitation; pH, SOC and sand) instead of the SPUN table's five each.
+``no_geology_mosaic``
+    No soil-pH mosaic of parent materials (``geology_ph_sd`` 0).
+
 Variants that move sites or the landscape re-embed the site patches.
 
 Run ``.venv/bin/python benchmarks/world_changes.py [--profile full] [--seeds 3]``;
@@ -70,13 +79,15 @@ HERE = Path(__file__).resolve().parent
 SETS = ("ssl", "climate", "soil", "landcover")
 VARIANTS = ("default", "exact_coordinates", "independent_covariate_errors", "exact_landcover",
             "no_invisible_drivers", "v4_fine_mosaic", "v4_strong_fine_terms", "no_plot_clusters",
-            "v4_site_sizes", "independent_campaign_bias")
+            "v4_site_sizes", "independent_campaign_bias", "v5_covariate_columns",
+            "no_geology_mosaic")
 #: Variants whose sites or landscape differ from the default's, so their patches are re-embedded.
-RE_EMBED = ("exact_coordinates", "v4_fine_mosaic", "no_plot_clusters", "v4_site_sizes")
+RE_EMBED = ("exact_coordinates", "v4_fine_mosaic", "no_plot_clusters", "v4_site_sizes",
+            "no_geology_mosaic")
 
 
 def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
-    """The base study with one change of simulator version 4 undone."""
+    """The base study with one change of simulator version 4, 5 or 6 undone."""
     c = base.config
     if name == "default":
         return base
@@ -101,6 +112,10 @@ def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
         return SimulatedStudy(replace(c, site_size_sdlog=1.2))
     if name == "independent_campaign_bias":
         return SimulatedStudy(replace(c, campaign_bias_sd=0.55, campaign_bias_regional_share=0.0))
+    if name == "v5_covariate_columns":
+        return SimulatedStudy(replace(c, sensors=replace(c.sensors, spun_columns=False)))
+    if name == "no_geology_mosaic":
+        return SimulatedStudy(replace(c, landscape=replace(c.landscape, geology_ph_sd=0.0)))
     raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
 
 

@@ -26,7 +26,7 @@ from .io import find_real_tables, read_samples, read_spun_covariates, validate_s
 from .simulate import SimulatedStudy, StudyConfig
 
 #: Bump when the simulator changes in a way that changes its output.
-SIMULATOR_VERSION = 5
+SIMULATOR_VERSION = 6
 
 #: Source files whose text decides what the simulator draws.
 _SIMULATOR_SOURCES = ("simulate/*.py", "hashing.py")

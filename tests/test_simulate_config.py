@@ -71,6 +71,8 @@ LANDSCAPE_CHANGES: dict[str, object] = {
     "mosaic_length_m": 200.0,
     "patch_length_m": 60.0,
     "forest_propensity_weight": 2.0,
+    "geology_ph_sd": 1.5,
+    "geology_length_m": 200.0,
 }
 
 SENSOR_CHANGES: dict[str, object] = {
@@ -85,6 +87,7 @@ SENSOR_CHANGES: dict[str, object] = {
     "covariate_error_km": 5.0,
     "covariate_error_correlated_share": 0.1,
     "landcover_accuracy": 0.5,
+    "spun_columns": False,
 }
 
 RICHNESS_CHANGES: dict[str, object] = {

@@ -92,6 +92,11 @@ class LandscapeModel:
     forest_propensity_weight : float
         Weight of the regional forest propensity (a field of 0.5 degrees) in
         whether a stand is woodland: how much wooded and open regions differ.
+    geology_ph_sd : float
+        SD (pH units) of the soil-pH mosaic of parent materials, a field of
+        ``geology_length_m``; 0 switches it off (simulator version 5).
+    geology_length_m : float
+        Length scale (m) of that mosaic: bedrock and drift change over kilometres.
     """
 
     stand_area_median_ha: float = 1.5
@@ -99,6 +104,8 @@ class LandscapeModel:
     mosaic_length_m: float = 2_000.0
     patch_length_m: float = 500.0
     forest_propensity_weight: float = 0.5
+    geology_ph_sd: float = 0.4
+    geology_length_m: float = 1_500.0
 
 
 # --------------------------------------------------------------------------- #
@@ -312,6 +319,7 @@ class Landscape:
         self.f_continuity = f(27, 600.0, 32)
         self.f_nitrogen = f(29, 30.0, 32)
         self.f_soc = f(28, 80.0, 32)
+        self.f_geology = f(30, self.model.geology_length_m, 32)
 
     # ---- coarse -------------------------------------------------------- #
     #: Coarse fields are bilinear on a global lattice of this spacing (degrees):
@@ -470,6 +478,8 @@ class Landscape:
         # fine continuous fields
         relief = 35.0 * self.f_relief.grid(xo, ys)
         fine_ph = 0.45 * self.f_ph.grid(xo, ys)
+        if self.model.geology_ph_sd:
+            fine_ph = fine_ph + self.model.geology_ph_sd * self.f_geology.grid(xo, ys)
         canopy_tex = self.f_canopy.grid(xo, ys)
         noise = self.f_noise.grid(xo, ys)
         soc_fine = self.f_soc.grid(xo, ys)

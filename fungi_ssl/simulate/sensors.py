@@ -95,6 +95,12 @@ class SensorModel:
         Overall accuracy of the land-cover map the 1 km class fractions come
         from: a stand is given a wrong class (a confusable one) with
         probability ``1 - landcover_accuracy`` (water with a fifth of that).
+    spun_columns : bool
+        Whether the climate and soil sets carry all five columns each of the
+        SPUN table (:data:`EXTRA_COVARIATES`: potential evapotranspiration,
+        warmest-month temperature, precipitation seasonality, depth to
+        bedrock, sediment thickness) or only mean temperature and
+        precipitation and pH, SOC and sand (simulator version 5).
     """
 
     host_phenology_days: float = 4.0
@@ -108,6 +114,19 @@ class SensorModel:
     covariate_error_km: float = 30.0
     covariate_error_correlated_share: float = 0.6
     landcover_accuracy: float = 0.77
+    spun_columns: bool = True
+
+
+#: The SPUN table's other climate and soil columns, each with the SD of its map error (in
+#: the column's units; PET as a log-SD). Each is a 1 km map with its own errors, so a
+#: sample's climate and soil sets carry five independent readings each, as SPUN's do.
+EXTRA_COVARIATES: dict[str, float] = {
+    "CGIAR_PET": 0.08,
+    "CHELSA_BIO_Max_Temperature_of_Warmest_Month": 0.9,
+    "CHELSA_BIO_Precipitation_Seasonality": 6.0,
+    "SG_Depth_to_bedrock": 80.0,
+    "PelletierEtAl_SoilAndSedimentaryDepositThicknesses": 10.0,
+}
 
 
 #: Classes a land-cover classifier confuses each class with, and how often
@@ -437,10 +456,39 @@ def _with_crs(ds: xr.Dataset, epsg: int) -> xr.Dataset:
     return ds.rio.write_transform(ds.rio.transform(recalc=True))
 
 
+def _extra_covariates(L: dict, lon: np.ndarray, err_of, n: int) -> dict[str, np.ndarray]:
+    """The SPUN table's other climate and soil columns of ``n`` cells (:data:`EXTRA_COVARIATES`).
+
+    Each follows the cell's 10 m layers as the real map follows climate and
+    terrain (PET rises with temperature; the warmest month lies half an annual
+    range above the mean, the range growing with continentality eastwards;
+    rain is less seasonal where it is plentiful; soils are shallower on rough
+    and high ground), plus its own map error ``err_of(j, sd)``.
+    """
+    temp = L["temperature"].reshape(n, -1).mean(axis=1)
+    precip = L["precipitation"].reshape(n, -1).mean(axis=1)
+    elev = L["elevation"].reshape(n, -1)
+    rough, elev = elev.std(axis=1), elev.mean(axis=1)
+    sds = list(EXTRA_COVARIATES.values())
+    half_range = np.where(lon > 60.0, 13.0, np.clip(7.0 + 0.12 * (lon + 10.0), 7.0, 13.0))
+    return {
+        "CGIAR_PET": np.clip(450.0 + 40.0 * temp, 200.0, None) * np.exp(err_of(0, sds[0])),
+        "CHELSA_BIO_Max_Temperature_of_Warmest_Month": 10.0 * (temp + half_range
+                                                               + err_of(1, sds[1])),
+        "CHELSA_BIO_Precipitation_Seasonality": np.clip(
+            35.0 - 0.01 * (precip - 800.0) + err_of(2, sds[2]), 5.0, 100.0),
+        "SG_Depth_to_bedrock": np.clip(250.0 - 2.0 * rough - 0.1 * (elev - 350.0)
+                                       + err_of(3, sds[3]), 20.0, 600.0),
+        "PelletierEtAl_SoilAndSedimentaryDepositThicknesses": np.clip(
+            25.0 - 0.03 * (elev - 350.0) + err_of(4, sds[4]), 0.0, 50.0),
+    }
+
+
 @lru_cache(maxsize=8)
 def _covariate_error_fields(seed: int, length_km: float) -> list[GaussianField]:
     """One spatially correlated error field per 1 km covariate (lon/lat degrees)."""
-    return [GaussianField(seed, 820 + j, length_km / 111.0, 48) for j in range(5)]
+    return [GaussianField(seed, 820 + j, length_km / 111.0, 48)
+            for j in range(5 + len(EXTRA_COVARIATES))]
 
 
 def classified_landcover(seed: int, landcover: np.ndarray, stand: np.ndarray,
@@ -526,6 +574,10 @@ def covariates_1km(landscape: Landscape, sites: pd.DataFrame, samples: pd.DataFr
             "SG_Sand_Content_005cm": np.clip(mean(L["sand"]) + err[4], 1.0, 95.0),
             **frac,
             "EarthEnvTopoMed_Elevation": mean(L["elevation"]),
+            **(_extra_covariates(L, lon, err_of=lambda j, sd: sd * (
+                math.sqrt(rho) * fields[5 + j].points(lon, lat)
+                + math.sqrt(1.0 - rho) * hash_normal(*key, 6 + j)), n=len(u))
+               if m.spun_columns else {}),
         }))
     per_cell = pd.concat(out, ignore_index=True)
     per_site = per_cell.iloc[inverse.ravel()].set_index(sites["site_id"].to_numpy())

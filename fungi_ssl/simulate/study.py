@@ -657,6 +657,11 @@ PARAMETER_RATIONALE: dict[str, str] = {
                        "semivariogram climbs between 1 and 10 km (450 m put the contrast below 1 km)",
     "patch_length_m": "smaller woods and clearings inside the mosaic",
     "forest_propensity_weight": "regions differ in how wooded they are",
+    "geology_ph_sd": "issue 15 (v6): parent material (bedrock, drift, alluvium) changes over "
+                     "kilometres, and topsoil pH with it; raises the semivariance at 3-10 km, "
+                     "where the real curve has climbed and v5's had not",
+    "geology_length_m": "soil maps change unit every kilometre or two in most European "
+                        "landscapes",
     # sensors
     "host_phenology_days": "AM (ash, maple) and ECM (oak, beech, birch) broadleaves overlap in "
                            "leaf-out; tree species maps from Sentinel-2 confuse broadleaves "
@@ -675,6 +680,11 @@ PARAMETER_RATIONALE: dict[str, str] = {
     "covariate_error_km": "errors of interpolated maps are correlated over tens of km (station "
                           "and profile density, terrain)",
     "covariate_error_correlated_share": "most map error is regional bias rather than cell noise",
+    "spun_columns": "issue 15 (v6): the SPUN table's climate and soil sets have five columns each "
+                    "(PET, warmest-month temperature, precipitation seasonality; depth to bedrock, "
+                    "sediment thickness besides pH, SOC, sand), each a map with its own errors; "
+                    "with two and three columns a simulated 1 km cell was told apart less well "
+                    "than a real one under random folds",
     "landcover_accuracy": "ESA WorldCover overall accuracy: 74.4% (2020) and 76.7% (2021) "
                           "(Zanaga et al. 2021, 2022)",
     # communities

@@ -10,25 +10,25 @@
     fungi-ssl book [--profile quick] [--seed 0] [--data DIR] [--only NN] [--guild AM]
 
 Each subcommand calls the package's public functions and prints what it
-wrote: ``download`` calls :func:`fungi_ssl.download.download_real_tables`;
-``fit`` :func:`fungi_ssl.predictors.embedding_patches` and
-:class:`fungi_ssl.mapmodel.MapModel`; ``predict-map``
-:func:`fungi_ssl.maps.predict_map`; ``trend``
-:func:`fungi_ssl.trends.polygon_trend_table`; ``book``
-:func:`fungi_ssl.bookrun.run_book`, then Jupyter Book as ``make book`` does.
+wrote: ``download`` calls :func:`fungi_ssl.data.download.download_real_tables`;
+``fit`` :func:`fungi_ssl.predictors.tables.embedding_patches` and
+:class:`fungi_ssl.maps.mapmodel.MapModel`; ``predict-map``
+:func:`fungi_ssl.maps.predict.predict_map`; ``trend``
+:func:`fungi_ssl.trends.polygons.polygon_trend_table`; ``book``
+:func:`fungi_ssl.book.runner.run_book`, then Jupyter Book as ``make book`` does.
 
 Embeddings
 ----------
 ``--embeddings DIR`` is a geotessera download folder (holding
-``global_0.1_degree_representation/``, read by :mod:`fungi_ssl.tessera`), a
+``global_0.1_degree_representation/``, read by :mod:`fungi_ssl.embeddings.tessera`), a
 Zarr embedding store whose ``year`` attribute names its year
-(:mod:`fungi_ssl.embed`), or a folder of ``<year>.zarr`` stores.
+(:mod:`fungi_ssl.embeddings.embed`), or a folder of ``<year>.zarr`` stores.
 
 1 km covariates: the product model
 ----------------------------------
 ``--covariates STACK`` is a raster stack of 1 km covariates, a GeoTIFF whose
 band descriptions name the covariates or a Zarr store with one ``(y, x)``
-variable per covariate (:mod:`fungi_ssl.covariate_stack`), named as the SPUN
+variable per covariate (:mod:`fungi_ssl.data.covariate_stack`), named as the SPUN
 covariate table names them. ``fit --covariates`` samples every band at each
 sample's plot coordinate (the value of the 1 km cell holding it) and fits
 the **product model**, chapter 06's map model: one regressor on the patch's
@@ -51,7 +51,7 @@ for samples from before it, the last for samples after it, the earlier of
 two equally near years in a gap. A sample without a year (the real
 GlobalFungi table has no year column) is read from the first year held, as
 an old sample is. ``--year Y`` instead reads every sample from year ``Y``,
-which must be held. :func:`fungi_ssl.predictors.embedding_years` applies the
+which must be held. :func:`fungi_ssl.predictors.tables.embedding_years` applies the
 rule, the same for the book's chapters, and ``fit`` prints how many samples
 took each case.
 
@@ -88,13 +88,13 @@ from typing import Annotated, Any, Literal
 import typer
 from typer.core import TyperGroup
 
-from . import config
+from fungi_ssl.core import config
 
 __all__ = ["CommandError", "app"]
 
 #: Exceptions that mean bad input: one line on stderr unless ``--debug``.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
-#: The sample-table column :class:`fungi_ssl.mapmodel.MapModel` is fitted on by default.
+#: The sample-table column :class:`fungi_ssl.maps.mapmodel.MapModel` is fitted on by default.
 DEFAULT_TARGET = "rarefied"
 #: The fungal guild a sample table holds by default.
 DEFAULT_GUILD = "ECM"
@@ -136,7 +136,7 @@ def _swapped_bbox_hint(embeddings: Path, year: int, bbox: Sequence[float], bbox_
     """``"; with longitude and latitude swapped …"`` when the swapped box lies on the tiles."""
     from pyproj import CRS
 
-    from .maps import open_embedding_source
+    from fungi_ssl.maps.predict import open_embedding_source
 
     try:
         if not CRS.from_user_input(bbox_crs).is_geographic:
@@ -258,7 +258,7 @@ def _writable(path: Path, overwrite: bool, what: str) -> Path:
 
 def _covariate_stack(path: Path) -> Any:
     """The ``--covariates`` stack, read with messages that name the option."""
-    from .covariate_stack import open_covariate_stack
+    from fungi_ssl.data.covariate_stack import open_covariate_stack
 
     return open_covariate_stack(path, where="--covariates")
 
@@ -300,7 +300,7 @@ def download(
     an interruption fetches only what is missing); a download that fails or
     mismatches leaves nothing under the final name.
     """
-    from .download import download_real_tables
+    from fungi_ssl.data.download import download_real_tables
 
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(f"--dest {dest} is a file, not a directory")
@@ -413,9 +413,9 @@ def fit(
     """
     import numpy as np
 
-    from .io import read_samples, target_values
-    from .mapmodel import MapModel
-    from .predictors import PATCH_SIZE, embedding_patches
+    from fungi_ssl.data.io import read_samples, target_values
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.predictors.tables import PATCH_SIZE, embedding_patches
 
     kind = map_model or ("product" if covariates is not None else "ssl")
     if kind == "product" and covariates is None:
@@ -466,7 +466,7 @@ def fit(
         embedding_dim=patches.shape[-1],
         covariates=cov,
     )
-    from .region import map_model_skill
+    from fungi_ssl.region.workflow import map_model_skill
 
     lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
     skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
@@ -610,14 +610,14 @@ def predict_map(
     extent). The map is written under a temporary name and renamed when
     complete.
     """
-    from .mapmodel import MapModel
-    from .maps import predict_map as _predict_map
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.predict import predict_map as _predict_map
 
     _existing(model, "--model")
     _existing(embeddings, "--embeddings")
     _writable(out, overwrite, "--out")
     if overwrite and (out.exists() or out.is_symlink()):
-        from .maps import check_replaceable
+        from fungi_ssl.maps.predict import check_replaceable
 
         try:  # only a map this tool wrote is replaced; a user's folder is never deleted
             check_replaceable(out)
@@ -790,9 +790,9 @@ def trend(
     (percent per year beside them). With a woodland type column, the
     area-weighted mean slopes of ancient and other woodland and their
     difference, with an interval that treats parks and park-years as the
-    units of replication (fungi_ssl.trends.park_year_contrast).
+    units of replication (fungi_ssl.trends.polygons.park_year_contrast).
     """
-    from .trends import TREND_ESTIMAND, polygon_trend_table
+    from fungi_ssl.trends.polygons import TREND_ESTIMAND, polygon_trend_table
 
     paths = [*(maps or []), *(more_maps or [])]
     if not paths:
@@ -929,7 +929,8 @@ def book(
     ] = True,
 ) -> None:
     """Run the book's notebooks with papermill into book/, then render HTML (as `make book`)."""
-    from .bookrun import NotebookFailure, format_summary, parse_chapter_parameters, run_book
+    from fungi_ssl.book.notebooks import parse_chapter_parameters
+    from fungi_ssl.book.runner import NotebookFailure, format_summary, run_book
 
     config.get_profile(profile)
     if data is not None:

@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.bias: error, calibration, residual structure, intervals, AOA."""
+"""Tests of fungi_ssl.uncertainty.bias: error, calibration, residual structure, intervals, AOA."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from scipy.spatial.distance import pdist
 from sklearn.neighbors import NearestNeighbors
 
-from fungi_ssl import bias
-from fungi_ssl.bias import (
+from fungi_ssl.uncertainty import bias
+from fungi_ssl.uncertainty.bias import (
     RESULT_KEYS,
     AreaOfApplicability,
     ConformalRegressor,
@@ -522,7 +522,7 @@ def test_importance_weights_of_book_chain():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fungi_ssl.models import make_model
+    from fungi_ssl.validation.models import make_model
 
     rng = np.random.default_rng(14)
     X = pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(size=400)})
@@ -557,8 +557,8 @@ def test_aoa_errors_and_outside_is_worse_on_a_shift():
 # chapter 07 results
 # --------------------------------------------------------------------------
 def test_bias_results_end_to_end_from_evaluate_cv():
-    from fungi_ssl.cv import BlockKFold, RandomTrainValTest
-    from fungi_ssl.models import evaluate_cv
+    from fungi_ssl.validation.cv import BlockKFold, RandomTrainValTest
+    from fungi_ssl.validation.models import evaluate_cv
 
     X, y, ll, _site = clustered_sites(200, 3, seed=2)
     frame = pd.DataFrame(
@@ -624,7 +624,7 @@ def test_bias_module_import_does_not_load_pysal():
     import subprocess
     import sys
 
-    code = "import sys, fungi_ssl.bias; print('esda' in sys.modules, 'libpysal' in sys.modules)"
+    code = "import sys, fungi_ssl.uncertainty.bias; print('esda' in sys.modules, 'libpysal' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -655,7 +655,7 @@ def test_conformal_holdout_splits_on_worker_threads_give_the_sequential_result()
 def test_adaptive_conformal_covers_and_adapts():
     """Heteroscedastic errors: the interval covers 90% overall, and within each half of the
     feature too, where one fixed width over-covers the calm half and under-covers the other."""
-    from fungi_ssl.bias import AdaptiveConformal, conformal_quantile
+    from fungi_ssl.uncertainty.bias import AdaptiveConformal, conformal_quantile
 
     rng = np.random.default_rng(4)
     n = 6000
@@ -681,7 +681,7 @@ def test_adaptive_conformal_covers_and_adapts():
 
 
 def test_calibrated_richness_removes_the_back_transform_bias():
-    from fungi_ssl.bias import calibrated_richness, mean_error
+    from fungi_ssl.uncertainty.bias import calibrated_richness, mean_error
 
     rng = np.random.default_rng(5)
     n = 5000

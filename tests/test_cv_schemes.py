@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.cv_schemes: chapter 09's CV schemes, site leakage and prediction grid."""
+"""Tests for fungi_ssl.validation.cv_schemes: chapter 09's CV schemes, site leakage and prediction grid."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import cv_schemes as cs
-from fungi_ssl.bookrun import read_results, write_results
-from fungi_ssl.coordinates import nearest_distance_m
+from fungi_ssl.core.results import read_results, write_results
+from fungi_ssl.data.coordinates import nearest_distance_m
+from fungi_ssl.validation import cv_schemes as cs
 
 
 def _plots(n_sites: int, cores: int, seed: int = 0) -> pd.DataFrame:
@@ -318,7 +318,7 @@ def test_pixel_and_plot_sites_by_hand():
 def test_real_spun_table_random_kfold_leaks_sites(real_data_dir):
     """On the real SPUN table most samples share a 1 km pixel site, so random K-fold puts a
     site-mate in training for most test samples; the spatial schemes for none."""
-    from fungi_ssl.study import open_field_data
+    from fungi_ssl.simulate.field_data import open_field_data
 
     fd = open_field_data(real_data_dir, table="covariates")
     t = fd.samples

@@ -8,8 +8,8 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.embed import (
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.embeddings.embed import (
     cached_embed_cube,
     cached_pretrain,
     embed_cube,
@@ -17,7 +17,7 @@ from fungi_ssl.embed import (
     patch_features_frame,
     raster_patches,
 )
-from fungi_ssl.encoder import (
+from fungi_ssl.embeddings.encoder import (
     S1_BANDS,
     S2_BANDS,
     EncoderConfig,
@@ -130,7 +130,7 @@ def test_resume_equals_uninterrupted(tmp_path, trained):
 
 def test_in_memory_equals_the_store(tmp_path, trained):
     """embed_cube_in_memory gives the store's values bit for bit, and the same map."""
-    from fungi_ssl.embed import embed_cube_in_memory
+    from fungi_ssl.embeddings.embed import embed_cube_in_memory
 
     cube = make_cube(chunks={"y": 4, "x": 4})  # lazy: windows load in a background thread
     with pytest.warns(UserWarning, match="1 of 130 pixels have no valid"):
@@ -182,8 +182,8 @@ def test_patch_sampling_at_lonlat(tmp_path, trained):
 
 def test_raster_patches_match_tessera_patches_on_one_tile(tmp_path):
     """One concept, two sources: a single raster and a tile directory give the same patches."""
-    from fungi_ssl import tessera
-    from fungi_ssl.coordinates import lonlat_to_crs
+    from fungi_ssl.data.coordinates import lonlat_to_crs
+    from fungi_ssl.embeddings import tessera
 
     rng = np.random.default_rng(4)
     grid = tessera.tile_grid(0.15, 52.05)

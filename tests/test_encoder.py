@@ -8,7 +8,7 @@ import rioxarray  # noqa: F401
 import torch
 import xarray as xr
 
-from fungi_ssl.encoder import (
+from fungi_ssl.embeddings.encoder import (
     S1_BANDS,
     S2_BANDS,
     BandNormaliser,
@@ -262,7 +262,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
 
 def _partial(p, ckpt_dir, kw):
     """Run the first 4 of 10 steps and leave the checkpoint, as a killed job would."""
-    import fungi_ssl.encoder as enc
+    import fungi_ssl.embeddings.encoder as enc
 
     class Stop(Exception):
         pass
@@ -378,7 +378,7 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
 
     import pytest
 
-    from fungi_ssl import encoder as enc
+    from fungi_ssl.embeddings import encoder as enc
 
     monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})

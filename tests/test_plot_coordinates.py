@@ -1,4 +1,4 @@
-"""SSL patches of real samples at the plot coordinate and the embedding year (fungi_ssl.predictors).
+"""SSL patches of real samples at the plot coordinate and the embedding year (fungi_ssl.predictors.tables).
 
 A real data directory is made of a SPUN-style covariate table (1 km pixel
 centres), a GlobalFungi-style sample table (plot coordinates) for some of the
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from affine import Affine
 
-from fungi_ssl import tessera
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.predictors import (
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.embeddings import tessera
+from fungi_ssl.predictors.tables import (
     FIRST_EMBEDDING_YEAR,
     embedding_years,
     plot_coordinates,
@@ -123,11 +123,12 @@ def test_the_command_line_and_the_chapters_read_equal_patches(tmp_path, store):
     from before the first year, and without a year."""
     from typer.testing import CliRunner
 
-    from fungi_ssl import cli, download  # noqa: F401  (pooch's logger: see test_cli)
-    from fungi_ssl.io import read_samples
-    from fungi_ssl.mapmodel import MapModel, table_fingerprint
-    from fungi_ssl.maps import write_embedding_store
-    from fungi_ssl.predictors import embedding_patches
+    from fungi_ssl import cli
+    from fungi_ssl.data import download  # noqa: F401  (pooch's logger: see test_cli)
+    from fungi_ssl.data.io import read_samples
+    from fungi_ssl.maps.mapmodel import MapModel, table_fingerprint
+    from fungi_ssl.maps.predict import write_embedding_store
+    from fungi_ssl.predictors.tables import embedding_patches
 
     grid = tessera.tile_grid(LON, LAT)
     x0, y0 = grid.transform.c + 1000.0, grid.transform.f - 1000.0

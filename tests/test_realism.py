@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import realism
+from fungi_ssl.data import realism
 
 REAL_SHA256 = "7d304d56eb4ad7453208eb8871238bea8275c1a7bf13a54049416ae6cf8e4594"
 

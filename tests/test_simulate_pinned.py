@@ -26,7 +26,7 @@ import pytest
 
 from fungi_ssl.simulate import SimulatedStudy, Window
 from fungi_ssl.simulate.sensors import sentinel_observations
-from fungi_ssl.trendmaps import ResensedLandscape, null_world
+from fungi_ssl.trends.trendmaps import ResensedLandscape, null_world
 
 #: sha256 (16 hex digits) of each case, from the simulator before issue 20's speed-ups.
 PINNED = {

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.tessera: reading geotessera tiles and sampling patches.
+"""Tests for fungi_ssl.embeddings.tessera: reading geotessera tiles and sampling patches.
 
 The tiles here are written by this file's own writer (np.save + rioxarray),
 in the layout geotessera 0.10.1 downloads, not by ``tessera.write_tile``, so
@@ -17,8 +17,8 @@ import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
 
-from fungi_ssl import tessera
-from fungi_ssl.coordinates import crs_to_lonlat, lonlat_to_crs
+from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs
+from fungi_ssl.embeddings import tessera
 
 YEAR = 2024
 H = W = 20
@@ -443,9 +443,9 @@ def test_a_download_without_its_metadata_is_not_silently_called_tessera(tmp_path
 
     import pandas as pd
 
-    from fungi_ssl.mapmodel import encoder_signature
-    from fungi_ssl.maps import open_embedding_source
-    from fungi_ssl.predictors import embedding_patches
+    from fungi_ssl.maps.mapmodel import encoder_signature
+    from fungi_ssl.maps.predict import open_embedding_source
+    from fungi_ssl.predictors.tables import embedding_patches
 
     _one_tile(tmp_path)
     g = tessera.tile_grid(0.15, 52.05)

@@ -74,7 +74,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fungi_ssl.uncertainty.bias import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
 
 HERE = Path(__file__).resolve().parent
 

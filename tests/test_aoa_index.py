@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
-from fungi_ssl.uncertainty.bias import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
 
 
 @pytest.fixture(scope="module")

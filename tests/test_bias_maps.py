@@ -10,7 +10,8 @@ from affine import Affine
 from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
 from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.maps.predict import predict_map, write_embedding_store
-from fungi_ssl.uncertainty.bias import AreaOfApplicability, conformal_quantile
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
+from fungi_ssl.uncertainty.intervals import conformal_quantile
 from fungi_ssl.uncertainty.bias_maps import (
     interval_width,
     map_aoa,
@@ -334,7 +335,7 @@ def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, 
 
 
 def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
-    from fungi_ssl.uncertainty.bias import coverage_table
+    from fungi_ssl.uncertainty.intervals import coverage_table
     from fungi_ssl.uncertainty.heldout import cached_conformal, cached_heldout
 
     h = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
@@ -398,7 +399,7 @@ def test_uncertainty_maps_computes_only_the_layers_asked_for():
 
 def test_adaptive_interval_layers_follow_sigma(region):
     """With an AdaptiveConformal the half-width is q·σ̂(prediction, DI) at every pixel."""
-    from fungi_ssl.uncertainty.bias import AdaptiveConformal
+    from fungi_ssl.uncertainty.intervals import AdaptiveConformal
     from fungi_ssl.uncertainty.bias_maps import adaptive_features
 
     store, model, frame, folds, _ = region

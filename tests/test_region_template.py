@@ -170,7 +170,7 @@ def test_area_of_applicability_lines_up_with_the_map(tiles, model_file, tmp_path
                                      BBOX, coordinates=ll, block_km=0.1, progress=False)
     folds, how = validation_folds(ll, 0.1)
     assert b.details["folds"] == how and "spatial blocks" in how
-    from fungi_ssl.uncertainty.bias import importance_weights
+    from fungi_ssl.uncertainty.aoa import importance_weights
 
     X = p.reshape(200, -1).astype(np.float32)
     w = region._weights(m.regressor_, m.project_patches(X), importance_weights)

@@ -598,7 +598,7 @@ def area_of_applicability(
     import xarray as xr
     from sklearn.model_selection import GroupKFold
 
-    from fungi_ssl.uncertainty.bias import importance_weights
+    from fungi_ssl.uncertainty.aoa import importance_weights
     from fungi_ssl.uncertainty.bias_maps import map_aoa, uncertainty_maps
 
     X = np.asarray(train_patches, dtype=np.float32)

@@ -48,12 +48,8 @@ import xarray as xr
 from tqdm import tqdm
 
 from fungi_ssl.maps.mapmodel import MapModel
-from fungi_ssl.uncertainty.bias import (
-    DEFAULT_CONFIDENCE,
-    AdaptiveConformal,
-    AreaOfApplicability,
-    importance_weights,
-)
+from fungi_ssl.uncertainty.intervals import DEFAULT_CONFIDENCE, AdaptiveConformal
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability, importance_weights
 
 __all__ = [
     "LAYERS",

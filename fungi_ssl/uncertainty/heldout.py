@@ -44,7 +44,8 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from fungi_ssl.core.worker_threads import single_threaded_workers
-from fungi_ssl.uncertainty.bias import AreaOfApplicability, heldout_table
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
+from fungi_ssl.uncertainty.errors import heldout_table
 from fungi_ssl.validation.comparison import (
     DEFAULT_BLOCK_SIZE_M,
     DEFAULT_SPATIAL_FOLDS,
@@ -525,7 +526,7 @@ def cached_conformal(
         with ``calibration`` (the kind used) and ``requested`` (the name asked for).
     """
     from fungi_ssl.core import cache
-    from fungi_ssl.uncertainty.bias import conformal_holdout
+    from fungi_ssl.uncertainty.intervals import conformal_holdout
 
     X = predictor_matrix(held.data, held.predictor_set)
     y = held.data[target].to_numpy(dtype=float)
@@ -589,7 +590,7 @@ def heldout_aoa(
         Per row of ``held.data``: ``row, fold, di, inside``.
     """
     from fungi_ssl.predictors.features import PatchReducer
-    from fungi_ssl.uncertainty.bias import importance_weights
+    from fungi_ssl.uncertainty.aoa import importance_weights
     from fungi_ssl.validation.models import _group_holdout, fit_model, make_model
 
     X = predictor_matrix(held.data, held.predictor_set)

@@ -87,7 +87,8 @@ def cluster_run(n_workers: int, model, store: Path, out: Path, chunk: int, windo
     from distributed import Client
 
     from fungi_ssl.core.cluster import loopback_cluster
-    from fungi_ssl.maps.predict import open_map, predict_map
+    from fungi_ssl.maps.outputs import open_map
+    from fungi_ssl.maps.predict import predict_map
 
     with loopback_cluster(n_workers, preload=[str(HERE / "cluster_bytes.py")],
                           timeout=180) as cluster, \

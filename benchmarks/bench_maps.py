@@ -109,7 +109,7 @@ def make_store(path: Path, side: int, seed: int) -> Path:
     import dask.array as da
     from affine import Affine
 
-    from fungi_ssl.maps.predict import write_embedding_store
+    from fungi_ssl.maps.sources import write_embedding_store
 
     def block(block_info=None):
         loc = block_info[None]["array-location"]

@@ -136,7 +136,7 @@ def _swapped_bbox_hint(embeddings: Path, year: int, bbox: Sequence[float], bbox_
     """``"; with longitude and latitude swapped …"`` when the swapped box lies on the tiles."""
     from pyproj import CRS
 
-    from fungi_ssl.maps.predict import open_embedding_source
+    from fungi_ssl.maps.sources import open_embedding_source
 
     try:
         if not CRS.from_user_input(bbox_crs).is_geographic:
@@ -617,7 +617,7 @@ def predict_map(
     _existing(embeddings, "--embeddings")
     _writable(out, overwrite, "--out")
     if overwrite and (out.exists() or out.is_symlink()):
-        from fungi_ssl.maps.predict import check_replaceable
+        from fungi_ssl.maps.outputs import check_replaceable
 
         try:  # only a map this tool wrote is replaced; a user's folder is never deleted
             check_replaceable(out)

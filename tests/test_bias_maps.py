@@ -9,7 +9,8 @@ from affine import Affine
 
 from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
 from fungi_ssl.maps.mapmodel import MapModel
-from fungi_ssl.maps.predict import predict_map, write_embedding_store
+from fungi_ssl.maps.predict import predict_map
+from fungi_ssl.maps.sources import write_embedding_store
 from fungi_ssl.uncertainty.aoa import AreaOfApplicability
 from fungi_ssl.uncertainty.intervals import conformal_quantile
 from fungi_ssl.uncertainty.bias_maps import (

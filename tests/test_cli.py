@@ -311,7 +311,7 @@ def test_fit_another_guild_by_its_target_column(region, tmp_path):
 
 
 def test_fit_and_predict_from_a_folder_of_zarr_stores(region, model_file, tmp_path):
-    from fungi_ssl.maps.predict import write_embedding_store
+    from fungi_ssl.maps.sources import write_embedding_store
 
     folder = tmp_path / "stores"
     folder.mkdir()
@@ -454,7 +454,7 @@ def test_trend_on_yearly_maps_recovers_the_drift(region, yearly_maps, tmp_path):
 
 
 def test_trend_fits_the_books_estimand_on_richness_maps(region, yearly_maps):
-    from fungi_ssl.maps.predict import open_map
+    from fungi_ssl.maps.outputs import open_map
     from fungi_ssl.trends import polygons as trends
 
     result = trends.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",

@@ -13,14 +13,9 @@ from affine import Affine
 
 from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
 from fungi_ssl.maps.mapmodel import MapModel
-from fungi_ssl.maps.predict import (
-    SCHEDULER_ENV,
-    aggregate_map,
-    open_embedding_source,
-    open_map,
-    predict_map,
-    write_embedding_store,
-)
+from fungi_ssl.maps.predict import SCHEDULER_ENV, predict_map
+from fungi_ssl.maps.outputs import aggregate_map, open_map
+from fungi_ssl.maps.sources import open_embedding_source, write_embedding_store
 
 DIM = 16
 H, W = 70, 90
@@ -487,7 +482,7 @@ def test_a_bbox_across_two_utm_zones_is_refused_with_where_to_split(tmp_path):
     """Cells west of 0° lie in UTM zone 30, east of it in 31: a box over both is refused in one
     line naming the longitude to split at, not mapped with one zone resampled onto the other."""
     from fungi_ssl.embeddings.tessera import tile_grid, write_tile
-    from fungi_ssl.maps.predict import open_embedding_source
+    from fungi_ssl.maps.sources import open_embedding_source
 
     for lon in (-0.05, 0.05):
         g = tile_grid(lon, 52.05)

@@ -227,7 +227,7 @@ class CovariateStack:
 
     def grid_reader(self, grid: Any, columns: Sequence[str]) -> CovariateReader:
         """A :class:`CovariateReader` of ``columns`` over a map grid
-        (:class:`fungi_ssl.maps.predict.MapGrid`), after checking that the stack holds
+        (:class:`fungi_ssl.maps.sources.MapGrid`), after checking that the stack holds
         them and covers the grid."""
         values = np.ascontiguousarray(self.require(columns))
         self.check_covers(grid.bounds, grid.crs)

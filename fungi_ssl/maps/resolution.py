@@ -989,7 +989,7 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
 def region_components(model: MapModel, store: str | Path, region: Region) -> np.ndarray:
     """The principal components of every pixel's 3 × 3 patch over a region, ``(H, W, C)``
     float32 (NaN where a patch is incomplete), read from the region's store."""
-    from fungi_ssl.maps.predict import open_embedding_source
+    from fungi_ssl.maps.sources import open_embedding_source
 
     src = open_embedding_source({region.year: Path(store)}, region.year, region.bbox)
     h = model.spec.patch_size // 2

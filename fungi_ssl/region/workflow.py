@@ -24,7 +24,7 @@ the story:
 * :func:`fit_region_model` fits the map model on a predictor table's SSL
   patches (the simulated study's samples by default).
 * :func:`area_of_applicability` is Meyer & Pebesma's area of applicability
-  (:class:`fungi_ssl.uncertainty.bias.AreaOfApplicability`) in the model's own predictor
+  (:class:`fungi_ssl.uncertainty.aoa.AreaOfApplicability`) in the model's own predictor
   space (the PCA scores of the 3 × 3 patch, weighted by the regressor's gain),
   with site-grouped folds, computed for every map pixel window by window and
   written as a GeoTIFF of the dissimilarity index; the fit and the map pass
@@ -562,8 +562,8 @@ def area_of_applicability(
     spatial blocks, ``n_folds`` folds) when ``coordinates`` are given, so
     both chapters' thresholds mean the same; without coordinates, from
     ``n_folds`` site-grouped folds (``groups``), and ``details["folds"]``
-    says so (:class:`fungi_ssl.uncertainty.bias.AreaOfApplicability`). Pixels are read on the
-    map's grid (:func:`fungi_ssl.maps.predict.open_embedding_source`), so the result
+    says so (:class:`fungi_ssl.uncertainty.aoa.AreaOfApplicability`). Pixels are read on the
+    map's grid (:func:`fungi_ssl.maps.sources.open_embedding_source`), so the result
     lines up with the map pixel for pixel.
 
     Parameters

@@ -1532,7 +1532,7 @@ def _map_year(arr: Any, path: Path) -> int:
 
 def _open_stack(maps: Sequence[Path]) -> Any:
     """One ``(year, y, x)`` stack from one map per year or one Zarr stack."""
-    from fungi_ssl.maps.predict import open_map
+    from fungi_ssl.maps.outputs import open_map
 
     for p in maps:
         if not p.exists():

@@ -1,6 +1,6 @@
 """A faster dissimilarity index for the area of applicability, with a bound on its verdict.
 
-:class:`fungi_ssl.uncertainty.bias.AreaOfApplicability` finds each pixel's nearest
+:class:`fungi_ssl.uncertainty.aoa.AreaOfApplicability` finds each pixel's nearest
 training sample exactly, by one matrix product against every distinct
 training row; its cost grows with the training set. :class:`PrototypeIndex`
 is an inverted-file index: it searches only the training rows of a few
@@ -74,7 +74,7 @@ class VerdictStats:
 
 
 class PrototypeIndex:
-    """Approximate dissimilarity index over a fitted :class:`~fungi_ssl.uncertainty.bias.AreaOfApplicability`.
+    """Approximate dissimilarity index over a fitted :class:`~fungi_ssl.uncertainty.aoa.AreaOfApplicability`.
 
     Parameters
     ----------

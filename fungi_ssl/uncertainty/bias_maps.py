@@ -7,7 +7,7 @@ read it:
 
 * ``interval_width``: the width, in rarefied-richness units, of the 90%
   split-conformal interval at each pixel. The interval is ``prediction ± q``
-  on the model's ``log1p`` scale (:class:`fungi_ssl.uncertainty.bias.ConformalRegressor`),
+  on the model's ``log1p`` scale (:class:`fungi_ssl.uncertainty.intervals.ConformalRegressor`),
   its lower end clipped at ``log1p(0) = 0`` because richness is never
   negative, so on the richness scale the width is
   ``expm1(p + q) − expm1(max(p − q, 0))``: wide where the map predicts high
@@ -15,7 +15,7 @@ read it:
 * ``dissimilarity``: the dissimilarity index of Meyer & Pebesma (2021) of
   each pixel in the **map model's own predictor space** (the principal
   components of the 3 × 3 embedding patch, weighted by the regressor's gain
-  importance), from :class:`fungi_ssl.uncertainty.bias.AreaOfApplicability`;
+  importance), from :class:`fungi_ssl.uncertainty.aoa.AreaOfApplicability`;
 * ``aoa``: 1 where that index is at most the threshold learnt from the
   training samples' cross-validated index (inside the area of
   applicability), 0 outside, NaN where the map has no prediction.
@@ -25,7 +25,7 @@ read it:
 :func:`uncertainty_maps` walks a map grid window by window (memory follows the
 window, as in :func:`~fungi_ssl.maps.predict.predict_map`), predicts, measures the
 index with the nearest-neighbour search of
-:class:`~fungi_ssl.uncertainty.bias.AreaOfApplicability` (a blocked matrix product, not a
+:class:`~fungi_ssl.uncertainty.aoa.AreaOfApplicability` (a blocked matrix product, not a
 loop over training samples) and writes the layers; :func:`map_truth_table`
 lines a map up with a truth layer pixel by pixel for the checks of
 :mod:`fungi_ssl.uncertainty.bias`.
@@ -87,7 +87,7 @@ def interval_width(log_pred: Any, quantile: float) -> np.ndarray:
     quantile : float or array_like
         The interval's half-width ``q`` (log units, ≥ 0): one for every pixel
         (a split-conformal quantile) or one per pixel (``q · σ̂(x)`` of
-        :class:`fungi_ssl.uncertainty.bias.AdaptiveConformal`; NaN where unknown).
+        :class:`fungi_ssl.uncertainty.intervals.AdaptiveConformal`; NaN where unknown).
 
     Returns
     -------
@@ -122,7 +122,7 @@ def map_aoa(
 
     The map model sees a pixel through the principal components of its
     3 × 3 embedding patch; those, weighted by the regressor's gain importance
-    (:func:`fungi_ssl.uncertainty.bias.importance_weights`), are the space the
+    (:func:`fungi_ssl.uncertainty.aoa.importance_weights`), are the space the
     dissimilarity index is measured in. The threshold comes from the
     training samples' index under ``folds`` (pass the spatial blocks the
     model was validated with: with random folds, cores of one site sit on
@@ -189,7 +189,7 @@ def adaptive_features(log_pred: Any, dissimilarity: Any) -> np.ndarray:
 
     The same two numbers at a calibration sample (its held-out prediction and
     its dissimilarity index to its fold's training part) and at a map pixel
-    (the map and the pixel's index), so :class:`fungi_ssl.uncertainty.bias.AdaptiveConformal`
+    (the map and the pixel's index), so :class:`fungi_ssl.uncertainty.intervals.AdaptiveConformal`
     learns ``σ̂`` at the samples and applies it over the map.
 
     Examples
@@ -442,15 +442,15 @@ def uncertainty_maps(
     model : MapModel
         The fitted map model.
     source : path, Dataset or mapping
-        Embeddings, as :func:`fungi_ssl.maps.predict.open_embedding_source` takes them.
+        Embeddings, as :func:`fungi_ssl.maps.sources.open_embedding_source` takes them.
     year : int
     bbox : (xmin, ymin, xmax, ymax), optional
-        As :func:`fungi_ssl.maps.predict.open_embedding_source` (default: the whole store).
+        As :func:`fungi_ssl.maps.sources.open_embedding_source` (default: the whole store).
     aoa : AreaOfApplicability
         From :func:`map_aoa` (components ``pc00`` …).
     quantile : float, optional
         The split-conformal ``q`` of the interval (log units), e.g.
-        :attr:`fungi_ssl.uncertainty.bias.ConformalRegressor.quantile_`: the same
+        :attr:`fungi_ssl.uncertainty.intervals.ConformalRegressor.quantile_`: the same
         half-width at every pixel.
     conformal : AdaptiveConformal, optional
         A locally adaptive interval instead: half-width ``q · σ̂(x)`` with
@@ -507,7 +507,8 @@ def uncertainty_maps(
     >>> sorted(run.maps.data_vars), run.maps["aoa"].shape
     (['aoa', 'dissimilarity', 'interval_width', 'log_richness', 'lower', 'upper'], (20, 30))
     """
-    from fungi_ssl.maps.predict import open_embedding_source, open_map
+    from fungi_ssl.maps.sources import open_embedding_source
+    from fungi_ssl.maps.outputs import open_map
 
     if (quantile is None) == (conformal is None):
         raise ValueError("give the interval as either quantile (one half-width) or conformal "

@@ -499,7 +499,7 @@ def cached_conformal(
 ) -> pd.DataFrame:
     """Held-out split-conformal intervals on ``held``'s rows, random and spatial, cached.
 
-    :func:`fungi_ssl.uncertainty.bias.conformal_holdout` with ``held``'s model and set,
+    :func:`fungi_ssl.uncertainty.intervals.conformal_holdout` with ``held``'s model and set,
     once per calibration: ``"matched"`` (random calibration rows for random
     test parts, whole 50 km blocks for spatial folds) and ``"random"``
     (random calibration rows for the spatial folds too: the naive practice,
@@ -515,14 +515,14 @@ def cached_conformal(
         Random splits (seeds ``seed …``).
     calibrations : sequence of {"matched", "random", "site", "block"}
     seed, block_size_m, n_splits, confidence, n_jobs, progress
-        As :func:`fungi_ssl.uncertainty.bias.conformal_holdout`.
+        As :func:`fungi_ssl.uncertainty.intervals.conformal_holdout`.
     root : path, optional
         Cache root.
 
     Returns
     -------
     pandas.DataFrame
-        :func:`fungi_ssl.uncertainty.bias.conformal_holdout` rows of every calibration,
+        :func:`fungi_ssl.uncertainty.intervals.conformal_holdout` rows of every calibration,
         with ``calibration`` (the kind used) and ``requested`` (the name asked for).
     """
     from fungi_ssl.core import cache

@@ -2,7 +2,7 @@
 
 Measures, in one run on the same machine (issue 20, item 3):
 
-1. **encoder**: pixels/s of :func:`fungi_ssl.embeddings.encoder.embed_pixels` on
+1. **encoder**: pixels/s of :func:`fungi_ssl.embeddings.inference.embed_pixels` on
    synthetic pixels held in memory (the default encoder, fp32, batches of
    8,192), as ``bench_encoder.py`` measures it;
 2. **simulator**: pixel-years/s of the simulated Sentinel-2/Sentinel-1 series
@@ -103,7 +103,7 @@ def main() -> None:
 
     from fungi_ssl.embeddings import tessera
     from fungi_ssl.embeddings.embed import embed_cube
-    from fungi_ssl.embeddings.encoder import embed_pixels
+    from fungi_ssl.embeddings.inference import embed_pixels
     from fungi_ssl.simulate import SimulatedStudy, Window
 
     reps = 1 if args.quick else args.repeats

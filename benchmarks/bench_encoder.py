@@ -3,7 +3,7 @@
 Measures, on synthetic inputs with the real shapes (73 S2 dates × 10 bands,
 60 S1 dates × 2 bands per pixel-year):
 
-1. inference throughput (pixels/s) of :func:`fungi_ssl.embeddings.encoder.embed_pixels`
+1. inference throughput (pixels/s) of :func:`fungi_ssl.embeddings.inference.embed_pixels`
    at the default size (fp32 and bf16) and at TESSERA v1 size (fewer pixels);
 2. wall time to embed one 256 × 256 tile-year cube (dask-backed, lazily
    generated) through :func:`fungi_ssl.embeddings.embed.embed_cube`;
@@ -41,7 +41,7 @@ T2, T1 = 73, 60
 
 
 def synthetic_pixels(n: int, seed: int = 0):
-    from fungi_ssl.embeddings.encoder import PixelTimeSeries
+    from fungi_ssl.embeddings.pixels import PixelTimeSeries
 
     rng = np.random.default_rng(seed)
     doy2, doy1 = np.arange(T2) * 5 + 1, np.arange(T1) * 6 + 1
@@ -58,7 +58,7 @@ def synthetic_cube(side: int, seed: int = 0, block: int = 64):
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    from fungi_ssl.embeddings.encoder import S1_BANDS, S2_BANDS
+    from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS
 
     rs = da.random.RandomState(seed)
     c2, c1 = (T2, 10, block, block), (T1, 2, block, block)
@@ -92,7 +92,7 @@ def default_model(config=None):
 
 
 def throughput(config, n: int, repeats: int, bf16: bool, batch_size: int) -> dict:
-    from fungi_ssl.embeddings.encoder import embed_pixels
+    from fungi_ssl.embeddings.inference import embed_pixels
 
     model = default_model(config)
     px = synthetic_pixels(n)

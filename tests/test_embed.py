@@ -17,17 +17,9 @@ from fungi_ssl.embeddings.embed import (
     patch_features_frame,
     raster_patches,
 )
-from fungi_ssl.embeddings.encoder import (
-    S1_BANDS,
-    S2_BANDS,
-    EncoderConfig,
-    PixelTimeSeries,
-    TesseraEncoder,
-    TrainedEncoder,
-    dequantise,
-    embed_pixels,
-    quantise,
-)
+from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS, PixelTimeSeries
+from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder, dequantise
+from fungi_ssl.embeddings.inference import embed_pixels, quantise
 
 # the fixture cube has one no-data pixel on purpose; its warning is asserted once below
 pytestmark = pytest.mark.filterwarnings("ignore:embed_cube.*no valid")

@@ -8,22 +8,21 @@ import rioxarray  # noqa: F401
 import torch
 import xarray as xr
 
-from fungi_ssl.embeddings.encoder import (
+from fungi_ssl.embeddings.pixels import (
     S1_BANDS,
     S2_BANDS,
     BandNormaliser,
-    EncoderConfig,
     PixelTimeSeries,
+    sample_timesteps,
+)
+from fungi_ssl.embeddings.encoder import (
+    EncoderConfig,
     TesseraEncoder,
     barlow_twins_loss,
     dequantise,
-    embed_pixels,
-    load_encoder,
     pretrain,
-    quantise,
-    sample_timesteps,
-    save_encoder,
 )
+from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
 
 TINY = EncoderConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_timesteps=8,
                      projector_dims=(64, 64))

@@ -126,7 +126,7 @@ def test_reference_is_package_data(tmp_path):
     from pathlib import Path
 
     # build from a copy, so that no build/ folder appears in the working tree
-    root = Path(realism.__file__).resolve().parent.parent
+    root = Path(realism.__file__).resolve().parent.parent.parent
     src = tmp_path / "src"
     shutil.copytree(root / "fungi_ssl", src / "fungi_ssl",
                     ignore=shutil.ignore_patterns("__pycache__"))

@@ -43,17 +43,9 @@ from tqdm import tqdm
 
 from fungi_ssl.core import cache
 from fungi_ssl.data import coordinates
-from fungi_ssl.embeddings.encoder import (
-    EncoderConfig,
-    PixelTimeSeries,
-    TrainedEncoder,
-    check_cube,
-    embed_pixels,
-    load_encoder,
-    pretrain,
-    quantise,
-    save_encoder,
-)
+from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder, pretrain
+from fungi_ssl.embeddings.pixels import PixelTimeSeries, check_cube
+from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
 from fungi_ssl.embeddings.tessera import dequantise
 
 __all__ = [
@@ -204,7 +196,7 @@ def embed_cube(
 
     Each ``chunk × chunk`` window of the cube is loaded (dask ``.compute()``;
     the next window loads in a background thread while this one is embedded),
-    embedded with :func:`fungi_ssl.embeddings.encoder.embed_pixels` (timestep draws keyed
+    embedded with :func:`fungi_ssl.embeddings.inference.embed_pixels` (timestep draws keyed
     by each pixel's global index, so results do not depend on ``chunk``),
     quantised to int8 plus scale and written to its region of the store. After
     each window the completed-chunks record is updated, so re-running on an
@@ -227,7 +219,7 @@ def embed_cube(
         Replace a store made with other parameters instead of raising.
     n_draws : int
         Timestep draws averaged per pixel (see
-        :func:`fungi_ssl.embeddings.encoder.embed_pixels`); recorded in the store.
+        :func:`fungi_ssl.embeddings.inference.embed_pixels`); recorded in the store.
     n_threads : int, optional
         Torch threads of the encoder (default :func:`fungi_ssl.embeddings.encoder.torch_threads`'s).
         One thread avoids two threads waiting on each other on a loaded machine.

@@ -47,13 +47,9 @@ import pandas as pd
 from fungi_ssl.core import config
 from fungi_ssl.core.cache import cache_dir
 from fungi_ssl.embeddings.embed import cached_pretrain, patch_features_frame
-from fungi_ssl.embeddings.encoder import (
-    EncoderConfig,
-    PixelTimeSeries,
-    TrainedEncoder,
-    embed_pixels,
-    quantise,
-)
+from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder
+from fungi_ssl.embeddings.pixels import PixelTimeSeries
+from fungi_ssl.embeddings.inference import embed_pixels, quantise
 from fungi_ssl.embeddings.tessera import dequantise
 from fungi_ssl.simulate.field_data import FieldData, open_field_data, simulator_fingerprint
 
@@ -83,7 +79,7 @@ __all__ = [
 TARGET = "log_richness"
 
 #: Timestep draws averaged per pixel embedding in the SSL patch features
-#: (:func:`fungi_ssl.embeddings.encoder.embed_pixels`). One: ``benchmarks/bench_embedding_draws.py``
+#: (:func:`fungi_ssl.embeddings.inference.embed_pixels`). One: ``benchmarks/bench_embedding_draws.py``
 #: found (quick profile, simulator 4) that a draw moves an embedding about as far as
 #: the step to a neighbouring pixel, but a refitted ssl model scores the same whatever
 #: the draw (test R² SD 0.003 between draws) and averaging 4 draws did not raise it;
@@ -92,7 +88,7 @@ TARGET = "log_richness"
 #: the embedding time).
 SSL_DRAWS = 1
 
-#: Fields of :class:`fungi_ssl.embeddings.encoder.PixelTimeSeries` in the simulator's arrays.
+#: Fields of :class:`fungi_ssl.embeddings.pixels.PixelTimeSeries` in the simulator's arrays.
 _SERIES_FIELDS = ("s2", "s2_valid", "s2_doy", "s1", "s1_valid", "s1_doy")
 
 

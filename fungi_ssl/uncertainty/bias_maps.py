@@ -325,7 +325,7 @@ def cached_map_aoa(model: MapModel, frame: pd.DataFrame, folds: Any, *, n_jobs: 
     h.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
     h.update(importance_weights(model.regressor_).to_numpy(float).tobytes())
     params = {"model": model.fingerprint, "settings": repr(sorted(model.settings.items())),
-              "rows": h.hexdigest(), "layout": 1}
+              "rows": h.hexdigest(), "layout": 2}  # 2: pickles fungi_ssl.uncertainty.aoa (issue 19)
     path = cache.cache_dir("map_aoa", params, root=Path(root) if root is not None else None
                            ) / "aoa.joblib"
     if path.exists():

@@ -21,7 +21,7 @@ Measures, in one run on the same machine (issue 20, item 3):
    simulated in a background thread while the encoder embeds this one;
 4. **tile embedding**: pixels/s of a 256 × 256 tile-year cube in memory
    embedded by ``embed_cube`` (128-pixel windows) and written in geotessera's
-   layout by :func:`fungi_ssl.embeddings.tessera.write_tile`.
+   layout by :func:`fungi_ssl.embeddings.tessera_write.write_tile`.
 
 Every speed is the best of ``--repeats`` wall-clock runs after one untimed
 warm-up (the site patches: one run) and is also given per CPU-second of this

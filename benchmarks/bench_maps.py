@@ -237,7 +237,7 @@ TILE_CELL = (-1.45, 52.05)
 
 def make_tile(root: Path, seed: int = 7) -> tuple[float, float, float, float]:
     """One synthetic TESSERA tile in geotessera's layout; returns its cell's lon/lat bbox."""
-    from fungi_ssl.embeddings.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     lon, lat = TILE_CELL
     g = tile_grid(lon, lat)

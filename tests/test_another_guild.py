@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl.embeddings import tessera
+from fungi_ssl.embeddings import tessera_patches
 from fungi_ssl.region import workflow as region
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def make_am_directory(root: Path) -> Path:
     lat = np.repeat(rng.uniform(BBOX[1] + 2e-4, BBOX[3] - 2e-4, n_sites), 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(root / "tessera", YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(root / "tessera", YEAR, lon, lat, k=3, progress=False).values
     centre = p[:, 1, 1, :]
     z = (centre - centre.mean(0)) @ np.linalg.svd(centre - centre.mean(0), full_matrices=False)[2][0]
     z = (z - z.mean()) / z.std()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
 from fungi_ssl.uncertainty.aoa import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
 
 
 @pytest.fixture(scope="module")

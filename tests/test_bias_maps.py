@@ -12,7 +12,6 @@ from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.maps.predict import predict_map
 from fungi_ssl.maps.sources import write_embedding_store
 from fungi_ssl.uncertainty.aoa import AreaOfApplicability
-from fungi_ssl.uncertainty.intervals import conformal_quantile
 from fungi_ssl.uncertainty.bias_maps import (
     interval_width,
     map_aoa,
@@ -21,6 +20,7 @@ from fungi_ssl.uncertainty.bias_maps import (
     window_scores,
 )
 from fungi_ssl.uncertainty.heldout import chapter04_heldout
+from fungi_ssl.uncertainty.intervals import conformal_quantile
 from fungi_ssl.validation.comparison import table1
 from fungi_ssl.validation.models import evaluate_random_splits, regression_metrics
 
@@ -336,8 +336,8 @@ def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, 
 
 
 def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
-    from fungi_ssl.uncertainty.intervals import coverage_table
     from fungi_ssl.uncertainty.heldout import cached_conformal, cached_heldout
+    from fungi_ssl.uncertainty.intervals import coverage_table
 
     h = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
     iv = cached_conformal(h, "y", n_seeds=2, root=tmp_path, progress=False)
@@ -400,8 +400,8 @@ def test_uncertainty_maps_computes_only_the_layers_asked_for():
 
 def test_adaptive_interval_layers_follow_sigma(region):
     """With an AdaptiveConformal the half-width is q·σ̂(prediction, DI) at every pixel."""
-    from fungi_ssl.uncertainty.intervals import AdaptiveConformal
     from fungi_ssl.uncertainty.bias_maps import adaptive_features
+    from fungi_ssl.uncertainty.intervals import AdaptiveConformal
 
     store, model, frame, folds, _ = region
     aoa = map_aoa(model, frame, folds, n_jobs=1)

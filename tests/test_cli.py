@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from fungi_ssl import cli
 from fungi_ssl.data import download  # noqa: F401
 from fungi_ssl.data.coordinates import crs_to_lonlat
-from fungi_ssl.embeddings import tessera
+from fungi_ssl.embeddings import tessera, tessera_write
 from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.predictors import tables as predictors
 from fungi_ssl.trends import polygons as trends
@@ -62,7 +62,7 @@ class Region:
 
     def __init__(self, root: Path) -> None:
         rng = np.random.default_rng(0)
-        grid = tessera.tile_grid(LON, LAT)
+        grid = tessera_write.tile_grid(LON, LAT)
         self.x0 = grid.transform.c + 2000.0
         self.y0 = grid.transform.f - 3000.0
         self.transform = Affine(10, 0, self.x0, 0, -10, self.y0)
@@ -75,7 +75,7 @@ class Region:
             e[:, : W // 2, 0] += DRIFT * i
             e = np.clip(np.round(e), -127, 127).astype(np.int8)
             self.emb[year] = e
-            tessera.write_tile(
+            tessera_write.write_tile(
                 self.tiles,
                 year,
                 LON,

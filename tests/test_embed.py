@@ -17,9 +17,9 @@ from fungi_ssl.embeddings.embed import (
     patch_features_frame,
     raster_patches,
 )
-from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS, PixelTimeSeries
 from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder, dequantise
 from fungi_ssl.embeddings.inference import embed_pixels, quantise
+from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS, PixelTimeSeries
 
 # the fixture cube has one no-data pixel on purpose; its warning is asserted once below
 pytestmark = pytest.mark.filterwarnings("ignore:embed_cube.*no valid")
@@ -175,17 +175,17 @@ def test_patch_sampling_at_lonlat(tmp_path, trained):
 def test_raster_patches_match_tessera_patches_on_one_tile(tmp_path):
     """One concept, two sources: a single raster and a tile directory give the same patches."""
     from fungi_ssl.data.coordinates import lonlat_to_crs
-    from fungi_ssl.embeddings import tessera
+    from fungi_ssl.embeddings import tessera, tessera_patches, tessera_write
 
     rng = np.random.default_rng(4)
-    grid = tessera.tile_grid(0.15, 52.05)
+    grid = tessera_write.tile_grid(0.15, 52.05)
     emb = rng.integers(-127, 128, (grid.height, grid.width, 8), dtype=np.int8)
     scale = rng.uniform(0.01, 0.1, (grid.height, grid.width)).astype(np.float32)
-    tessera.write_tile(tmp_path, 2024, 0.15, 52.05, emb, scale)
+    tessera_write.write_tile(tmp_path, 2024, 0.15, 52.05, emb, scale)
     lon = np.array([0.12, 0.17, 0.141])
     lat = np.array([52.02, 52.07, 52.09])
     a = raster_patches(tessera.open_tile(tmp_path, 2024, 0.15, 52.05), longitude=lon, latitude=lat)
-    b = tessera.sample_patches(tmp_path, 2024, lon, lat, progress=False)
+    b = tessera_patches.sample_patches(tmp_path, 2024, lon, lat, progress=False)
     assert a.dims == b.dims and a.shape == b.shape == (3, 3, 3, 8)
     np.testing.assert_array_equal(a.values, b.values)
     x, y = lonlat_to_crs(lon, lat, grid.epsg)

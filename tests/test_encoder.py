@@ -8,13 +8,6 @@ import rioxarray  # noqa: F401
 import torch
 import xarray as xr
 
-from fungi_ssl.embeddings.pixels import (
-    S1_BANDS,
-    S2_BANDS,
-    BandNormaliser,
-    PixelTimeSeries,
-    sample_timesteps,
-)
 from fungi_ssl.embeddings.encoder import (
     EncoderConfig,
     TesseraEncoder,
@@ -23,6 +16,13 @@ from fungi_ssl.embeddings.encoder import (
     pretrain,
 )
 from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
+from fungi_ssl.embeddings.pixels import (
+    S1_BANDS,
+    S2_BANDS,
+    BandNormaliser,
+    PixelTimeSeries,
+    sample_timesteps,
+)
 
 TINY = EncoderConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_timesteps=8,
                      projector_dims=(64, 64))

@@ -304,8 +304,8 @@ def test_encoder_signature_of_a_trained_encoder_matches_its_store(tmp_path):
     import xarray as xr
 
     from fungi_ssl.embeddings.embed import embed_cube, open_embeddings
-    from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS
     from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS
 
     rng = np.random.default_rng(0)
     cube = xr.Dataset(

@@ -13,8 +13,8 @@ from affine import Affine
 
 from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
 from fungi_ssl.maps.mapmodel import MapModel
-from fungi_ssl.maps.predict import SCHEDULER_ENV, predict_map
 from fungi_ssl.maps.outputs import aggregate_map, open_map
+from fungi_ssl.maps.predict import SCHEDULER_ENV, predict_map
 from fungi_ssl.maps.sources import open_embedding_source, write_embedding_store
 
 DIM = 16
@@ -247,7 +247,7 @@ def test_dask_scheduler_and_worker_processes_give_the_same_map(stores, model, re
 
     from fungi_ssl.core.cluster import loopback_cluster
     from fungi_ssl.data.coordinates import crs_to_lonlat
-    from fungi_ssl.embeddings.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     root, _ = stores
     tiles = tmp_path / "tiles"
@@ -395,7 +395,7 @@ def test_aggregate_a_cog_lazily(stores, model, tmp_path):
 # ----------------------------------------------------------------- TESSERA tiles
 def test_tessera_tiles_map_like_a_store(tmp_path, model):
     from fungi_ssl.data.coordinates import crs_to_lonlat
-    from fungi_ssl.embeddings.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     root = tmp_path / "tiles"
     ga, gb = tile_grid(0.15, 52.05), tile_grid(0.25, 52.05)
@@ -481,7 +481,7 @@ def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
 def test_a_bbox_across_two_utm_zones_is_refused_with_where_to_split(tmp_path):
     """Cells west of 0° lie in UTM zone 30, east of it in 31: a box over both is refused in one
     line naming the longitude to split at, not mapped with one zone resampled onto the other."""
-    from fungi_ssl.embeddings.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
     from fungi_ssl.maps.sources import open_embedding_source
 
     for lon in (-0.05, 0.05):

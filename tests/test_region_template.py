@@ -23,7 +23,7 @@ from pyproj import Transformer
 
 from fungi_ssl import cli
 from fungi_ssl.data import download  # noqa: F401  (pooch's logger: see test_cli)
-from fungi_ssl.embeddings import tessera
+from fungi_ssl.embeddings import tessera, tessera_patches
 from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.region import workflow as region
 
@@ -82,11 +82,11 @@ def test_simulated_tiles_are_in_geotessera_layout(tiles, trained):
 
 
 def test_patches_read_back_equal_the_encoder_output(tiles, trained):
-    """Patches at points inside the box, through tessera.sample_patches, are complete and
+    """Patches at points inside the box, through tessera_patches.sample_patches, are complete and
     equal to the tiles' int8 × scale values."""
     lon = np.linspace(BBOX[0] + 3e-4, BBOX[2] - 3e-4, 7)
     lat = np.full(7, (BBOX[1] + BBOX[3]) / 2)
-    p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+    p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     assert np.isfinite(p).all()
     # points on both sides of the cell edge read their own tile
     name = tessera.tile_name(lon[0], lat[0])
@@ -105,7 +105,7 @@ def model_file(tiles, tmp_path_factory):
     lat = rng.uniform(BBOX[1], BBOX[3], 300)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     X = p.reshape(len(p), -1)
     y = np.expm1(3 + 0.5 * np.nan_to_num(X[:, 4 * 128]))
     m = MapModel("ridge", n_components=8).fit(X, y, encoder=tiles.encoder, embedding_dim=128)
@@ -147,7 +147,7 @@ def test_area_of_applicability_lines_up_with_the_map(tiles, model_file, tmp_path
     lat = rng.uniform(BBOX[1], BBOX[3], 200)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     a = region.area_of_applicability(m, p.reshape(200, -1), np.arange(200) // 4, tiles.root, YEAR,
                                      BBOX, out=tmp_path / "aoa.tif", rows_per_block=7,
                                      progress=False)

@@ -44,8 +44,8 @@ from tqdm import tqdm
 from fungi_ssl.core import cache
 from fungi_ssl.data import coordinates
 from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder, pretrain
-from fungi_ssl.embeddings.pixels import PixelTimeSeries, check_cube
 from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
+from fungi_ssl.embeddings.pixels import PixelTimeSeries, check_cube
 from fungi_ssl.embeddings.tessera import dequantise
 
 __all__ = [
@@ -435,7 +435,7 @@ def raster_patches(
     The raster is any Dataset with ``embedding (y, x, dim)`` int8 and
     ``scale (y, x)``: an embedding store (:func:`open_embeddings`) or one
     TESSERA tile (:func:`fungi_ssl.embeddings.tessera.open_tile`). For points spread over
-    a directory of TESSERA tiles use :func:`fungi_ssl.embeddings.tessera.sample_patches`,
+    a directory of TESSERA tiles use :func:`fungi_ssl.embeddings.tessera_patches.sample_patches`,
     which returns patches in the same layout.
 
     Points are given in the raster CRS (``x``, ``y``) or as WGS84
@@ -539,7 +539,7 @@ def patch_features_frame(patches: np.ndarray | xr.DataArray, sample_ids: Sequenc
     """Flatten ``(n, k, k, dim)`` patches to ``ssl_0000 …`` columns (row, col, dim order).
 
     ``patches`` is the output of :func:`raster_patches` or
-    :func:`fungi_ssl.embeddings.tessera.sample_patches` (a ``(sample, row, col, dim)``
+    :func:`fungi_ssl.embeddings.tessera_patches.sample_patches` (a ``(sample, row, col, dim)``
     DataArray), or the same values as a numpy array.
 
     Examples

@@ -48,8 +48,8 @@ from fungi_ssl.core import config
 from fungi_ssl.core.cache import cache_dir
 from fungi_ssl.embeddings.embed import cached_pretrain, patch_features_frame
 from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder
-from fungi_ssl.embeddings.pixels import PixelTimeSeries
 from fungi_ssl.embeddings.inference import embed_pixels, quantise
+from fungi_ssl.embeddings.pixels import PixelTimeSeries
 from fungi_ssl.embeddings.tessera import dequantise
 from fungi_ssl.simulate.field_data import FieldData, open_field_data, simulator_fingerprint
 
@@ -224,7 +224,7 @@ def ssl_patch_features(
         valid observation are NaN (``attrs["n_nan_pixels"]`` counts pixels).
     """
     if not field.is_simulated:
-        raise ValueError("ssl_patch_features: use fungi_ssl.embeddings.tessera.sample_patches for real data")
+        raise ValueError("ssl_patch_features: use fungi_ssl.embeddings.tessera_patches.sample_patches for real data")
     if k < 1 or k % 2 == 0:
         raise ValueError(f"ssl_patch_features: k must be a positive odd patch size, got {k}")
     params = {**_study_params(field), "encoder": trained.meta, "encoder_config":
@@ -408,9 +408,9 @@ def held_years(embeddings: str | os.PathLike) -> dict[int, Path]:
     --------
     >>> import tempfile
     >>> from affine import Affine
-    >>> from fungi_ssl import tessera
+    >>> from fungi_ssl.embeddings import tessera_write
     >>> root = tempfile.mkdtemp()
-    >>> _ = tessera.write_tile(root, 2021, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
+    >>> _ = tessera_write.write_tile(root, 2021, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
     ...                        np.ones((3, 3), np.float32),
     ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
     >>> list(held_years(root))
@@ -480,7 +480,7 @@ def embedding_patches(
     (:func:`fungi_ssl.region.workflow.fit_from_samples`) and chapters 03–05
     (:func:`predictor_table` on real data) all call it, so one table gives
     the same patches everywhere. Tiles are read by
-    :func:`fungi_ssl.embeddings.tessera.sample_patches`, Zarr stores by
+    :func:`fungi_ssl.embeddings.tessera_patches.sample_patches`, Zarr stores by
     :func:`fungi_ssl.embeddings.embed.raster_patches`; the year is
     :func:`embedding_years`'s rule.
 
@@ -537,9 +537,9 @@ def embedding_patches(
             p = raster_patches(ds, longitude=lon[rows], latitude=lat[rows], k=k)
             encoders[int(y)] = _store_encoder(ds, src)
         else:
-            from fungi_ssl.embeddings import tessera
+            from fungi_ssl.embeddings import tessera, tessera_patches
 
-            p = tessera.sample_patches(src, int(y), lon[rows], lat[rows], k=k, progress=progress)
+            p = tessera_patches.sample_patches(src, int(y), lon[rows], lat[rows], k=k, progress=progress)
             # one download, one signature (its tessera_metadata.json); said once, not per year
             encoders[int(y)] = tessera.embeddings_signature(src, warn=not encoders)
         parts[int(y)] = (rows, np.asarray(p.transpose("sample", "row", "col", "dim").values))

@@ -9,7 +9,7 @@ the story:
 * :func:`write_simulated_tiles` makes the default input: the simulated study
   over a bounding box, embedded by the book's own encoder (chapter 02),
   quantised as TESSERA quantises (int8 plus a per-pixel scale) and written in
-  **geotessera's tile layout** with :func:`fungi_ssl.embeddings.tessera.write_tile`, one
+  **geotessera's tile layout** with :func:`fungi_ssl.embeddings.tessera_write.write_tile`, one
   raster per 0.1° cell the box touches, each in the UTM zone of its cell. So
   the map is read back by the same reader as real tiles. The download's
   ``tessera_metadata.json`` names the encoder (``dataset_version =
@@ -49,7 +49,7 @@ import pandas as pd
 
 from fungi_ssl.core.cache import cache_dir
 from fungi_ssl.data.coordinates import lonlat_to_crs, utm_epsg
-from fungi_ssl.embeddings import tessera
+from fungi_ssl.embeddings import tessera, tessera_write
 
 __all__ = [
     "AOARun",
@@ -216,7 +216,7 @@ def write_simulated_tiles(
     Sentinel-1/2 cube over the part of the box in that cell (plus
     :data:`TILE_MARGIN_PX` pixels) is embedded with ``trained``
     (:func:`fungi_ssl.embeddings.embed.embed_cube`: int8 plus per-pixel scale, as TESSERA
-    stores them) and written with :func:`fungi_ssl.embeddings.tessera.write_tile` in the
+    stores them) and written with :func:`fungi_ssl.embeddings.tessera_write.write_tile` in the
     cell centre's UTM zone, on the simulator's 10 m grid. ``root`` then reads
     back through :mod:`fungi_ssl.embeddings.tessera` and :func:`fungi_ssl.maps.predict.predict_map`
     like a geotessera download.
@@ -286,7 +286,7 @@ def write_simulated_tiles(
         from affine import Affine
 
         transform = Affine(10.0, 0.0, win.col0 * 10.0, 0.0, -10.0, -win.row0 * 10.0)
-        tessera.write_tile(root, year, c_lon, c_lat, emb, scale, crs=win.epsg,
+        tessera_write.write_tile(root, year, c_lon, c_lat, emb, scale, crs=win.epsg,
                            transform=transform, overwrite=True)
         names.append(win.name)
         n_pixels += emb.shape[0] * emb.shape[1]
@@ -922,9 +922,9 @@ def held_map_years(embeddings: str | Path, years: Sequence[int]) -> tuple[list[i
     --------
     >>> import tempfile
     >>> from affine import Affine
-    >>> from fungi_ssl import tessera
+    >>> from fungi_ssl.embeddings import tessera_write
     >>> root = tempfile.mkdtemp()
-    >>> _ = tessera.write_tile(root, 2018, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
+    >>> _ = tessera_write.write_tile(root, 2018, 0.15, 52.05, np.zeros((3, 3, 8), np.int8),
     ...                        np.ones((3, 3), np.float32),
     ...                        transform=Affine(10, 0, 303_000, 0, -10, 5_772_000))
     >>> held_map_years(root, [2018, 2024])

@@ -48,8 +48,8 @@ import xarray as xr
 from tqdm import tqdm
 
 from fungi_ssl.maps.mapmodel import MapModel
-from fungi_ssl.uncertainty.intervals import DEFAULT_CONFIDENCE, AdaptiveConformal
 from fungi_ssl.uncertainty.aoa import AreaOfApplicability, importance_weights
+from fungi_ssl.uncertainty.intervals import DEFAULT_CONFIDENCE, AdaptiveConformal
 
 __all__ = [
     "LAYERS",
@@ -507,8 +507,8 @@ def uncertainty_maps(
     >>> sorted(run.maps.data_vars), run.maps["aoa"].shape
     (['aoa', 'dissimilarity', 'interval_width', 'log_richness', 'lower', 'upper'], (20, 30))
     """
-    from fungi_ssl.maps.sources import open_embedding_source
     from fungi_ssl.maps.outputs import open_map
+    from fungi_ssl.maps.sources import open_embedding_source
 
     if (quantile is None) == (conformal is None):
         raise ValueError("give the interval as either quantile (one half-width) or conformal "

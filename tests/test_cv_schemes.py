@@ -11,6 +11,7 @@ import pytest
 from fungi_ssl.core.results import read_results, write_results
 from fungi_ssl.data.coordinates import nearest_distance_m
 from fungi_ssl.validation import cv_schemes as cs
+from fungi_ssl.validation import cv_schemes_results as csr
 
 
 def _plots(n_sites: int, cores: int, seed: int = 0) -> pd.DataFrame:
@@ -221,8 +222,8 @@ def test_compare_all_four_schemes_and_the_chapter_json(tmp_path):
     assert res.schemes == list(cs.SCHEMES)
     assert list(res.r2_table().columns) == list(cs.SCHEMES)
     assert res.knndm is not None and np.array_equal(res.test_train_m["knndm"], res.knndm.gjstar)
-    out = cs.chapter_results(res, "ridge", "all", n_splits=3)
-    for key in cs.HEADLINE_KEYS:
+    out = csr.chapter_results(res, "ridge", "all", n_splits=3)
+    for key in csr.HEADLINE_KEYS:
         assert key in out
     assert out["n_samples"] == 150 and out["n_sites"] == 50 and out["skipped"] is None
     assert out["r2_knndm"] == pytest.approx(res.r2("ridge", "all")["knndm"])
@@ -276,9 +277,9 @@ def test_chapter_inputs_and_skipped_results(tmp_path):
     assert "ECM" not in only_samples.guild_skip_reason("AM")
     with pytest.raises(FileNotFoundError, match="not found"):
         cs.chapter_inputs(tmp_path / "missing")
-    out = cs.skipped_results(none.skip_reason, tables={})
+    out = csr.skipped_results(none.skip_reason, tables={})
     assert out["skipped"] == none.skip_reason
-    assert all(out[k] is None for k in cs.HEADLINE_KEYS)
+    assert all(out[k] is None for k in csr.HEADLINE_KEYS)
     json.dumps(out)  # plain JSON
 
 

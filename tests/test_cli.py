@@ -1,4 +1,4 @@
-"""Tests for the ``fungi-ssl`` command (fungi_ssl/cli.py).
+"""Tests for the ``fungi-ssl`` command (fungi_ssl/cli/).
 
 A tiny region is written in geotessera's tile layout: one 0.1° cell
 (``grid_0.15_52.05``), a 200 × 200 pixel raster of 8-dimensional embeddings for

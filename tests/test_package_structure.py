@@ -30,7 +30,7 @@ STAGES = (
     "trends",  # polygon trends, trend maps
     "region",  # the whole pipeline on a user's region
     "book",  # the notebook runner
-    "cli",  # the fungi-ssl command
+    "cli",  # the fungi-ssl command, one module per subcommand
 )
 
 #: Import edges allowed despite the rules, each with its reason.
@@ -107,10 +107,10 @@ def test_every_module_is_in_a_stage():
     assert loose == []
     unknown = [m for m in MODULES if m.count(".") >= 1 and m.split(".")[1] not in STAGES]
     assert unknown == []
-    assert all((PACKAGE / s / "__init__.py").is_file() for s in STAGES if s != "cli")
+    assert all((PACKAGE / s / "__init__.py").is_file() for s in STAGES)
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s not in ("cli", "simulate")])
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "simulate"])
 def test_stage_docstring_says_what_it_holds_and_may_import(stage):
     doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text()))
     assert doc and "Holds" in doc and "May import" in doc, stage
@@ -197,4 +197,7 @@ def test_no_module_over_1000_lines():
 
 
 def test_cli_is_thin():
-    assert _lines("fungi_ssl.cli") <= MAX_CLI_LINES
+    """The command line is options, help and messages: no module of it over 500 lines."""
+    cli = {m: _lines(m) for m in MODULES if m.split(".")[:2] == ["fungi_ssl", "cli"]}
+    assert len(cli) > 1
+    assert {m: n for m, n in cli.items() if n > MAX_CLI_LINES} == {}

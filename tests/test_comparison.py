@@ -1,5 +1,5 @@
 """Tests for fungi_ssl.validation.comparison (chapter 04's Table 1 driver) and the pipelines and
-worker threads it runs on (fungi_ssl.predictors.pipelines, fungi_ssl.core.worker_threads)."""
+worker threads it runs on (fungi_ssl.validation.pipelines, fungi_ssl.core.worker_threads)."""
 
 from __future__ import annotations
 

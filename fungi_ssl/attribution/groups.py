@@ -2,7 +2,7 @@
 
 Two questions about the groups of chapter 04 (``ssl``, ``climate``,
 ``soil``, ``landcover``), asked through the book's pipelines
-(:mod:`fungi_ssl.predictors.pipelines`: SSL patch reduced by PCA in each training fold):
+(:mod:`fungi_ssl.validation.pipelines`: SSL patch reduced by PCA in each training fold):
 
 1. what each group *could* explain, alone and shared with the others:
    :func:`partition_groups` runs the cross-validated commonality analysis of

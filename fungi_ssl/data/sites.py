@@ -61,7 +61,7 @@ def check_coords(
     ValueError
         If the shape is not ``(n, 2)``, a value is NaN or infinite, or a
         longitude/latitude is out of range
-        (:func:`fungi_ssl.coordinates.check_lonlat`).
+        (:func:`fungi_ssl.data.coordinates.check_lonlat`).
 
     Examples
     --------
@@ -121,13 +121,13 @@ def site_groups(
     """Label sites: samples within ``distance_m`` of each other share a label.
 
     This is the package's one definition of a site (the ``site_id`` of
-    ``CONTRIBUTING.md``; :func:`fungi_ssl.io.derive_site_ids` names these
+    ``CONTRIBUTING.md``; :func:`fungi_ssl.data.io.derive_site_ids` names these
     groups). Single linkage: two samples are in one site when a chain of
     samples, each within ``distance_m`` (inclusive) of the next, joins them.
     These are the connected components of the radius graph, so samples at
     equal coordinates are always one site. For lon/lat the distance is the
     geodesic on the WGS84 ellipsoid
-    (:func:`fungi_ssl.coordinates.geodesic_pairs_within`), the same on every
+    (:func:`fungi_ssl.data.coordinates.geodesic_pairs_within`), the same on every
     continent; for metres it is Euclidean.
 
     Parameters

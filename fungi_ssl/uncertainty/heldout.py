@@ -14,10 +14,10 @@ settings** and keeps every test prediction:
 * ``spatial``: K-fold over square blocks (:func:`fungi_ssl.validation.comparison.spatial_splitter`,
   50 km, 5 folds), early stopping on whole sites carved out of each training
   fold (:func:`fungi_ssl.validation.models.evaluate_cv` with ``val_groups=site_id``);
-* the SSL patch reduced to :data:`~fungi_ssl.predictors.pipelines.SSL_COMPONENTS`
+* the SSL patch reduced to :data:`~fungi_ssl.validation.pipelines.SSL_COMPONENTS`
   principal components inside each training part
-  (:class:`~fungi_ssl.predictors.pipelines.MemoPatchReducer`), the book's
-  hyperparameters (:data:`~fungi_ssl.predictors.pipelines.BOOK_MODEL_PARAMS`).
+  (:class:`~fungi_ssl.validation.pipelines.MemoPatchReducer`), the book's
+  hyperparameters (:data:`~fungi_ssl.validation.pipelines.BOOK_MODEL_PARAMS`).
 
 The two protocols are returned in one long table with a ``scheme`` column and
 are never pooled (:mod:`fungi_ssl.uncertainty.bias` keeps them apart everywhere). The
@@ -361,7 +361,7 @@ def store_table1_heldout(
     nothing. The settings are taken from ``results`` (seed, number of seeds,
     the sets whose complete rows were scored, each model's parameters) and
     checked against what :func:`chapter04_heldout` would run: the book's
-    parameters, :data:`~fungi_ssl.predictors.pipelines.SSL_COMPONENTS` components, and
+    parameters, :data:`~fungi_ssl.validation.pipelines.SSL_COMPONENTS` components, and
     spatial folds equal to :func:`~fungi_ssl.validation.comparison.spatial_splitter`'s
     with ``block_size_m`` and ``n_splits``.
 
@@ -564,7 +564,7 @@ def heldout_aoa(
     """The area of applicability of ``held``'s model at its samples, with spatial-fold DI.
 
     The model is fitted on every row (the SSL patch reduced to
-    :data:`~fungi_ssl.predictors.pipelines.SSL_COMPONENTS` components first, LightGBM
+    :data:`~fungi_ssl.validation.pipelines.SSL_COMPONENTS` components first, LightGBM
     and XGBoost stopping early on whole sites); its gain importance weights
     the predictors; the threshold comes from each sample's DI to the training
     part of its own spatial fold (``held.fold``). That DI is how unlike its

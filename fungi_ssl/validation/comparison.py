@@ -11,10 +11,10 @@
 
 The models are the study's random forest, LightGBM and XGBoost, with ridge
 regression as the linear reference, each with the book's hyperparameters
-(:data:`fungi_ssl.predictors.pipelines.BOOK_MODEL_PARAMS`). SSL patch features
+(:data:`fungi_ssl.validation.pipelines.BOOK_MODEL_PARAMS`). SSL patch features
 (``ssl_0000`` … ``ssl_1151``) are reduced by PCA inside each training part,
 once per split for every model and set
-(:class:`fungi_ssl.predictors.pipelines.MemoPatchReducer`), and the runs go to two
+(:class:`fungi_ssl.validation.pipelines.MemoPatchReducer`), and the runs go to two
 worker threads (:mod:`fungi_ssl.core.worker_threads`).
 
 Then, in the order the chapter reads:
@@ -293,7 +293,7 @@ def table1(
         PCA components kept from the SSL patch (fitted in each training part).
     model_params : mapping, optional
         Per-model overrides on top of
-        :data:`fungi_ssl.predictors.pipelines.BOOK_MODEL_PARAMS`, e.g.
+        :data:`fungi_ssl.validation.pipelines.BOOK_MODEL_PARAMS`, e.g.
         ``{"rf": {"n_estimators": 300}}``.
     n_jobs : int
         Worker threads (2: both cores of the book machine). Each set × model

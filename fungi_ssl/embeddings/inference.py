@@ -181,6 +181,7 @@ def quantise(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Examples
     --------
+    >>> from fungi_ssl.embeddings.tessera import dequantise
     >>> import numpy as np
     >>> q, s = quantise(np.array([[0.5, -1.27, 0.0]], np.float32))
     >>> q.tolist(), round(float(s[0]), 4)

@@ -419,6 +419,7 @@ def read_tile(root: str | Path, year: int, lon: float, lat: float) -> TesseraTil
 
     Examples
     --------
+    >>> from fungi_ssl.embeddings.tessera_write import write_tile
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> emb = np.zeros((4, 5, 128), dtype=np.int8)
@@ -461,6 +462,7 @@ def find_tiles(
 
     Examples
     --------
+    >>> from fungi_ssl.embeddings.tessera_write import write_tile
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> for lon in (0.15, 0.25):
@@ -652,6 +654,7 @@ def open_tile(root: str | Path, year: int, lon: float, lat: float) -> xr.Dataset
 
     Examples
     --------
+    >>> from fungi_ssl.embeddings.tessera_write import write_tile
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> emb = np.full((4, 5, 128), 100, dtype=np.int8)

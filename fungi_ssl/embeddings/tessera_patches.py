@@ -195,6 +195,7 @@ def sample_patches(
 
     Examples
     --------
+    >>> from fungi_ssl.embeddings.tessera_write import write_tile
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> emb = np.arange(5 * 5 * 128).reshape(5, 5, 128).astype(np.int8)

@@ -96,7 +96,7 @@ class PrototypeIndex:
 
     Examples
     --------
-    >>> from fungi_ssl.uncertainty.bias import AreaOfApplicability
+    >>> from fungi_ssl.uncertainty.aoa import AreaOfApplicability
     >>> rng = np.random.default_rng(0)
     >>> train = rng.normal(size=(2000, 6))
     >>> aoa = AreaOfApplicability(n_jobs=1).fit(train)

@@ -165,6 +165,7 @@ def plot_r2_by_scheme(
 
     Examples
     --------
+    >>> from fungi_ssl.validation.cv_schemes import compare_cv_schemes
     >>> import matplotlib; matplotlib.use("Agg")
     >>> rng = np.random.default_rng(0)
     >>> t = pd.DataFrame({"longitude": rng.uniform(0, 10, 60), "latitude": rng.uniform(45, 55, 60)})

@@ -483,7 +483,7 @@ def test_trend_results_keys_and_values():
         np.corrcoef(rec["slope"], true["slope"])[0, 1])
     assert r["null_slope_difference_ci"][0] < 0 < r["null_slope_difference_ci"][1]
     assert isinstance(r["slope_difference_ci"], list) and r["confidence"] == 0.9
-    assert trends.DEFAULT_CONFIDENCE == __import__("fungi_ssl.uncertainty.bias").uncertainty.bias.DEFAULT_CONFIDENCE
+    assert trends.DEFAULT_CONFIDENCE == __import__("fungi_ssl.uncertainty.intervals").uncertainty.intervals.DEFAULT_CONFIDENCE
 
 
 # --------------------------------------------------------------------------

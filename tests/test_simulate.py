@@ -501,4 +501,4 @@ def test_truth_module_is_not_part_of_the_cache_key():
     from fungi_ssl.simulate import field_data as study_mod
 
     assert "truth.py" in study_mod._NOT_DRAWING
-    assert (study_mod.Path(study_mod.__file__).parent / "simulate" / "truth.py").exists()
+    assert (study_mod.Path(study_mod.__file__).parent.parent / "simulate" / "truth.py").exists()

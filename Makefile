@@ -2,7 +2,7 @@
 PYTHON_BOOTSTRAP ?= python3.11
 VENV    := .venv
 PY      := $(VENV)/bin/python
-# empty: bookrun's default, fungi_ssl.config.DEFAULT_PROFILE (the one place it is set)
+# empty: bookrun's default, fungi_ssl.core.config.DEFAULT_PROFILE (the one place it is set)
 PROFILE ?=
 DATA    ?=
 SEED    ?= 0
@@ -30,7 +30,7 @@ test:
 book: notebooks html
 
 notebooks:
-	$(PY) -m fungi_ssl.bookrun $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),) $(if $(GUILD),--guild $(GUILD),) $(if $(TARGET),--target $(TARGET),) $(if $(SAMPLES),--samples '$(SAMPLES)',) $(if $(PARAMS),--param '$(PARAMS)',)
+	$(PY) -m fungi_ssl.book.runner $(if $(PROFILE),--profile $(PROFILE),) --seed $(SEED) $(if $(DATA),--data $(DATA),) $(if $(ONLY),--only $(ONLY),) $(if $(GUILD),--guild $(GUILD),) $(if $(TARGET),--target $(TARGET),) $(if $(SAMPLES),--samples '$(SAMPLES)',) $(if $(PARAMS),--param '$(PARAMS)',)
 
 html:
 	$(VENV)/bin/jupyter-book build . --path-output book --warningiserror

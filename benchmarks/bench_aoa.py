@@ -41,7 +41,7 @@ components plus the norm of the rest (3–36 candidates per pixel at the true
 distance) costs more in masking and gathering than the product it saves.
 (OpenBLAS uses its Haswell kernels on this AMD EPYC; AVX-512 is not used.)
 
-The approximate index (``--prototypes``, :class:`fungi_ssl.aoa_index.PrototypeIndex`):
+The approximate index (``--prototypes``, :class:`fungi_ssl.uncertainty.aoa_index.PrototypeIndex`):
 k-means clusters of the distinct training rows, each pixel searched exactly
 in the 8 clusters nearest its own, the triangle inequality deciding where
 that settles the verdict. Measured 2026-12-05 under a load average of about
@@ -74,7 +74,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fungi_ssl.bias import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,10 +101,11 @@ def timed(fn):
 
 def map_path(profile: str, seed: int = 0, n_jobs: int = 2, n_prototypes: int = 0) -> dict:
     """Projection, trees and DI of the book's map model over chapter 06's first region."""
-    from fungi_ssl import bias_maps, resolution
-    from fungi_ssl.comparison import spatial_splitter
-    from fungi_ssl.pipelines import available_sets, complete_rows
-    from fungi_ssl.predictors import predictor_table, pretrained_encoder
+    from fungi_ssl.maps import resolution
+    from fungi_ssl.predictors.tables import predictor_table, pretrained_encoder
+    from fungi_ssl.uncertainty import bias_maps
+    from fungi_ssl.validation.comparison import spatial_splitter
+    from fungi_ssl.validation.pipelines import available_sets, complete_rows
 
     pt = predictor_table("", profile=profile, seed=seed, progress=False)
     data = complete_rows(pt.frame, pt.target, available_sets(pt.frame))
@@ -125,7 +126,7 @@ def map_path(profile: str, seed: int = 0, n_jobs: int = 2, n_prototypes: int = 0
     s = r.seconds
     approx = {}
     if n_prototypes:
-        from fungi_ssl.aoa_index import PrototypeIndex
+        from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
 
         index = PrototypeIndex(aoa, n_prototypes)
         ra = run(index)
@@ -166,8 +167,8 @@ def map_path(profile: str, seed: int = 0, n_jobs: int = 2, n_prototypes: int = 0
 
 
 def approximate(aoa, pixels: np.ndarray, di: np.ndarray, di_cpu: float, counts: str) -> dict:
-    """The prototype index (fungi_ssl.aoa_index) beside the exact DI: speed, verdicts, DI error."""
-    from fungi_ssl.aoa_index import PrototypeIndex
+    """The prototype index (fungi_ssl.uncertainty.aoa_index) beside the exact DI: speed, verdicts, DI error."""
+    from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
 
     exact_in = di <= aoa.threshold_
     out = {}

@@ -1,7 +1,7 @@
 """Maps on a real dask cluster: one and two worker processes on the same region.
 
 Starts ``dask scheduler`` and one, then two, ``dask worker`` processes with
-one thread each on 127.0.0.1 (:func:`fungi_ssl.cluster.loopback_cluster`,
+one thread each on 127.0.0.1 (:func:`fungi_ssl.core.cluster.loopback_cluster`,
 the commands the README gives), and maps the same synthetic region as
 ``bench_maps.py`` (a ``side²`` int8 Zarr store, 128 dimensions, chapter 04's
 early-stopped LightGBM) through each to a Cloud-Optimised GeoTIFF written by
@@ -10,7 +10,7 @@ numba kernel from its cache) so that the timed run is the steady state.
 
 Measured, per cluster size:
 
-* ``px_per_s``: pixels over the wall time of :func:`~fungi_ssl.maps.predict_map`
+* ``px_per_s``: pixels over the wall time of :func:`~fungi_ssl.maps.predict.predict_map`
   (reading on the workers, prediction, results back here, COG writing);
 * ``worker_cpu_s`` and ``px_per_worker_cpu_s``: CPU time of the worker
   processes during the run (their own clocks, via ``client.run``), which a
@@ -86,8 +86,9 @@ def cluster_run(n_workers: int, model, store: Path, out: Path, chunk: int, windo
     """Map the store through a loopback cluster of n one-thread workers."""
     from distributed import Client
 
-    from fungi_ssl.cluster import loopback_cluster
-    from fungi_ssl.maps import open_map, predict_map
+    from fungi_ssl.core.cluster import loopback_cluster
+    from fungi_ssl.maps.outputs import open_map
+    from fungi_ssl.maps.predict import predict_map
 
     with loopback_cluster(n_workers, preload=[str(HERE / "cluster_bytes.py")],
                           timeout=180) as cluster, \
@@ -151,8 +152,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.side % 256:
         ap.error("--side must be a multiple of 256")
-    from fungi_ssl.mapmodel import MapModel
-    from fungi_ssl.maps import predict_map
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.predict import predict_map
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)

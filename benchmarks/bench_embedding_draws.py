@@ -1,7 +1,7 @@
 """How much one random draw of dates moves an embedding and a prediction.
 
 The encoder sees ``T = 16`` dates per sensor, drawn at random from a pixel's
-valid observations (:func:`fungi_ssl.encoder.sample_timesteps`), so each
+valid observations (:func:`fungi_ssl.embeddings.pixels.sample_timesteps`), so each
 embedding is one draw of a random variable. On the simulated study's sites
 (the 3 × 3 patches chapters 03–05 model), this benchmark measures
 
@@ -18,7 +18,7 @@ embedding is one draw of a random variable. On the simulated study's sites
    draws (averages). The spread of a sample's predicted log richness between
    draws (SD) is compared with the residual SD of the model on the test part;
 3. **cost**: embedding time per pixel of
-   :func:`fungi_ssl.encoder.embed_pixels` with ``n_draws = n``.
+   :func:`fungi_ssl.embeddings.inference.embed_pixels` with ``n_draws = n``.
 
 Draws are independent because they use different seeds of the counter-based
 timestep draws. The ``n``-draw averages are formed from disjoint groups of
@@ -64,8 +64,8 @@ def _summary(rel: np.ndarray, cos: np.ndarray) -> dict[str, float]:
 
 
 def _quantised(emb: np.ndarray) -> np.ndarray:
-    from fungi_ssl.encoder import quantise
-    from fungi_ssl.tessera import dequantise
+    from fungi_ssl.embeddings.inference import quantise
+    from fungi_ssl.embeddings.tessera import dequantise
 
     ok = np.isfinite(emb).all(axis=1)
     out = np.full(emb.shape, np.nan, np.float32)
@@ -78,7 +78,7 @@ def single_draws(trained, pixels, n: int, seed: int, threads: int | None) -> lis
     """``n`` independent single-draw float embeddings (draw ``m`` uses seed ``seed + m``)."""
     from tqdm.auto import tqdm
 
-    from fungi_ssl.encoder import embed_pixels
+    from fungi_ssl.embeddings.inference import embed_pixels
 
     out = []
     with warnings.catch_warnings():
@@ -136,10 +136,10 @@ def prediction_spread(field, site_ids: np.ndarray, draws: list[np.ndarray], k: i
     """
     import pandas as pd
 
-    from fungi_ssl.cv import RandomTrainValTest
-    from fungi_ssl.embed import patch_features_frame
-    from fungi_ssl.features import PatchReducer
-    from fungi_ssl.models import fit_model, make_model, regression_metrics
+    from fungi_ssl.embeddings.embed import patch_features_frame
+    from fungi_ssl.predictors.features import PatchReducer
+    from fungi_ssl.validation.cv import RandomTrainValTest
+    from fungi_ssl.validation.models import fit_model, make_model, regression_metrics
 
     samples = field.samples
     y_all = np.log1p(samples["rarefied"].to_numpy(float))
@@ -213,7 +213,7 @@ def prediction_spread(field, site_ids: np.ndarray, draws: list[np.ndarray], k: i
 def embedding_cost(trained, pixels, n_draws: list[int], n_pixels: int, repeats: int,
                    threads: int | None) -> dict:
     """Wall and CPU time per pixel of embed_pixels at each n_draws (best of ``repeats``)."""
-    from fungi_ssl.encoder import embed_pixels
+    from fungi_ssl.embeddings.inference import embed_pixels
 
     sub = pixels[:n_pixels] if len(pixels) > n_pixels else pixels
     embed_pixels(trained, sub[:512], n_draws=1)  # warm-up
@@ -249,8 +249,8 @@ def main() -> None:
     args = ap.parse_args()
     n_draws = [int(v) for v in args.n_draws.split(",")]
 
-    from fungi_ssl.predictors import pixel_series, pretrained_encoder
-    from fungi_ssl.study import SIMULATOR_VERSION, open_field_data
+    from fungi_ssl.predictors.tables import pixel_series, pretrained_encoder
+    from fungi_ssl.simulate.field_data import SIMULATOR_VERSION, open_field_data
 
     t0 = time.perf_counter()
     field = open_field_data(None, seed=args.seed, profile=args.profile, table="covariates")

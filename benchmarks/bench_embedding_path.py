@@ -2,7 +2,7 @@
 
 Measures, in one run on the same machine (issue 20, item 3):
 
-1. **encoder**: pixels/s of :func:`fungi_ssl.encoder.embed_pixels` on
+1. **encoder**: pixels/s of :func:`fungi_ssl.embeddings.inference.embed_pixels` on
    synthetic pixels held in memory (the default encoder, fp32, batches of
    8,192), as ``bench_encoder.py`` measures it;
 2. **simulator**: pixel-years/s of the simulated Sentinel-2/Sentinel-1 series
@@ -13,15 +13,15 @@ Measures, in one run on the same machine (issue 20, item 3):
    - the 3 × 3 site patches of a study (``site_patch_series``, what
      ``bench_simulate.py`` times), whose scattered 3 × 3 grids cannot share
      the cloud fields' cosines between pixels;
-3. **cube embedding**: pixels/s of :func:`fungi_ssl.embed.embed_cube` on the
+3. **cube embedding**: pixels/s of :func:`fungi_ssl.embeddings.embed.embed_cube` on the
    72-pixel park cube already simulated into memory, and end to end on the
    lazy cube (simulated, then embedded: one window, so nothing overlaps), and
    on a lazy 192 × 192 cube in 64-pixel windows (the windows of
-   :func:`fungi_ssl.region.write_simulated_tiles`), where the next window is
+   :func:`fungi_ssl.region.workflow.write_simulated_tiles`), where the next window is
    simulated in a background thread while the encoder embeds this one;
 4. **tile embedding**: pixels/s of a 256 × 256 tile-year cube in memory
    embedded by ``embed_cube`` (128-pixel windows) and written in geotessera's
-   layout by :func:`fungi_ssl.tessera.write_tile`.
+   layout by :func:`fungi_ssl.embeddings.tessera_write.write_tile`.
 
 Every speed is the best of ``--repeats`` wall-clock runs after one untimed
 warm-up (the site patches: one run) and is also given per CPU-second of this
@@ -101,9 +101,9 @@ def main() -> None:
     import torch
     from bench_encoder import default_model, synthetic_cube, synthetic_pixels
 
-    from fungi_ssl import tessera
-    from fungi_ssl.embed import embed_cube
-    from fungi_ssl.encoder import embed_pixels
+    from fungi_ssl.embeddings import tessera
+    from fungi_ssl.embeddings.embed import embed_cube
+    from fungi_ssl.embeddings.inference import embed_pixels
     from fungi_ssl.simulate import SimulatedStudy, Window
 
     reps = 1 if args.quick else args.repeats
@@ -166,7 +166,7 @@ def main() -> None:
         def embed_tile():
             from affine import Affine
 
-            from fungi_ssl.embed import open_embeddings
+            from fungi_ssl.embeddings.embed import open_embeddings
 
             run = embed_cube(tcube, model, Path(d) / f"{next(k)}.zarr", chunk=128, progress=False)
             ds = open_embeddings(run.store)

@@ -3,10 +3,10 @@
 Measures, on synthetic inputs with the real shapes (73 S2 dates × 10 bands,
 60 S1 dates × 2 bands per pixel-year):
 
-1. inference throughput (pixels/s) of :func:`fungi_ssl.encoder.embed_pixels`
+1. inference throughput (pixels/s) of :func:`fungi_ssl.embeddings.inference.embed_pixels`
    at the default size (fp32 and bf16) and at TESSERA v1 size (fewer pixels);
 2. wall time to embed one 256 × 256 tile-year cube (dask-backed, lazily
-   generated) through :func:`fungi_ssl.embed.embed_cube`;
+   generated) through :func:`fungi_ssl.embeddings.embed.embed_cube`;
 3. peak resident memory of ``embed_cube`` in a fresh subprocess per setting,
    at two chunk sizes and two areas, to show memory follows the chunk, not
    the area.
@@ -41,7 +41,7 @@ T2, T1 = 73, 60
 
 
 def synthetic_pixels(n: int, seed: int = 0):
-    from fungi_ssl.encoder import PixelTimeSeries
+    from fungi_ssl.embeddings.pixels import PixelTimeSeries
 
     rng = np.random.default_rng(seed)
     doy2, doy1 = np.arange(T2) * 5 + 1, np.arange(T1) * 6 + 1
@@ -58,7 +58,7 @@ def synthetic_cube(side: int, seed: int = 0, block: int = 64):
     import rioxarray  # noqa: F401
     import xarray as xr
 
-    from fungi_ssl.encoder import S1_BANDS, S2_BANDS
+    from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS
 
     rs = da.random.RandomState(seed)
     c2, c1 = (T2, 10, block, block), (T1, 2, block, block)
@@ -83,7 +83,7 @@ def synthetic_cube(side: int, seed: int = 0, block: int = 64):
 def default_model(config=None):
     import torch
 
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
 
     torch.manual_seed(0)
     cfg = config or EncoderConfig()
@@ -92,7 +92,7 @@ def default_model(config=None):
 
 
 def throughput(config, n: int, repeats: int, bf16: bool, batch_size: int) -> dict:
-    from fungi_ssl.encoder import embed_pixels
+    from fungi_ssl.embeddings.inference import embed_pixels
 
     model = default_model(config)
     px = synthetic_pixels(n)
@@ -111,7 +111,7 @@ def throughput(config, n: int, repeats: int, bf16: bool, batch_size: int) -> dic
 
 
 def tile_time(side: int, chunk: int) -> dict:
-    from fungi_ssl.embed import embed_cube
+    from fungi_ssl.embeddings.embed import embed_cube
 
     cube = synthetic_cube(side)
     model = default_model()
@@ -140,7 +140,7 @@ def _memory_child(side: int, chunk: int) -> None:
     import tracemalloc
     import warnings
 
-    from fungi_ssl.embed import embed_cube
+    from fungi_ssl.embeddings.embed import embed_cube
 
     warnings.simplefilter("ignore")
     cube = synthetic_cube(side)
@@ -194,7 +194,7 @@ def main() -> None:
 
     import torch
 
-    from fungi_ssl.encoder import EncoderConfig
+    from fungi_ssl.embeddings.encoder import EncoderConfig
 
     results: dict = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__,

@@ -1,6 +1,6 @@
 """Map prediction speed and memory: pixels/s from stored int8 embeddings, peak RSS by region size.
 
-Measures :func:`fungi_ssl.maps.predict_map` (read int8 embeddings from a Zarr
+Measures :func:`fungi_ssl.maps.predict.predict_map` (read int8 embeddings from a Zarr
 store → 3 × 3 patch → PCA → model → richness → Cloud-Optimised GeoTIFF) on
 synthetic stores in the project's layout (128 dimensions, four latent factors
 that drive richness, noise in the rest):
@@ -109,7 +109,7 @@ def make_store(path: Path, side: int, seed: int) -> Path:
     import dask.array as da
     from affine import Affine
 
-    from fungi_ssl.maps import write_embedding_store
+    from fungi_ssl.maps.sources import write_embedding_store
 
     def block(block_info=None):
         loc = block_info[None]["array-location"]
@@ -126,7 +126,7 @@ def make_store(path: Path, side: int, seed: int) -> Path:
 
 
 def fit_models(which: list[str], n: int) -> dict:
-    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.maps.mapmodel import MapModel
 
     X, y, sites = training_patches(n)
     models = {}
@@ -196,8 +196,8 @@ def _vm_rss_mb() -> float:
 
 def _map_child(store: str, model_path: str, out: str, chunk: int, window: int,
                bbox: str = "") -> None:
-    from fungi_ssl.mapmodel import MapModel
-    from fungi_ssl.maps import predict_map
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.predict import predict_map
 
     model = MapModel.load(model_path)
     box = None
@@ -237,7 +237,7 @@ TILE_CELL = (-1.45, 52.05)
 
 def make_tile(root: Path, seed: int = 7) -> tuple[float, float, float, float]:
     """One synthetic TESSERA tile in geotessera's layout; returns its cell's lon/lat bbox."""
-    from fungi_ssl.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     lon, lat = TILE_CELL
     g = tile_grid(lon, lat)
@@ -282,7 +282,7 @@ def main() -> None:
     print(f"stores: {', '.join(f'{s}²' for s in stores)} pixels × {DIM} int8 in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     if args.model:
-        from fungi_ssl.mapmodel import MapModel
+        from fungi_ssl.maps.mapmodel import MapModel
 
         m = MapModel.load(args.model)
         which = ["lightgbm"]

@@ -1,4 +1,4 @@
-"""Wall time of chapter 04's Table 1 (:func:`fungi_ssl.comparison.table1`) on this machine.
+"""Wall time of chapter 04's Table 1 (:func:`fungi_ssl.validation.comparison.table1`) on this machine.
 
 Times Table 1 (5 predictor sets × 4 models: random forest, LightGBM,
 XGBoost, ridge; random 70/10/20 seeds plus 5-fold 50 km spatial blocks) at
@@ -50,7 +50,7 @@ STUDY_SEEDS = 50
 
 def timed_table1(frame, target, sets, models, n_seeds: int, seed: int) -> dict:
     """Run Table 1 once; wall and CPU seconds, load before, and the slowest tasks."""
-    from fungi_ssl.comparison import table1
+    from fungi_ssl.validation.comparison import table1
 
     load = os.getloadavg()[0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -100,15 +100,15 @@ def main() -> None:
         "--models",
         nargs="+",
         default=None,
-        help="models to fit (default: all of fungi_ssl.models.MODEL_NAMES)",
+        help="models to fit (default: all of fungi_ssl.validation.models.MODEL_NAMES)",
     )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "table1.json")
     args = ap.parse_args()
 
-    from fungi_ssl.config import get_profile
-    from fungi_ssl.models import MODEL_NAMES
-    from fungi_ssl.pipelines import available_sets
-    from fungi_ssl.predictors import predictor_table
+    from fungi_ssl.core.config import get_profile
+    from fungi_ssl.predictors.tables import predictor_table
+    from fungi_ssl.validation.models import MODEL_NAMES
+    from fungi_ssl.validation.pipelines import available_sets
 
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()

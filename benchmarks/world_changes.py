@@ -68,12 +68,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fungi_ssl import comparison
-from fungi_ssl.io import validate_samples
-from fungi_ssl.predictors import TARGET, pretrained_encoder, ssl_patch_features
-from fungi_ssl.sensitivity import richness_with_gains
+from fungi_ssl.data.io import validate_samples
+from fungi_ssl.predictors.tables import TARGET, pretrained_encoder, ssl_patch_features
 from fungi_ssl.simulate import SimulatedStudy
-from fungi_ssl.study import FieldData, open_field_data, simulated_study
+from fungi_ssl.simulate.field_data import FieldData, open_field_data, simulated_study
+from fungi_ssl.validation import comparison
+from fungi_ssl.validation.sensitivity import richness_with_gains
 
 HERE = Path(__file__).resolve().parent
 SETS = ("ssl", "climate", "soil", "landcover")

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import region, tessera
+from fungi_ssl.embeddings import tessera_patches
+from fungi_ssl.region import workflow as region
 
 REPO = Path(__file__).resolve().parent.parent
 BBOX = (-3.7025, 57.0800, -3.6980, 57.0827)
@@ -35,7 +36,7 @@ def make_am_directory(root: Path) -> Path:
     """Tiles of the simulated region and an AM sample table whose richness follows them."""
     import torch
 
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
     from fungi_ssl.simulate import SimulatedStudy
 
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def make_am_directory(root: Path) -> Path:
     lat = np.repeat(rng.uniform(BBOX[1] + 2e-4, BBOX[3] - 2e-4, n_sites), 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(root / "tessera", YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(root / "tessera", YEAR, lon, lat, k=3, progress=False).values
     centre = p[:, 1, 1, :]
     z = (centre - centre.mean(0)) @ np.linalg.svd(centre - centre.mean(0), full_matrices=False)[2][0]
     z = (z - z.mean()) / z.std()
@@ -71,7 +72,7 @@ def am_dir(tmp_path_factory) -> Path:
 
 
 def test_the_am_table_reads_its_own_target(am_dir):
-    from fungi_ssl.predictors import predictor_table, table_kind
+    from fungi_ssl.predictors.tables import predictor_table, table_kind
 
     assert table_kind(am_dir) == "samples"
     t = predictor_table(am_dir, target="am_rarefied", progress=False)
@@ -161,7 +162,9 @@ def test_chapter_03_says_it_needs_covariates(am_dir, tmp_path):
 def test_make_book_and_fungi_ssl_book_pass_the_guild(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from fungi_ssl import bookrun, cli
+    from fungi_ssl import cli
+    from fungi_ssl.book import notebooks as booknb
+    from fungi_ssl.book import runner as bookrun
 
     calls = []
     monkeypatch.setattr(bookrun, "run_book", lambda **kw: calls.append(kw) or [])
@@ -172,9 +175,9 @@ def test_make_book_and_fungi_ssl_book_pass_the_guild(monkeypatch, tmp_path):
     # injected only into notebooks that declare them, and only when given
     declared = {"profile": "'full'", "guild": "'ECM'", "target": "'rarefied'"}
     kw = {"profile": "quick", "seed": 0, "data_dir": tmp_path, "results_dir": tmp_path}
-    assert bookrun.notebook_parameters(declared, **kw, guild="AM")["guild"] == "AM"
-    assert "guild" not in bookrun.notebook_parameters(declared, **kw)
-    assert "guild" not in bookrun.notebook_parameters({"profile": "'full'"}, **kw, guild="AM")
+    assert booknb.notebook_parameters(declared, **kw, guild="AM")["guild"] == "AM"
+    assert "guild" not in booknb.notebook_parameters(declared, **kw)
+    assert "guild" not in booknb.notebook_parameters({"profile": "'full'"}, **kw, guild="AM")
     make = subprocess.run(["make", "-n", "notebooks", "GUILD=AM", "TARGET=am_rarefied"], cwd=REPO,
                           capture_output=True, text=True, check=True).stdout
     assert "--guild AM --target am_rarefied" in make
@@ -182,5 +185,5 @@ def test_make_book_and_fungi_ssl_book_pass_the_guild(monkeypatch, tmp_path):
     assert (args.guild, args.target) == ("AM", "am_rarefied")
     for nb in ("01_field_data", "03_predictors", "04_predictor_comparison", "05_partition_shap",
                "10_your_region"):
-        assert {"guild", "target"} <= set(bookrun.declared_parameters(
+        assert {"guild", "target"} <= set(booknb.declared_parameters(
             REPO / "notebooks" / f"{nb}.ipynb")), nb

@@ -1,12 +1,12 @@
-"""Tests of fungi_ssl.aoa_index: the prototype dissimilarity index and its verdict bound."""
+"""Tests of fungi_ssl.uncertainty.aoa_index: the prototype dissimilarity index and its verdict bound."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fungi_ssl.aoa_index import PrototypeIndex
-from fungi_ssl.bias import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
+from fungi_ssl.uncertainty.aoa_index import PrototypeIndex
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_stands_in_for_the_aoa_in_uncertainty_maps():
     import pandas as pd
     import xarray as xr
 
-    from fungi_ssl.bias_maps import map_aoa, uncertainty_maps
-    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.uncertainty.bias_maps import map_aoa, uncertainty_maps
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 72)).astype(np.float32)

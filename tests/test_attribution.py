@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.attribution: chapter 05's commonality analysis and SHAP."""
+"""Tests for fungi_ssl.attribution.groups: chapter 05's commonality analysis and SHAP."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import pytest
 from test_comparison import predictor_frame
 from threadpoolctl import threadpool_limits
 
-from fungi_ssl.attribution import (
+from fungi_ssl.attribution.groups import (
     PARTITION_LIGHTGBM,
     partition_groups,
     partition_splitter,
     shap_attribution,
 )
-from fungi_ssl.comparison import spatial_splitter
-from fungi_ssl.features import PatchReducer
-from fungi_ssl.partition import commonality_partition, subsumed_share
-from fungi_ssl.pipelines import predictor_matrix
+from fungi_ssl.attribution.partition import commonality_partition, subsumed_share
+from fungi_ssl.predictors.features import PatchReducer
+from fungi_ssl.validation.comparison import spatial_splitter
+from fungi_ssl.validation.pipelines import predictor_matrix
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_partition_groups_threads_and_memo_change_no_number(frame):
     # the same analysis, serial, with a plain PatchReducer pipeline per fit
     from sklearn.pipeline import make_pipeline
 
-    from fungi_ssl.models import make_model
+    from fungi_ssl.validation.models import make_model
 
     def plain():
         params = {**PARTITION_LIGHTGBM, "n_estimators": 40}
@@ -121,7 +121,7 @@ def test_shap_attribution_is_additive_and_ranks_ssl_first(frame):
 
 
 def test_partition_splitter_schemes(frame):
-    from fungi_ssl.cv import BlockKFold, SiteGroupKFold
+    from fungi_ssl.validation.cv import BlockKFold, SiteGroupKFold
 
     assert isinstance(partition_splitter(frame), SiteGroupKFold)
     assert isinstance(partition_splitter(frame, "block"), BlockKFold)

@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.bias: error, calibration, residual structure, intervals, AOA."""
+"""Tests of fungi_ssl.uncertainty.bias: error, calibration, residual structure, intervals, AOA."""
 
 from __future__ import annotations
 
@@ -12,31 +12,29 @@ import pytest
 from scipy.spatial.distance import pdist
 from sklearn.neighbors import NearestNeighbors
 
-from fungi_ssl import bias
-from fungi_ssl.bias import (
-    RESULT_KEYS,
-    AreaOfApplicability,
-    ConformalRegressor,
-    aoa_errors,
-    bias_results,
+from fungi_ssl.uncertainty import aoa, autocorrelation, bias, errors, intervals
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability, aoa_errors, importance_weights
+from fungi_ssl.uncertainty.autocorrelation import geodesic_pairs, morans_i_bands
+from fungi_ssl.uncertainty.bias import RESULT_KEYS, bias_results
+from fungi_ssl.uncertainty.errors import (
     calibration,
     calibration_bins,
-    conformal_holdout,
-    conformal_quantile,
-    coverage_table,
     crossfit_smearing,
     dominant_landcover,
     error_by_class,
     error_covariate_bins,
     error_covariate_correlation,
     error_table,
-    geodesic_pairs,
     heldout_table,
-    importance_weights,
-    interval_coverage,
     mean_error,
-    morans_i_bands,
     plot_calibration,
+)
+from fungi_ssl.uncertainty.intervals import (
+    ConformalRegressor,
+    conformal_holdout,
+    conformal_quantile,
+    coverage_table,
+    interval_coverage,
 )
 
 
@@ -522,7 +520,7 @@ def test_importance_weights_of_book_chain():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fungi_ssl.models import make_model
+    from fungi_ssl.validation.models import make_model
 
     rng = np.random.default_rng(14)
     X = pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(size=400)})
@@ -557,8 +555,8 @@ def test_aoa_errors_and_outside_is_worse_on_a_shift():
 # chapter 07 results
 # --------------------------------------------------------------------------
 def test_bias_results_end_to_end_from_evaluate_cv():
-    from fungi_ssl.cv import BlockKFold, RandomTrainValTest
-    from fungi_ssl.models import evaluate_cv
+    from fungi_ssl.validation.cv import BlockKFold, RandomTrainValTest
+    from fungi_ssl.validation.models import evaluate_cv
 
     X, y, ll, _site = clustered_sites(200, 3, seed=2)
     frame = pd.DataFrame(
@@ -624,14 +622,15 @@ def test_bias_module_import_does_not_load_pysal():
     import subprocess
     import sys
 
-    code = "import sys, fungi_ssl.bias; print('esda' in sys.modules, 'libpysal' in sys.modules)"
+    code = "import sys, fungi_ssl.uncertainty.bias; print('esda' in sys.modules, 'libpysal' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
 def test_public_names_exist():
-    for name in bias.__all__:
-        assert hasattr(bias, name), name
+    for module in (errors, autocorrelation, intervals, aoa, bias):
+        for name in module.__all__:
+            assert hasattr(module, name), name
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert isinstance(RESULT_KEYS, tuple)
@@ -645,8 +644,8 @@ def test_conformal_holdout_splits_on_worker_threads_give_the_sequential_result()
     y = X["a"] + np.sin(2 * X["b"]) + rng.normal(0, 0.3, 500)
     kw = {"model": "lightgbm", "n_seeds": 2, "model_params": {"n_estimators": 60},
           "progress": False}
-    one = bias.conformal_holdout(X, y, lonlat, n_jobs=1, **kw)
-    two = bias.conformal_holdout(X, y, lonlat, n_jobs=2, **kw)
+    one = intervals.conformal_holdout(X, y, lonlat, n_jobs=1, **kw)
+    two = intervals.conformal_holdout(X, y, lonlat, n_jobs=2, **kw)
     pd.testing.assert_frame_equal(one, two)
     assert one.groupby("scheme").size().to_dict() == {"random": 200, "spatial": 500}
     assert list(one.drop_duplicates(["scheme", "split"])["split"]) == [0, 1, 0, 1, 2, 3, 4]
@@ -655,7 +654,7 @@ def test_conformal_holdout_splits_on_worker_threads_give_the_sequential_result()
 def test_adaptive_conformal_covers_and_adapts():
     """Heteroscedastic errors: the interval covers 90% overall, and within each half of the
     feature too, where one fixed width over-covers the calm half and under-covers the other."""
-    from fungi_ssl.bias import AdaptiveConformal, conformal_quantile
+    from fungi_ssl.uncertainty.intervals import AdaptiveConformal, conformal_quantile
 
     rng = np.random.default_rng(4)
     n = 6000
@@ -681,7 +680,8 @@ def test_adaptive_conformal_covers_and_adapts():
 
 
 def test_calibrated_richness_removes_the_back_transform_bias():
-    from fungi_ssl.bias import calibrated_richness, mean_error
+    from fungi_ssl.uncertainty.errors import mean_error
+    from fungi_ssl.uncertainty.intervals import calibrated_richness
 
     rng = np.random.default_rng(5)
     n = 5000

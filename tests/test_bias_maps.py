@@ -7,20 +7,22 @@ import pandas as pd
 import pytest
 from affine import Affine
 
-from fungi_ssl.bias import AreaOfApplicability, conformal_quantile
-from fungi_ssl.bias_maps import (
+from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
+from fungi_ssl.maps.mapmodel import MapModel
+from fungi_ssl.maps.predict import predict_map
+from fungi_ssl.maps.sources import write_embedding_store
+from fungi_ssl.uncertainty.aoa import AreaOfApplicability
+from fungi_ssl.uncertainty.bias_maps import (
     interval_width,
     map_aoa,
     map_truth_table,
     uncertainty_maps,
     window_scores,
 )
-from fungi_ssl.comparison import table1
-from fungi_ssl.embed import open_embeddings, raster_patches
-from fungi_ssl.heldout import chapter04_heldout
-from fungi_ssl.mapmodel import MapModel
-from fungi_ssl.maps import predict_map, write_embedding_store
-from fungi_ssl.models import evaluate_random_splits, regression_metrics
+from fungi_ssl.uncertainty.heldout import chapter04_heldout
+from fungi_ssl.uncertainty.intervals import conformal_quantile
+from fungi_ssl.validation.comparison import table1
+from fungi_ssl.validation.models import evaluate_random_splits, regression_metrics
 
 DIM = 8
 H, W = 48, 64
@@ -266,7 +268,7 @@ def test_map_truth_table_lines_up_pixels_and_refuses_another_grid():
 
 
 def test_cached_heldout_reuses_predictions_only_for_the_same_rows_and_settings(table, tmp_path):
-    from fungi_ssl.heldout import cached_heldout
+    from fungi_ssl.uncertainty.heldout import cached_heldout
 
     a = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
     assert a.seconds  # computed
@@ -286,8 +288,8 @@ def test_cached_heldout_reuses_predictions_only_for_the_same_rows_and_settings(t
 def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, tmp_path,
                                                                         monkeypatch):
     """Chapter 04's Table 1 stores the held-out predictions chapter 07 reads, without refitting."""
-    from fungi_ssl import heldout
-    from fungi_ssl.heldout import cached_heldout, store_table1_heldout
+    from fungi_ssl.uncertainty import heldout
+    from fungi_ssl.uncertainty.heldout import cached_heldout, store_table1_heldout
 
     res, pred = table1(table, "y", sets=["climate", "soil"], models=["lightgbm", "ridge"],
                        n_seeds=2, seed=1, progress=False, return_predictions=["climate"])
@@ -334,8 +336,8 @@ def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, 
 
 
 def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
-    from fungi_ssl.bias import coverage_table
-    from fungi_ssl.heldout import cached_conformal, cached_heldout
+    from fungi_ssl.uncertainty.heldout import cached_conformal, cached_heldout
+    from fungi_ssl.uncertainty.intervals import coverage_table
 
     h = cached_heldout(table, "y", "climate", "ridge", n_seeds=2, root=tmp_path)
     iv = cached_conformal(h, "y", n_seeds=2, root=tmp_path, progress=False)
@@ -350,8 +352,8 @@ def test_cached_conformal_keeps_calibrations_and_schemes_apart(table, tmp_path):
 
 
 def test_heldout_aoa_flags_samples_far_from_their_training_folds(table):
-    from fungi_ssl.comparison import spatial_splitter
-    from fungi_ssl.heldout import heldout_aoa
+    from fungi_ssl.uncertainty.heldout import heldout_aoa
+    from fungi_ssl.validation.comparison import spatial_splitter
 
     far = table.copy()
     # the blocks of one spatial fold have a climate no other fold shows
@@ -398,8 +400,8 @@ def test_uncertainty_maps_computes_only_the_layers_asked_for():
 
 def test_adaptive_interval_layers_follow_sigma(region):
     """With an AdaptiveConformal the half-width is q·σ̂(prediction, DI) at every pixel."""
-    from fungi_ssl.bias import AdaptiveConformal
-    from fungi_ssl.bias_maps import adaptive_features
+    from fungi_ssl.uncertainty.bias_maps import adaptive_features
+    from fungi_ssl.uncertainty.intervals import AdaptiveConformal
 
     store, model, frame, folds, _ = region
     aoa = map_aoa(model, frame, folds, n_jobs=1)
@@ -425,8 +427,8 @@ def test_adaptive_interval_layers_follow_sigma(region):
 
 
 def test_validation_folds_are_chapter04s_spatial_folds_and_adapt_to_small_studies():
-    from fungi_ssl.bias_maps import validation_folds
-    from fungi_ssl.comparison import spatial_splitter
+    from fungi_ssl.uncertainty.bias_maps import validation_folds
+    from fungi_ssl.validation.comparison import spatial_splitter
 
     rng = np.random.default_rng(2)
     t = pd.DataFrame({"longitude": rng.uniform(0, 8, 400), "latitude": rng.uniform(44, 50, 400)})
@@ -442,9 +444,9 @@ def test_validation_folds_are_chapter04s_spatial_folds_and_adapt_to_small_studie
 
 
 def test_draw_cores_follow_the_truth_curve():
-    from fungi_ssl.bias_maps import draw_cores
     from fungi_ssl.simulate import SimulatedStudy
     from fungi_ssl.simulate.truth import rarefied_curve
+    from fungi_ssl.uncertainty.bias_maps import draw_cores
 
     study = SimulatedStudy(n_samples=300, n_campaigns=8)
     lr = np.full(20_000, 4.0)
@@ -458,7 +460,7 @@ def test_draw_cores_follow_the_truth_curve():
 
 
 def test_cached_map_aoa_equals_map_aoa_and_keys_on_the_folds(region, tmp_path):
-    from fungi_ssl.bias_maps import cached_map_aoa
+    from fungi_ssl.uncertainty.bias_maps import cached_map_aoa
 
     store, model, frame, folds, _ = region
     if not hasattr(model.regressor_, "feature_importances_"):
@@ -479,7 +481,7 @@ def test_chapter07_text_never_types_the_block_size():
     and its code prints the value (issue 16 item 6)."""
     import json
 
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     nb = json.loads((config.REPO_ROOT / "notebooks" / "07_bias.ipynb").read_text())
     for cell in nb["cells"]:

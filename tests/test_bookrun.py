@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import bookrun
+from fungi_ssl.book import notebooks as booknb
+from fungi_ssl.book import runner as bookrun
+from fungi_ssl.core import results
 
 
 def _notebook(path: Path, parameters: str | None, *cells: str) -> Path:
@@ -53,20 +55,20 @@ def _outputs_text(path: Path) -> str:
 
 def test_notebook_parameters_injects_only_declared_names():
     declared = {"profile": "'quick'", "results_dir": "''"}
-    got = bookrun.notebook_parameters(
+    got = booknb.notebook_parameters(
         declared, profile="full", seed=7, data_dir=None, results_dir="/tmp/r"
     )
     assert got == {"profile": "full", "results_dir": str(Path("/tmp/r").resolve())}
 
 
 def test_notebook_parameters_data_dir_default_follows_notebook(tmp_path):
-    as_none = bookrun.notebook_parameters(
+    as_none = booknb.notebook_parameters(
         {"data_dir": "None"}, profile="quick", seed=0, data_dir=None, results_dir=tmp_path
     )
-    as_str = bookrun.notebook_parameters(
+    as_str = booknb.notebook_parameters(
         {"data_dir": '""'}, profile="quick", seed=0, data_dir="", results_dir=tmp_path
     )
-    real = bookrun.notebook_parameters(
+    real = booknb.notebook_parameters(
         {"data_dir": "None"}, profile="quick", seed=0, data_dir=tmp_path, results_dir=tmp_path
     )
     assert as_none == {"data_dir": None}
@@ -78,11 +80,11 @@ def test_find_notebooks_orders_and_filters(book_dirs):
     notebooks, _ = book_dirs
     for name in ["02_b", "00_a", "10_c", "draft", "1_bad"]:
         (notebooks / f"{name}.ipynb").write_text("{}")
-    assert [p.stem for p in bookrun.find_notebooks(notebooks)] == ["00_a", "02_b", "10_c"]
-    assert [p.stem for p in bookrun.find_notebooks(notebooks, ["02"])] == ["02_b"]
-    assert [p.stem for p in bookrun.find_notebooks(notebooks, ["10_c", "00"])] == ["00_a", "10_c"]
+    assert [p.stem for p in booknb.find_notebooks(notebooks)] == ["00_a", "02_b", "10_c"]
+    assert [p.stem for p in booknb.find_notebooks(notebooks, ["02"])] == ["02_b"]
+    assert [p.stem for p in booknb.find_notebooks(notebooks, ["10_c", "00"])] == ["00_a", "10_c"]
     with pytest.raises(ValueError, match="--only 05"):
-        bookrun.find_notebooks(notebooks, ["05"])
+        booknb.find_notebooks(notebooks, ["05"])
 
 
 def test_write_results_converts_numpy_and_nan(tmp_path):
@@ -93,13 +95,13 @@ def test_write_results_converts_numpy_and_nan(tmp_path):
         "table": pd.DataFrame({"set": ["ssl", "climate"], "r2": [0.55, np.nan]}),
         "missing": float("nan"),
     }
-    path = bookrun.write_results("04_comparison", payload, tmp_path)
+    path = results.write_results("04_comparison", payload, tmp_path)
     assert path == tmp_path / "04_comparison.json"
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert list(json.loads(text)) == sorted(payload)  # keys sorted
     assert text.startswith('{\n  "a"')  # indent 2
-    back = bookrun.read_results("04_comparison", tmp_path)
+    back = results.read_results("04_comparison", tmp_path)
     assert back["a"] == {"n": 12, "ok": True}
     assert math.isclose(back["z"], 0.25)
     assert back["values"] == [1.5, None, None]
@@ -110,13 +112,13 @@ def test_write_results_converts_numpy_and_nan(tmp_path):
 
 def test_results_names_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="two digits"):
-        bookrun.write_results("field_data", {"a": 1}, tmp_path)
+        results.write_results("field_data", {"a": 1}, tmp_path)
     with pytest.raises(TypeError, match="mapping"):
-        bookrun.write_results("01_x", [1, 2], tmp_path)
+        results.write_results("01_x", [1, 2], tmp_path)
     with pytest.raises(ValueError, match="object"):
-        bookrun.write_results("01_x", {"a": object()}, tmp_path)
+        results.write_results("01_x", {"a": object()}, tmp_path)
     with pytest.raises(FileNotFoundError, match="03_predictors.json"):
-        bookrun.read_results("03_predictors", tmp_path)
+        results.read_results("03_predictors", tmp_path)
 
 
 def test_missing_data_dir_is_a_clear_error(book_dirs, capsys):
@@ -145,7 +147,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
         "import matplotlib, matplotlib.pyplot as plt\n"
         "print('PARAMS', profile, seed, repr(data_dir), matplotlib.get_backend())\n"
         "fig, ax = plt.subplots()\nax.plot([0, 1])\nplt.show()",
-        "from fungi_ssl.bookrun import write_results\n"
+        "from fungi_ssl.core.results import write_results\n"
         "write_results('00_sim', {'seed': seed, 'profile': profile}, results_dir)",
     )
     # declares only `profile`: seed/data_dir/results_dir must not be injected
@@ -184,7 +186,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     # seed 5 is not the book's: its results go to a folder named for it, never book/results
     assert not (book / "results").exists()
     runs = book / "results-seed5"
-    assert bookrun.read_results("00_sim", runs) == {"profile": "full", "seed": 5}
+    assert results.read_results("00_sim", runs) == {"profile": "full", "seed": 5}
     summary = json.loads((runs / "run_summary.json").read_text())
     assert [e["notebook"] for e in summary["notebooks"]] == ["00_sim", "01_field"]
     assert all(
@@ -198,7 +200,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     # the other's summary entry
     args = ["--notebooks", str(notebooks), "--output", str(book), "--no-progress"]
     assert bookrun.main(args) == 0
-    assert bookrun.read_results("00_sim", book / "results") == {"profile": "full", "seed": 0}
+    assert results.read_results("00_sim", book / "results") == {"profile": "full", "seed": 0}
     assert bookrun.main(["--only", "01", *args]) == 0
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     by_name = {e["notebook"]: e for e in summary["notebooks"]}
@@ -211,7 +213,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
             ) == before
     quick = book / "results-quick"
     assert (quick / "00_sim.ipynb").exists()
-    assert bookrun.read_results("00_sim", quick) == {"profile": "quick", "seed": 0}
+    assert results.read_results("00_sim", quick) == {"profile": "quick", "seed": 0}
     by_name = {e["notebook"]: e for e in json.loads(
         (quick / "run_summary.json").read_text())["notebooks"]}
     assert by_name["00_sim"]["profile"] == "quick"
@@ -281,7 +283,7 @@ def test_one_default_profile_for_make_bookrun_and_notebooks():
     import inspect
     import subprocess
 
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     default = config.DEFAULT_PROFILE
     assert default in config.PROFILES
@@ -289,14 +291,14 @@ def test_one_default_profile_for_make_bookrun_and_notebooks():
     assert inspect.signature(bookrun.run_book).parameters["profile"].default is None
     make = subprocess.run(["make", "-n", "notebooks"], cwd=config.REPO_ROOT, capture_output=True,
                           text=True, check=True).stdout
-    assert "fungi_ssl.bookrun" in make and "--profile" not in make  # leaves it to bookrun
+    assert "fungi_ssl.book.runner" in make and "--profile" not in make  # leaves it to bookrun
     make_quick = subprocess.run(["make", "-n", "notebooks", "PROFILE=quick"],
                                 cwd=config.REPO_ROOT, capture_output=True, text=True, check=True).stdout
     assert "--profile quick" in make_quick
-    notebooks = bookrun.find_notebooks(config.NOTEBOOK_DIR)
+    notebooks = booknb.find_notebooks(config.NOTEBOOK_DIR)
     for nb in notebooks:
-        declared = bookrun.declared_parameters(nb)
-        assert set(bookrun.BOOK_PARAMETERS) <= set(declared), (nb.name, sorted(declared))
+        declared = booknb.declared_parameters(nb)
+        assert set(booknb.BOOK_PARAMETERS) <= set(declared), (nb.name, sorted(declared))
         assert declared["profile"].strip("'\"") == default, (
             f"{nb.name}: parameters cell says profile = {declared['profile']}, "
             f"config.DEFAULT_PROFILE is {default!r}"
@@ -304,7 +306,7 @@ def test_one_default_profile_for_make_bookrun_and_notebooks():
 
 
 def test_run_book_without_profile_uses_the_default(book_dirs):
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     notebooks, book = book_dirs
     _notebook(notebooks / "00_p.ipynb", "profile = 'x'", "print('PROFILE', profile)")
@@ -319,7 +321,7 @@ def test_run_book_without_profile_uses_the_default(book_dirs):
 def test_executed_notebooks_hold_no_machine_paths(tmp_path):
     """The book (HTML and the executed .ipynb it offers for download) shows no absolute path
     of this machine: injected paths are relative, and any that a cell prints is replaced."""
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     notebooks, book = tmp_path / "notebooks", tmp_path / "book"
     notebooks.mkdir()
@@ -329,7 +331,7 @@ def test_executed_notebooks_hold_no_machine_paths(tmp_path):
     _notebook(
         notebooks / "00_paths.ipynb",
         "profile = 'full'\nseed = 0\ndata_dir = ''\nresults_dir = ''",
-        "import os, warnings\nfrom fungi_ssl import config\nfrom fungi_ssl.bookrun import write_results\n"
+        "import os, warnings\nfrom fungi_ssl.core import config\nfrom fungi_ssl.core.results import write_results\n"
         "print(os.path.abspath(data_dir), os.path.abspath(results_dir))\n"
         "print(config.REPO_ROOT, os.path.expanduser('~'))\n"
         "warnings.warn(f'something in {config.REPO_ROOT}/fungi_ssl')\n"
@@ -343,21 +345,21 @@ def test_executed_notebooks_hold_no_machine_paths(tmp_path):
     nb = nbformat.read(str(book / "00_paths.ipynb"), as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert 'data_dir = "../real"' in injected.source
-    key = bookrun.results_key({"data_dir": real})
+    key = results.results_key({"data_dir": real})
     assert f'results_dir = "../book/results-{key}"' in injected.source
     out = _outputs_text(book / "00_paths.ipynb")
     assert "<data_dir> <results_dir>" in out and "<repo> ~" in out
     # the relative paths worked: results landed in book/results-<key>, data_dir was found
-    assert bookrun.read_results("00_paths", book / f"results-{key}") == {"ok": True}
+    assert results.read_results("00_paths", book / f"results-{key}") == {"ok": True}
 
 
 def test_a_failing_notebook_is_scrubbed_too(tmp_path):
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     notebooks, book = tmp_path / "notebooks", tmp_path / "book"
     notebooks.mkdir()
     _notebook(notebooks / "00_fail.ipynb", "seed = 0",
-              "from fungi_ssl import config\nraise FileNotFoundError(str(config.REPO_ROOT))")
+              "from fungi_ssl.core import config\nraise FileNotFoundError(str(config.REPO_ROOT))")
     with pytest.raises(bookrun.NotebookFailure):
         bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
     assert str(config.REPO_ROOT) not in (book / "00_fail.ipynb").read_text()
@@ -371,10 +373,10 @@ def test_scrub_leaves_images_alone(tmp_path):
     nb.cells.append(cell)
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, str(path))
-    assert bookrun.scrub_machine_paths(path, {"/home/user": "~"})
+    assert booknb.scrub_machine_paths(path, {"/home/user": "~"})
     data = nbformat.read(str(path), as_version=4).cells[0].outputs[0]["data"]
     assert data["text/plain"] == "~/x" and data["image/png"] == "L2hvbWUvdXNlcg=="
-    assert not bookrun.scrub_machine_paths(path, {"/home/user": "~"})  # nothing left
+    assert not booknb.scrub_machine_paths(path, {"/home/user": "~"})  # nothing left
 
 
 # ---------------------------------------------------------------- kernel transport
@@ -416,17 +418,17 @@ def test_chapter_parameters_reach_only_the_notebooks_that_declare_them(book_dirs
 
 def test_parse_chapter_parameters_errors():
     with pytest.raises(ValueError, match="set seed with SEED="):
-        bookrun.parse_chapter_parameters("seed=3")
+        booknb.parse_chapter_parameters("seed=3")
     with pytest.raises(ValueError, match="'block_km' is not name=value"):
-        bookrun.parse_chapter_parameters("block_km")
+        booknb.parse_chapter_parameters("block_km")
     with pytest.raises(ValueError, match="given twice"):
-        bookrun.parse_chapter_parameters(["years=[2018]", "years=[2019]"])
-    assert bookrun.parse_chapter_parameters("partition_cv=block land_only=false") == {
+        booknb.parse_chapter_parameters(["years=[2018]", "years=[2019]"])
+    assert booknb.parse_chapter_parameters("partition_cv=block land_only=false") == {
         "partition_cv": "block", "land_only": False}
 
 
 def test_make_passes_params_and_samples():
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     out = __import__("subprocess").run(
         ["make", "-n", "notebooks", "PARAMS=bbox=[-3.9,56.8,-3.0,57.3] years=[2018,2024]",
@@ -450,7 +452,7 @@ def test_make_passes_params_and_samples():
     assert calls[0]["chapter_parameters"] == {"block_km": 10, "years": [2018, 2024]}
     assert calls[0]["samples"] == "a.csv"
     args = bookrun.build_parser().parse_args(["--param", "bbox=[-3.9,56.8,-3.0,57.3] block_km=10"])
-    assert bookrun.parse_chapter_parameters(args.param) == {
+    assert booknb.parse_chapter_parameters(args.param) == {
         "bbox": [-3.9, 56.8, -3.0, 57.3], "block_km": 10}
 
 
@@ -459,7 +461,7 @@ def test_a_skipped_chapter_shows_its_title_and_one_sentence(book_dirs):
     _notebook(
         notebooks / "06_maps.ipynb",
         "profile = 'full'\ndata_dir = ''\nresults_dir = ''",
-        "from IPython.display import Markdown, display\nfrom fungi_ssl.bookrun import write_results\n"
+        "from IPython.display import Markdown, display\nfrom fungi_ssl.core.results import write_results\n"
         "run = not data_dir\n"
         "if not run:\n    display(Markdown('This chapter needs the simulated regions, so it is "
         "skipped.'))\nprint('METHODS OUTPUT')",
@@ -484,13 +486,13 @@ def test_a_skipped_chapter_shows_its_title_and_one_sentence(book_dirs):
     assert "METHODS OUTPUT" not in text and "Conclusions" not in text and "image/png" not in text
     # a chapter that skips part of its work but still shows a table keeps its page
     _notebook(notebooks / "09_part.ipynb", "profile = 'full'\ndata_dir = ''\nresults_dir = ''",
-              "import pandas as pd\nfrom fungi_ssl.bookrun import write_results\n"
+              "import pandas as pd\nfrom fungi_ssl.core.results import write_results\n"
               "display(pd.DataFrame({'n': [1]}))\n"
               "write_results('09_part', {'skipped': 'no covariates'}, results_dir)")
     bookrun.run_book(notebook_dir=notebooks, output_dir=book, data_dir=real, progress=False,
                      only=["09"])
-    part = book / f"results-{bookrun.results_key({'data_dir': real})}" / "09_part.ipynb"
-    assert bookrun.shows_results(part)
+    part = book / f"results-{results.results_key({'data_dir': real})}" / "09_part.ipynb"
+    assert booknb.shows_results(part)
     assert len(nbformat.read(str(part), as_version=4).cells) == 4  # title, parameters x2, code
     # the same chapter on the simulated study keeps everything
     bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
@@ -528,10 +530,10 @@ def test_a_papermill_rerun_with_other_parameters_leaves_book_results_alone(tmp_p
     import subprocess
     import sys
 
-    from fungi_ssl import config
+    from fungi_ssl.core import config
 
     nb = _notebook(tmp_path / "01_probe.ipynb", "profile = 'full'\nseed = 0\nresults_dir = ''",
-                   "from fungi_ssl.bookrun import write_results\n"
+                   "from fungi_ssl.core.results import write_results\n"
                    "print('WROTE', write_results('01_probe_w16', {'seed': seed}, results_dir))")
     seed = 987_654
     target = config.BOOK_DIR / f"results-seed{seed}"
@@ -547,7 +549,7 @@ def test_a_papermill_rerun_with_other_parameters_leaves_book_results_alone(tmp_p
     finally:
         shutil.rmtree(target, ignore_errors=True)
     # the kernel's view, unit by unit
-    assert bookrun.changed_parameters(
-        bookrun._assignments("profile = 'full'\nseed = 0\nbbox = None  # note"),
-        bookrun._assignments("# Parameters\nprofile = \"full\"\nbbox = [1, 2, 3, 4]\n")) == {
+    assert results.changed_parameters(
+        results._assignments("profile = 'full'\nseed = 0\nbbox = None  # note"),
+        results._assignments("# Parameters\nprofile = \"full\"\nbbox = [1, 2, 3, 4]\n")) == {
         "bbox": [1, 2, 3, 4]}

@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import cross_validate
 
-from fungi_ssl import buffered_loo as bl
-from fungi_ssl.coordinates import geodesic_distance_m, nearest_distance_m
+from fungi_ssl.data.coordinates import geodesic_distance_m, nearest_distance_m
+from fungi_ssl.validation import buffered_loo as bl
 
 
 def _clustered_lonlat(seed: int = 0, n_clusters: int = 40, per: int = 12) -> np.ndarray:

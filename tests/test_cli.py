@@ -1,4 +1,4 @@
-"""Tests for the ``fungi-ssl`` command (fungi_ssl/cli.py).
+"""Tests for the ``fungi-ssl`` command (fungi_ssl/cli/).
 
 A tiny region is written in geotessera's tile layout: one 0.1° cell
 (``grid_0.15_52.05``), a 200 × 200 pixel raster of 8-dimensional embeddings for
@@ -28,11 +28,15 @@ from affine import Affine
 from typer.main import get_command
 from typer.testing import CliRunner
 
-# fungi_ssl.download imports pooch, whose logger binds sys.stderr when imported: import it
+# fungi_ssl.data.download imports pooch, whose logger binds sys.stderr when imported: import it
 # here, not inside a CliRunner invocation whose captured stderr is closed afterwards
-from fungi_ssl import cli, download, predictors, tessera, trends  # noqa: F401
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.mapmodel import MapModel
+from fungi_ssl import cli
+from fungi_ssl.data import download  # noqa: F401
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.embeddings import tessera, tessera_write
+from fungi_ssl.maps.mapmodel import MapModel
+from fungi_ssl.predictors import tables as predictors
+from fungi_ssl.trends import polygons as trends
 
 YEARS = (2020, 2021, 2022, 2023)
 H = W = 200
@@ -58,7 +62,7 @@ class Region:
 
     def __init__(self, root: Path) -> None:
         rng = np.random.default_rng(0)
-        grid = tessera.tile_grid(LON, LAT)
+        grid = tessera_write.tile_grid(LON, LAT)
         self.x0 = grid.transform.c + 2000.0
         self.y0 = grid.transform.f - 3000.0
         self.transform = Affine(10, 0, self.x0, 0, -10, self.y0)
@@ -71,7 +75,7 @@ class Region:
             e[:, : W // 2, 0] += DRIFT * i
             e = np.clip(np.round(e), -127, 127).astype(np.int8)
             self.emb[year] = e
-            tessera.write_tile(
+            tessera_write.write_tile(
                 self.tiles,
                 year,
                 LON,
@@ -221,8 +225,8 @@ def test_help_describes_every_option_with_its_default(name):
 
 
 def test_defaults_match_the_package():
-    from fungi_ssl.pipelines import SSL_COMPONENTS
-    from fungi_ssl.trends import DEFAULT_CONFIDENCE
+    from fungi_ssl.trends.polygons import DEFAULT_CONFIDENCE
+    from fungi_ssl.validation.pipelines import SSL_COMPONENTS
 
     fit_cmd = get_command(cli.app).commands["fit"]
     trend_cmd = get_command(cli.app).commands["trend"]
@@ -307,7 +311,7 @@ def test_fit_another_guild_by_its_target_column(region, tmp_path):
 
 
 def test_fit_and_predict_from_a_folder_of_zarr_stores(region, model_file, tmp_path):
-    from fungi_ssl.maps import write_embedding_store
+    from fungi_ssl.maps.sources import write_embedding_store
 
     folder = tmp_path / "stores"
     folder.mkdir()
@@ -450,8 +454,8 @@ def test_trend_on_yearly_maps_recovers_the_drift(region, yearly_maps, tmp_path):
 
 
 def test_trend_fits_the_books_estimand_on_richness_maps(region, yearly_maps):
-    from fungi_ssl import trends
-    from fungi_ssl.maps import open_map
+    from fungi_ssl.maps.outputs import open_map
+    from fungi_ssl.trends import polygons as trends
 
     result = trends.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
                                      type_column="kind", n_boot=200)
@@ -1052,7 +1056,7 @@ def test_debug_prints_the_traceback_from_the_installed_command(tmp_path):
 # download and book pass their options through
 # --------------------------------------------------------------------------
 def test_download_checks_sha256_and_keeps_nothing_on_a_mismatch(monkeypatch, tmp_path):
-    from fungi_ssl import download as dl
+    from fungi_ssl.data import download as dl
 
     src = tmp_path / "table.csv"
     src.write_text("sample_id,rarefied\na,1\n")
@@ -1079,7 +1083,7 @@ def test_download_into_a_file(tmp_path):
 
 
 def test_book_passes_its_options_to_run_book(monkeypatch, tmp_path):
-    from fungi_ssl import bookrun
+    from fungi_ssl.book import runner as bookrun
 
     calls = []
 
@@ -1117,7 +1121,7 @@ def test_book_passes_its_options_to_run_book(monkeypatch, tmp_path):
 
 
 def test_book_names_the_failed_notebook_in_one_line(monkeypatch):
-    from fungi_ssl import bookrun
+    from fungi_ssl.book import runner as bookrun
 
     def failing(**kwargs):
         raise bookrun.NotebookFailure(
@@ -1187,8 +1191,8 @@ def test_overwrite_replaces_a_map_this_tool_wrote(region, model_file, tmp_path):
 
 
 def test_a_map_partly_outside_the_tiles_warns(region, model_file, tmp_path):
-    from fungi_ssl.mapmodel import MapModel
-    from fungi_ssl.maps import predict_map
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.predict import predict_map
 
     w, s, e, n = region.bbox
     wider = (w, s, e + (e - w) * 2.0, n)  # two thirds of the box lie east of the tile's pixels
@@ -1227,7 +1231,7 @@ def test_fit_prints_its_skill_and_offers_every_family(region, tmp_path):
     assert res.exit_code == 0, res.output
     assert "cross-validated R² of log1p(rarefied)" in res.stdout and "site groups" in res.stdout
     assert MapModel.load(out).model == "xgboost"
-    from fungi_ssl.models import MODEL_NAMES
+    from fungi_ssl.validation.models import MODEL_NAMES
 
     help_text = _invoke("fit", "--help").output
     for family in MODEL_NAMES:  # every family chapter 10 offers

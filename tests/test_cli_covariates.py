@@ -2,7 +2,7 @@
 
 The tiny region of ``test_cli`` (geotessera tiles of 8-dimensional
 embeddings) gets a stack of two 1 km covariates on the 1 km grid of its UTM
-zone, written by :func:`fungi_ssl.covariate_stack.write_covariate_stack`.
+zone, written by :func:`fungi_ssl.data.covariate_stack.write_covariate_stack`.
 The samples' richness follows embedding dimension 0 *and* the temperature of
 their 1 km cell, so the product model must use both. The map the command
 writes must equal the package's in-memory product prediction pixel by pixel,
@@ -17,9 +17,13 @@ import pytest
 import rasterio
 from test_cli import EPSG, SCALE, Region, _assert_one_line_error, _invoke
 
-from fungi_ssl.coordinates import lonlat_to_crs
-from fungi_ssl.covariate_stack import cells_to_stack, open_covariate_stack, write_covariate_stack
-from fungi_ssl.mapmodel import MapModel
+from fungi_ssl.data.coordinates import lonlat_to_crs
+from fungi_ssl.data.covariate_stack import (
+    cells_to_stack,
+    open_covariate_stack,
+    write_covariate_stack,
+)
+from fungi_ssl.maps.mapmodel import MapModel
 
 TEMP, PH = "CHELSA_BIO_Annual_Mean_Temperature", "SG_Soil_pH_H2O_005cm"
 YEAR = 2021

@@ -1,5 +1,5 @@
-"""Tests for fungi_ssl.comparison (chapter 04's Table 1 driver) and the pipelines and
-worker threads it runs on (fungi_ssl.pipelines, fungi_ssl.worker_threads)."""
+"""Tests for fungi_ssl.validation.comparison (chapter 04's Table 1 driver) and the pipelines and
+worker threads it runs on (fungi_ssl.validation.pipelines, fungi_ssl.core.worker_threads)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from fungi_ssl.comparison import (
+from fungi_ssl.predictors.features import PatchReducer, select_predictors
+from fungi_ssl.validation.comparison import (
     COMPARED_SETS,
     best_model,
     comparison_json,
@@ -26,10 +27,13 @@ from fungi_ssl.comparison import (
     table1,
     table1_wide,
 )
-from fungi_ssl.cv import SiteGroupKFold
-from fungi_ssl.features import PatchReducer, select_predictors
-from fungi_ssl.models import MODEL_NAMES, corrected_resampled_ttest, evaluate_random_splits
-from fungi_ssl.pipelines import (
+from fungi_ssl.validation.cv import SiteGroupKFold
+from fungi_ssl.validation.models import (
+    MODEL_NAMES,
+    corrected_resampled_ttest,
+    evaluate_random_splits,
+)
+from fungi_ssl.validation.pipelines import (
     MemoPatchReducer,
     ReductionMemo,
     available_sets,
@@ -346,7 +350,7 @@ def test_wide_table_and_figure(results):
 
 
 def test_reduced_model_pipeline_is_shap_additive(frame):
-    from fungi_ssl.explain import shap_by_group, tree_shap
+    from fungi_ssl.attribution.explain import shap_by_group, tree_shap
 
     X = predictor_matrix(frame, "all")
     memo = ReductionMemo()
@@ -364,7 +368,7 @@ def test_reduced_model_pipeline_is_shap_additive(frame):
 def test_thread_warnings_drop_the_sklearn_filter_race_and_reissue_the_rest():
     import warnings
 
-    from fungi_ssl.worker_threads import worker_warnings
+    from fungi_ssl.core.worker_threads import worker_warnings
 
     def warn_from_workers() -> None:
         with worker_warnings():

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.coordinates: the lon/lat check, geodesic distances, UTM grid cells.
+"""Tests for fungi_ssl.data.coordinates: the lon/lat check, geodesic distances, UTM grid cells.
 
 Distances are checked against pyproj's ellipsoidal geodesic (Karney's
 algorithm) on three continents, where one Europe-centred projection was off by
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from pyproj import Geod
 
-from fungi_ssl.coordinates import (
+from fungi_ssl.data.coordinates import (
     EARTH_RADIUS_M,
     check_lonlat,
     crs_to_lonlat,

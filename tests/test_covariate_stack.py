@@ -1,7 +1,7 @@
-"""1 km covariate stacks (fungi_ssl/covariate_stack.py) and the product map model that reads them.
+"""1 km covariate stacks (fungi_ssl/data/covariate_stack.py) and the product map model that reads them.
 
-* :class:`~fungi_ssl.mapmodel.MapModel` fitted with covariates is chapter 06's
-  :class:`~fungi_ssl.resolution.ProductModel`: the same rows give the same
+* :class:`~fungi_ssl.maps.mapmodel.MapModel` fitted with covariates is chapter 06's
+  :class:`~fungi_ssl.maps.resolution.ProductModel`: the same rows give the same
   predictions, to the last bit.
 * It survives a save and load, maps window by window as it predicts patch by
   patch, and refuses to predict without its covariates.
@@ -16,9 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import resolution
-from fungi_ssl.covariate_stack import cells_to_stack, open_covariate_stack, write_covariate_stack
-from fungi_ssl.mapmodel import MapModel
+from fungi_ssl.data.covariate_stack import (
+    cells_to_stack,
+    open_covariate_stack,
+    write_covariate_stack,
+)
+from fungi_ssl.maps import resolution
+from fungi_ssl.maps.mapmodel import MapModel
 
 DIM = 8
 COVS = ["CHELSA_BIO_Annual_Mean_Temperature", "SG_Soil_pH_H2O_005cm"]
@@ -97,7 +101,7 @@ def test_a_window_maps_as_its_patches_predict(product):
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_a_stack_reads_back_by_name_in_its_own_and_another_crs(suffix, tmp_path):
-    from fungi_ssl.coordinates import crs_to_lonlat
+    from fungi_ssl.data.coordinates import crs_to_lonlat
 
     cells = pd.DataFrame({"x": [500_500.0, 501_500.0, 500_500.0, 501_500.0],
                           "y": [5_799_500.0, 5_799_500.0, 5_798_500.0, 5_798_500.0],
@@ -119,7 +123,7 @@ def test_a_stack_reads_back_by_name_in_its_own_and_another_crs(suffix, tmp_path)
 
 
 def test_the_simulated_regions_stack_gives_the_samples_their_table_covariates(tmp_path):
-    from fungi_ssl import region
+    from fungi_ssl.region import workflow as region
     from fungi_ssl.simulate import SimulatedStudy
     from fungi_ssl.simulate.sensors import covariates_1km
 

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.cv: the random protocol and the spatial splitters."""
+"""Tests for fungi_ssl.validation.cv: the random protocol and the spatial splitters."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ from pyproj import Geod
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_score
 
-from fungi_ssl.coordinates import crs_to_lonlat, lonlat_to_crs
-from fungi_ssl.cv import (
-    BlockKFold,
-    BufferedKFold,
-    RandomTrainValTest,
-    SiteGroupKFold,
-    site_groups,
-)
+from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs
+from fungi_ssl.data.sites import site_groups
+from fungi_ssl.validation.cv import BlockKFold, BufferedKFold, RandomTrainValTest, SiteGroupKFold
 
 GEOD = Geod(ellps="WGS84")
 UTM32 = 32632  # the UTM zone of the fixture (central meridian 9° E)
@@ -403,8 +398,8 @@ def test_spatial_cv_adapts_to_a_region_smaller_than_its_blocks():
     the 1 blocks'; now the splitter takes smaller blocks that fill the folds and says so."""
     import pandas as pd
 
-    from fungi_ssl.comparison import spatial_cv_note, spatial_splitter
-    from fungi_ssl.cv import fitting_block_size
+    from fungi_ssl.validation.comparison import spatial_cv_note, spatial_splitter
+    from fungi_ssl.validation.cv import fitting_block_size
 
     rng = np.random.default_rng(0)
     region = pd.DataFrame({"longitude": rng.uniform(-3.80, -3.47, 300),

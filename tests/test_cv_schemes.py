@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.cv_schemes: chapter 09's CV schemes, site leakage and prediction grid."""
+"""Tests for fungi_ssl.validation.cv_schemes: chapter 09's CV schemes, site leakage and prediction grid."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import cv_schemes as cs
-from fungi_ssl.bookrun import read_results, write_results
-from fungi_ssl.coordinates import nearest_distance_m
+from fungi_ssl.core.results import read_results, write_results
+from fungi_ssl.data.coordinates import nearest_distance_m
+from fungi_ssl.validation import cv_schemes as cs
+from fungi_ssl.validation import cv_schemes_results as csr
 
 
 def _plots(n_sites: int, cores: int, seed: int = 0) -> pd.DataFrame:
@@ -221,8 +222,8 @@ def test_compare_all_four_schemes_and_the_chapter_json(tmp_path):
     assert res.schemes == list(cs.SCHEMES)
     assert list(res.r2_table().columns) == list(cs.SCHEMES)
     assert res.knndm is not None and np.array_equal(res.test_train_m["knndm"], res.knndm.gjstar)
-    out = cs.chapter_results(res, "ridge", "all", n_splits=3)
-    for key in cs.HEADLINE_KEYS:
+    out = csr.chapter_results(res, "ridge", "all", n_splits=3)
+    for key in csr.HEADLINE_KEYS:
         assert key in out
     assert out["n_samples"] == 150 and out["n_sites"] == 50 and out["skipped"] is None
     assert out["r2_knndm"] == pytest.approx(res.r2("ridge", "all")["knndm"])
@@ -276,9 +277,9 @@ def test_chapter_inputs_and_skipped_results(tmp_path):
     assert "ECM" not in only_samples.guild_skip_reason("AM")
     with pytest.raises(FileNotFoundError, match="not found"):
         cs.chapter_inputs(tmp_path / "missing")
-    out = cs.skipped_results(none.skip_reason, tables={})
+    out = csr.skipped_results(none.skip_reason, tables={})
     assert out["skipped"] == none.skip_reason
-    assert all(out[k] is None for k in cs.HEADLINE_KEYS)
+    assert all(out[k] is None for k in csr.HEADLINE_KEYS)
     json.dumps(out)  # plain JSON
 
 
@@ -318,7 +319,7 @@ def test_pixel_and_plot_sites_by_hand():
 def test_real_spun_table_random_kfold_leaks_sites(real_data_dir):
     """On the real SPUN table most samples share a 1 km pixel site, so random K-fold puts a
     site-mate in training for most test samples; the spatial schemes for none."""
-    from fungi_ssl.study import open_field_data
+    from fungi_ssl.simulate.field_data import open_field_data
 
     fd = open_field_data(real_data_dir, table="covariates")
     t = fd.samples

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.download, offline.
+"""Tests for fungi_ssl.data.download, offline.
 
 Downloads come from a local HTTP server on 127.0.0.1 (``http.server`` in a
 thread, the path pooch's HTTP downloader takes) or from ``file://`` URLs; the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fungi_ssl.download import (
+from fungi_ssl.data.download import (
     REAL_TABLES,
     REGISTRY,
     RealTable,

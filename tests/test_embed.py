@@ -8,8 +8,8 @@ import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.embed import (
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.embeddings.embed import (
     cached_embed_cube,
     cached_pretrain,
     embed_cube,
@@ -17,17 +17,9 @@ from fungi_ssl.embed import (
     patch_features_frame,
     raster_patches,
 )
-from fungi_ssl.encoder import (
-    S1_BANDS,
-    S2_BANDS,
-    EncoderConfig,
-    PixelTimeSeries,
-    TesseraEncoder,
-    TrainedEncoder,
-    dequantise,
-    embed_pixels,
-    quantise,
-)
+from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder, dequantise
+from fungi_ssl.embeddings.inference import embed_pixels, quantise
+from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS, PixelTimeSeries
 
 # the fixture cube has one no-data pixel on purpose; its warning is asserted once below
 pytestmark = pytest.mark.filterwarnings("ignore:embed_cube.*no valid")
@@ -130,7 +122,7 @@ def test_resume_equals_uninterrupted(tmp_path, trained):
 
 def test_in_memory_equals_the_store(tmp_path, trained):
     """embed_cube_in_memory gives the store's values bit for bit, and the same map."""
-    from fungi_ssl.embed import embed_cube_in_memory
+    from fungi_ssl.embeddings.embed import embed_cube_in_memory
 
     cube = make_cube(chunks={"y": 4, "x": 4})  # lazy: windows load in a background thread
     with pytest.warns(UserWarning, match="1 of 130 pixels have no valid"):
@@ -182,18 +174,18 @@ def test_patch_sampling_at_lonlat(tmp_path, trained):
 
 def test_raster_patches_match_tessera_patches_on_one_tile(tmp_path):
     """One concept, two sources: a single raster and a tile directory give the same patches."""
-    from fungi_ssl import tessera
-    from fungi_ssl.coordinates import lonlat_to_crs
+    from fungi_ssl.data.coordinates import lonlat_to_crs
+    from fungi_ssl.embeddings import tessera, tessera_patches, tessera_write
 
     rng = np.random.default_rng(4)
-    grid = tessera.tile_grid(0.15, 52.05)
+    grid = tessera_write.tile_grid(0.15, 52.05)
     emb = rng.integers(-127, 128, (grid.height, grid.width, 8), dtype=np.int8)
     scale = rng.uniform(0.01, 0.1, (grid.height, grid.width)).astype(np.float32)
-    tessera.write_tile(tmp_path, 2024, 0.15, 52.05, emb, scale)
+    tessera_write.write_tile(tmp_path, 2024, 0.15, 52.05, emb, scale)
     lon = np.array([0.12, 0.17, 0.141])
     lat = np.array([52.02, 52.07, 52.09])
     a = raster_patches(tessera.open_tile(tmp_path, 2024, 0.15, 52.05), longitude=lon, latitude=lat)
-    b = tessera.sample_patches(tmp_path, 2024, lon, lat, progress=False)
+    b = tessera_patches.sample_patches(tmp_path, 2024, lon, lat, progress=False)
     assert a.dims == b.dims and a.shape == b.shape == (3, 3, 3, 8)
     np.testing.assert_array_equal(a.values, b.values)
     x, y = lonlat_to_crs(lon, lat, grid.epsg)

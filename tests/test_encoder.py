@@ -8,21 +8,20 @@ import rioxarray  # noqa: F401
 import torch
 import xarray as xr
 
-from fungi_ssl.encoder import (
-    S1_BANDS,
-    S2_BANDS,
-    BandNormaliser,
+from fungi_ssl.embeddings.encoder import (
     EncoderConfig,
-    PixelTimeSeries,
     TesseraEncoder,
     barlow_twins_loss,
     dequantise,
-    embed_pixels,
-    load_encoder,
     pretrain,
-    quantise,
+)
+from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
+from fungi_ssl.embeddings.pixels import (
+    S1_BANDS,
+    S2_BANDS,
+    BandNormaliser,
+    PixelTimeSeries,
     sample_timesteps,
-    save_encoder,
 )
 
 TINY = EncoderConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, n_timesteps=8,
@@ -262,7 +261,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
 
 def _partial(p, ckpt_dir, kw):
     """Run the first 4 of 10 steps and leave the checkpoint, as a killed job would."""
-    import fungi_ssl.encoder as enc
+    import fungi_ssl.embeddings.encoder as enc
 
     class Stop(Exception):
         pass
@@ -378,7 +377,7 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
 
     import pytest
 
-    from fungi_ssl import encoder as enc
+    from fungi_ssl.embeddings import encoder as enc
 
     monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})

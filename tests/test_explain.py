@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.explain: Tree SHAP and group attribution."""
+"""Tests for fungi_ssl.attribution.explain: Tree SHAP and group attribution."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
-from fungi_ssl.explain import (
+from fungi_ssl.attribution.explain import (
     ShapValues,
     plot_dependence,
     plot_shap_groups,
     shap_by_group,
     tree_shap,
 )
-from fungi_ssl.features import PatchReducer, select_predictors
+from fungi_ssl.predictors.features import PatchReducer, select_predictors
 
 
 def study(n: int = 400, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -150,7 +150,7 @@ def test_select_predictors_mapping_feeds_shap_by_group():
 
 def test_additivity_holds_for_early_stopped_lightgbm():
     # Table 1's LightGBM stops early: SHAP must explain the trees predict() uses
-    from fungi_ssl.models import fit_model, make_model
+    from fungi_ssl.validation.models import fit_model, make_model
 
     X, y = study(600, seed=3)
     model = make_model("lightgbm", n_jobs=1, n_estimators=1000, learning_rate=0.1)

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.features: predictor sets and SSL patch reduction."""
+"""Tests for fungi_ssl.predictors.features: predictor sets and SSL patch reduction."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
-from fungi_ssl.features import (
+from fungi_ssl.predictors.features import (
     PREDICTOR_GROUPS,
     PatchReducer,
     column_groups,

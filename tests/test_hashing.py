@@ -1,4 +1,4 @@
-"""Tests of the counter-based random numbers in fungi_ssl.hashing.
+"""Tests of the counter-based random numbers in fungi_ssl.core.hashing.
 
 The expected values below were computed with the implementations that
 ``simulate`` (``_mix``, ``_hash``, ``hash_uniform``, ``hash_normal``) and
@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fungi_ssl.hashing import hash_keys, hash_normal, hash_uniform, hash_uniform_rows, splitmix64
+from fungi_ssl.core.hashing import (
+    hash_keys,
+    hash_normal,
+    hash_uniform,
+    hash_uniform_rows,
+    splitmix64,
+)
 
 
 def test_splitmix64_reference_values():

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.io: sample tables, SPUN covariates, rasters, real data directory."""
+"""Tests for fungi_ssl.data.io: sample tables, SPUN covariates, rasters, real data directory."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.cv import site_groups
-from fungi_ssl.io import (
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.data.io import (
     derive_site_ids,
     find_real_tables,
     read_covariate_raster,
@@ -23,6 +22,7 @@ from fungi_ssl.io import (
     sample_raster_at_points,
     validate_samples,
 )
+from fungi_ssl.data.sites import site_groups
 
 HEADER = '"","sample_id","longitude","latitude","continent","raw_obs_div","rarefied"\n'
 GOOD_ROWS = [
@@ -432,7 +432,7 @@ def test_samples_env_names_the_table(tmp_path, monkeypatch):
 def test_check_data_directory_is_fast_and_one_line(tmp_path):
     import time
 
-    from fungi_ssl.io import check_data_directory
+    from fungi_ssl.data.io import check_data_directory
 
     (tmp_path / "readme.txt").write_text("nothing here")
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.knndm: kNNDM cross-validation on cases worked out by hand."""
+"""Tests for fungi_ssl.validation.knndm: kNNDM cross-validation on cases worked out by hand."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from scipy.stats import wasserstein_distance
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import cross_val_predict, cross_val_score
 
-from fungi_ssl.coordinates import geodesic_distance_m, nearest_distance_m
-from fungi_ssl.cv import SpatialKFold
-from fungi_ssl.knndm import (
+from fungi_ssl.data.coordinates import geodesic_distance_m, nearest_distance_m
+from fungi_ssl.validation.cv import SpatialKFold
+from fungi_ssl.validation.knndm import (
     KNNDMKFold,
     _deal_clusters,
     fold_nearest_distances,

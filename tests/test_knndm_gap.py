@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import knndm_gap as kg
-from fungi_ssl.coordinates import nearest_distance_m
-from fungi_ssl.knndm import KNNDMKFold
+from fungi_ssl.data.coordinates import nearest_distance_m
+from fungi_ssl.validation import knndm_gap as kg
+from fungi_ssl.validation.knndm import KNNDMKFold
 
 
 @pytest.fixture(scope="module")

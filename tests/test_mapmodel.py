@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.mapmodel: the savable map model (patch → PCA → regressor → richness)."""
+"""Tests of fungi_ssl.maps.mapmodel: the savable map model (patch → PCA → regressor → richness)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import pandas as pd
 import pytest
 from sklearn.pipeline import make_pipeline
 
-from fungi_ssl import mapmodel
-from fungi_ssl.comparison import BOOK_MODEL_PARAMS
-from fungi_ssl.features import PatchReducer
-from fungi_ssl.mapmodel import (
+from fungi_ssl.maps import mapmodel
+from fungi_ssl.maps.mapmodel import (
     FeatureSpec,
     FlatTrees,
     MapModel,
     encoder_signature,
     package_versions,
 )
-from fungi_ssl.models import make_model
-from fungi_ssl.predictors import TARGET
+from fungi_ssl.predictors.features import PatchReducer
+from fungi_ssl.predictors.tables import TARGET
+from fungi_ssl.validation.comparison import BOOK_MODEL_PARAMS
+from fungi_ssl.validation.models import make_model
 
 DIM = 16  # small embeddings keep the tests fast; the code is the same for 128
 
@@ -303,8 +303,9 @@ def test_load_refuses_files_that_are_not_map_models(tmp_path):
 def test_encoder_signature_of_a_trained_encoder_matches_its_store(tmp_path):
     import xarray as xr
 
-    from fungi_ssl.embed import embed_cube, open_embeddings
-    from fungi_ssl.encoder import S1_BANDS, S2_BANDS, EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.embed import embed_cube, open_embeddings
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.pixels import S1_BANDS, S2_BANDS
 
     rng = np.random.default_rng(0)
     cube = xr.Dataset(

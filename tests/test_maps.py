@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.maps: chunked 10 m maps from embedding stores and TESSERA tiles."""
+"""Tests of fungi_ssl.maps.predict: chunked 10 m maps from embedding stores and TESSERA tiles."""
 
 from __future__ import annotations
 
@@ -11,16 +11,11 @@ import rasterio
 import xarray as xr
 from affine import Affine
 
-from fungi_ssl.embed import open_embeddings, raster_patches
-from fungi_ssl.mapmodel import MapModel
-from fungi_ssl.maps import (
-    SCHEDULER_ENV,
-    aggregate_map,
-    open_embedding_source,
-    open_map,
-    predict_map,
-    write_embedding_store,
-)
+from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
+from fungi_ssl.maps.mapmodel import MapModel
+from fungi_ssl.maps.outputs import aggregate_map, open_map
+from fungi_ssl.maps.predict import SCHEDULER_ENV, predict_map
+from fungi_ssl.maps.sources import open_embedding_source, write_embedding_store
 
 DIM = 16
 H, W = 70, 90
@@ -250,9 +245,9 @@ def test_dask_scheduler_and_worker_processes_give_the_same_map(stores, model, re
     """
     from distributed import Client
 
-    from fungi_ssl.cluster import loopback_cluster
-    from fungi_ssl.coordinates import crs_to_lonlat
-    from fungi_ssl.tessera import tile_grid, write_tile
+    from fungi_ssl.core.cluster import loopback_cluster
+    from fungi_ssl.data.coordinates import crs_to_lonlat
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     root, _ = stores
     tiles = tmp_path / "tiles"
@@ -399,8 +394,8 @@ def test_aggregate_a_cog_lazily(stores, model, tmp_path):
 
 # ----------------------------------------------------------------- TESSERA tiles
 def test_tessera_tiles_map_like_a_store(tmp_path, model):
-    from fungi_ssl.coordinates import crs_to_lonlat
-    from fungi_ssl.tessera import tile_grid, write_tile
+    from fungi_ssl.data.coordinates import crs_to_lonlat
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
 
     root = tmp_path / "tiles"
     ga, gb = tile_grid(0.15, 52.05), tile_grid(0.25, 52.05)
@@ -455,8 +450,8 @@ def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
     """The whole chain on real project data: simulated cube → embed_cube → map."""
     import torch
 
-    from fungi_ssl.embed import embed_cube
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.embed import embed_cube
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
     from fungi_ssl.simulate import SimulatedStudy, Window
 
     study = SimulatedStudy()
@@ -486,8 +481,8 @@ def test_map_from_a_store_embedded_from_the_simulated_study(tmp_path):
 def test_a_bbox_across_two_utm_zones_is_refused_with_where_to_split(tmp_path):
     """Cells west of 0° lie in UTM zone 30, east of it in 31: a box over both is refused in one
     line naming the longitude to split at, not mapped with one zone resampled onto the other."""
-    from fungi_ssl.maps import open_embedding_source
-    from fungi_ssl.tessera import tile_grid, write_tile
+    from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
+    from fungi_ssl.maps.sources import open_embedding_source
 
     for lon in (-0.05, 0.05):
         g = tile_grid(lon, 52.05)

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.models: models, metrics, the evaluation protocols, paired tests."""
+"""Tests for fungi_ssl.validation.models: models, metrics, the evaluation protocols, paired tests."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import KFold
 
-from fungi_ssl.cv import RandomTrainValTest, SiteGroupKFold
-from fungi_ssl.models import (
+from fungi_ssl.validation.cv import RandomTrainValTest, SiteGroupKFold
+from fungi_ssl.validation.models import (
     MODEL_NAMES,
     corrected_resampled_ttest,
     evaluate_cv,
@@ -464,7 +464,7 @@ def test_summarise_skips_pooled_rows(sites):
 
 
 def test_spatial_cv_early_stopping_holds_out_whole_sites():
-    from fungi_ssl.models import _group_holdout
+    from fungi_ssl.validation.models import _group_holdout
 
     rng = np.random.default_rng(1)
     sites = rng.integers(0, 60, 500)

@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.partition: commonality analysis."""
+"""Tests for fungi_ssl.attribution.partition: commonality analysis."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold, ShuffleSplit
 from sklearn.pipeline import make_pipeline
 
-from fungi_ssl.features import PatchReducer
-from fungi_ssl.partition import (
+from fungi_ssl.attribution.partition import (
     CommonalityResult,
     commonality_from_r2,
     commonality_partition,
     plot_commonality,
     subsumed_share,
 )
+from fungi_ssl.predictors.features import PatchReducer
 
 # y = bs*s + ba*a + bb*b + bc*c + noise, all independent N(0, 1).
 # Group A = [s, a], B = [s, b], C = [c]: s is the latent component A and B share.

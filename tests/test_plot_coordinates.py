@@ -1,4 +1,4 @@
-"""SSL patches of real samples at the plot coordinate and the embedding year (fungi_ssl.predictors).
+"""SSL patches of real samples at the plot coordinate and the embedding year (fungi_ssl.predictors.tables).
 
 A real data directory is made of a SPUN-style covariate table (1 km pixel
 centres), a GlobalFungi-style sample table (plot coordinates) for some of the
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from affine import Affine
 
-from fungi_ssl import tessera
-from fungi_ssl.coordinates import crs_to_lonlat
-from fungi_ssl.predictors import (
+from fungi_ssl.data.coordinates import crs_to_lonlat
+from fungi_ssl.embeddings import tessera_write
+from fungi_ssl.predictors.tables import (
     FIRST_EMBEDDING_YEAR,
     embedding_years,
     plot_coordinates,
@@ -63,7 +63,7 @@ def test_plot_coordinates_join_and_leave_out():
 
 @pytest.fixture
 def real_dir(tmp_path):
-    grid = tessera.tile_grid(LON, LAT)
+    grid = tessera_write.tile_grid(LON, LAT)
     x0, y0 = grid.transform.c + 1000.0, grid.transform.f - 1000.0
     rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
     emb = np.zeros((H, W, DIM), np.int8)
@@ -71,7 +71,7 @@ def real_dir(tmp_path):
     for year in (2018, 2019):
         e = emb.copy()
         e[..., 2] = year - 2000
-        tessera.write_tile(tmp_path / "tessera", year, LON, LAT, e, np.ones((H, W), np.float32),
+        tessera_write.write_tile(tmp_path / "tessera", year, LON, LAT, e, np.ones((H, W), np.float32),
                            transform=Affine(10, 0, x0, 0, -10, y0), overwrite=True)
     # three samples: plot coordinates at pixels (10, 12), (30, 40); the third has no plot
     plot_rc = [(10, 12), (30, 40)]
@@ -123,13 +123,14 @@ def test_the_command_line_and_the_chapters_read_equal_patches(tmp_path, store):
     from before the first year, and without a year."""
     from typer.testing import CliRunner
 
-    from fungi_ssl import cli, download  # noqa: F401  (pooch's logger: see test_cli)
-    from fungi_ssl.io import read_samples
-    from fungi_ssl.mapmodel import MapModel, table_fingerprint
-    from fungi_ssl.maps import write_embedding_store
-    from fungi_ssl.predictors import embedding_patches
+    from fungi_ssl import cli
+    from fungi_ssl.data import download  # noqa: F401  (pooch's logger: see test_cli)
+    from fungi_ssl.data.io import read_samples
+    from fungi_ssl.maps.mapmodel import MapModel, table_fingerprint
+    from fungi_ssl.maps.sources import write_embedding_store
+    from fungi_ssl.predictors.tables import embedding_patches
 
-    grid = tessera.tile_grid(LON, LAT)
+    grid = tessera_write.tile_grid(LON, LAT)
     x0, y0 = grid.transform.c + 1000.0, grid.transform.f - 1000.0
     rng = np.random.default_rng(1)
     folder = tmp_path / "tessera"
@@ -138,7 +139,7 @@ def test_the_command_line_and_the_chapters_read_equal_patches(tmp_path, store):
         emb[..., 2] = year - 2000  # each year says which it is
         scale = rng.uniform(0.01, 0.02, (H, W)).astype(np.float32)
         if store == "tiles":
-            tessera.write_tile(folder, year, LON, LAT, emb, scale,
+            tessera_write.write_tile(folder, year, LON, LAT, emb, scale,
                                transform=Affine(10, 0, x0, 0, -10, y0), overwrite=True)
         else:
             folder.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from fungi_ssl import plotting
+from fungi_ssl.core import plotting
 
 
 @pytest.fixture

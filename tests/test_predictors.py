@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import config, predictors
-from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
-from fungi_ssl.features import group_columns
-from fungi_ssl.study import open_field_data
+from fungi_ssl.core import config
+from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+from fungi_ssl.predictors import tables as predictors
+from fungi_ssl.predictors.features import group_columns
+from fungi_ssl.simulate.field_data import open_field_data
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import hashlib
 
 import numpy as np
 
-from fungi_ssl.features import group_columns
-from fungi_ssl.study import open_field_data
+from fungi_ssl.predictors.features import group_columns
+from fungi_ssl.simulate.field_data import open_field_data
 
 
 def _digest(path) -> str:

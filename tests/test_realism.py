@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import realism
+from fungi_ssl.data import realism
 
 REAL_SHA256 = "7d304d56eb4ad7453208eb8871238bea8275c1a7bf13a54049416ae6cf8e4594"
 
@@ -126,7 +126,7 @@ def test_reference_is_package_data(tmp_path):
     from pathlib import Path
 
     # build from a copy, so that no build/ folder appears in the working tree
-    root = Path(realism.__file__).resolve().parent.parent
+    root = Path(realism.__file__).resolve().parent.parent.parent
     src = tmp_path / "src"
     shutil.copytree(root / "fungi_ssl", src / "fungi_ssl",
                     ignore=shutil.ignore_patterns("__pycache__"))

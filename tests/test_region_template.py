@@ -1,7 +1,7 @@
-"""Chapter 10, your region (fungi_ssl/region.py and notebooks/10_your_region.ipynb).
+"""Chapter 10, your region (fungi_ssl/region/workflow.py and notebooks/10_your_region.ipynb).
 
 The simulated region is written in geotessera's tile layout and read back by
-the real readers (fungi_ssl.tessera, fungi_ssl.maps, ``fungi-ssl
+the real readers (fungi_ssl.embeddings.tessera, fungi_ssl.maps.predict, ``fungi-ssl
 predict-map``); the chapter run through papermill with another bounding box
 maps exactly that box.
 """
@@ -21,8 +21,11 @@ import pandas as pd
 import pytest
 from pyproj import Transformer
 
-from fungi_ssl import cli, download, region, tessera  # noqa: F401  (pooch's logger: see test_cli)
-from fungi_ssl.mapmodel import MapModel
+from fungi_ssl import cli
+from fungi_ssl.data import download  # noqa: F401  (pooch's logger: see test_cli)
+from fungi_ssl.embeddings import tessera, tessera_patches
+from fungi_ssl.maps.mapmodel import MapModel
+from fungi_ssl.region import workflow as region
 
 REPO = Path(__file__).resolve().parent.parent
 # a box across the 0.1° cell edge at 3.7° W (two tiles, one UTM zone), about 30 × 45 pixels
@@ -34,7 +37,7 @@ YEAR = 2019
 def trained():
     import torch
 
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
 
     torch.manual_seed(0)
     enc = TesseraEncoder(EncoderConfig()).eval()  # untrained: the layout is the point here
@@ -79,11 +82,11 @@ def test_simulated_tiles_are_in_geotessera_layout(tiles, trained):
 
 
 def test_patches_read_back_equal_the_encoder_output(tiles, trained):
-    """Patches at points inside the box, through tessera.sample_patches, are complete and
+    """Patches at points inside the box, through tessera_patches.sample_patches, are complete and
     equal to the tiles' int8 × scale values."""
     lon = np.linspace(BBOX[0] + 3e-4, BBOX[2] - 3e-4, 7)
     lat = np.full(7, (BBOX[1] + BBOX[3]) / 2)
-    p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+    p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     assert np.isfinite(p).all()
     # points on both sides of the cell edge read their own tile
     name = tessera.tile_name(lon[0], lat[0])
@@ -102,7 +105,7 @@ def model_file(tiles, tmp_path_factory):
     lat = rng.uniform(BBOX[1], BBOX[3], 300)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     X = p.reshape(len(p), -1)
     y = np.expm1(3 + 0.5 * np.nan_to_num(X[:, 4 * 128]))
     m = MapModel("ridge", n_components=8).fit(X, y, encoder=tiles.encoder, embedding_dim=128)
@@ -144,11 +147,11 @@ def test_area_of_applicability_lines_up_with_the_map(tiles, model_file, tmp_path
     lat = rng.uniform(BBOX[1], BBOX[3], 200)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = tessera.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
+        p = tessera_patches.sample_patches(tiles.root, YEAR, lon, lat, k=3, progress=False).values
     a = region.area_of_applicability(m, p.reshape(200, -1), np.arange(200) // 4, tiles.root, YEAR,
                                      BBOX, out=tmp_path / "aoa.tif", rows_per_block=7,
                                      progress=False)
-    from fungi_ssl.maps import predict_map
+    from fungi_ssl.maps.predict import predict_map
 
     run = predict_map(m, tiles.root, YEAR, BBOX, progress=False)
     assert a.di.shape == run.map.shape
@@ -160,14 +163,14 @@ def test_area_of_applicability_lines_up_with_the_map(tiles, model_file, tmp_path
     assert a.details["folds"] == "5 site-grouped folds"
     # with the samples' coordinates: chapter 07's validation folds (spatial blocks), so the
     # threshold is the one chapter 07 computes for the same model and samples
-    from fungi_ssl.bias_maps import map_aoa, validation_folds
+    from fungi_ssl.uncertainty.bias_maps import map_aoa, validation_folds
 
     ll = pd.DataFrame({"longitude": lon, "latitude": lat})
     b = region.area_of_applicability(m, p.reshape(200, -1), np.arange(200) // 4, tiles.root, YEAR,
                                      BBOX, coordinates=ll, block_km=0.1, progress=False)
     folds, how = validation_folds(ll, 0.1)
     assert b.details["folds"] == how and "spatial blocks" in how
-    from fungi_ssl.bias import importance_weights
+    from fungi_ssl.uncertainty.aoa import importance_weights
 
     X = p.reshape(200, -1).astype(np.float32)
     w = region._weights(m.regressor_, m.project_patches(X), importance_weights)

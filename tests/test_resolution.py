@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import config
-from fungi_ssl import resolution as R
+from fungi_ssl.core import config
+from fungi_ssl.maps import resolution as R
 from fungi_ssl.simulate import SimulatedStudy, Window
 
 F = R.CELL_PX
@@ -139,10 +139,10 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
     """One 1 km cell: embed (untrained encoder), 10 m and 1 km maps, truth, scores."""
     import torch
 
-    from fungi_ssl.embed import open_embeddings, raster_patches
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
-    from fungi_ssl.mapmodel import MapModel
-    from fungi_ssl.study import simulated_study
+    from fungi_ssl.embeddings.embed import open_embeddings, raster_patches
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.simulate.field_data import simulated_study
 
     monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
     # one cell where woodland meets open land: the first quick region, as regions() picks it
@@ -217,7 +217,7 @@ def test_edge_zoom_finds_the_woodland_edge():
 
 
 def test_chapter04_model_reads_the_best_family(tmp_path):
-    from fungi_ssl.bookrun import write_results
+    from fungi_ssl.core.results import write_results
 
     assert R.chapter04_model(tmp_path) == ("lightgbm", "default: chapter 04's results not found")
     write_results("04_predictor_comparison", {"random": {
@@ -304,7 +304,7 @@ def test_scores_pool_regions_and_bootstrap_over_them():
 def test_product_model_sees_both_scales():
     """A target made of a patch signal plus a covariate signal: the product model recovers
     both, better than either single-scale model."""
-    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.maps.mapmodel import MapModel
 
     rng = np.random.default_rng(3)
     n, dim = 1500, 8

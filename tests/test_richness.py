@@ -1,4 +1,4 @@
-"""Tests for fungi_ssl.richness: rarefaction, extrapolation, Chao1, filters."""
+"""Tests for fungi_ssl.data.richness: rarefaction, extrapolation, Chao1, filters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from fungi_ssl.richness import (
+from fungi_ssl.data.richness import (
     chao1,
     drop_shallow_samples,
     extrapolated_richness,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import sensitivity as sens
 from fungi_ssl.simulate import SimulatedStudy, richness_variance
+from fungi_ssl.validation import sensitivity as sens
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,11 @@ CALIBRATION_MISSES = {(10_000.0, 30_000.0)}
 
 
 def test_calibrated_world_matches_the_real_semivariogram(default):
-    from fungi_ssl.variogram import load_variogram_reference, share_at_busy_coordinates, semivariogram
+    from fungi_ssl.data.variogram import (
+        load_variogram_reference,
+        semivariogram,
+        share_at_busy_coordinates,
+    )
 
     europe = default.samples.query("continent == 'Europe'")
     sim = semivariogram(europe)
@@ -227,7 +231,7 @@ def test_rarefied_tracks_true_richness(default):
 
 
 def test_rarefaction_behaves_as_depth_varies(small):
-    from fungi_ssl.richness import rarefied_richness
+    from fungi_ssl.data.richness import rarefied_richness
 
     otu, reads = small.otu_table, small.total_reads
     deep = np.flatnonzero(reads >= 8000)[:200]
@@ -325,7 +329,7 @@ def test_bad_parameters_get_clear_errors(small):
 # ---- the harder world (issue 8) ------------------------------------------------
 
 def test_recorded_coordinates_have_the_real_tables_precision(default):
-    from fungi_ssl.realism import coordinate_decimals
+    from fungi_ssl.data.realism import coordinate_decimals
 
     s = default.samples.dropna(subset=["rarefied"])
     t = default.truth.set_index("sample_id").loc[s["sample_id"]]
@@ -466,8 +470,8 @@ def test_cached_study_tables_bring_back_the_drawn_state(tmp_path, monkeypatch):
     redraws (with_richness) need not place the plots again."""
     from dataclasses import replace
 
-    from fungi_ssl import config
-    from fungi_ssl.study import _cached_tables
+    from fungi_ssl.core import config
+    from fungi_ssl.simulate.field_data import _cached_tables
 
     monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
     cfg = StudyConfig(seed=5, n_samples=150, n_campaigns=5)
@@ -522,7 +526,7 @@ def test_truth_layer_on_a_window(small):
 
 def test_truth_module_is_not_part_of_the_cache_key():
     """Editing the truth layer must not invalidate cached tables and patches."""
-    from fungi_ssl import study as study_mod
+    from fungi_ssl.simulate import field_data as study_mod
 
     assert "truth.py" in study_mod._NOT_DRAWING
-    assert (study_mod.Path(study_mod.__file__).parent / "simulate" / "truth.py").exists()
+    assert (study_mod.Path(study_mod.__file__).parent.parent / "simulate" / "truth.py").exists()

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import region
-from fungi_ssl.predictors import predictor_table, table_kind, table_skip_reason
+from fungi_ssl.predictors.tables import predictor_table, table_kind, table_skip_reason
+from fungi_ssl.region import workflow as region
 
 
 @pytest.fixture
@@ -59,14 +59,14 @@ def test_region_chapter_says_why_it_skips(only_samples):
 
 def test_real_data_chapter_runs_on_the_sample_table_alone(only_samples):
     """Chapter 09 describes the sample table and skips the CV that needs covariates."""
-    from fungi_ssl import cv_schemes as cs
+    from fungi_ssl.validation import cv_schemes as cs
 
     inputs = cs.chapter_inputs(only_samples)
     assert inputs.samples is not None and inputs.covariates is None
 
 
 def test_field_data_chapter_reads_the_sample_table(only_samples):
-    from fungi_ssl.study import open_field_data
+    from fungi_ssl.simulate.field_data import open_field_data
 
     f = open_field_data(only_samples)
     assert len(f.samples) == 60 and f.samples["site_id"].nunique() == 20
@@ -104,7 +104,7 @@ def test_a_chapter_that_cannot_run_says_why_at_its_top(only_samples, tmp_path, n
 
 def test_bias_chapter_says_why_it_skips_in_its_own_words(only_samples):
     """Chapter 07's sentence names what chapter 07 does, not what the predictor chapters do."""
-    from fungi_ssl.heldout import skip_reason
+    from fungi_ssl.uncertainty.heldout import skip_reason
 
     reason = skip_reason(only_samples)
     assert _one_sentence(reason) and reason.startswith("This chapter checks the bias")

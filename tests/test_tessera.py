@@ -1,7 +1,7 @@
-"""Tests for fungi_ssl.tessera: reading geotessera tiles and sampling patches.
+"""Tests for fungi_ssl.embeddings.tessera: reading geotessera tiles and sampling patches.
 
 The tiles here are written by this file's own writer (np.save + rioxarray),
-in the layout geotessera 0.10.1 downloads, not by ``tessera.write_tile``, so
+in the layout geotessera 0.10.1 downloads, not by ``tessera_write.write_tile``, so
 that the reader is checked against an independent copy of the format.
 """
 
@@ -17,8 +17,8 @@ import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
 
-from fungi_ssl import tessera
-from fungi_ssl.coordinates import crs_to_lonlat, lonlat_to_crs
+from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs
+from fungi_ssl.embeddings import tessera, tessera_patches, tessera_write
 
 YEAR = 2024
 H = W = 20
@@ -114,7 +114,7 @@ def _copy(tiles, tmp_path) -> Path:
 def _quiet_sample(*args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean sample must not warn
-        return tessera.sample_patches(*args, progress=False, **kwargs)
+        return tessera_patches.sample_patches(*args, progress=False, **kwargs)
 
 
 # ---------------------------------------------------------------- names
@@ -285,7 +285,7 @@ def test_points_outside_every_tile_are_nan_and_counted(tiles):
     lon = [inside[0], far[0], off_raster[0], np.nan]
     lat = [inside[1], far[1], off_raster[1], 52.0]
     with pytest.warns(UserWarning, match="3 fall outside every TESSERA tile"):
-        p = tessera.sample_patches(tiles["root"], YEAR, lon, lat, progress=False)
+        p = tessera_patches.sample_patches(tiles["root"], YEAR, lon, lat, progress=False)
     assert p.attrs["n_outside"] == 3 and p.attrs["n_incomplete"] == 0
     assert np.isnan(p[1:].values).all()
     np.testing.assert_array_equal(p[0].values, a.deq[4:7, 4:7])
@@ -295,7 +295,7 @@ def test_patch_at_corner_without_neighbours_is_partial(tiles):
     a = tiles["A"]
     lon, lat = a.centre_lonlat(0, 0)  # north-west corner: nothing north or west
     with pytest.warns(UserWarning, match="1 have a 3×3 patch with NaN"):
-        p = tessera.sample_patches(tiles["root"], YEAR, [lon], [lat], progress=False)
+        p = tessera_patches.sample_patches(tiles["root"], YEAR, [lon], [lat], progress=False)
     missing = np.isnan(p[0].values).all(axis=-1)
     assert missing.tolist() == [[True, True, True], [True, False, False], [True, False, False]]
     np.testing.assert_array_equal(p[0, 1:, 1:].values, a.deq[:2, :2])
@@ -328,7 +328,7 @@ def test_mask_water_uses_the_landmask(tiles, tmp_path):
     kept = _quiet_sample(root, YEAR, [lon], [lat])
     np.testing.assert_array_equal(kept[0, 1, 1].values, a.deq[5, 5])
     with pytest.warns(UserWarning, match="1 have"):
-        masked = tessera.sample_patches(root, YEAR, [lon], [lat], mask_water=True, progress=False)
+        masked = tessera_patches.sample_patches(root, YEAR, [lon], [lat], mask_water=True, progress=False)
     assert np.isnan(masked[0, 1, 1].values).all()
     assert np.isfinite(masked[0, 0].values).all()
 
@@ -355,7 +355,7 @@ def test_missing_scales_file_is_a_clear_error(tiles, tmp_path):
     for call in (
         lambda: tessera.open_tile(root, YEAR, 0.15, LAT),
         lambda: tessera.find_tiles(root, YEAR),
-        lambda: tessera.sample_patches(root, YEAR, [0.15], [LAT], progress=False),
+        lambda: tessera_patches.sample_patches(root, YEAR, [0.15], [LAT], progress=False),
     ):
         with pytest.raises(FileNotFoundError, match="scales") as err:
             call()
@@ -387,17 +387,17 @@ def test_bad_roots_and_arguments_are_clear_errors(tiles, tmp_path):
     with pytest.raises(FileNotFoundError, match="no geotessera download"):
         tessera.find_tiles(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"years present: \[2023, 2024\]"):
-        tessera.sample_patches(tiles["root"], 2019, [0.05], [LAT])
+        tessera_patches.sample_patches(tiles["root"], 2019, [0.05], [LAT])
     with pytest.raises(ValueError, match="pass its parent"):
         tessera.find_tiles(tiles["root"] / "global_0.1_degree_representation")
     with pytest.raises(FileNotFoundError, match="embedding file"):
         tessera.open_tile(tiles["root"], YEAR, 10.0, 45.0)
     with pytest.raises(ValueError, match="odd"):
-        tessera.sample_patches(tiles["root"], YEAR, [0.05], [LAT], k=2)
+        tessera_patches.sample_patches(tiles["root"], YEAR, [0.05], [LAT], k=2)
     with pytest.raises(ValueError, match="longitude has 2 values but latitude has 1"):
-        tessera.sample_patches(tiles["root"], YEAR, [0.05, 0.1], [LAT])
+        tessera_patches.sample_patches(tiles["root"], YEAR, [0.05, 0.1], [LAT])
     with pytest.raises(ValueError, match="not a WGS84"):
-        tessera.sample_patches(tiles["root"], YEAR, [200.0], [LAT])
+        tessera_patches.sample_patches(tiles["root"], YEAR, [200.0], [LAT])
 
 
 # -------------------------------------------------------------- writing
@@ -406,18 +406,18 @@ def test_bad_roots_and_arguments_are_clear_errors(tiles, tmp_path):
 def test_write_tile_round_trips_and_tile_grid_covers_the_cell(tmp_path, tiles):
     a = tiles["A"]
     t = Affine(10.0, 0.0, a.x0, 0.0, -10.0, a.y0)
-    paths = tessera.write_tile(tmp_path, YEAR, a.c_lon, LAT, a.emb, a.scale, transform=t)
+    paths = tessera_write.write_tile(tmp_path, YEAR, a.c_lon, LAT, a.emb, a.scale, transform=t)
     assert paths == tessera.tile_paths(tmp_path, YEAR, a.c_lon, LAT)
     ds = tessera.open_tile(tmp_path, YEAR, a.c_lon, LAT)
     assert ds.rio.crs.to_epsg() == 32631 and tuple(ds.rio.transform())[:6] == tuple(t)[:6]
     np.testing.assert_array_equal(tessera.dequantise(ds).values, a.deq)
     with pytest.raises(FileExistsError):
-        tessera.write_tile(tmp_path, YEAR, a.c_lon, LAT, a.emb, a.scale, transform=t)
+        tessera_write.write_tile(tmp_path, YEAR, a.c_lon, LAT, a.emb, a.scale, transform=t)
     with pytest.raises(ValueError, match="tile grid"):
-        tessera.write_tile(tmp_path / "x", YEAR, a.c_lon, LAT, a.emb, a.scale)
+        tessera_write.write_tile(tmp_path / "x", YEAR, a.c_lon, LAT, a.emb, a.scale)
     # The computed grid holds the whole 0.1° cell (corners and edge midpoints)
     # with at most one pixel of slack at the envelope.
-    g = tessera.tile_grid(6.05, -33.95)
+    g = tessera_write.tile_grid(6.05, -33.95)
     assert g.epsg == 32732
     lon = 6.05 + np.array([-0.05, 0.05, -0.05, 0.05, 0.0, 0.0, -0.05, 0.05])
     lat = -33.95 + np.array([0.05, 0.05, -0.05, -0.05, 0.05, -0.05, 0.0, 0.0])
@@ -429,8 +429,8 @@ def test_write_tile_round_trips_and_tile_grid_covers_the_cell(tmp_path, tiles):
 
 
 def _one_tile(root: Path) -> None:
-    g = tessera.tile_grid(0.15, 52.05)
-    tessera.write_tile(root, 2021, 0.15, 52.05, np.ones((20, 20, 8), np.int8),
+    g = tessera_write.tile_grid(0.15, 52.05)
+    tessera_write.write_tile(root, 2021, 0.15, 52.05, np.ones((20, 20, 8), np.int8),
                        np.full((20, 20), 0.1, np.float32),
                        transform=Affine(10, 0, g.transform.c + 500, 0, -10, g.transform.f - 500))
 
@@ -443,12 +443,12 @@ def test_a_download_without_its_metadata_is_not_silently_called_tessera(tmp_path
 
     import pandas as pd
 
-    from fungi_ssl.mapmodel import encoder_signature
-    from fungi_ssl.maps import open_embedding_source
-    from fungi_ssl.predictors import embedding_patches
+    from fungi_ssl.maps.mapmodel import encoder_signature
+    from fungi_ssl.maps.sources import open_embedding_source
+    from fungi_ssl.predictors.tables import embedding_patches
 
     _one_tile(tmp_path)
-    g = tessera.tile_grid(0.15, 52.05)
+    g = tessera_write.tile_grid(0.15, 52.05)
     lon, lat = crs_to_lonlat([g.transform.c + 600], [g.transform.f - 600], g.epsg)
     samples = {"longitude": lon, "latitude": lat}
     bbox = (float(lon[0]) - 0.0005, float(lat[0]) - 0.0005, float(lon[0]) + 0.0005,

@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.trendmaps: the null world, stand polygons, yearly park maps, chapter 08's analysis."""
+"""Tests of fungi_ssl.trends.trendmaps: the null world, stand polygons, yearly park maps, chapter 08's analysis."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fungi_ssl import trendmaps, trends
 from fungi_ssl.simulate import SimulatedStudy
 from fungi_ssl.simulate.landscape import WATER, WOODLAND_CODES, Window
 from fungi_ssl.simulate.sensors import sentinel_observations
+from fungi_ssl.trends import polygons as trends
+from fungi_ssl.trends import trendmaps
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,8 @@ def test_park_maps_refuses_bad_input_before_any_work(study):
 
 @pytest.fixture(scope="module")
 def tiny_chain():
-    from fungi_ssl.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
-    from fungi_ssl.mapmodel import MapModel
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+    from fungi_ssl.maps.mapmodel import MapModel
 
     enc = TesseraEncoder(EncoderConfig()).eval()
     trained = TrainedEncoder(enc, enc.config, enc.normaliser)

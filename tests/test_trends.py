@@ -1,4 +1,4 @@
-"""Tests of fungi_ssl.trends: zonal means, per-polygon trends, ancient against other woodland."""
+"""Tests of fungi_ssl.trends.polygons: zonal means, per-polygon trends, ancient against other woodland."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import xarray as xr
 from scipy import stats
 from shapely.geometry import Point, Polygon, box
 
-from fungi_ssl import trends
-from fungi_ssl.trends import (
+from fungi_ssl.trends import polygons as trends
+from fungi_ssl.trends.polygons import (
     RESULT_KEYS,
     area_weighted_slope,
     calibrate_slope_gain,
@@ -484,7 +484,7 @@ def test_trend_results_keys_and_values():
         np.corrcoef(rec["slope"], true["slope"])[0, 1])
     assert r["null_slope_difference_ci"][0] < 0 < r["null_slope_difference_ci"][1]
     assert isinstance(r["slope_difference_ci"], list) and r["confidence"] == 0.9
-    assert trends.DEFAULT_CONFIDENCE == __import__("fungi_ssl.bias").bias.DEFAULT_CONFIDENCE
+    assert trends.DEFAULT_CONFIDENCE == __import__("fungi_ssl.uncertainty.intervals").uncertainty.intervals.DEFAULT_CONFIDENCE
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fungi_ssl import variogram
+from fungi_ssl.data import variogram
 
 
 def _table(sub_km_sd: float, regional_sd: float, seed: int = 0, n_sites: int = 400) -> pd.DataFrame:
@@ -96,7 +96,7 @@ def test_shipped_real_summary_has_bands_index_and_provenance():
 
 
 def test_realism_variogram_comparison_lists_every_band():
-    from fungi_ssl import realism
+    from fungi_ssl.data import realism
 
     out = realism.variogram_comparison(_table(0.5, 0.8, n_sites=120))
     assert out["origin"] == "shipped"

@@ -34,7 +34,8 @@ The public names of all five are importable from here
 
 from __future__ import annotations
 
-from ..hashing import hash_normal, hash_uniform
+from fungi_ssl.core.hashing import hash_normal, hash_uniform
+
 from .communities import (
     COARSE_TERMS,
     INVISIBLE_TERMS,
@@ -104,7 +105,7 @@ def __getattr__(name: str):
     """``S2_BANDS`` and ``S1_BANDS`` are the encoder's (one definition in the
     package); they are imported on first use because the encoder imports torch."""
     if name in ("S2_BANDS", "S1_BANDS"):
-        from .. import encoder
+        from fungi_ssl.embeddings import encoder
 
         return getattr(encoder, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 from pyproj import CRS
 
-from ..coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
-from ..hashing import hash_keys, hash_normal, hash_uniform
+from fungi_ssl.core.hashing import hash_keys, hash_normal, hash_uniform
+from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+
 from .communities import RichnessModel, true_log_richness
 from .kernels import fourier_grid, fourier_points
 
@@ -587,7 +588,7 @@ def _land():
     import shapely
     from shapely.ops import unary_union
 
-    from ..plotting import natural_earth_dir
+    from fungi_ssl.core.plotting import natural_earth_dir
 
     path = natural_earth_dir() / "shapefiles" / "natural_earth" / "physical" / "ne_50m_land.shp"
     if not path.exists():

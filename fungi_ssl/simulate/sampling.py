@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
+
 from .communities import draw_community_counts
 from .landscape import (
     LANDCOVER_CLASSES,
@@ -435,7 +436,7 @@ def observe_cores(log_richness: np.ndarray, cores: dict, plots: pd.DataFrame,
         (CSR, cores x species slots), ``total_reads``, ``ecm_reads`` and
         ``rarefied`` (NaN below ``rarefaction_depth``).
     """
-    from ..richness import rarefied_richness
+    from fungi_ssl.data.richness import rarefied_richness
 
     c = config
 

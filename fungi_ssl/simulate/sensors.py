@@ -26,7 +26,8 @@ from pyproj import CRS
 from scipy.special import ndtri
 from tqdm import tqdm
 
-from ..hashing import hash_keys, hash_normal, hash_uniform, splitmix64
+from fungi_ssl.core.hashing import hash_keys, hash_normal, hash_uniform, splitmix64
+
 from . import kernels
 from .landscape import (
     BROADLEAF,

@@ -25,7 +25,8 @@ import xarray as xr
 from pyproj import CRS
 from tqdm import tqdm
 
-from .. import config
+from fungi_ssl.core import config
+
 from .communities import RichnessModel, assign_otus, true_log_richness
 from .landscape import (
     LANDCOVER_CLASSES,
@@ -258,7 +259,9 @@ class SimulatedStudy:
         >>> dict(cube["s2"].sizes)
         {'time_s2': 73, 'band_s2': 10, 'y': 32, 'x': 32}
         """
-        from .. import encoder  # the canonical band order; imports torch, so only here
+        from fungi_ssl.embeddings import (
+            encoder,  # the canonical band order; imports torch, so only here
+        )
 
         if chunks < 1:
             raise ValueError(f"chunks must be a positive number of pixels, got {chunks}")

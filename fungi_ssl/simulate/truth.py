@@ -80,7 +80,7 @@ def rarefied_response(config: StudyConfig, log_richness: np.ndarray, n_cores: in
     >>> bool(r["log1p_mean"][0] < r["log1p_mean"][1])
     True
     """
-    from ..richness import rarefied_richness
+    from fungi_ssl.data.richness import rarefied_richness
 
     c = config
     log_richness = np.atleast_1d(np.asarray(log_richness, dtype=float))

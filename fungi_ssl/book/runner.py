@@ -1,0 +1,615 @@
+"""Run the book's notebooks with papermill, in order, and keep their results.
+
+``make notebooks`` calls this module::
+
+    python -m fungi_ssl.book.runner [--profile quick] [--seed 0] [--data DIR] [--only 01]
+                                [--guild AM] [--target am_rarefied] [--samples FILE]
+                                [-P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]']
+
+Without ``--profile`` the book is built with :data:`fungi_ssl.core.config.DEFAULT_PROFILE`.
+
+Every ``notebooks/NN_*.ipynb`` (two-digit prefix) is executed in order into
+``book/NN_*.ipynb``, which Jupyter Book then renders without re-executing. Each
+notebook receives, as papermill parameters, only those of ``profile``,
+``seed``, ``data_dir`` and ``results_dir`` that its cell tagged ``parameters``
+declares, and ``guild`` and ``target`` (``--guild AM --target am_rarefied``)
+when they are given and the notebook declares them. ``data_dir`` is the empty string (or ``None``, if that is the
+notebook's own default) for the embedded simulated study, and a path for a real
+data directory. Paths are injected relative to the notebook's folder (where the
+kernel runs), so the book shows no machine's absolute paths; after the run,
+any absolute path that remains in the executed notebook (the repository, the
+home folder, a data or results folder elsewhere) is replaced by a placeholder
+(:func:`scrub_machine_paths`). Kernels talk to the runner over IPC sockets,
+not unencrypted local TCP (:data:`KERNEL_TRANSPORT`).
+
+Numbers a chapter wants to keep (for the text of later chapters, or for tests)
+go through :func:`write_results`, which writes ``book/results/NN_<name>.json``;
+:func:`read_results` reads them back. Only a run with the book's own
+parameters writes ``book/results/``: any other (another profile, seed, data
+directory or chapter parameter, from ``make book``, ``--only`` or papermill
+itself) writes ``book/results-<key>/``, named for what it changed
+(:func:`results_key`, :func:`default_results_dir`). Chapter parameters come
+from ``-P name=value`` (``make book PARAMS="…"``) and reach the notebooks that
+declare them; a chapter that skips is reduced to its title and one sentence. The run itself writes
+``book/results/run_summary.json``: seconds per notebook and the profile used.
+
+A failing notebook stops the run: the message names the notebook, the cell
+(index in the source notebook, execution count, first lines of its source)
+and the error; later notebooks are not run, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fungi_ssl.book.notebooks import (
+    check_chapter_parameters,
+    declared_parameters,
+    find_notebooks,
+    machine_path_placeholders,
+    notebook_parameters,
+    parse_chapter_parameters,
+    scrub_machine_paths,
+    shows_results,
+    skipped_reason,
+    strip_skipped_chapter,
+)
+from fungi_ssl.core import config
+from fungi_ssl.core.results import results_folder, results_key, to_json_safe
+
+#: The kernel every notebook runs in (``make setup`` installs it with ``--sys-prefix``).
+KERNEL_NAME = "python3"
+#: Matplotlib backend for kernels: headless (it renders with Agg) but, unlike plain
+#: ``Agg``, it still puts every figure into the notebook, so the book shows it.
+#: Set explicitly so that an ``MPLBACKEND=Agg`` in the caller's environment
+#: (CI, servers) cannot silently drop the book's figures.
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+#: Lines of the failing cell's source shown in the error message.
+SOURCE_LINES_SHOWN = 6
+#: How the runner talks to kernels: IPC (Unix domain sockets in Jupyter's runtime
+#: folder) rather than TCP on localhost, which ipykernel warns is unencrypted.
+KERNEL_TRANSPORT = "ipc"
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class NotebookRun:
+    """Timing of one executed notebook, as written to ``run_summary.json``."""
+
+    notebook: str
+    seconds: float
+    profile: str
+    seed: int
+    status: str = "ok"
+
+
+class NotebookFailure(RuntimeError):
+    """A notebook raised in one of its cells; the message says where and what.
+
+    Attributes
+    ----------
+    notebook : pathlib.Path
+        The source notebook.
+    output : pathlib.Path
+        The executed copy, which holds the traceback.
+    cell_index : int or None
+        Index of the failing cell in the source notebook (0-based).
+    execution_count : int or None
+        The ``In [n]`` number of the failing cell.
+    source : str
+        The failing cell's source.
+    ename, evalue : str
+        Exception name and message.
+    """
+
+    def __init__(
+        self,
+        notebook: Path,
+        output: Path,
+        cell_index: int | None,
+        execution_count: int | None,
+        source: str,
+        ename: str,
+        evalue: str,
+    ) -> None:
+        self.notebook = notebook
+        self.output = output
+        self.cell_index = cell_index
+        self.execution_count = execution_count
+        self.source = source
+        self.ename = ename
+        self.evalue = evalue
+        #: Notebooks run so far, the failed one last (set by :func:`run_book`).
+        self.runs: list[NotebookRun] = []
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """A multi-line message naming notebook, cell and error."""
+        lines = self.source.splitlines()
+        shown = lines[:SOURCE_LINES_SHOWN]
+        if len(lines) > SOURCE_LINES_SHOWN:
+            shown.append(f"... ({len(lines) - SOURCE_LINES_SHOWN} more lines)")
+        where = "before any cell ran" if self.cell_index is None else f"in cell {self.cell_index}"
+        count = "" if self.execution_count is None else f" (In [{self.execution_count}])"
+        return "\n".join(
+            [
+                f"notebook {self.notebook.name} failed {where}{count}:",
+                *(f"    | {line}" for line in shown),
+                f"{self.ename}: {self.evalue}",
+                f"the executed notebook with the full traceback is {self.output}",
+            ]
+        )
+
+
+def _source_cell_index(output: Path, executed_index: int) -> int:
+    """Map a cell index in papermill's output back to the source notebook.
+
+    papermill inserts an ``injected-parameters`` cell; cells after it shift by one.
+    """
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(output), as_version=4)
+    except (OSError, ValueError):  # unreadable if the kernel died while writing it
+        return executed_index
+    cells = [
+        c
+        for c in nb.cells
+        if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])
+    ]
+    for i, cell in enumerate(cells[: executed_index + 1]):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            return executed_index - 1 if executed_index > i else executed_index
+    return executed_index
+
+
+def _running_cell(output: Path) -> tuple[int | None, int | None, str]:
+    """Index, execution count and source of the last code cell papermill started."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(output), as_version=4)
+    except (OSError, ValueError):
+        return None, None, ""
+    started = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and cell.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return None, None, ""
+    cell = nb.cells[started[-1]]
+    return started[-1], cell.get("execution_count"), cell.get("source", "")
+
+
+def hide_default_parameters(executed: str | Path) -> bool:
+    """Tag the ``parameters`` cell of an executed notebook ``remove-cell``.
+
+    papermill keeps the notebook's own ``parameters`` cell (the defaults) and
+    adds an ``injected-parameters`` cell with the values actually used. The
+    book shows only the latter, so a reader never sees two conflicting sets.
+    Returns True if a cell was tagged.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    if not any("injected-parameters" in t for t in tags):
+        return False
+    changed = False
+    for cell, cell_tags in zip(nb.cells, tags, strict=True):
+        if "parameters" in cell_tags and "remove-cell" not in cell_tags:
+            cell.metadata["tags"] = [*cell_tags, "remove-cell"]
+            changed = True
+    if changed:
+        nbformat.write(nb, str(executed))
+    return changed
+
+
+@contextlib.contextmanager
+def _kernel_environment(extra: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables that kernels inherit; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def execute_notebook(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: Mapping[str, Any],
+    kernel_name: str = KERNEL_NAME,
+    path_placeholders: Mapping[str, str] | None = None,
+) -> float:
+    """Execute one notebook with papermill; return the seconds it took.
+
+    The kernel runs in the notebook's own directory, headless, with
+    ``MPLBACKEND`` set to :data:`KERNEL_MPLBACKEND`, and is reached over
+    :data:`KERNEL_TRANSPORT`. In the executed copy the default ``parameters``
+    cell is hidden from the book (:func:`hide_default_parameters`); the
+    injected values stay visible. Absolute paths in ``path_placeholders``
+    (default: :func:`machine_path_placeholders` of the repository and home
+    folder) are replaced in the executed copy (:func:`scrub_machine_paths`).
+
+    Raises
+    ------
+    NotebookFailure
+        If a cell raises; the executed copy (with the traceback) is still written.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
+
+    kernel_config = Config()
+    kernel_config.KernelManager.transport = KERNEL_TRANSPORT
+    notebook, output = Path(notebook), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _kernel_environment({"MPLBACKEND": KERNEL_MPLBACKEND}):
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=dict(parameters),
+                kernel_name=kernel_name,
+                progress_bar=False,
+                cwd=str(notebook.parent),
+                config=kernel_config,
+            )
+        except PapermillExecutionError as err:
+            scrub_machine_paths(output, _placeholders(path_placeholders))
+            raise NotebookFailure(
+                notebook=notebook,
+                output=output,
+                cell_index=_source_cell_index(output, err.cell_index),
+                execution_count=err.exec_count,
+                source=err.source,
+                ename=err.ename,
+                evalue=err.evalue,
+            ) from None
+        except (RuntimeError, KeyError, TimeoutError, OSError) as err:
+            # The kernel did not start (unknown kernel name, no response) or died
+            # (out of memory); name the cell that was running, if any.
+            index, count, source = _running_cell(output)
+            with contextlib.suppress(OSError, ValueError):
+                scrub_machine_paths(output, _placeholders(path_placeholders))
+            raise NotebookFailure(
+                notebook=notebook,
+                output=output,
+                cell_index=None if index is None else _source_cell_index(output, index),
+                execution_count=count,
+                source=source,
+                ename=type(err).__name__,
+                evalue=f"{err} (kernel {kernel_name!r})",
+            ) from err
+    seconds = time.perf_counter() - start
+    hide_default_parameters(output)
+    scrub_machine_paths(output, _placeholders(path_placeholders))
+    return seconds
+
+
+def _placeholders(given: Mapping[str, str] | None) -> Mapping[str, str]:
+    return machine_path_placeholders() if given is None else given
+
+
+def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merge: bool) -> Path:
+    """Write ``run_summary.json``; with ``merge``, keep earlier entries of other notebooks."""
+    path = Path(results_dir) / "run_summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict[str, Any]] = {}
+    if merge and path.exists():
+        try:
+            for entry in json.loads(path.read_text()).get("notebooks", []):
+                entries[entry["notebook"]] = entry
+        except (json.JSONDecodeError, KeyError, AttributeError):
+            entries = {}
+    for run in runs:
+        entries[run.notebook] = asdict(run)
+    ordered = [entries[k] for k in sorted(entries)]
+    summary = {
+        "notebooks": ordered,
+        "total_seconds": round(sum(e["seconds"] for e in ordered), 2),
+        "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    path.write_text(json.dumps(to_json_safe(summary), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def format_summary(runs: Sequence[NotebookRun]) -> str:
+    """A plain-text table of notebook, status and seconds.
+
+    Examples
+    --------
+    >>> print(format_summary([NotebookRun("01_field_data", 12.345, "quick", 0)]))
+    notebook         status   seconds
+    01_field_data    ok          12.3
+    total                        12.3
+    """
+    width = max([len("notebook"), *(len(r.notebook) for r in runs)]) + 4
+    lines = [f"{'notebook':<{width}}{'status':<7}{'seconds':>9}"]
+    for r in runs:
+        lines.append(f"{r.notebook:<{width}}{r.status:<7}{r.seconds:>9.1f}")
+    lines.append(f"{'total':<{width}}{'':<7}{sum(r.seconds for r in runs):>9.1f}")
+    return "\n".join(lines)
+
+
+def run_book(
+    *,
+    profile: str | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    notebook_dir: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    results_dir: str | Path | None = None,
+    kernel_name: str = KERNEL_NAME,
+    progress: bool = True,
+    guild: str | None = None,
+    target: str | None = None,
+    samples: str | Path | None = None,
+    chapter_parameters: Mapping[str, Any] | None = None,
+) -> list[NotebookRun]:
+    """Execute the book's notebooks in order and write ``run_summary.json``.
+
+    A real data directory is checked before any chapter runs
+    (:func:`fungi_ssl.data.io.check_data_directory`: one line, in a second or
+    two). Results go to ``<output_dir>/results`` for the book's own parameters
+    (default profile, seed 0, the simulated study, no chapter parameters), and
+    to ``<output_dir>/results-<key>`` (:func:`results_key`) for any other run, so
+    a rerun never mixes its numbers into the book's; a run of some chapters
+    (``only``) with other parameters also writes its executed notebooks there,
+    beside their results. A chapter whose results say ``skipped`` and which
+    shows no figure or table is reduced to its title and its one sentence
+    (:func:`strip_skipped_chapter`).
+
+    Parameters
+    ----------
+    profile : {"quick", "full"}, optional
+        Book profile (:data:`fungi_ssl.core.config.PROFILES`); default
+        :data:`fungi_ssl.core.config.DEFAULT_PROFILE`.
+    seed : int
+        Seed passed to every notebook that declares ``seed``.
+    data_dir : str or pathlib.Path, optional
+        Real data directory; ``None`` runs the simulated study.
+    only : sequence of str, optional
+        Run only these chapters (``"01"`` or ``"01_field_data"``).
+    notebook_dir, output_dir, results_dir : path, optional
+        Source notebooks (default ``notebooks/``), executed copies (default
+        ``book/``) and results (default ``<output_dir>/results``).
+    kernel_name : str
+        Jupyter kernel to run in.
+    progress : bool
+        Show a tqdm bar over the notebooks.
+    guild, target : str, optional
+        The fungal guild and the sample-table column of its rarefied
+        richness, passed to every notebook that declares them (default: each
+        notebook's own, ``"ECM"`` and ``"rarefied"``).
+    samples : str or pathlib.Path, optional
+        The sample table of ``data_dir`` when it holds several (a file name or
+        path); kernels see it as ``FUNGI_SSL_SAMPLES``.
+    chapter_parameters : mapping, optional
+        Other parameters (``{"block_km": 10}``, :func:`parse_chapter_parameters`),
+        injected into the notebooks that declare them; one that no notebook run
+        declares is an error.
+
+    Returns
+    -------
+    list of NotebookRun
+        One entry per executed notebook.
+
+    Raises
+    ------
+    NotebookFailure
+        When a notebook fails; the summary is still written, with the failed
+        notebook marked ``"failed"``, and later notebooks are not run.
+    """
+    from tqdm import tqdm
+
+    profile = profile or config.DEFAULT_PROFILE
+    config.get_profile(profile)  # validates the name
+    if data_dir:
+        data_path = Path(data_dir)
+        if not data_path.is_dir():
+            raise FileNotFoundError(
+                f"data directory {data_path} does not exist (or is not a directory); "
+                "omit --data to run the simulated study"
+            )
+        from fungi_ssl.data.io import check_data_directory
+
+        check_data_directory(data_path, target=target or "rarefied", samples=samples)
+    elif samples:
+        raise ValueError("SAMPLES (--samples) names a table of a data directory; give DATA too")
+    chapter_parameters = dict(chapter_parameters or {})
+    notebook_dir = Path(notebook_dir) if notebook_dir else config.NOTEBOOK_DIR
+    notebooks = find_notebooks(notebook_dir, only)
+    check_chapter_parameters(chapter_parameters, notebooks)
+    changed = {k: v for k, v in {"profile": profile if profile != config.DEFAULT_PROFILE else None,
+                                 "seed": seed or None, "data_dir": data_dir or None,
+                                 "guild": guild, "target": target,
+                                 "samples": str(samples) if samples else None}.items()
+               if v is not None}
+    key = results_key({**changed, **chapter_parameters})
+    book_dir = Path(output_dir) if output_dir else config.BOOK_DIR
+    if results_dir:
+        results_dir, output_dir = Path(results_dir), book_dir
+    else:
+        results_dir = results_folder(key, book_dir)
+        output_dir = results_dir if (key and only) else book_dir
+    results_dir.mkdir(parents=True, exist_ok=True)
+    placeholders = machine_path_placeholders(data_dir, results_dir, notebook_dir, output_dir)
+
+    runs: list[NotebookRun] = []
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
+    try:
+        for nb_path in bar:
+            bar.set_postfix_str(nb_path.stem)
+            params = notebook_parameters(
+                declared_parameters(nb_path),
+                profile=profile,
+                seed=seed,
+                data_dir=data_dir,
+                results_dir=results_dir,
+                cwd=nb_path.parent,
+                guild=guild,
+                target=target,
+                chapter_parameters=chapter_parameters,
+            )
+            start = time.perf_counter()
+            started = time.time() - 1.0
+            env = {} if not samples else {"FUNGI_SSL_SAMPLES": str(
+                Path(samples).resolve() if Path(samples).exists() else samples)}
+            try:
+                with _kernel_environment(env):
+                    seconds = execute_notebook(
+                        nb_path, output_dir / nb_path.name, params, kernel_name, placeholders
+                    )
+            except NotebookFailure as failure:
+                runs.append(
+                    NotebookRun(
+                        nb_path.stem, round(time.perf_counter() - start, 2), profile, seed, "failed"
+                    )
+                )
+                failure.runs = list(runs)
+                raise
+            reason = skipped_reason(results_dir, nb_path.name[:2], started)
+            if reason and not shows_results(output_dir / nb_path.name):
+                strip_skipped_chapter(output_dir / nb_path.name, reason)
+            runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
+            bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")
+    finally:
+        bar.close()
+        if runs:
+            write_run_summary(runs, results_dir, merge=bool(only))
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m fungi_ssl.book.runner``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fungi_ssl.book.runner",
+        description="Execute notebooks/NN_*.ipynb in order with papermill into book/.",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(config.PROFILES),
+        default=config.DEFAULT_PROFILE,
+        help=f"book profile (default: {config.DEFAULT_PROFILE}, from fungi_ssl.core.config)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed passed to notebooks (default: 0)"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="real data directory (default: the simulated study)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NN",
+        action="append",
+        default=None,
+        help="run only this chapter, e.g. 01 (repeatable)",
+    )
+    parser.add_argument(
+        "--notebooks",
+        metavar="DIR",
+        default=None,
+        help=f"source notebooks (default: {config.NOTEBOOK_DIR})",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        default=None,
+        help=f"the book folder: executed notebooks and results/ (default: {config.BOOK_DIR}); "
+             "a rerun of some chapters (--only) with other parameters writes both to "
+             "OUTPUT/results-<key>",
+    )
+    parser.add_argument(
+        "--results", metavar="DIR", default=None, help="results directory (default: OUTPUT/results)"
+    )
+    parser.add_argument(
+        "--kernel", default=KERNEL_NAME, help=f"Jupyter kernel (default: {KERNEL_NAME})"
+    )
+    parser.add_argument(
+        "--guild", default=None,
+        help="fungal guild of the sample table, e.g. AM (default: each notebook's, ECM)",
+    )
+    parser.add_argument(
+        "--target", metavar="COLUMN", default=None,
+        help="sample-table column of the guild's rarefied richness (default: rarefied)",
+    )
+    parser.add_argument(
+        "--samples", metavar="FILE", default=None,
+        help="the sample table of --data when it holds several (a file name in it, or a path)",
+    )
+    parser.add_argument(
+        "--param", "-P", metavar="NAME=VALUE", action="append", default=None,
+        help="a chapter parameter, e.g. -P block_km=10 -P 'bbox=[-3.9,56.8,-3.0,57.3]' "
+             "(repeatable; several in one quoted string as make's PARAMS); injected into the "
+             "chapters that declare it",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    if args.data and not Path(args.data).is_dir():
+        what = "is a file, not a directory" if Path(args.data).exists() else "does not exist"
+        print(f"error: --data {args.data}: directory {what}", file=sys.stderr)
+        return 2
+    try:
+        chapter_parameters = parse_chapter_parameters(args.param)
+        runs = run_book(
+            profile=args.profile,
+            seed=args.seed,
+            data_dir=args.data,
+            only=args.only,
+            notebook_dir=args.notebooks,
+            output_dir=args.output,
+            results_dir=args.results,
+            kernel_name=args.kernel,
+            progress=not args.no_progress,
+            guild=args.guild,
+            target=args.target,
+            samples=args.samples,
+            chapter_parameters=chapter_parameters,
+        )
+    except NotebookFailure as failure:
+        if failure.runs:
+            print(format_summary(failure.runs))
+        print(f"\nerror: {failure.describe()}\nlater notebooks were not run.", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

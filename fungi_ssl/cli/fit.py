@@ -1,0 +1,211 @@
+"""``fungi-ssl fit``: fit the map model on a sample table and embeddings, and save it (:class:`fungi_ssl.maps.mapmodel.MapModel`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from fungi_ssl.cli.app import (
+    DEFAULT_GUILD,
+    DEFAULT_TARGET,
+    CommandError,
+    _covariate_stack,
+    _existing,
+    _writable,
+    app,
+)
+
+
+# --------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------
+@app.command()
+def fit(
+    samples: Annotated[
+        Path,
+        typer.Option(
+            "--samples",
+            metavar="CSV",
+            help="Sample table in the GlobalFungi schema (sample_id, longitude, latitude, "
+            "raw_obs_div, rarefied; optional year, site_id).",
+        ),
+    ],
+    embeddings: Annotated[
+        Path,
+        typer.Option(
+            "--embeddings",
+            metavar="DIR",
+            help="geotessera download folder, Zarr embedding store or folder of <year>.zarr stores.",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", metavar="MODEL", help="Model file to write."),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--target",
+            metavar="COLUMN",
+            help="Column of the sample table holding the richness to model (≥ 0).",
+        ),
+    ] = DEFAULT_TARGET,
+    guild: Annotated[
+        str,
+        typer.Option(
+            "--guild",
+            metavar="NAME",
+            help="Fungal guild the target counts (recorded in the model).",
+        ),
+    ] = DEFAULT_GUILD,
+    year: Annotated[
+        int | None,
+        typer.Option(
+            "--year",
+            metavar="YEAR",
+            help="Read every sample's patch from this embedding year.",
+            show_default="each sample's year, or the nearest year held",
+        ),
+    ] = None,
+    model: Annotated[
+        Literal["lightgbm", "xgboost", "rf", "ridge"],
+        typer.Option("--model", help="Regressor fitted on the patch PCA (chapter 10's families)."),
+    ] = "lightgbm",
+    covariates: Annotated[
+        Path | None,
+        typer.Option(
+            "--covariates",
+            metavar="STACK",
+            help="1 km covariates: a GeoTIFF (band descriptions = covariate names) or a Zarr "
+            "store (one variable per covariate), sampled at each sample's coordinate; fits the "
+            "product model (patch PCA + covariates).",
+            show_default="none: the ssl-only model",
+        ),
+    ] = None,
+    map_model: Annotated[
+        Literal["product", "ssl"] | None,
+        typer.Option(
+            "--map-model",
+            help="product: one regressor on the patch PCA and the 1 km covariates (chapter 06's "
+            "map model; needs --covariates); ssl: the study's patch-only model.",
+            show_default="product with --covariates, else ssl",
+        ),
+    ] = None,
+    components: Annotated[
+        int,
+        typer.Option("--components", metavar="N", help="PCA components of the 3×3 patch."),
+    ] = 32,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", metavar="SEED", help="Seed of the PCA, hold-out and model."),
+    ] = 0,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing model file (default: refuse)."),
+    ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option("--progress/--no-progress", help="Show progress bars while reading patches."),
+    ] = True,
+) -> None:
+    """Fit the map model (3×3 patch → PCA → regressor) on every sample and save it.
+
+    Patches are read at each sample's plot coordinate from the embeddings of
+    its sampling year; a year the embeddings lack takes the nearest year held
+    (TESSERA starts in 2017), and a sample without a year the first year
+    held. Samples without a complete patch are left out and counted. With
+    --covariates the regressor also sees the 1 km covariates of each
+    sample's cell (the product model, chapter 06's map model); samples
+    outside the stack are left out and counted.
+    """
+    import numpy as np
+
+    from fungi_ssl.data.io import read_samples, target_values
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.predictors.tables import PATCH_SIZE, embedding_patches
+
+    kind = map_model or ("product" if covariates is not None else "ssl")
+    if kind == "product" and covariates is None:
+        raise CommandError(
+            "--map-model product needs --covariates STACK: the 1 km covariates it is fitted on"
+        )
+    _writable(out, overwrite, "--out")
+    stack = None
+    if covariates is not None:
+        _existing(covariates, "--covariates")
+        if kind == "product":
+            stack = _covariate_stack(covariates)
+        else:
+            typer.echo(f"note: --map-model ssl: the covariates in {covariates} are not used",
+                       err=True)
+    table = read_samples(samples)
+    richness = target_values(table, target)
+    cov = None
+    if stack is not None:
+        cov = stack.at_lonlat(table["longitude"].to_numpy(float),
+                              table["latitude"].to_numpy(float))
+        if not np.isfinite(cov.to_numpy()).all(axis=1).any():
+            raise ValueError(
+                f"--covariates {covariates} covers none of the {len(table)} samples in {samples} "
+                f"(with a value in every band); it spans {stack.bounds} in {stack.crs.to_string()}"
+            )
+    patches, encoder, which = embedding_patches(
+        table, embeddings, year=year, k=PATCH_SIZE, progress=progress
+    )
+    typer.echo(which.describe(), err=True)
+    X = patches.reshape(len(patches), -1)
+    complete = np.isfinite(X).all(axis=1)
+    has_cov = np.ones(len(X), bool) if cov is None else np.isfinite(cov.to_numpy()).all(axis=1)
+    usable = complete & np.isfinite(richness) & has_cov
+    if usable.sum() < 10:
+        raise CommandError(
+            f"only {int(usable.sum())} of {len(table)} samples in {samples} have a complete "
+            f"{PATCH_SIZE}×{PATCH_SIZE} patch in the embeddings under {embeddings}"
+            + ("" if cov is None else f", every covariate in {covariates}")
+            + f" and a {target!r} value; need at least 10 (do the embeddings"
+            + ("" if cov is None else " and covariates") + " cover the samples?)"
+        )
+    fitted = MapModel(model, n_components=components, seed=seed).fit(
+        X,
+        richness,
+        encoder=encoder,
+        groups=table["site_id"].to_numpy(),
+        embedding_dim=patches.shape[-1],
+        covariates=cov,
+    )
+    from fungi_ssl.region.workflow import map_model_skill
+
+    lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
+    skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
+                            n_components=components, seed=seed,
+                            embedding_dim=patches.shape[-1],
+                            covariates=None if cov is None else cov.loc[usable])
+    fitted.settings.update({"map_model": kind})
+    if stack is not None:
+        fitted.settings.update({"covariate_stack": str(covariates)})
+    fitted.settings.update(
+        {
+            "target_column": target,
+            "guild": guild,
+            "embedding_years": sorted(int(y) for y in np.unique(which.years)),
+            "cv_skill": skill,
+        }
+    )
+    fitted.save(out, overwrite=overwrite)
+    site, block = skill["site"], skill["block"]
+    with_cov = (f" + {len(fitted.covariate_columns)} 1 km covariates from {covariates}"
+                if fitted.covariate_columns else "")
+    typer.echo(
+        f"wrote {out}: {kind} model, {fitted.model} on {fitted.n_samples} samples "
+        f"({int((~complete).sum())} without a complete patch, "
+        f"{int((complete & ~np.isfinite(richness)).sum())} without {target!r}"
+        + ("" if cov is None else
+           f", {int((complete & np.isfinite(richness) & ~has_cov).sum())} outside the covariates")
+        + f"), {guild} {target}, {PATCH_SIZE}×{PATCH_SIZE}×{patches.shape[-1]} patches from "
+        f"{encoder}{with_cov}; "
+        f"cross-validated R² of log1p({target}): {site['r2']:.2f} over {site['n_folds']} folds "
+        f"of 25 m site groups, {block['r2']:.2f} over {block['n_folds']} folds of "
+        f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)"
+    )

@@ -1,0 +1,75 @@
+"""Parameter-keyed cache for expensive results (trained encoders, embeddings).
+
+A result is stored under ``data/cache/<kind>/<key>/`` where ``key`` is a short
+hash of the parameters that produced it, written beside it as ``params.json``.
+Changing any parameter changes the key, so a stale result is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fungi_ssl.core import config
+
+
+def _canonical(value: Any) -> Any:
+    """Make parameters JSON-stable (tuples → lists, paths → str, sorted keys)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def cache_key(params: dict[str, Any]) -> str:
+    """Short, stable hash of a parameter dictionary.
+
+    Examples
+    --------
+    >>> cache_key({"a": 1, "b": (2, 3)}) == cache_key({"b": [2, 3], "a": 1})
+    True
+    >>> cache_key({"a": 1}) == cache_key({"a": 2})
+    False
+    """
+    blob = json.dumps(_canonical(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_dir(kind: str, params: dict[str, Any], root: Path | None = None) -> Path:
+    """Directory for the result of ``kind`` computed with ``params``.
+
+    The directory is created, and ``params.json`` written into it, so a reader
+    can always tell what a cached result was made from.
+
+    Parameters
+    ----------
+    kind : str
+        What is cached, e.g. ``"encoder"`` or ``"embeddings"``.
+    params : dict
+        Everything that determines the result.
+    root : pathlib.Path, optional
+        Cache root; defaults to :data:`fungi_ssl.core.config.CACHE_DIR`.
+    """
+    root = Path(root) if root is not None else config.CACHE_DIR
+    path = root / kind / cache_key(params)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = path / "params.json"
+    if not meta.exists():
+        meta.write_text(json.dumps(_canonical(params), indent=2, sort_keys=True))
+    return path
+
+
+def clear(kind: str | None = None, root: Path | None = None) -> None:
+    """Remove cached results of one ``kind``, or all of them."""
+    root = Path(root) if root is not None else config.CACHE_DIR
+    target = root / kind if kind else root
+    if target.exists():
+        shutil.rmtree(target)

@@ -1,0 +1,84 @@
+"""Many single-threaded fits on worker threads, and the warnings they raise.
+
+Chapters 04 and 05 fit hundreds of small models: Table 1 every predictor set
+× model × split, the commonality analysis every subset of groups × fold. On
+the book's two cores they run fastest as single-threaded tasks on two worker
+threads rather than as one multi-threaded model after another: LightGBM's
+OpenMP threads spin-wait for each other at every tree, and when another
+process holds one of the cores a multi-threaded LightGBM slows down many
+times over (about 50× measured on the book machine). So every model is
+built with ``n_jobs=1``, :func:`single_threaded_workers` keeps the BLAS
+under the PCA on one thread too, and joblib runs the tasks on threads (the
+libraries release the GIL while they compute).
+
+Worker threads also scramble warnings: :func:`worker_warnings` collects them
+and re-issues each once from the calling thread, dropping one spurious
+scikit-learn warning that comes from a race between threads and says nothing
+about the analysis.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from threadpoolctl import threadpool_limits
+
+__all__ = ["single_threaded_workers", "worker_warnings"]
+
+
+#: scikit-learn's complaint when two threads race on ``warnings.filters``.
+_SKLEARN_RACE = "`sklearn.utils.parallel.delayed` should be used with"
+
+
+@contextmanager
+def worker_warnings() -> Iterator[None]:
+    """Collect the warnings of worker threads and re-issue them once each, afterwards.
+
+    scikit-learn's forests run their trees through ``sklearn.utils.parallel``,
+    whose task wrapper clears ``warnings.filters`` and rebuilds it for every
+    task. With two forests on two threads, one thread can find the filter list
+    empty in the middle of the other's rebuild, and scikit-learn then warns
+    that its ``delayed`` was used without its ``Parallel`` (it was not). That
+    race says nothing about the analysis, so its warning is dropped; every
+    other warning is re-issued, once per message, from the calling thread.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    seen = set()
+    for w in caught:
+        key = (w.category, str(w.message))
+        if _SKLEARN_RACE in str(w.message) or key in seen:
+            continue
+        seen.add(key)
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+@contextmanager
+def single_threaded_workers() -> Iterator[None]:
+    """Run joblib tasks on threads, BLAS on one thread, worker warnings collected.
+
+    Inside the block every ``joblib.Parallel`` without an explicit backend
+    (scikit-learn's, :func:`fungi_ssl.attribution.partition.commonality_partition`'s)
+    uses threads, the BLAS pools (OpenBLAS under scikit-learn's PCA and
+    ridge) use one thread, and warnings are collected by
+    :func:`worker_warnings`. OpenMP keeps its thread count per thread, so the
+    limit set here does not reach the worker threads: build every model with
+    ``n_jobs=1`` (LightGBM, XGBoost and the forest take it from there).
+
+    Examples
+    --------
+    >>> from joblib import Parallel, delayed
+    >>> from threadpoolctl import threadpool_info
+    >>> def blas_threads():
+    ...     return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    >>> with single_threaded_workers():
+    ...     counts = Parallel(n_jobs=2)(delayed(blas_threads)() for _ in range(2))
+    >>> all(n == 1 for c in counts for n in c)
+    True
+    """
+    from joblib import parallel_config
+
+    with threadpool_limits(limits=1), parallel_config(backend="threading"), worker_warnings():
+        yield

@@ -283,7 +283,7 @@ def test_climate_and_soil_sets_have_the_spun_tables_columns(small):
     """Five climate and five soil columns, as SPUN's (issue 15, simulator v6), each its own map."""
     from dataclasses import replace
 
-    from fungi_ssl.features import select_predictors
+    from fungi_ssl.predictors.features import select_predictors
     from fungi_ssl.simulate import covariates_1km
     from fungi_ssl.simulate.sensors import EXTRA_COVARIATES
 

@@ -10,14 +10,10 @@ import pandas as pd
 import pytest
 from sklearn.pipeline import make_pipeline
 
-from fungi_ssl.maps import mapmodel
-from fungi_ssl.maps.mapmodel import (
-    FeatureSpec,
-    FlatTrees,
-    MapModel,
-    encoder_signature,
-    package_versions,
-)
+from fungi_ssl.maps import mapmodel, modelspec
+from fungi_ssl.maps.flattrees import FlatTrees
+from fungi_ssl.maps.mapmodel import MapModel
+from fungi_ssl.maps.modelspec import FeatureSpec, encoder_signature, package_versions
 from fungi_ssl.predictors.features import PatchReducer
 from fungi_ssl.predictors.tables import TARGET
 from fungi_ssl.validation.comparison import BOOK_MODEL_PARAMS
@@ -337,9 +333,9 @@ def _shift(version: str, part: int) -> str:
 
 
 def test_compatible_series_is_the_major_version_or_zero_minor():
-    assert mapmodel.compatible_series("4.6.0") == mapmodel.compatible_series("4.1.2") == (4,)
-    assert mapmodel.compatible_series("0.1.0") != mapmodel.compatible_series("0.2.0")
-    assert mapmodel.compatible_series("3.0.0") != mapmodel.compatible_series("4.0.0")
+    assert modelspec.compatible_series("4.6.0") == modelspec.compatible_series("4.1.2") == (4,)
+    assert modelspec.compatible_series("0.1.0") != modelspec.compatible_series("0.2.0")
+    assert modelspec.compatible_series("3.0.0") != modelspec.compatible_series("4.0.0")
 
 
 def test_load_accepts_another_minor_version_with_one_warning_line(lgbm_model, tmp_path):

@@ -126,7 +126,8 @@ def test_the_command_line_and_the_chapters_read_equal_patches(tmp_path, store):
     from fungi_ssl import cli
     from fungi_ssl.data import download  # noqa: F401  (pooch's logger: see test_cli)
     from fungi_ssl.data.io import read_samples
-    from fungi_ssl.maps.mapmodel import MapModel, table_fingerprint
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.modelspec import table_fingerprint
     from fungi_ssl.maps.sources import write_embedding_store
     from fungi_ssl.predictors.tables import embedding_patches
 

@@ -443,7 +443,7 @@ def test_a_download_without_its_metadata_is_not_silently_called_tessera(tmp_path
 
     import pandas as pd
 
-    from fungi_ssl.maps.mapmodel import encoder_signature
+    from fungi_ssl.maps.modelspec import encoder_signature
     from fungi_ssl.maps.sources import open_embedding_source
     from fungi_ssl.predictors.tables import embedding_patches
 

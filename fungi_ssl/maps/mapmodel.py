@@ -20,12 +20,12 @@ predictor set, refitted on all samples for mapping:
    richness. ``expm1`` of a mean of logs is a median-like value, below the
    mean richness when the spread is large.
 
-It records its :class:`FeatureSpec` (embedding dimension, patch size, the
+It records its :class:`~fungi_ssl.maps.modelspec.FeatureSpec` (embedding dimension, patch size, the
 encoder's signature, the predictor columns), the fingerprint of the training
 table, the TESSERA dataset version of the embeddings (when they are TESSERA
 tiles) and the versions of every library whose objects the file holds:
 ``fungi_ssl``, scikit-learn (the PCA), the regressor's library (LightGBM,
-XGBoost or scikit-learn), skops and numpy (:func:`package_versions`).
+XGBoost or scikit-learn), skops and numpy (:func:`~fungi_ssl.maps.modelspec.package_versions`).
 
 **The product model.** Fitted with ``covariates`` (the 1 km climate, soil
 and land-cover columns, SPUN-named), the regressor sees the patch's
@@ -44,7 +44,7 @@ the patch projection is one matmul of each pixel's 128 int8 values with a
 128 × (k²·n_components) matrix, times the pixel's scale, followed by a sum of
 k² shifted slices (:meth:`MapModel.predict_window`). The trees of a LightGBM
 model or random forest are then walked by a small numba kernel
-(:class:`FlatTrees`) that gives the same numbers as LightGBM's and
+(:class:`~fungi_ssl.maps.flattrees.FlatTrees`) that gives the same numbers as LightGBM's and
 scikit-learn's own prediction (the thresholds are compared exactly as they
 compare them) about two to three times faster, because it walks eight pixels
 through a tree at once without branches; models it cannot read (categorical
@@ -58,7 +58,7 @@ format version, feature spec, fingerprint, versions, settings) and
 ``model.skops`` (the PCA and the regressor, serialised with skops). A file
 loads under the same major version (``0.y`` for a ``0.y`` release) of
 ``fungi_ssl`` and of the libraries whose estimators it rebuilds; a minor
-difference gives a one-line warning (:func:`version_check`). Why skops
+difference gives a one-line warning (:func:`~fungi_ssl.maps.modelspec.version_check`). Why skops
 and not pickle or joblib: unpickling executes whatever code the file names,
 so a model file from someone else is a program you run; skops only
 reconstructs an allow-list of types and refuses anything else, so loading a
@@ -70,41 +70,38 @@ instead of an error deep inside scikit-learn or LightGBM.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import uuid
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from fungi_ssl.maps.flattrees import FlatTrees
+from fungi_ssl.maps.modelspec import (
+    REGRESSOR_LIBRARY,
+    FeatureSpec,
+    _describe,
+    _patch_column_names,
+    encoder_signature,
+    package_versions,
+    table_fingerprint,
+    version_check,
+)
 from fungi_ssl.predictors.features import EMBEDDING_DIM, SSL_PREFIX, PatchReducer, patch_layout
 from fungi_ssl.validation.models import MODEL_NAMES, fit_model, make_model
 from fungi_ssl.validation.pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
 __all__ = [
-    "CACHE_KEY_LIBRARIES",
     "COVARIATE_RULE",
     "FORMAT_VERSION",
-    "REGRESSOR_LIBRARY",
-    "FeatureSpec",
-    "FlatTrees",
     "MapModel",
-    "compatible_series",
-    "encoder_signature",
-    "library_versions",
-    "package_versions",
-    "table_fingerprint",
-    "version_check",
 ]
 
 #: The model's target, :data:`fungi_ssl.predictors.TARGET` (``log1p(rarefied)``); repeated
@@ -126,299 +123,9 @@ _TRUSTED_TYPES = frozenset(
         "xgboost.sklearn.XGBRegressor",
     }
 )
-#: Libraries whose objects every model file holds: the package, the PCA's scikit-learn,
-#: skops (the file format of the objects) and numpy (their arrays).
-_ALWAYS_HELD = ("fungi_ssl", "scikit-learn", "skops", "numpy")
-#: The library of each regressor (the one whose objects it adds to the file).
-REGRESSOR_LIBRARY = {"lightgbm": "lightgbm", "xgboost": "xgboost", "rf": "scikit-learn",
-                     "ridge": "scikit-learn"}
-#: Libraries a model must share the compatible version of (:func:`compatible_series`) to be
-#: loaded: the package and the libraries whose estimators it rebuilds. numpy and skops keep
-#: their formats across versions (skops reads older files; arrays are .npy), so a different
-#: series of them is a warning only.
-_MUST_MATCH = ("fungi_ssl", "scikit-learn", "lightgbm", "xgboost")
-
 Output = Literal["richness", "log_richness"]
 #: How a 10 m pixel gets the 1 km covariates of the product model (as chapter 06 maps it).
 COVARIATE_RULE = "the value of the 1 km cell holding the pixel's centre (nearest cell)"
-
-
-def package_versions(model: str | None = None) -> dict[str, str]:
-    """Installed versions of the libraries whose objects a model file holds.
-
-    Parameters
-    ----------
-    model : {"lightgbm", "xgboost", "rf", "ridge"}, optional
-        The regressor: its library (:data:`REGRESSOR_LIBRARY`) is added to
-        ``fungi_ssl``, scikit-learn, skops and numpy.
-
-    Examples
-    --------
-    >>> sorted(package_versions("xgboost"))
-    ['fungi_ssl', 'numpy', 'scikit-learn', 'skops', 'xgboost']
-    >>> sorted(package_versions("rf"))
-    ['fungi_ssl', 'numpy', 'scikit-learn', 'skops']
-    """
-    names = list(_ALWAYS_HELD)
-    if model is not None:
-        lib = REGRESSOR_LIBRARY[model]
-        if lib not in names:
-            names.append(lib)
-    return library_versions(names)
-
-
-#: The libraries whose versions key the book's cached models (:mod:`fungi_ssl.resolution`,
-#: :mod:`fungi_ssl.heldout`); unchanged so that existing caches stay valid.
-CACHE_KEY_LIBRARIES = ("fungi_ssl", "scikit-learn", "lightgbm")
-
-
-def library_versions(names: Sequence[str] = CACHE_KEY_LIBRARIES) -> dict[str, str]:
-    """Installed versions of the named distributions, in that order (``"unknown"`` if absent).
-
-    Examples
-    --------
-    >>> list(library_versions(["numpy", "fungi_ssl"]))
-    ['numpy', 'fungi_ssl']
-    """
-    out = {}
-    for name in names:
-        out[name] = "unknown"  # an uninstalled checkout
-        for dist in _DISTRIBUTIONS.get(name, (name,)):
-            try:
-                out[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return out
-
-
-#: Distributions that install a library under another name (XGBoost's CPU-only wheel).
-_DISTRIBUTIONS = {"fungi_ssl": ("fungi-ssl",), "xgboost": ("xgboost", "xgboost-cpu")}
-
-
-def compatible_series(version: str) -> tuple[int, ...] | None:
-    """The part of a version that must match for a saved model to load: its compatible series.
-
-    The major version; for a ``0.y`` version (semantic versioning's initial
-    development, where any minor release may break) the major and minor
-    version. None for a version that cannot be read.
-
-    Examples
-    --------
-    >>> compatible_series("4.5.0"), compatible_series("0.1.0"), compatible_series("2.1rc1")
-    ((4,), (0, 1), (2,))
-    >>> compatible_series("unknown") is None
-    True
-    """
-    m = re.match(r"\s*(\d+)(?:\.(\d+))?", str(version))
-    if m is None:
-        return None
-    major, minor = int(m.group(1)), int(m.group(2) or 0)
-    return (0, minor) if major == 0 else (major,)
-
-
-def _minor(version: str) -> tuple[int, ...] | None:
-    m = re.match(r"\s*(\d+)(?:\.(\d+))?", str(version))
-    return None if m is None else (int(m.group(1)), int(m.group(2) or 0))
-
-
-def version_check(saved: Mapping[str, str], installed: Mapping[str, str]) -> tuple[str, str]:
-    """Compare a model file's library versions with the installed ones.
-
-    Parameters
-    ----------
-    saved : mapping
-        ``versions`` of the model file (:func:`package_versions` at fit time).
-    installed : mapping
-        :func:`package_versions` here, for the same regressor.
-
-    Returns
-    -------
-    refuse : str
-        Empty when the model can be loaded; else the libraries whose
-        compatible series (:func:`compatible_series`) differ, each with both
-        versions: ``fungi_ssl`` and the libraries whose estimators the file
-        holds (scikit-learn's PCA, the regressor's library).
-    warn : str
-        Empty, or the other differences worth one line: another minor
-        version of those libraries, another series of numpy or skops. A
-        library the file records no version of (an older file) is not compared.
-
-    Examples
-    --------
-    >>> version_check({"lightgbm": "4.5.0"}, {"lightgbm": "4.6.0"})
-    ('', "lightgbm: saved with '4.5.0', installed '4.6.0'")
-    >>> version_check({"lightgbm": "3.3.5"}, {"lightgbm": "4.6.0"})[0]
-    "lightgbm: saved with '3.3.5', installed '4.6.0'"
-    """
-    refuse, warn = {}, {}
-    for lib, here in installed.items():
-        there = saved.get(lib)
-        if there is None or there == here:
-            # files written before this library was recorded (numpy, skops, xgboost) say
-            # nothing about it; their estimators' own libraries were checked as before
-            continue
-        a, b = compatible_series(there), compatible_series(here)
-        if lib in _MUST_MATCH and (a is None or a != b):
-            refuse[lib] = (there, here)
-            continue
-        # a compatible library's other minor version; numpy's or skops's other series
-        worth_saying = _minor(there) != _minor(here) if lib in _MUST_MATCH else a != b
-        if worth_saying:
-            warn[lib] = (there, here)
-    return _describe(refuse, "saved with", "installed"), _describe(warn, "saved with", "installed")
-
-
-def encoder_signature(source: Any) -> str:
-    """The signature of the encoder behind some embeddings, as a string.
-
-    Parameters
-    ----------
-    source : str, TrainedEncoder or xarray.Dataset
-        A signature already (returned as is); a
-        :class:`fungi_ssl.encoder.TrainedEncoder` (hash of its configuration,
-        normaliser and weights, as :func:`fungi_ssl.embed.embed_cube` records
-        it); an embedding store opened with
-        :func:`fungi_ssl.embed.open_embeddings` (its ``encoder`` attribute); or
-        a TESSERA tile from :func:`fungi_ssl.tessera.open_tile`
-        (``"tessera:<dataset_version>"``, ``"tessera:unknown-version"`` when
-        the download records none: :func:`fungi_ssl.tessera.version_signature`).
-
-    Examples
-    --------
-    >>> encoder_signature("abc123")
-    'abc123'
-    """
-    import xarray as xr
-
-    if isinstance(source, str):
-        if not source:
-            raise ValueError("encoder signature must be a non-empty string")
-        return source
-    if isinstance(source, xr.Dataset):
-        if "encoder" in source.attrs:
-            return str(source.attrs["encoder"])
-        if "tile" in source.attrs:  # a TESSERA tile (fungi_ssl.tessera.open_tile)
-            from fungi_ssl.embeddings.tessera import version_signature
-
-            return version_signature(source.attrs.get("tessera_dataset_version"))
-        raise ValueError(
-            "encoder_signature: the Dataset records no encoder (no 'encoder' attribute as "
-            "fungi_ssl.embed stores write, and not a TESSERA tile)"
-        )
-    from fungi_ssl.embeddings.encoder import TrainedEncoder
-
-    if isinstance(source, TrainedEncoder):
-        from fungi_ssl.embeddings.embed import _encoder_signature
-
-        return _encoder_signature(source)
-    raise ValueError(
-        f"encoder_signature: expected a str, a TrainedEncoder or an embedding Dataset, "
-        f"got {type(source).__name__}"
-    )
-
-
-def table_fingerprint(X: np.ndarray, y: np.ndarray, columns: tuple[str, ...]) -> str:
-    """A short sha256 of the training features, target and column names.
-
-    Examples
-    --------
-    >>> a = table_fingerprint(np.zeros((2, 2)), np.zeros(2), ("ssl_0000", "ssl_0001"))
-    >>> b = table_fingerprint(np.ones((2, 2)), np.zeros(2), ("ssl_0000", "ssl_0001"))
-    >>> len(a), a == b
-    (16, False)
-    """
-    h = hashlib.sha256()
-    h.update(json.dumps(list(columns)).encode())
-    x = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
-    h.update(str(x.shape).encode())
-    h.update(x.tobytes())
-    h.update(np.ascontiguousarray(np.asarray(y, dtype=np.float64)).tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What a map model expects of the embeddings it is given.
-
-    Attributes
-    ----------
-    embedding_dim : int
-        Dimensions per pixel (128 for TESSERA).
-    patch_size : int
-        Side ``k`` of the k × k pixel patch (3 in the study).
-    encoder : str
-        Signature of the encoder that made the training embeddings
-        (:func:`encoder_signature`).
-    predictor_columns : tuple of str
-        The patch columns, ``ssl_0000`` … in (row, col, dim) order.
-    covariate_columns : tuple of str
-        The 1 km covariates the regressor also sees (the product model), in
-        order; empty for the ``ssl``-only model.
-    """
-
-    embedding_dim: int
-    patch_size: int
-    encoder: str
-    predictor_columns: tuple[str, ...] = field(repr=False)
-    covariate_columns: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (``covariate_columns`` only when there are any)."""
-        d = asdict(self)
-        d["predictor_columns"] = list(self.predictor_columns)
-        d["covariate_columns"] = list(self.covariate_columns)
-        if not self.covariate_columns:
-            del d["covariate_columns"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            embedding_dim=int(d["embedding_dim"]),
-            patch_size=int(d["patch_size"]),
-            encoder=str(d["encoder"]),
-            predictor_columns=tuple(str(c) for c in d["predictor_columns"]),
-            covariate_columns=tuple(str(c) for c in d.get("covariate_columns", ())),
-        )
-
-    def differences(self, other: FeatureSpec) -> dict[str, tuple[Any, Any]]:
-        """Fields that differ: ``{field: (self's value, other's value)}``.
-
-        Examples
-        --------
-        >>> a = FeatureSpec(128, 3, "enc-a", ("ssl_0000",))
-        >>> a.differences(FeatureSpec(128, 5, "enc-a", ("ssl_0000",)))
-        {'patch_size': (3, 5)}
-        """
-        out: dict[str, tuple[Any, Any]] = {}
-        for name in ("embedding_dim", "patch_size", "encoder"):
-            if getattr(self, name) != getattr(other, name):
-                out[name] = (getattr(self, name), getattr(other, name))
-        if self.predictor_columns != other.predictor_columns:
-            out["predictor_columns"] = (
-                _columns_summary(self.predictor_columns),
-                _columns_summary(other.predictor_columns),
-            )
-        if self.covariate_columns != other.covariate_columns:
-            out["covariate_columns"] = (list(self.covariate_columns),
-                                        list(other.covariate_columns))
-        return out
-
-
-def _columns_summary(cols: tuple[str, ...]) -> str:
-    if not cols:
-        return "no columns"
-    return f"{len(cols)} columns {cols[0]} … {cols[-1]}"
-
-
-def _describe(diffs: Mapping[str, tuple[Any, Any]], left: str, right: str) -> str:
-    return "; ".join(f"{k}: {left} {a!r}, {right} {b!r}" for k, (a, b) in diffs.items())
-
-
-def _patch_column_names(n: int) -> tuple[str, ...]:
-    return tuple(f"{SSL_PREFIX}{i:04d}" for i in range(n))
 
 
 class MapModel:
@@ -514,7 +221,7 @@ class MapModel:
             Rarefied richness (≥ 0, not its log) per row; required with an
             array, optional with a table (default: the table's target).
         encoder : str, TrainedEncoder or xarray.Dataset
-            The encoder that made the embeddings (see :func:`encoder_signature`);
+            The encoder that made the embeddings (see :func:`~fungi_ssl.maps.modelspec.encoder_signature`);
             maps refuse embeddings from another one.
         groups : array_like, optional
             Site label per row for the early-stopping hold-out (default: the
@@ -1133,7 +840,7 @@ class MapModel:
             (:func:`compatible_series`: the major version, or ``0.y``) of
             fungi_ssl, scikit-learn or the regressor's library (LightGBM,
             XGBoost); warn in one line on another minor version of them, or
-            on another series of numpy or skops (:func:`version_check`). A model refitted under the
+            on another series of numpy or skops (:func:`~fungi_ssl.maps.modelspec.version_check`). A model refitted under the
             current versions is the safe fix; pass False to load it anyway,
             at your own risk.
 
@@ -1218,200 +925,6 @@ class MapModel:
         )
 
 
-# --------------------------------------------------------------------------
-# A fast, exact walker of tree ensembles
-# --------------------------------------------------------------------------
-_ROWS_AT_ONCE = 8
-
-
-def _walk_trees(X, feature, threshold, child, value, roots, depths, out):  # pragma: no cover - jitted
-    """Add each tree's leaf value to ``out`` (numba kernel; see :class:`FlatTrees`)."""
-    n = X.shape[0]
-    b = 8  # _ROWS_AT_ONCE (a literal, so numba unrolls)
-    nodes = np.empty(b, np.int64)
-    for t in range(roots.shape[0]):
-        root = roots[t]
-        depth = depths[t]
-        for i0 in range(0, n - b + 1, b):
-            for k in range(b):
-                nodes[k] = root
-            for _ in range(depth):
-                for k in range(b):
-                    nd = nodes[k]
-                    nodes[k] = child[2 * nd + (X[i0 + k, feature[nd]] > threshold[nd])]
-            for k in range(b):
-                out[i0 + k] += value[nodes[k]]
-        for i in range(n - n % b, n):
-            nd = root
-            for _ in range(depth):
-                nd = child[2 * nd + (X[i, feature[nd]] > threshold[nd])]
-            out[i] += value[nd]
-    return out
-
-
-_KERNEL: Any = None
-
-
-def _kernel() -> Any:
-    global _KERNEL
-    if _KERNEL is None:
-        import numba
-
-        _KERNEL = numba.njit(nogil=True, cache=True)(_walk_trees)
-    return _KERNEL
-
-
-class FlatTrees:
-    """A tree ensemble as flat arrays, walked by a numba kernel.
-
-    Every tree becomes nodes with a feature, a threshold and two children;
-    leaves point to themselves, so each row takes exactly ``depth`` steps
-    through its tree and the step ``node = child[2·node + (x > threshold)]``
-    needs no branch. Eight rows go through a tree together.
-
-    Exactness: LightGBM sends a row left when ``double(x) <= threshold``
-    (a double). For float32 rows the kernel compares with the largest
-    float32 not above the threshold, which gives the same decision for
-    every float32 ``x``; float64 rows use the double thresholds.
-    scikit-learn's trees first cast every row to float32 and then compare
-    with their double threshold, so a forest (``float32_input=True``) casts
-    float64 rows to float32 as well: a float64 value one ULP above a
-    threshold that rounds down to it goes left there, as in scikit-learn.
-    Rows must be finite (the map code never passes NaN).
-
-    Build with :meth:`from_model`, which returns None for what it cannot
-    read: categorical or linear trees, zero-as-missing splits, multi-output
-    forests.
-
-    Examples
-    --------
-    >>> import lightgbm
-    >>> rng = np.random.default_rng(0)
-    >>> X = rng.normal(size=(500, 4)); y = X[:, 0] + np.sin(X[:, 1])
-    >>> m = lightgbm.LGBMRegressor(n_estimators=30, verbose=-1).fit(X, y)
-    >>> flat = FlatTrees.from_model(m)
-    >>> Z = rng.normal(size=(100, 4)).astype(np.float32)
-    >>> bool(np.array_equal(flat.predict(Z), m.booster_.predict(Z)))
-    True
-    """
-
-    def __init__(self, feature, threshold, child, value, roots, depths, *, mean: bool,
-                 base: float = 0.0, float32_input: bool = False) -> None:
-        self.feature = np.ascontiguousarray(feature, np.int64)
-        self.threshold64 = np.ascontiguousarray(threshold, np.float64)
-        t32 = self.threshold64.astype(np.float32)
-        over = t32.astype(np.float64) > self.threshold64
-        t32[over] = np.nextafter(t32[over], np.float32(-np.inf))
-        self.threshold32 = t32
-        self.child = np.ascontiguousarray(child, np.int64)
-        self.value = np.ascontiguousarray(value, np.float64)
-        self.roots = np.ascontiguousarray(roots, np.int64)
-        self.depths = np.ascontiguousarray(depths, np.int64)
-        self.mean = bool(mean)
-        self.base = float(base)
-        self.float32_input = bool(float32_input)
-
-    @property
-    def n_trees(self) -> int:
-        return int(self.roots.shape[0])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions for finite rows ``X`` (float32 or float64; float32 for a forest)."""
-        X = np.asarray(X)
-        if self.float32_input:  # scikit-learn's trees see float32 rows
-            X = X.astype(np.float32, copy=False)
-        elif X.dtype != np.float32:
-            X = X.astype(np.float64, copy=False)
-        X = np.ascontiguousarray(X)
-        thr = self.threshold32 if X.dtype == np.float32 else self.threshold64
-        out = np.zeros(X.shape[0], np.float64)
-        _kernel()(X, self.feature, thr, self.child, self.value, self.roots, self.depths, out)
-        if self.mean and self.n_trees:
-            out /= self.n_trees
-        return out + self.base if self.base else out
-
-    @classmethod
-    def from_model(cls, model: Any) -> FlatTrees | None:
-        """Flatten a fitted ``LGBMRegressor`` or ``RandomForestRegressor`` (else None)."""
-        try:
-            import lightgbm
-
-            if isinstance(model, lightgbm.LGBMRegressor):
-                return cls._from_lightgbm(model.booster_)
-        except ImportError:  # pragma: no cover
-            pass
-        from sklearn.ensemble import RandomForestRegressor
-
-        if isinstance(model, RandomForestRegressor):
-            return cls._from_forest(model)
-        return None
-
-    @classmethod
-    def _from_lightgbm(cls, booster: Any) -> FlatTrees | None:
-        dump = booster.dump_model()
-        if dump.get("num_class", 1) != 1:
-            return None
-        feat: list[int] = []
-        thr: list[float] = []
-        kids: list[int] = []
-        val: list[float] = []
-        roots: list[int] = []
-        depths: list[int] = []
-        for tree in dump["tree_info"]:
-            if tree.get("is_linear"):
-                return None
-            root = len(feat)
-            stack = [(tree["tree_structure"], len(feat), 0)]
-            feat.append(0), thr.append(0.0), kids.extend((0, 0)), val.append(0.0)
-            depth = 0
-            while stack:
-                node, idx, d = stack.pop()
-                if "leaf_value" in node:
-                    thr[idx] = math.inf
-                    kids[2 * idx] = kids[2 * idx + 1] = idx
-                    val[idx] = float(node["leaf_value"])
-                    depth = max(depth, d)
-                    continue
-                if node.get("decision_type") != "<=" or node.get("missing_type") == "Zero":
-                    return None
-                feat[idx] = int(node["split_feature"])
-                thr[idx] = float(node["threshold"])
-                for side, key in ((0, "left_child"), (1, "right_child")):
-                    j = len(feat)
-                    feat.append(0), thr.append(0.0), kids.extend((0, 0)), val.append(0.0)
-                    kids[2 * idx + side] = j
-                    stack.append((node[key], j, d + 1))
-            roots.append(root)
-            depths.append(depth)
-        return cls(feat, thr, kids, val, roots, depths, mean=bool(dump.get("average_output")))
-
-    @classmethod
-    def _from_forest(cls, forest: Any) -> FlatTrees | None:
-        if getattr(forest, "n_outputs_", 1) != 1:
-            return None
-        feat, thr, kids, val, roots, depths = [], [], [], [], [], []
-        offset = 0
-        for est in forest.estimators_:
-            t = est.tree_
-            n = t.node_count
-            left, right = t.children_left.astype(np.int64), t.children_right.astype(np.int64)
-            leaf = left < 0
-            idx = np.arange(n, dtype=np.int64)
-            f = np.where(leaf, 0, t.feature).astype(np.int64)
-            th = np.where(leaf, np.inf, t.threshold)
-            lc = np.where(leaf, idx, left) + offset
-            rc = np.where(leaf, idx, right) + offset
-            feat.append(f), thr.append(th), val.append(t.value[:, 0, 0].astype(np.float64))
-            kids.append(np.stack([lc, rc], axis=1).reshape(-1))
-            roots.append(offset)
-            depths.append(int(t.max_depth))
-            offset += n
-        if not feat:
-            return None
-        return cls(np.concatenate(feat), np.concatenate(thr), np.concatenate(kids),
-                   np.concatenate(val), roots, depths, mean=True, float32_input=True)
-
-
 def _plain(v: Any) -> Any:
     """A JSON-safe version of a parameter value."""
     if isinstance(v, (np.integer,)):
@@ -1425,4 +938,3 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
-

@@ -491,7 +491,8 @@ def fitted_map_model(table: PredictorTable, trained: TrainedEncoder, model: str 
     ``data/cache/resolution_model/<key>/model.zip``, keyed by the study, the
     simulator, the encoder, the model settings and the package versions.
     """
-    from fungi_ssl.maps.mapmodel import MapModel, encoder_signature, library_versions
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.modelspec import encoder_signature, library_versions
     from fungi_ssl.simulate.field_data import simulator_fingerprint
     from fungi_ssl.validation.pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
@@ -988,7 +989,8 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
 
     import joblib
 
-    from fungi_ssl.maps.mapmodel import MapModel, encoder_signature, library_versions
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.modelspec import encoder_signature, library_versions
     from fungi_ssl.simulate.field_data import simulated_study, simulator_fingerprint
     from fungi_ssl.validation.pipelines import BOOK_MODEL_PARAMS, SSL_COMPONENTS
 
@@ -1002,7 +1004,9 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
               "params": BOOK_MODEL_PARAMS.get(model, {}), "components": SSL_COMPONENTS,
               "seed": int(seed), "profile": profile, "versions": library_versions(),
               "window": [w.epsg, w.col0, w.row0, w.width, w.height], "radius_km": radius_km,
-              "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 1}
+              "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 2}
+    # layout 2: the pickled MapModel holds fungi_ssl.maps.modelspec.FeatureSpec and
+    # fungi_ssl.maps.flattrees.FlatTrees, moved out of mapmodel (issue 19)
     path = cache_dir("resolution_heldout", params) / "models.joblib"
     if path.exists():
         return joblib.load(path)
@@ -1770,9 +1774,9 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
 
     import joblib
 
-    from .coordinates import crs_to_lonlat
-    from .mapmodel import library_versions
-    from .study import simulator_fingerprint
+    from fungi_ssl.data.coordinates import crs_to_lonlat
+    from fungi_ssl.maps.modelspec import library_versions
+    from fungi_ssl.simulate.field_data import simulator_fingerprint
 
     frame = table.frame.reset_index(drop=True)
     keys = []

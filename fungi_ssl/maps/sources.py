@@ -597,7 +597,7 @@ def write_embedding_store(
     crs : CRS
         Anything pyproj accepts.
     encoder : str
-        Signature of the encoder (:func:`fungi_ssl.maps.mapmodel.encoder_signature`).
+        Signature of the encoder (:func:`fungi_ssl.maps.modelspec.encoder_signature`).
     year : int, optional
         The year the embeddings are of (recorded as the ``year`` attribute).
     chunk : int

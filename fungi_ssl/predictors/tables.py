@@ -456,7 +456,7 @@ def held_years(embeddings: str | os.PathLike) -> dict[int, Path]:
 
 
 def _store_encoder(ds: Any, path: Path) -> str:
-    """The encoder signature a Zarr embedding store records (as ``mapmodel.encoder_signature``)."""
+    """The encoder signature a Zarr embedding store records (as ``maps.modelspec.encoder_signature``)."""
     sig = ds.attrs.get("encoder")
     if not sig:
         raise ValueError(

@@ -164,10 +164,10 @@ def tiles_encoder(trained: Any) -> str:
     """The encoder signature of tiles written from ``trained`` (what maps compare).
 
     The tile reader names a download's encoder ``"tessera:<dataset_version>"``
-    (:func:`fungi_ssl.maps.mapmodel.encoder_signature`); simulated tiles record
+    (:func:`fungi_ssl.maps.modelspec.encoder_signature`); simulated tiles record
     ``simulated-<signature of the trained encoder>`` as their version.
     """
-    from fungi_ssl.maps.mapmodel import encoder_signature
+    from fungi_ssl.maps.modelspec import encoder_signature
 
     return f"tessera:simulated-{encoder_signature(trained)}"
 

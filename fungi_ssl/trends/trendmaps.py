@@ -279,7 +279,8 @@ def book_map_model(profile: str = "quick", seed: int = 0, *, trained: TrainedEnc
     Saved under ``data/cache/mapmodel/<key>/model.zip``, keyed by the study,
     the simulator, the encoder and the settings.
     """
-    from fungi_ssl.maps.mapmodel import MapModel, encoder_signature
+    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.modelspec import encoder_signature
     from fungi_ssl.predictors.tables import predictor_table, pretrained_encoder
     from fungi_ssl.simulate.field_data import open_field_data, simulator_fingerprint
 

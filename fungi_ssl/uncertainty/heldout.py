@@ -257,7 +257,7 @@ def _prepare(
 
 
 def _fingerprint(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray) -> str:
-    from fungi_ssl.maps.mapmodel import table_fingerprint
+    from fungi_ssl.maps.modelspec import table_fingerprint
 
     ids = data["sample_id"].astype(str).to_numpy() if "sample_id" in data else np.arange(len(data))
     coords = data[["longitude", "latitude"]].to_numpy(dtype=float)
@@ -266,7 +266,7 @@ def _fingerprint(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray) -> str:
 
 
 def _versions() -> dict[str, str]:
-    from fungi_ssl.maps.mapmodel import library_versions
+    from fungi_ssl.maps.modelspec import library_versions
 
     v = library_versions()
     return {k: v[k] for k in sorted(v) if k in ("lightgbm", "xgboost", "scikit-learn", "numpy")}

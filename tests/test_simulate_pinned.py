@@ -28,7 +28,8 @@ import pytest
 
 from fungi_ssl.simulate import SimulatedStudy, Window
 from fungi_ssl.simulate.sensors import sentinel_observations
-from fungi_ssl.trends.trendmaps import ResensedLandscape, null_world
+from fungi_ssl.trends.replicates import ResensedLandscape
+from fungi_ssl.trends.trendmaps import null_world
 
 #: sha256 (16 hex digits) of each case, from simulator version 6.
 PINNED = {

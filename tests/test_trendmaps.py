@@ -10,7 +10,7 @@ from fungi_ssl.simulate import SimulatedStudy
 from fungi_ssl.simulate.landscape import WATER, WOODLAND_CODES, Window
 from fungi_ssl.simulate.sensors import sentinel_observations
 from fungi_ssl.trends import polygons as trends
-from fungi_ssl.trends import trendmaps
+from fungi_ssl.trends import replicates, trendmaps
 
 
 @pytest.fixture(scope="module")
@@ -170,19 +170,19 @@ def test_trend_analysis_end_to_end_and_cached(study, tiny_chain, tmp_path):
 def test_replicate_worlds_see_the_same_landscape_through_other_sensors(study):
     w = trendmaps.park_window(study, "Lake District", 24)  # holds woodland that ages and changes
     args = (np.array([w.epsg]), w.x[None], w.y[None])
-    assert len({trendmaps.replicate_seed(0, wd, k) for wd in trendmaps.WORLDS
+    assert len({replicates.replicate_seed(0, wd, k) for wd in trendmaps.WORLDS
                 for k in range(20)}) == 40
-    rep = trendmaps.replicate_study(study, "changing", 3)
+    rep = replicates.replicate_study(study, "changing", 3)
     np.testing.assert_array_equal(_layers(rep.landscape, w, 2021)["log_richness"],
                                   _layers(study.landscape, w, 2021)["log_richness"])
     a = sentinel_observations(study.landscape, *args, 2021, model=study.config.sensors)
     b = sentinel_observations(rep.landscape, *args, 2021, model=study.config.sensors)
     assert not np.array_equal(a["s2"], b["s2"])                     # other weather and noise
-    null = trendmaps.replicate_study(study, "null", 3)
+    null = replicates.replicate_study(study, "null", 3)
     np.testing.assert_array_equal(_layers(null.landscape, w, 2024)["canopy"],
                                   _layers(study.landscape, w, 2017)["canopy"])
     with pytest.raises(ValueError, match="world must be one of"):
-        trendmaps.replicate_seed(0, "static", 0)
+        replicates.replicate_seed(0, "static", 0)
 
 
 def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, tmp_path):
@@ -190,7 +190,7 @@ def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, t
     kw = {"n_worlds": 2, "size": 40, "years": [2017, 2018, 2019, 2020],
           "parks": ["Lake District", "Yorkshire Dales"], "n_boot": 100, "progress": False,
           "root": tmp_path}
-    r = trendmaps.replicate_worlds(study, trained, model, **kw)
+    r = replicates.replicate_worlds(study, trained, model, **kw)
     t = r.table
     assert len(t) == 4 and sorted(t["world"].value_counts().to_dict().items()) == [
         ("changing", 2), ("null", 2)]
@@ -208,8 +208,8 @@ def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, t
     assert s["df"] == (2 - 1) * (4 - 2)
     assert set(s["changing"]) >= {"mean_error", "mean_z", "sd_over_mean_se",
                                   "sd_over_mean_se_residual"}
-    again = trendmaps.replicate_worlds(study, trained, model, **kw)
+    again = replicates.replicate_worlds(study, trained, model, **kw)
     assert again.summary["n_cached"] == 4
     np.testing.assert_array_equal(again.table["ci_low"], t["ci_low"])
     with pytest.raises(ValueError, match="n_worlds must be at least 1"):
-        trendmaps.replicate_worlds(study, trained, model, **{**kw, "n_worlds": 0})
+        replicates.replicate_worlds(study, trained, model, **{**kw, "n_worlds": 0})

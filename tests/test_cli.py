@@ -36,7 +36,7 @@ from fungi_ssl.data.coordinates import crs_to_lonlat
 from fungi_ssl.embeddings import tessera, tessera_write
 from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.predictors import tables as predictors
-from fungi_ssl.trends import polygons as trends
+from fungi_ssl.trends import trend_table
 
 YEARS = (2020, 2021, 2022, 2023)
 H = W = 200
@@ -449,7 +449,7 @@ def test_trend_on_yearly_maps_recovers_the_drift(region, yearly_maps, tmp_path):
     assert "ancient − other woodland" in res.stdout
     # one estimand with the book: the mean of log1p(richness) over each polygon's pixels,
     # and the book's interval (parks and park-years as units), stated in the output
-    assert doc["estimand"] == trends.TREND_ESTIMAND and "estimand: " in res.stdout
+    assert doc["estimand"] == trend_table.TREND_ESTIMAND and "estimand: " in res.stdout
     assert doc["contrast"]["interval"] == "park_years" and "park-years" in res.stdout
 
 
@@ -457,7 +457,7 @@ def test_trend_fits_the_books_estimand_on_richness_maps(region, yearly_maps):
     from fungi_ssl.maps.outputs import open_map
     from fungi_ssl.trends import polygons as trends
 
-    result = trends.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
+    result = trend_table.polygon_trend_table(yearly_maps, region.polygons, id_column="wood_id",
                                      type_column="kind", n_boot=200)
     poly = __import__("geopandas").read_file(region.polygons).rename(
         columns={"wood_id": "polygon_id", "kind": "woodland"})

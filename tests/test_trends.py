@@ -17,26 +17,30 @@ from scipy import stats
 from shapely.geometry import Point, Polygon, box
 
 from fungi_ssl.trends import polygons as trends
-from fungi_ssl.trends.polygons import (
-    RESULT_KEYS,
+from fungi_ssl.trends.contrasts import (
     area_weighted_slope,
     calibrate_slope_gain,
+    park_year_contrast,
+    woodland_contrast,
+)
+from fungi_ssl.trends.polygons import (
     check_year_stack,
-    difference_map,
     label_map,
     mann_kendall,
-    park_year_contrast,
     percent_per_year,
-    plot_difference_map,
-    plot_slope_recovery,
-    plot_yearly_summary,
     polygon_trends,
     stack_years,
     theil_sen_slope,
-    trend_results,
-    woodland_contrast,
-    yearly_summary,
     zonal_means,
+)
+from fungi_ssl.trends.summaries import (
+    RESULT_KEYS,
+    difference_map,
+    plot_difference_map,
+    plot_slope_recovery,
+    plot_yearly_summary,
+    trend_results,
+    yearly_summary,
 )
 
 matplotlib.use("Agg")

@@ -14,7 +14,7 @@ wrote: ``download`` calls :func:`fungi_ssl.data.download.download_real_tables`;
 ``fit`` :func:`fungi_ssl.predictors.tables.embedding_patches` and
 :class:`fungi_ssl.maps.mapmodel.MapModel`; ``predict-map``
 :func:`fungi_ssl.maps.predict.predict_map`; ``trend``
-:func:`fungi_ssl.trends.polygons.polygon_trend_table`; ``book``
+:func:`fungi_ssl.trends.trend_table.polygon_trend_table`; ``book``
 :func:`fungi_ssl.book.runner.run_book`, then Jupyter Book as ``make book`` does.
 
 Embeddings

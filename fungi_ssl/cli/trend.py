@@ -1,4 +1,4 @@
-"""``fungi-ssl trend``: per-polygon richness trends from yearly maps (:func:`fungi_ssl.trends.polygons.polygon_trend_table`)."""
+"""``fungi-ssl trend``: per-polygon richness trends from yearly maps (:func:`fungi_ssl.trends.trend_table.polygon_trend_table`)."""
 
 from __future__ import annotations
 
@@ -121,9 +121,9 @@ def trend(
     (percent per year beside them). With a woodland type column, the
     area-weighted mean slopes of ancient and other woodland and their
     difference, with an interval that treats parks and park-years as the
-    units of replication (fungi_ssl.trends.polygons.park_year_contrast).
+    units of replication (fungi_ssl.trends.contrasts.park_year_contrast).
     """
-    from fungi_ssl.trends.polygons import TREND_ESTIMAND, polygon_trend_table
+    from fungi_ssl.trends.trend_table import TREND_ESTIMAND, polygon_trend_table
 
     paths = [*(maps or []), *(more_maps or [])]
     if not paths:

@@ -31,7 +31,7 @@ the story:
   are chapter 07's (:func:`fungi_ssl.uncertainty.bias_maps.map_aoa`,
   :func:`fungi_ssl.uncertainty.bias_maps.uncertainty_maps`), so the logic exists once.
 * :func:`trend_summary` condenses the per-polygon trend table
-  (:func:`fungi_ssl.trends.polygons.polygon_trend_table`).
+  (:func:`fungi_ssl.trends.trend_table.polygon_trend_table`).
 """
 
 from __future__ import annotations
@@ -653,7 +653,7 @@ def area_of_applicability(
 # trends per polygon
 # --------------------------------------------------------------------------
 def trend_summary(table: Any) -> dict[str, Any]:
-    """Counts and medians of a :class:`fungi_ssl.trends.polygons.TrendTable` for the results file.
+    """Counts and medians of a :class:`fungi_ssl.trends.trend_table.TrendTable` for the results file.
 
     Returns
     -------

@@ -215,12 +215,12 @@ class ReplicateWorlds:
     table : pandas.DataFrame
         One row per world: ``world``, ``replicate``, ``sensor_seed``,
         ``slope_ancient``, ``slope_other`` and their truths ``true_slope_*``,
-        ``difference``, ``ci_low``, ``ci_high`` (:func:`fungi_ssl.trends.park_year_contrast`
+        ``difference``, ``ci_low``, ``ci_high`` (:func:`fungi_ssl.trends.contrasts.park_year_contrast`
         with the slope-gain SD calibrated on the other changing worlds,
         ``slope_gain_sd``), ``se``, ``se_residual``, ``gain_load``,
         ``residual_ci_low``, ``residual_ci_high`` and ``residual_covers`` (the
         same interval without the slope-gain part),
-        ``polygon_ci_low``, ``polygon_ci_high`` (:func:`fungi_ssl.trends.woodland_contrast`,
+        ``polygon_ci_low``, ``polygon_ci_high`` (:func:`fungi_ssl.trends.contrasts.woodland_contrast`,
         polygons as units, for comparison), ``true_difference``, ``covers``
         (the interval holds the true difference), ``excludes_zero``,
         ``polygon_covers``, ``polygon_excludes_zero``, ``false_positive_rate``
@@ -260,11 +260,12 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
     polygons, on the pixels its maps cover) at the nominal rate; a null
     world's should exclude zero at one minus it.
 
-    Each interval is :func:`fungi_ssl.trends.park_year_contrast`'s with the
-    slope-gain SD (:func:`fungi_ssl.trends.calibrate_slope_gain`) measured
+    Each interval is :func:`fungi_ssl.trends.contrasts.park_year_contrast`'s with the
+    slope-gain SD (:func:`fungi_ssl.trends.contrasts.calibrate_slope_gain`) measured
     on the *other* changing worlds' estimates (a null world: on all of them),
     so no interval sees its own world, and no calibration sees any truth.
     """
+    from fungi_ssl.trends import contrasts as tc
     from fungi_ssl.trends import polygons as tr
 
     if int(n_worlds) < 1:
@@ -295,10 +296,10 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
         zt_ = pd.concat(zt, ignore_index=True)
         rec = tr.polygon_trends(z.drop(columns=["park", "woodland"]), attrs, log=False, years=years)
         true = tr.polygon_trends(zt_, attrs, log=False, years=years)
-        truth_d = tr.area_weighted_slope(true)
-        c = tr.park_year_contrast(z, n_boot=n_boot, confidence=confidence, seed=seed,
+        truth_d = tc.area_weighted_slope(true)
+        c = tc.park_year_contrast(z, n_boot=n_boot, confidence=confidence, seed=seed,
                                   years=years)
-        pc = tr.woodland_contrast(rec, n_boot=n_boot, confidence=confidence, seed=seed)
+        pc = tc.woodland_contrast(rec, n_boot=n_boot, confidence=confidence, seed=seed)
         d_true = float(truth_d["ancient"] - truth_d["other"])
         tested = rec["mk_p"].dropna()
         contrasts.append(c)
@@ -329,7 +330,7 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
         if use.sum() < 3:
             return 0.0
         t = table[use]
-        return tr.calibrate_slope_gain(t["difference"], t["se_residual"], t["gain_load"])
+        return tc.calibrate_slope_gain(t["difference"], t["se_residual"], t["gain_load"])
 
     table[["slope_gain_sd", "se", "ci_low", "ci_high"]] = np.nan
     table[["covers", "excludes_zero"]] = False

@@ -568,7 +568,7 @@ SLOPE_TOLERANCE = 0.01
 #: shares with woodland (the 2018 and 2022 droughts: the estimand would become
 #: woodland's trend relative to open land's), and a reference found from the
 #: truth's land cover is not available to real data; the park-year interval
-#: (:func:`fungi_ssl.trends.park_year_contrast`) carries the error the
+#: (:func:`fungi_ssl.trends.contrasts.park_year_contrast`) carries the error the
 #: normalisation was meant to remove.
 NORMALISATION = "none"
 #: A polygon is truly declining when its true slope is below minus this
@@ -593,13 +593,13 @@ class TrendAnalysis:
         ``"changing_true"``, ``"null"`` and ``"null_true"`` (all parks).
     zonal : dict of str to pandas.DataFrame
         Per world, the zonal means of every polygon and year, with ``park``
-        and ``woodland`` (:func:`fungi_ssl.trends.park_year_contrast`'s input).
+        and ``woodland`` (:func:`fungi_ssl.trends.contrasts.park_year_contrast`'s input).
     offsets : None
         Kept for callers of the former normalised analysis; always None.
     normalised : bool
         Always False (:data:`NORMALISATION`).
     results : dict
-        :func:`fungi_ssl.trends.trend_results` plus the null world's truth,
+        :func:`fungi_ssl.trends.summaries.trend_results` plus the null world's truth,
         the tolerance checks and the sizes.
     seconds : dict
         Wall time of the maps of each world and of the whole analysis.
@@ -640,9 +640,9 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     stand polygon (:func:`fungi_ssl.trends.zonal_means`) and their trends
     (:func:`fungi_ssl.trends.polygon_trends` with ``log=False``: the maps
     already hold ``log1p(rarefied)``, so slopes are in log richness per
-    year). Then :func:`fungi_ssl.trends.trend_results` with the
+    year). Then :func:`fungi_ssl.trends.summaries.trend_results` with the
     ancient-minus-other intervals of
-    :func:`fungi_ssl.trends.park_year_contrast` (parks and park-years as the
+    :func:`fungi_ssl.trends.contrasts.park_year_contrast` (parks and park-years as the
     units of replication).
 
     The maps are not normalised (:data:`NORMALISATION`): a per-year shift
@@ -664,9 +664,10 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         Maps of both worlds made before.
     slope_gain_sd : float
         Relative SD of a polygon's map slope about its true slope, carried by
-        the intervals (:func:`fungi_ssl.trends.park_year_contrast`;
+        the intervals (:func:`fungi_ssl.trends.contrasts.park_year_contrast`;
         :func:`~fungi_ssl.trends.replicates.replicate_worlds` measures it).
     """
+    from fungi_ssl.trends import contrasts, summaries
     from fungi_ssl.trends import polygons as tr
 
     t0 = time.perf_counter()
@@ -700,11 +701,11 @@ def trend_analysis(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     trends_ = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
     zonal_ = {w: pd.concat(v, ignore_index=True) for w, v in zonal.items()}
     trends_["changing"].attrs["years"] = years
-    res = tr.trend_results(trends_["changing"], trends_["changing_true"], trends_["null"],
+    res = summaries.trend_results(trends_["changing"], trends_["changing_true"], trends_["null"],
                            min_decline=min_decline, n_boot=n_boot, seed=seed,
                            recovered_zonal=zonal_["changing"], null_zonal=zonal_["null"],
                            slope_gain_sd=slope_gain_sd)
-    null_true = tr.area_weighted_slope(trends_["null_true"])
+    null_true = contrasts.area_weighted_slope(trends_["null_true"])
     diff_err = {k: res[f"slope_{k}"] - res[f"true_slope_{k}"]
                 for k in ("ancient", "other", "difference")}
     null_ci = res["null_slope_difference_ci"]

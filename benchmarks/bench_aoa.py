@@ -101,7 +101,7 @@ def timed(fn):
 
 def map_path(profile: str, seed: int = 0, n_jobs: int = 2, n_prototypes: int = 0) -> dict:
     """Projection, trees and DI of the book's map model over chapter 06's first region."""
-    from fungi_ssl.maps import resolution
+    from fungi_ssl.maps import resolution, resolution_regions
     from fungi_ssl.predictors.tables import predictor_table, pretrained_encoder
     from fungi_ssl.uncertainty import bias_maps
     from fungi_ssl.validation.comparison import spatial_splitter
@@ -113,8 +113,8 @@ def map_path(profile: str, seed: int = 0, n_jobs: int = 2, n_prototypes: int = 0
     model = resolution.fitted_map_model(pt, trained, "lightgbm", seed, profile)
     aoa = bias_maps.map_aoa(model, data, spatial_splitter(data, seed=seed).fold_labels(),
                             n_jobs=n_jobs)
-    region = resolution.regions(profile, seed)[0]
-    store = resolution.region_store(region, trained, profile, seed, progress=False)
+    region = resolution_regions.regions(profile, seed)[0]
+    store = resolution_regions.region_store(region, trained, profile, seed, progress=False)
 
     def run(index=aoa):
         return bias_maps.uncertainty_maps(model, {region.year: store}, region.year,

@@ -10,58 +10,61 @@ import pytest
 
 from fungi_ssl.core import config
 from fungi_ssl.maps import resolution as R
+from fungi_ssl.maps import resolution_oracle as RO
+from fungi_ssl.maps import resolution_regions as RG
+from fungi_ssl.maps import resolution_scores as RS
 from fungi_ssl.simulate import SimulatedStudy, Window
 
-F = R.CELL_PX
+F = RG.CELL_PX
 
 
 # ------------------------------------------------------------------ scores by hand
 def test_r2_and_squared_correlation_by_hand():
     # truth 1, 2, 3 (mean 2, SST 2); prediction 1, 2, 4: SSE 1 -> R² 0.5
-    assert R.r2([1.0, 2.0, 3.0], [1.0, 2.0, 4.0]) == pytest.approx(0.5)
+    assert RS.r2([1.0, 2.0, 3.0], [1.0, 2.0, 4.0]) == pytest.approx(0.5)
     # NaN on either side drops the pair
-    assert R.r2([1.0, 2.0, 3.0, np.nan, 9.0], [1.0, 2.0, 4.0, 7.0, np.nan]) == pytest.approx(0.5)
+    assert RS.r2([1.0, 2.0, 3.0, np.nan, 9.0], [1.0, 2.0, 4.0, 7.0, np.nan]) == pytest.approx(0.5)
     # a map off by a constant keeps r² = 1 but loses R²: 1 - 3·1 / 2
-    assert R.squared_correlation([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(1.0)
-    assert R.r2([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(-0.5)
+    assert RS.squared_correlation([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(1.0)
+    assert RS.r2([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(-0.5)
     # r between (1, 2, 3) and (1, 3, 2) is 0.5
-    assert R.squared_correlation([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.25)
-    assert np.isnan(R.squared_correlation([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+    assert RS.squared_correlation([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.25)
+    assert np.isnan(RS.squared_correlation([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
     with pytest.raises(ValueError, match="differ in size"):
-        R.r2([1.0, 2.0], [1.0])
+        RS.r2([1.0, 2.0], [1.0])
 
 
 def test_cell_means_ignore_nan_and_respect_min_valid():
     a = np.array([[1.0, 3.0, 10.0, np.nan], [np.nan, 5.0, np.nan, np.nan]])
-    np.testing.assert_allclose(R.cell_means(a, f=2), [[3.0, 10.0]])
-    out = R.cell_means(a, f=2, min_valid=0.5)  # the second cell has 1 of 4 pixels
+    np.testing.assert_allclose(RG.cell_means(a, f=2), [[3.0, 10.0]])
+    out = RG.cell_means(a, f=2, min_valid=0.5)  # the second cell has 1 of 4 pixels
     assert out[0, 0] == 3.0 and np.isnan(out[0, 1])
     with pytest.raises(ValueError, match="multiple of 2"):
-        R.cell_means(np.zeros((3, 2)), f=2)
+        RG.cell_means(np.zeros((3, 2)), f=2)
 
 
 def test_within_cell_r2_by_hand():
     t = np.array([[1.0, 3.0], [2.0, 6.0]])       # cell mean 3: deviations -2, 0, -1, 3 (SS 14)
     p = np.array([[1.0, 3.0], [3.0, 5.0]])       # cell mean 3: deviations -2, 0, 0, 2
-    assert R.within_cell_r2(t, p, f=2) == pytest.approx(1 - 2 / 14)
-    assert R.within_cell_r2(t, t - 7.0, f=2) == pytest.approx(1.0)        # offsets do not count
-    assert R.within_cell_r2(t, np.full_like(t, 4.0), f=2) == pytest.approx(0.0)  # a 1 km map
+    assert RS.within_cell_r2(t, p, f=2) == pytest.approx(1 - 2 / 14)
+    assert RS.within_cell_r2(t, t - 7.0, f=2) == pytest.approx(1.0)        # offsets do not count
+    assert RS.within_cell_r2(t, np.full_like(t, 4.0), f=2) == pytest.approx(0.0)  # a 1 km map
     # a NaN pixel leaves the cell means of both maps over the same three pixels
     tn, pn = t.copy(), p.copy()
     pn[1, 1] = np.nan                            # truth 1, 3, 2 (mean 2); map 1, 3, 3 (mean 7/3)
     dt, dp = np.array([-1.0, 1.0, 0.0]), np.array([1, 3, 3]) - 7 / 3
-    assert R.within_cell_r2(tn, pn, f=2) == pytest.approx(1 - ((dt - dp) ** 2).sum() / 2)
+    assert RS.within_cell_r2(tn, pn, f=2) == pytest.approx(1 - ((dt - dp) ** 2).sum() / 2)
 
 
 def test_pixel_ratio():
-    assert R.pixel_ratio(1_000_000, 100) == 10_000.0
+    assert RS.pixel_ratio(1_000_000, 100) == 10_000.0
     with pytest.raises(ValueError, match="n_coarse > 0"):
-        R.pixel_ratio(10, 0)
+        RS.pixel_ratio(10, 0)
 
 
 def _products(truth, m10, m1, width_cells=2):
     w = Window(32630, 0, 0, width_cells * F, F, "T")
-    region = R.Region("T", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
+    region = RG.Region("T", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
     run = type("Run", (), {"seconds": 2.0})()
     return R.RegionProducts(region=region, store=None, truth=truth, map_10m=m10, map_1km=m1,
                             map_path=None, run=run, covariates=pd.DataFrame(),
@@ -73,11 +76,11 @@ def test_score_products_on_maps_built_by_hand():
     rng = np.random.default_rng(0)
     level = np.array([[2.0, 4.0]])
     within = rng.normal(0, 1, (F, 2 * F))
-    within -= R._expand(R.cell_means(within))        # zero mean in each cell
-    truth = R._expand(level) + within
+    within -= RG._expand(RG.cell_means(within))        # zero mean in each cell
+    truth = RG._expand(level) + within
     truth[:10, :10] = np.nan                          # water: not scored
     p = _products(truth, truth.copy(), level.copy())
-    s = R.score_products([p])
+    s = RS.score_products([p])
     assert s["r2_10m_vs_truth"] == pytest.approx(1.0)
     assert s["within_cell_variance_captured"] == pytest.approx(1.0)
     assert s["within_cell_variance_captured_1km"] == pytest.approx(0.0, abs=1e-12)
@@ -92,9 +95,9 @@ def test_score_products_on_maps_built_by_hand():
     assert s["n_pixels_scored"] == 2 * F * F - 100
     assert s["pixels_per_second"] == pytest.approx(2 * F * F / 2.0)
     # a 10 m map that misses the within-cell pattern is no better than the 1 km map
-    s2 = R.score_products([_products(truth, R._expand(level), level)])
+    s2 = RS.score_products([_products(truth, RG._expand(level), level)])
     assert s2["r2_10m_vs_truth"] == pytest.approx(s2["r2_1km_vs_truth"])
-    table = R.region_scores([p])
+    table = RS.region_scores([p])
     assert list(table.index) == ["T"] and table.loc["T", "r2_10m_vs_truth"] == pytest.approx(1.0)
 
 
@@ -105,7 +108,7 @@ def test_cell_covariates_are_the_samples_covariates():
     site = study.sites.iloc[0]
     cc, cr = int(site["col"]) // F, int(site["row"]) // F
     w = Window(int(site["epsg"]), (cc - 1) * F, (cr - 1) * F, 2 * F, 2 * F, "C")
-    region = R.Region("C", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
+    region = RG.Region("C", w, "Europe", "forest", 0, 2020, 0.5, 0.0)
     cov = R.cell_covariates(study, region)
     assert len(cov) == 4 and list(cov["cell_row"]) == [0, 0, 1, 1]
     sample = study.samples.query("site_id == @site.site_id")["sample_id"].iloc[0]
@@ -116,22 +119,22 @@ def test_cell_covariates_are_the_samples_covariates():
     # x/y are cell centres in the region's CRS
     assert cov["x"].min() == (cc - 1) * 1000 + 500 and cov["y"].max() == -((cr - 1) * 1000 + 500)
     with pytest.raises(ValueError, match="whole 1 km cells"):
-        R.cell_covariates(study, R.Region("D", Window(w.epsg, w.col0 + 1, w.row0, F, F), "Europe",
+        R.cell_covariates(study, RG.Region("D", Window(w.epsg, w.col0 + 1, w.row0, F, F), "Europe",
                                           "forest", 0, 2020, 0.5, 0.0))
 
 
 def test_regions_are_whole_cells_in_different_landscapes():
-    rs = R.regions("quick", 0, n_regions=3, side_km=1)
+    rs = RG.regions("quick", 0, n_regions=3, side_km=1)
     assert len(rs) == 3 and len({r.label for r in rs}) == 3
     assert {r.continent for r in rs} == {"Europe", "Asia"}
     assert len({(r.continent, r.focus) for r in rs}) == 3
     for r in rs:
         assert r.window.col0 % F == 0 and r.window.row0 % F == 0 and r.n_cells == 1
-        assert R.WOOD_RANGE[0] <= r.woodland_share <= R.WOOD_RANGE[1]
+        assert RG.WOOD_RANGE[0] <= r.woodland_share <= RG.WOOD_RANGE[1]
     with pytest.raises(ValueError, match="profile must be one of"):
-        R.regions("huge", 0)
+        RG.regions("huge", 0)
     with pytest.raises(ValueError, match="year must be one of"):
-        R.regions("quick", 0, year=1990)
+        RG.regions("quick", 0, year=1990)
 
 
 # ------------------------------------------------------------------ a tiny region end to end
@@ -146,16 +149,16 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
     # one cell where woodland meets open land: the first quick region, as regions() picks it
-    region = R.regions("quick", 0)[0]
+    region = RG.regions("quick", 0)[0]
     assert region.window.width == F and 0 < region.woodland_share < 1
     torch.manual_seed(0)
     enc = TesseraEncoder(EncoderConfig()).eval()  # untrained: features of the raw series
     trained = TrainedEncoder(enc, enc.config, enc.normaliser)
-    store = R.region_store(region, trained, "quick", 0, progress=False)
-    assert store == R.region_store(region, trained, "quick", 0, progress=False)  # cached
+    store = RG.region_store(region, trained, "quick", 0, progress=False)
+    assert store == RG.region_store(region, trained, "quick", 0, progress=False)  # cached
     ds = open_embeddings(store)
-    assert ds.sizes["y"] == F + 2 * R.MARGIN_PX and int(ds.attrs["complete"])
-    truth = R.region_truth(region, "quick", 0)
+    assert ds.sizes["y"] == F + 2 * RG.MARGIN_PX and int(ds.attrs["complete"])
+    truth = RG.region_truth(region, "quick", 0)
     assert truth.shape == (F, F) and truth.rio.crs.to_epsg() == region.window.epsg
     # a 10 m model fitted on every third pixel's truth (the map's skill is not the point)
     rows, cols = (a.ravel() for a in np.meshgrid(np.arange(0, F, 3), np.arange(0, F, 3),
@@ -186,7 +189,7 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
                          map_10m=run.map.values.astype(float), map_1km=m1.values.astype(float),
                          map_path=run.path, run=run, covariates=cov,
                          landcover=np.zeros((F, F), np.int8))
-    s = R.score_products([p])
+    s = RS.score_products([p])
     assert (s["n_cells_1km"], s["n_pixels"], s["pixel_ratio"]) == (1, F * F, 10_000.0)
     # a constant 1 km map captures nothing within the cell; the 10 m map does
     assert s["within_cell_variance_captured_1km"] == pytest.approx(0.0, abs=1e-9)
@@ -202,18 +205,18 @@ def test_tiny_region_end_to_end(tmp_path, monkeypatch):
     one_px = R.fit_1km_model(px, "rf", seed=0)
     m1_px = R.predict_1km_map(one_px, cov, region).values.astype(float)
     test_truth = np.where(train, np.nan, np.log1p(truth.values))
-    r2_10m = R.r2(test_truth, run.map.values)
-    r2_1km = R.r2(test_truth, R._expand(m1_px))
+    r2_10m = RS.r2(test_truth, run.map.values)
+    r2_1km = RS.r2(test_truth, RG._expand(m1_px))
     assert r2_10m > 0.05 and r2_10m > r2_1km + 0.05
 
 
 def test_edge_zoom_finds_the_woodland_edge():
     lc = np.full((200, 200), 3, np.int8)          # grassland
     lc[:, 130:] = 0                                # broadleaf east of column 130
-    _, c = R.edge_zoom(lc, size=100)
+    _, c = RG.edge_zoom(lc, size=100)
     assert c == 100  # 30% grass and 70% wood beats 80/20 (c = 50) and pure grass (c = 0)
     with pytest.raises(ValueError, match="does not fit"):
-        R.edge_zoom(lc, size=300)
+        RG.edge_zoom(lc, size=300)
 
 
 def test_chapter04_model_reads_the_best_family(tmp_path):
@@ -228,8 +231,8 @@ def test_chapter04_model_reads_the_best_family(tmp_path):
 
 
 def test_skip_reason_is_one_sentence_on_real_data():
-    assert R.skip_reason(None) is None and R.skip_reason("") is None
-    reason = R.skip_reason("../shared/data/real")
+    assert RG.skip_reason(None) is None and RG.skip_reason("") is None
+    reason = RG.skip_reason("../shared/data/real")
     assert reason.endswith(".") and reason.count(". ") == 0 and "skipped" in reason
     assert "../shared" not in reason  # no path in the book's output
 
@@ -237,7 +240,7 @@ def test_skip_reason_is_one_sentence_on_real_data():
 def test_edge_zoom_on_whole_cells():
     lc = np.full((2 * F, 2 * F), 3, np.int8)
     lc[F:, F + F // 2:] = 0                        # woodland in the lower right cell only
-    assert R.edge_zoom(lc, F, step=F) == (F, F)    # whole cells only: never straddles two
+    assert RG.edge_zoom(lc, F, step=F) == (F, F)    # whole cells only: never straddles two
 
 
 # ------------------------------------------------------------------ held-out regions, products
@@ -245,7 +248,7 @@ def test_withheld_rows_take_the_region_and_its_campaigns_nearby():
     study = SimulatedStudy(n_samples=600, n_campaigns=10)
     site = study.sites.iloc[0]
     cc, cr = int(site["col"]) // F, int(site["row"]) // F
-    region = R.Region("H", Window(int(site["epsg"]), cc * F, cr * F, F, F, "H"), "Europe",
+    region = RG.Region("H", Window(int(site["epsg"]), cc * F, cr * F, F, F, "H"), "Europe",
                       "forest", int(site["campaign"]), 2020, 0.5, 0.0)
     frame = study.samples.reset_index(drop=True)
     out = R.withheld_rows(frame, study, region)
@@ -271,7 +274,7 @@ def _two_cell_products(seed, level_shift=0.0):
     rng = np.random.default_rng(seed)
     level = rng.normal(3.0, 0.5, (1, 2))
     within = rng.normal(0, 0.4, (F, 2 * F))
-    truth = R._expand(level) + within
+    truth = RG._expand(level) + within
     m10 = truth + rng.normal(0, 0.3, truth.shape) + level_shift
     p = _products(truth, m10, level + rng.normal(0, 0.2, level.shape))
     p.map_product = truth + rng.normal(0, 0.2, truth.shape)
@@ -280,25 +283,25 @@ def _two_cell_products(seed, level_shift=0.0):
 
 def test_scores_pool_regions_and_bootstrap_over_them():
     ps = [_two_cell_products(s, shift) for s, shift in enumerate((0.0, 0.5, -0.3, 0.1))]
-    s = R.score_products(ps)
+    s = RS.score_products(ps)
     # pooled scores equal the scores of the pixels put together
     t = np.concatenate([p.truth.ravel() for p in ps])
-    assert s["r2_10m_vs_truth"] == pytest.approx(R.r2(t, np.concatenate([p.map_10m.ravel() for p in ps])))
+    assert s["r2_10m_vs_truth"] == pytest.approx(RS.r2(t, np.concatenate([p.map_10m.ravel() for p in ps])))
     assert s["r2_product_vs_truth"] == pytest.approx(
-        R.r2(t, np.concatenate([p.map_product.ravel() for p in ps])))
+        RS.r2(t, np.concatenate([p.map_product.ravel() for p in ps])))
     assert s["r2_product_vs_truth"] > s["r2_10m_vs_truth"] > s["r2_1km_vs_truth"]
-    ci = R.bootstrap_scores(ps, n_boot=400, seed=1)
+    ci = RS.bootstrap_scores(ps, n_boot=400, seed=1)
     for k in ("r2_10m_vs_truth", "r2_product_vs_truth", "within_cell_variance_captured"):
         lo, hi = ci[f"{k}_ci"]
         assert lo <= s[k] <= hi and lo < hi
     # the same region four times: every draw is that region, the interval collapses
-    same = R.bootstrap_scores([ps[0]] * 4, n_boot=50)
+    same = RS.bootstrap_scores([ps[0]] * 4, n_boot=50)
     assert same["r2_10m_vs_truth_ci"][0] == pytest.approx(same["r2_10m_vs_truth_ci"][1])
-    table = R.region_scores(ps)
+    table = RS.region_scores(ps)
     assert table["bias_10m"].iloc[0] == pytest.approx(float(np.mean(ps[0].map_10m - ps[0].truth)))
     assert "bias_product" in table and "r2_product_vs_truth" in table
     with pytest.raises(ValueError, match="at least 2 regions"):
-        R.bootstrap_scores(ps[:1])
+        RS.bootstrap_scores(ps[:1])
 
 
 def test_product_model_sees_both_scales():
@@ -324,12 +327,12 @@ def test_product_model_sees_both_scales():
     prod = R.fit_product_model(tr, m10, "lightgbm", seed=0)
     one = R.fit_1km_model(tr, "lightgbm", seed=0)
     y = te["log_richness"].to_numpy()
-    r_prod = R.r2(y, prod.predict_frame(te))
-    r_10 = R.r2(y, m10.predict_patches(te, output="log_richness"))
-    r_1 = R.r2(y, one.predict(te))
+    r_prod = RS.r2(y, prod.predict_frame(te))
+    r_10 = RS.r2(y, m10.predict_patches(te, output="log_richness"))
+    r_1 = RS.r2(y, one.predict(te))
     assert r_prod > max(r_10, r_1) + 0.1
     resid = R.fit_residual_model(tr, m10, "lightgbm", seed=0)
-    r_res = R.r2(y, one.predict(te) + resid.predict_components(m10.project_patches(te)))
+    r_res = RS.r2(y, one.predict(te) + resid.predict_components(m10.project_patches(te)))
     assert r_res > max(r_10, r_1)
     with pytest.raises(ValueError, match="lacks covariates"):
         prod.predict_frame(te.drop(columns="SG_Soil_pH_H2O_005cm"))
@@ -341,19 +344,19 @@ def test_within_cell_deviations_keep_the_levels_and_take_the_pattern():
     level = rng.normal(3.0, 0.5, (1, 2))
     pattern = rng.normal(0.0, 1.0, (F, 2 * F)) + 7.0         # its own level is far off
     pattern[:5, :5] = np.nan
-    product = R._expand(level) + rng.normal(0, 0.3, (F, 2 * F))
-    out = R.with_within_cell_deviations(product, pattern)
+    product = RG._expand(level) + rng.normal(0, 0.3, (F, 2 * F))
+    out = RG.with_within_cell_deviations(product, pattern)
     # cell means of the result are the product's; deviations inside a cell are the pattern's
-    np.testing.assert_allclose(R.cell_means(out), R.cell_means(product))
-    np.testing.assert_allclose(out - R._expand(R.cell_means(out)),
-                               pattern - R._expand(R.cell_means(pattern)))
+    np.testing.assert_allclose(RG.cell_means(out), RG.cell_means(product))
+    np.testing.assert_allclose(out - RG._expand(RG.cell_means(out)),
+                               pattern - RG._expand(RG.cell_means(pattern)))
     assert np.isnan(out[:5, :5]).all() and np.isfinite(out[5:, 5:]).all()
     # a 1 km map's pixels: the chapter's "deviations" map, exactly as it was built
-    m1 = R._expand(level.astype(np.float32).astype(float))
-    np.testing.assert_array_equal(R.with_within_cell_deviations(m1, pattern),
-                                  m1 + pattern - R._expand(R.cell_means(pattern)))
+    m1 = RG._expand(level.astype(np.float32).astype(float))
+    np.testing.assert_array_equal(RG.with_within_cell_deviations(m1, pattern),
+                                  m1 + pattern - RG._expand(RG.cell_means(pattern)))
     with pytest.raises(ValueError, match="differ in shape"):
-        R.with_within_cell_deviations(product, pattern[:, :F])
+        RG.with_within_cell_deviations(product, pattern[:, :F])
 
 
 def test_composite_of_product_levels_and_10m_pattern_scores_both():
@@ -362,20 +365,20 @@ def test_composite_of_product_levels_and_10m_pattern_scores_both():
     rng = np.random.default_rng(7)
     level = rng.normal(3.0, 0.6, (1, 2))
     within = rng.normal(0, 0.5, (F, 2 * F))
-    within -= R._expand(R.cell_means(within))
-    truth = R._expand(level) + within
+    within -= RG._expand(RG.cell_means(within))
+    truth = RG._expand(level) + within
     m10 = truth + np.array([[0.8, -0.8]]).repeat(F, 0).repeat(F, 1) + rng.normal(0, 0.2, truth.shape)
     p = _products(truth, m10, level + rng.normal(0, 0.3, level.shape))
-    p.map_product = R._expand(level) + 0.3 * within + rng.normal(0, 0.05, truth.shape)
-    p.alternatives = {"product_deviations": R.with_within_cell_deviations(p.map_product, m10)}
-    s = R.score_products([p])
+    p.map_product = RG._expand(level) + 0.3 * within + rng.normal(0, 0.05, truth.shape)
+    p.alternatives = {"product_deviations": RG.with_within_cell_deviations(p.map_product, m10)}
+    s = RS.score_products([p])
     assert s["within_cell_variance_captured_product_deviations"] == pytest.approx(
         s["within_cell_variance_captured"])
     assert s["r2_product_deviations_aggregated_vs_truth_1km"] == pytest.approx(
         s["r2_product_aggregated_vs_truth_1km"], abs=1e-9)
     assert s["r2_product_deviations_vs_truth"] > max(s["r2_product_vs_truth"],
                                                      s["r2_10m_vs_truth"])
-    assert "bias_product_deviations" in R.region_scores([p])
+    assert "bias_product_deviations" in RS.region_scores([p])
 
 
 def test_criteria_table_and_the_winner_by_hand():
@@ -389,7 +392,7 @@ def test_criteria_table_and_the_winner_by_hand():
     pr = pd.DataFrame({"bias_10m": [1.2, -0.2], "bias_1km": [0.5, 1.07],
                        "bias_product": [0.36, -0.5], "bias_deviations": [0.5, 1.07],
                        "bias_product_deviations": [0.36, -0.5]}, index=["R1", "R2"])
-    t = R.criteria_table(scores, pr)
+    t = RS.criteria_table(scores, pr)
     assert list(t.index) == ["10m", "1km", "product", "deviations", "product_deviations"]
     assert t.loc["product", "target_pixel"] == pytest.approx(0.49)
     assert t.loc["product", "target_cell"] == pytest.approx(0.45)
@@ -398,30 +401,30 @@ def test_criteria_table_and_the_winner_by_hand():
     assert t.loc["product_deviations", "n_met"] == 3 and not t.loc["product_deviations", "met_bias"]
     assert t.loc["product_deviations", "worst_region"] == "R2"
     assert t.loc["10m", "n_met"] == 2 and not t.loc["10m", "met_pixel"]  # single-scale maps too
-    assert R.pick_product(t) == "product_deviations"
+    assert RS.pick_product(t) == "product_deviations"
     # a tie in criteria met goes to R² over every pixel
     t2 = t.copy()
     t2.loc["product", "n_met"] = 3
     t2.loc["product", "r2_vs_truth"] = 0.6
-    assert R.pick_product(t2) == "product"
-    assert R.pick_product(t.loc[["10m", "deviations"]]) == "deviations"  # never a single scale
+    assert RS.pick_product(t2) == "product"
+    assert RS.pick_product(t.loc[["10m", "deviations"]]) == "deviations"  # never a single scale
     with pytest.raises(ValueError, match="both scales"):
-        R.pick_product(t.loc[["10m", "1km"]])
+        RS.pick_product(t.loc[["10m", "1km"]])
     with pytest.raises(ValueError, match="no scores"):
-        R.criteria_table(scores, pr, ["residual"])
+        RS.criteria_table(scores, pr, ["residual"])
 
 
 def test_level_shares_by_hand():
     pr = pd.DataFrame({"truth_mean": [2.0, 3.0, 4.0, 3.0],        # SS about the mean: 2
                        "bias_a": [0.1, -0.2, 0.3, 0.0],          # SS 0.14
                        "bias_b": [1.0, -1.0, 0.0, 0.0]})         # SS 2: no better than a constant
-    t = R.level_shares(pr)
+    t = RS.level_shares(pr)
     assert t.loc["a", "level_r2"] == pytest.approx(1 - 0.14 / 2)
     assert t.loc["b", "level_r2"] == pytest.approx(0.0)
     assert t.loc["a", "rms_bias"] == pytest.approx(np.sqrt(0.14 / 4))
     assert (t.loc["a", "regions_within"], t.loc["b", "regions_within"]) == (3, 2)
     assert t.loc["a", "max_abs_bias"] == pytest.approx(0.3) and t.loc["a", "n_regions"] == 4
-    assert list(R.level_shares(pr, ["b"]).index) == ["b"]
+    assert list(RS.level_shares(pr, ["b"]).index) == ["b"]
 
 
 def test_estimand_at_samples_is_the_truth_at_the_plot():
@@ -429,7 +432,7 @@ def test_estimand_at_samples_is_the_truth_at_the_plot():
 
     study = SimulatedStudy(n_samples=300, n_campaigns=8)
     frame = study.samples.dropna(subset=["rarefied"]).reset_index(drop=True)
-    est = R.estimand_at_samples(frame, study)
+    est = RO.estimand_at_samples(frame, study)
     truth = study.truth.set_index("sample_id").loc[frame["sample_id"], "true_richness_pixel"]
     np.testing.assert_allclose(est, expected_log1p_rarefied(study, np.log(truth.to_numpy())))
     # the labels scatter about the estimand: cores, reads and campaign detection bias
@@ -437,9 +440,9 @@ def test_estimand_at_samples_is_the_truth_at_the_plot():
     assert np.isfinite(est).all() and 0.1 < off.std() < 2.0
     bad = frame.assign(sample_id="nope")
     with pytest.raises(ValueError, match="not in the study's truth table"):
-        R.estimand_at_samples(bad, study)
+        RO.estimand_at_samples(bad, study)
     with pytest.raises(ValueError, match="no 'sample_id'"):
-        R.estimand_at_samples(frame.drop(columns="sample_id"), study)
+        RO.estimand_at_samples(frame.drop(columns="sample_id"), study)
 
 
 def test_oracle_1km_biases_refit_on_noise_free_labels(tmp_path, monkeypatch):
@@ -450,7 +453,7 @@ def test_oracle_1km_biases_refit_on_noise_free_labels(tmp_path, monkeypatch):
     study = SimulatedStudy(n_samples=600, n_campaigns=10)
     site = study.sites.iloc[0]
     cc, cr = int(site["col"]) // F, int(site["row"]) // F
-    region = R.Region("O", Window(int(site["epsg"]), cc * F, cr * F, F, F, "O"), "Europe",
+    region = RG.Region("O", Window(int(site["epsg"]), cc * F, cr * F, F, F, "O"), "Europe",
                       "forest", int(site["campaign"]), 2020, 0.5, 0.0)
     frame = pd.concat([study.samples.reset_index(drop=True),
                        study.covariates.reset_index(drop=True)], axis=1)
@@ -462,22 +465,22 @@ def test_oracle_1km_biases_refit_on_noise_free_labels(tmp_path, monkeypatch):
                          map_1km=np.array([[3.0]]), map_path=None, run=None, covariates=cov,
                          landcover=np.zeros((F, F), np.int8))
     monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
-    out = R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0)
+    out = RO.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0)
     assert len(list(tmp_path.glob("resolution_oracle/*/biases.joblib"))) == 1
     pd.testing.assert_frame_equal(
-        R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0), out)  # cached
+        RO.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0), out)  # cached
     assert list(out.index) == ["O"] and np.isfinite(out.loc["O", "bias_oracle_1km"])
     # the label offsets are those of the training rows only (the region's own are withheld)
     train = ~R.withheld_rows(frame, study, region)
-    off = frame["log_richness"].to_numpy() - R.estimand_at_samples(frame, study)
+    off = frame["log_richness"].to_numpy() - RO.estimand_at_samples(frame, study)
     assert out.loc["O", "label_offset_training"] == pytest.approx(off[train].mean())
     assert 0 < out.loc["O", "n_nearby"] <= train.sum()
     # the oracle's map is the 1 km model fitted on the estimand: its bias is its cell value
     # minus the truth's mean over the scored pixels
-    m = R.fit_1km_model(frame.assign(estimand=R.estimand_at_samples(frame, study)).loc[train]
+    m = R.fit_1km_model(frame.assign(estimand=RO.estimand_at_samples(frame, study)).loc[train]
                         .reset_index(drop=True), "rf", 0, target="estimand")
     ok = np.isfinite(truth)
     assert out.loc["O", "bias_oracle_1km"] == pytest.approx(
         float(m.predict(cov)[0]) - truth[ok].mean())
     with pytest.raises(ValueError, match="no held-out models"):
-        R.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0, product=True)
+        RO.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0, product=True)

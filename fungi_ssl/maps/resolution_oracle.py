@@ -49,7 +49,7 @@ def estimand_at_samples(frame: pd.DataFrame, study: SimulatedStudy) -> np.ndarra
     micro-habitat, its reads and its campaign's detection bias, which no
     predictor sees.
     """
-    from .simulate.truth import expected_log1p_rarefied
+    from fungi_ssl.simulate.truth import expected_log1p_rarefied
 
     if "sample_id" not in frame:
         raise ValueError("estimand_at_samples: the sample table has no 'sample_id' column")

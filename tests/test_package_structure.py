@@ -41,8 +41,7 @@ ALLOWED_EDGES = {
 }
 
 #: Modules allowed over MAX_LINES, each with its reason.
-LONG_MODULES = {
-}
+LONG_MODULES: dict[str, str] = {}
 
 MAX_LINES = 1000
 MAX_CLI_LINES = 500

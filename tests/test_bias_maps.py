@@ -462,7 +462,7 @@ def test_draw_cores_follow_the_truth_curve():
 def test_cached_map_aoa_equals_map_aoa_and_keys_on_the_folds(region, tmp_path):
     from fungi_ssl.uncertainty.bias_maps import cached_map_aoa
 
-    store, model, frame, folds, _ = region
+    _, model, frame, folds, _ = region
     if not hasattr(model.regressor_, "feature_importances_"):
         pytest.skip("the fixture's model has no importances")
     ref = map_aoa(model, frame, folds, n_jobs=1)

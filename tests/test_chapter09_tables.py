@@ -89,7 +89,7 @@ def test_the_globalfungi_table_alone_gets_its_index(real_data_dir, tmp_path):
     only = tmp_path / "only_globalfungi"
     only.mkdir()
     (only / name).symlink_to(real_data_dir / name)
-    out, nb = _run(only, tmp_path / "run")
+    out, _ = _run(only, tmp_path / "run")
     assert out["skipped"].startswith("The data directory `only_globalfungi` holds no table of 1 km")
     assert out["sub_km_index_table"] == name
     # issue 15: about 0.27 on this table

@@ -32,10 +32,10 @@ import argparse
 import datetime as _dt
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

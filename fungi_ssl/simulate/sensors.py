@@ -575,7 +575,7 @@ def covariates_1km(landscape: Landscape, sites: pd.DataFrame, samples: pd.DataFr
             "SG_Sand_Content_005cm": np.clip(mean(L["sand"]) + err[4], 1.0, 95.0),
             **frac,
             "EarthEnvTopoMed_Elevation": mean(L["elevation"]),
-            **(_extra_covariates(L, lon, err_of=lambda j, sd: sd * (
+            **(_extra_covariates(L, lon, err_of=lambda j, sd, lon=lon, lat=lat, key=key: sd * (
                 math.sqrt(rho) * fields[5 + j].points(lon, lat)
                 + math.sqrt(1.0 - rho) * hash_normal(*key, 6 + j)), n=len(u))
                if m.spun_columns else {}),

@@ -66,8 +66,8 @@ __all__ = [
     "BufferedLeaveOneOut",
     "SLOOCurve",
     "batch_test_samples",
-    "sloo_curve",
     "distances_to_samples",
+    "sloo_curve",
 ]
 
 #: SPUN's buffers (km), from their published SLOO curve.
@@ -384,7 +384,7 @@ def sloo_curve(
         return Xf.iloc[idx] if isinstance(Xf, pd.DataFrame) else Xf[idx]
 
     def fit(task_no: int) -> np.ndarray:
-        b, rep, rows, train = tasks[task_no]
+        _, rep, rows, train = tasks[task_no]
         m = make_model(model, seed=seed, n_jobs=1, **params)
         m.fit(take(train), yv[train])
         return np.asarray(m.predict(take(draws[rep][rows])), dtype=float)

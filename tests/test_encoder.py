@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import rioxarray  # noqa: F401
@@ -381,11 +383,11 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
 
     monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # one core taken
+    monkeypatch.setattr(enc, "busy_cores", lambda: 1.2)  # one core taken
     assert enc.free_cores() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # idle
+    monkeypatch.setattr(enc, "busy_cores", lambda: 0.1)  # idle
     assert enc.free_cores() == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # overloaded: still one
+    monkeypatch.setattr(enc, "busy_cores", lambda: 9.0)  # overloaded: still one
     assert enc.free_cores() == 1
     monkeypatch.setenv(enc.TORCH_THREADS_ENV, "3")
     assert enc.free_cores() == 3
@@ -394,3 +396,27 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
     monkeypatch.setenv(enc.TORCH_THREADS_ENV, "many")
     with pytest.raises(ValueError, match="FUNGI_SSL_TORCH_THREADS='many'"):
         enc.free_cores()
+
+
+def test_busy_cores_sees_other_work_now_not_the_load_average(monkeypatch):
+    """A process spinning now counts; without /proc/stat the load average is used."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from fungi_ssl.embeddings import encoder as enc
+
+    if enc._cpu_times() is None:
+        pytest.skip("no /proc/stat here")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.5)
+        assert enc.busy_cores(1.0) >= 0.6
+    finally:
+        spin.kill()
+        spin.wait()
+    monkeypatch.setattr(enc, "_cpu_times", lambda: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert enc.busy_cores() == 1.5

@@ -382,16 +382,59 @@ class TrainedEncoder:
 TORCH_THREADS_ENV = "FUNGI_SSL_TORCH_THREADS"
 #: Most intra-op threads the book's small encoder gains from.
 MAX_TORCH_THREADS = 2
+#: Seconds over which :func:`busy_cores` measures what other work uses.
+BUSY_SAMPLE_S = 0.25
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """Busy and total jiffies of all CPUs from ``/proc/stat``; None where it is missing."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float:
+    """Cores that other work keeps busy now, measured over ``sample_s`` seconds.
+
+    Reads ``/proc/stat`` before and after a short sleep, so that the caller
+    itself, asleep meanwhile, does not count. The one-minute load average is
+    the fallback where ``/proc/stat`` is missing; it lags, so that a notebook
+    kernel that has just been computing would count its own past work as a
+    busy core (chapter 02 of a book run then trained on one thread: 320 s
+    instead of about 170 s).
+
+    Examples
+    --------
+    >>> 0.0 <= busy_cores(0.05) <= (os.cpu_count() or 1)
+    True
+    """
+    first = _cpu_times()
+    if first is None:
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+    time.sleep(sample_s)
+    second = _cpu_times()
+    total = second[1] - first[1] if second else 0.0
+    if total <= 0:
+        return 0.0
+    return (second[0] - first[0]) / total * (os.cpu_count() or 1)
 
 
 def free_cores(cap: int = MAX_TORCH_THREADS) -> int:
     """Cores this process can use that other work is not already using, at most ``cap``.
 
-    The cores allowed to the process (its CPU affinity) less the one-minute
-    load average, rounded, never below one. Intra-op threads wait for each
-    other at every operation, so a thread on a busy core slows all of them:
-    on a 2-core machine with one core taken, two torch threads ran chapter 02
-    three times slower than one. ``FUNGI_SSL_TORCH_THREADS`` overrides it.
+    The cores allowed to the process (its CPU affinity) less the cores other
+    work keeps busy now (:func:`busy_cores`), rounded, never below one.
+    Intra-op threads wait for each other at every operation, so a thread on
+    a busy core slows all of them: on a 2-core machine with one core taken,
+    two torch threads ran chapter 02 three times slower than one.
+    ``FUNGI_SSL_TORCH_THREADS`` overrides it.
 
     Examples
     --------
@@ -409,10 +452,7 @@ def free_cores(cap: int = MAX_TORCH_THREADS) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (AttributeError, OSError):
-        busy = 0
+    busy = int(busy_cores() + 0.5)
     return max(1, min(cap, cores - busy))
 
 

@@ -58,8 +58,11 @@ def product(tmp_path_factory):
     csv = root / "samples_cov.csv"
     s.to_csv(csv, index=False)
     model = root / "product.model"
+    # the single product model (the default with covariates is product_deviations, tested in
+    # test_cli_product_deviations)
     res = _invoke("fit", "--samples", csv, "--embeddings", region.tiles, "--out", model,
-                  "--covariates", stack, "--components", 8, "--no-progress")
+                  "--covariates", stack, "--map-model", "product", "--components", 8,
+                  "--no-progress")
     assert res.exit_code == 0, res.output
     return region, stack, csv, model, res.stdout, cells
 

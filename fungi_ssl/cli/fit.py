@@ -80,17 +80,19 @@ def fit(
             metavar="STACK",
             help="1 km covariates: a GeoTIFF (band descriptions = covariate names) or a Zarr "
             "store (one variable per covariate), sampled at each sample's coordinate; fits the "
-            "product model (patch PCA + covariates).",
+            "product_deviations map model (see --map-model).",
             show_default="none: the ssl-only model",
         ),
     ] = None,
     map_model: Annotated[
-        Literal["product", "ssl"] | None,
+        Literal["product_deviations", "product", "ssl"] | None,
         typer.Option(
             "--map-model",
-            help="product: one regressor on the patch PCA and the 1 km covariates (chapter 06's "
-            "map model; needs --covariates); ssl: the study's patch-only model.",
-            show_default="product with --covariates, else ssl",
+            help="product_deviations: chapter 06's map, the product model's 1 km cell means plus "
+            "the ssl map's within-cell deviations (both models in one file; needs --covariates); "
+            "product: one regressor on the patch PCA and the 1 km covariates (needs "
+            "--covariates); ssl: the study's patch-only model.",
+            show_default="product_deviations with --covariates, else ssl",
         ),
     ] = None,
     components: Annotated[
@@ -117,25 +119,30 @@ def fit(
     (TESSERA starts in 2017), and a sample without a year the first year
     held. Samples without a complete patch are left out and counted. With
     --covariates the regressor also sees the 1 km covariates of each
-    sample's cell (the product model, chapter 06's map model); samples
-    outside the stack are left out and counted.
+    sample's cell (the product model); samples outside the stack are left
+    out of it and counted. The default with --covariates is chapter 06's map,
+    product_deviations: the product model and the ssl-only model, each
+    fitted as its own --map-model would fit it, saved in one file that
+    predict-map combines per 1 km cell.
     """
     import numpy as np
 
     from fungi_ssl.data.io import read_samples, target_values
+    from fungi_ssl.maps.composite import DEFAULT_MAP_MODEL, CompositeMapModel
     from fungi_ssl.maps.mapmodel import MapModel
     from fungi_ssl.predictors.tables import PATCH_SIZE, embedding_patches
+    from fungi_ssl.region.workflow import map_model_skill
 
-    kind = map_model or ("product" if covariates is not None else "ssl")
-    if kind == "product" and covariates is None:
+    kind = map_model or (DEFAULT_MAP_MODEL if covariates is not None else "ssl")
+    if kind != "ssl" and covariates is None:
         raise CommandError(
-            "--map-model product needs --covariates STACK: the 1 km covariates it is fitted on"
+            f"--map-model {kind} needs --covariates STACK: the 1 km covariates it is fitted on"
         )
     _writable(out, overwrite, "--out")
     stack = None
     if covariates is not None:
         _existing(covariates, "--covariates")
-        if kind == "product":
+        if kind != "ssl":
             stack = _covariate_stack(covariates)
         else:
             typer.echo(f"note: --map-model ssl: the covariates in {covariates} are not used",
@@ -167,36 +174,47 @@ def fit(
             + f" and a {target!r} value; need at least 10 (do the embeddings"
             + ("" if cov is None else " and covariates") + " cover the samples?)"
         )
-    fitted = MapModel(model, n_components=components, seed=seed).fit(
-        X,
-        richness,
-        encoder=encoder,
-        groups=table["site_id"].to_numpy(),
-        embedding_dim=patches.shape[-1],
-        covariates=cov,
-    )
-    from fungi_ssl.region.workflow import map_model_skill
-
     lonlat = table[["longitude", "latitude"]].to_numpy(dtype=float)
-    skill = map_model_skill(X[usable], richness[usable], lonlat[usable], model=model,
-                            n_components=components, seed=seed,
-                            embedding_dim=patches.shape[-1],
-                            covariates=None if cov is None else cov.loc[usable])
-    fitted.settings.update({"map_model": kind})
-    if stack is not None:
-        fitted.settings.update({"covariate_stack": str(covariates)})
-    fitted.settings.update(
-        {
-            "target_column": target,
-            "guild": guild,
-            "embedding_years": sorted(int(y) for y in np.unique(which.years)),
-            "cv_skill": skill,
-        }
-    )
-    fitted.save(out, overwrite=overwrite)
-    site, block = skill["site"], skill["block"]
+    common = {
+        "target_column": target,
+        "guild": guild,
+        "embedding_years": sorted(int(y) for y in np.unique(which.years)),
+    }
+
+    def fitted_one(member_cov):
+        """One MapModel as --map-model product (covariates) or ssl (none) fits it."""
+        m = MapModel(model, n_components=components, seed=seed).fit(
+            X, richness, encoder=encoder, groups=table["site_id"].to_numpy(),
+            embedding_dim=patches.shape[-1], covariates=member_cov)
+        rows = (complete & np.isfinite(richness)
+                & (has_cov if member_cov is not None else True))
+        skill = map_model_skill(X[rows], richness[rows], lonlat[rows], model=model,
+                                n_components=components, seed=seed,
+                                embedding_dim=patches.shape[-1],
+                                covariates=None if member_cov is None else member_cov.loc[rows])
+        m.settings.update({"map_model": "ssl" if member_cov is None else "product"})
+        if member_cov is not None:
+            m.settings.update({"covariate_stack": str(covariates)})
+        m.settings.update({**common, "cv_skill": skill})
+        return m
+
+    fitted = fitted_one(cov)  # the product model, or the ssl model for --map-model ssl
+    if kind == "product_deviations":
+        saved = CompositeMapModel(fitted, fitted_one(None),
+                                  {**common, "covariate_stack": str(covariates)})
+    else:
+        saved = fitted
+    saved.save(out, overwrite=overwrite)
+    site, block = fitted.settings["cv_skill"]["site"], fitted.settings["cv_skill"]["block"]
     with_cov = (f" + {len(fitted.covariate_columns)} 1 km covariates from {covariates}"
                 if fitted.covariate_columns else "")
+    members = ""
+    if kind == "product_deviations":
+        ssl = saved.ssl
+        members = (f"; with the ssl-only model on {ssl.n_samples} samples (cross-validated R² "
+                   f"{ssl.settings['cv_skill']['site']['r2']:.2f} over site groups), whose "
+                   "within-cell deviations predict-map adds to the product model's 1 km cell "
+                   "means")
     typer.echo(
         f"wrote {out}: {kind} model, {fitted.model} on {fitted.n_samples} samples "
         f"({int((~complete).sum())} without a complete patch, "
@@ -207,5 +225,5 @@ def fit(
         f"{encoder}{with_cov}; "
         f"cross-validated R² of log1p({target}): {site['r2']:.2f} over {site['n_folds']} folds "
         f"of 25 m site groups, {block['r2']:.2f} over {block['n_folds']} folds of "
-        f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)"
+        f"{block['block_km']:g} km blocks (in the model's settings, cv_skill)" + members
     )

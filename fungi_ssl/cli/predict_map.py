@@ -112,9 +112,10 @@ def predict_map(
         typer.Option(
             "--covariates",
             metavar="STACK",
-            help="1 km covariates of a product model (fit --covariates): a GeoTIFF or Zarr "
-            "stack with its bands; each pixel takes its 1 km cell's values.",
-            show_default="none: needed only by a product model",
+            help="1 km covariates of a product or product_deviations model (fit --covariates): "
+            "a GeoTIFF or Zarr stack with its bands; each pixel takes its 1 km cell's values, "
+            "and a product_deviations map combines its two maps per cell of this stack.",
+            show_default="none: needed only by a model fitted with covariates",
         ),
     ] = None,
 ) -> None:
@@ -122,11 +123,19 @@ def predict_map(
 
     Inputs are checked before anything is computed: the model against the
     embeddings (dimension, encoder, patch), the year, the bounding box, the
-    output and, for a product model, the covariate stack (its bands, CRS and
-    extent). The map is written under a temporary name and renamed when
-    complete.
+    output and, for a model fitted with covariates, the covariate stack (its
+    bands, CRS and extent). A product_deviations model (fit's default with
+    --covariates) maps both its models over the bbox grown to the whole 1 km
+    cells it cuts, then writes each pixel as its cell's mean of the product
+    map plus its own ssl value minus its cell's mean of the ssl map. The map
+    is written under a temporary name and renamed when complete.
     """
-    from fungi_ssl.maps.mapmodel import MapModel
+    from fungi_ssl.maps.composite import (
+        KIND,
+        CompositeMapModel,
+        load_map_model,
+        predict_composite_map,
+    )
     from fungi_ssl.maps.predict import predict_map as _predict_map
 
     _existing(model, "--model")
@@ -140,7 +149,7 @@ def predict_map(
         except FileExistsError as err:
             raise FileExistsError(str(err).replace("output ", "--out ", 1)) from None
     try:
-        fitted = MapModel.load(model, check_versions=not ignore_versions)
+        fitted = load_map_model(model, check_versions=not ignore_versions)
     except ValueError as err:  # name the option, not the Python argument
         if "check_versions=False" not in str(err):
             raise
@@ -148,10 +157,14 @@ def predict_map(
             str(err).replace("pass check_versions=False", "pass --ignore-versions")
         ) from err
     need = list(fitted.covariate_columns)
+    kind = (KIND if isinstance(fitted, CompositeMapModel)
+            else "product" if need else "ssl")
     stack = None
     if need and covariates is None:
+        what = (f"a {KIND} model (the product model's 1 km cell means + the ssl map's "
+                "within-cell deviations)" if kind == KIND else "a product model")
         raise CommandError(
-            f"--model {model} is a product model fitted with 1 km covariates: pass --covariates "
+            f"--model {model} is {what} fitted with 1 km covariates: pass --covariates "
             f"STACK with the bands {', '.join(need)}"
         )
     if covariates is not None:
@@ -166,7 +179,7 @@ def predict_map(
         stack.require(need, needed_by=f"--model {model}")
     years = list(year)
     try:
-        run = _predict_map(
+        run = (predict_composite_map if kind == KIND else _predict_map)(
             fitted,
             embeddings,
             years[0] if len(years) == 1 else years,
@@ -191,8 +204,12 @@ def predict_map(
         raise ValueError(f"{_one_line(err)}{hint}") from err
     g = run.grid
     typer.echo(
-        f"wrote {run.path}: {'product' if need else 'ssl'} model, "
+        f"wrote {run.path}: {kind} model, "
         f"{g.height} × {g.width} pixels × {len(run.years)} year(s) in "
         f"{g.crs.to_string()}, {run.n_nan} without a prediction ({run.n_no_embedding} without "
         f"an embedding), {run.seconds:.1f} s ({run.pixels_per_second:,.0f} pixels/s)"
+        + ("" if kind != KIND else
+           f"; {run.details['n_cells']} 1 km cells, {run.details['n_cells_cut']} cut by the bbox "
+           f"edge and averaged over the whole cell ({run.details['n_cells_partial']} of them "
+           "only where it has predictions)")
     )

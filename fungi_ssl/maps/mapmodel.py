@@ -65,7 +65,11 @@ reconstructs an allow-list of types and refuses anything else, so loading a
 map model shared with you is safe. And because the metadata is plain JSON,
 :meth:`MapModel.load` checks versions and the feature spec before it
 deserialises any object, so a mismatch gives one message naming both sides
-instead of an error deep inside scikit-learn or LightGBM.
+instead of an error deep inside scikit-learn or LightGBM. A
+``product_deviations`` model (:mod:`fungi_ssl.maps.composite`) holds two
+such files in one (format 3, :meth:`MapModel.to_bytes`), which
+:meth:`MapModel.load` refuses with one line naming
+:func:`~fungi_ssl.maps.composite.load_map_model`.
 """
 
 from __future__ import annotations
@@ -787,25 +791,33 @@ class MapModel:
         FileExistsError
             If ``path`` exists and ``overwrite`` is False.
         """
-        import skops.io as sio
-
         self._check_fitted()
         path = Path(path)
         if not path.parent.is_dir():
             raise FileNotFoundError(f"MapModel.save: folder {path.parent} does not exist")
         if path.exists() and not overwrite:
             raise FileExistsError(f"MapModel.save: {path} exists; pass overwrite=True to replace it")
-        blob = sio.dumps({"pca": self.pca_, "regressor": self.regressor_})
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr("meta.json", json.dumps(self.metadata(), indent=1))
-                zf.writestr("model.skops", blob)
+            tmp.write_bytes(self.to_bytes())
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
         return path
+
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, as bytes (a composite model holds two of them)."""
+        import io
+
+        import skops.io as sio
+
+        self._check_fitted()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("meta.json", json.dumps(self.metadata(), indent=1))
+            zf.writestr("model.skops", sio.dumps({"pca": self.pca_, "regressor": self.regressor_}))
+        return buf.getvalue()
 
     @classmethod
     def read_metadata(cls, path: str | Path) -> dict[str, Any]:
@@ -813,16 +825,7 @@ class MapModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"MapModel.load: no model file at {path}")
-        try:
-            with zipfile.ZipFile(path) as zf:
-                meta = json.loads(zf.read("meta.json"))
-        except (zipfile.BadZipFile, KeyError, ValueError) as err:
-            raise ValueError(
-                f"MapModel.load: {path} is not a map model saved by MapModel.save ({err})"
-            ) from None
-        if meta.get("format") != "fungi_ssl.MapModel":
-            raise ValueError(f"MapModel.load: {path} is not a map model saved by MapModel.save")
-        return meta
+        return _zip_metadata(path, path)
 
     @classmethod
     def load(
@@ -855,10 +858,27 @@ class MapModel:
         UserWarning
             One line naming the versions that differ but are compatible.
         """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"MapModel.load: no model file at {path}")
+        return cls.from_bytes(path.read_bytes(), label=path, expect=expect,
+                              check_versions=check_versions)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, label: str | Path = "model", expect: FeatureSpec | None = None,
+                   check_versions: bool = True) -> MapModel:
+        """:meth:`load` from the bytes of a model file (:meth:`to_bytes`); ``label`` names it in messages."""
+        import io
+
         import skops.io as sio
 
-        path = Path(path)
-        meta = cls.read_metadata(path)
+        path = label
+        meta = _zip_metadata(io.BytesIO(data), label)
+        if meta.get("kind", "single") != "single":
+            raise ValueError(
+                f"MapModel.load: {path} is a {meta['kind']} model (two map models in one file); "
+                "load it with fungi_ssl.maps.composite.load_map_model"
+            )
         if int(meta.get("format_version", -1)) not in READABLE_FORMATS:
             raise ValueError(
                 f"MapModel.load: {path} has file format version {meta.get('format_version')}, "
@@ -888,7 +908,7 @@ class MapModel:
             warnings.warn(f"MapModel.load: {path} was saved under other compatible versions "
                           f"({minor_note}); its predictions should be unchanged, and a refit "
                           "here makes sure", UserWarning, stacklevel=2)
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
             blob = zf.read("model.skops")
         untrusted = set(sio.get_untrusted_types(data=blob))
         unknown = sorted(untrusted - _TRUSTED_TYPES)
@@ -923,6 +943,20 @@ class MapModel:
             f"{self.spec.embedding_dim} → PCA {self.pca_.n_components_}{cov}, "
             f"{self.n_samples} samples, encoder {self.spec.encoder[:12]})"
         )
+
+
+def _zip_metadata(source: Any, label: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a model file (a path or a file object), checked to be one."""
+    try:
+        with zipfile.ZipFile(source) as zf:
+            meta = json.loads(zf.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise ValueError(
+            f"MapModel.load: {label} is not a map model saved by MapModel.save ({err})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != "fungi_ssl.MapModel":
+        raise ValueError(f"MapModel.load: {label} is not a map model saved by MapModel.save")
+    return meta
 
 
 def _plain(v: Any) -> Any:

@@ -176,9 +176,10 @@ class _CogWriter:
             tiled=True, blockxsize=block, blockysize=block, compress="ZSTD", BIGTIFF="IF_SAFER",
         )
         self.dst.update_tags(**tags)
-        # the band says what it holds: species (richness) or log1p(species), and whose
-        self.dst.set_band_description(1, f"{tags.get('quantity', 'richness')}: "
-                                         f"{tags.get('units', '')}".rstrip(": "))
+        # the band says what it holds: species (richness) or log1p(species), and whose; a
+        # composite map (fungi_ssl.maps.composite) also says which map it is
+        self.dst.set_band_description(1, tags.get("band_description") or (
+            f"{tags.get('quantity', 'richness')}: {tags.get('units', '')}".rstrip(": ")))
         self.dst.set_band_unit(1, tags.get("units", ""))
 
     def write(self, yi: int, r0: int, r1: int, c0: int, c1: int, values: np.ndarray) -> None:

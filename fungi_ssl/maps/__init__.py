@@ -3,7 +3,9 @@
 Holds :mod:`~fungi_ssl.maps.mapmodel` (the saved map model), with
 :mod:`~fungi_ssl.maps.modelspec` (what a model file records: feature spec,
 fingerprints, library versions) and :mod:`~fungi_ssl.maps.flattrees` (the
-numba walker of its tree ensembles); :mod:`~fungi_ssl.maps.sources` (the map
+numba walker of its tree ensembles); :mod:`~fungi_ssl.maps.composite` (the
+product model's cell means with the 10 m map's within-cell deviations, two
+models in one file, mapped in three passes); :mod:`~fungi_ssl.maps.sources` (the map
 grid, embedding stores and tiles read block by block),
 :mod:`~fungi_ssl.maps.predict` (windows and blocks predicted on threads or a
 dask cluster), :mod:`~fungi_ssl.maps.outputs` (COG and Zarr writers, reading

@@ -420,3 +420,23 @@ def test_busy_cores_sees_other_work_now_not_the_load_average(monkeypatch):
     monkeypatch.setattr(enc, "_cpu_times", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
     assert enc.busy_cores() == 1.5
+
+
+def test_pretrain_gives_the_same_encoder_whatever_the_free_cores(monkeypatch):
+    """Same seed, same encoder: training's threads do not follow the machine's load."""
+    from fungi_ssl.embeddings import encoder as enc
+    from fungi_ssl.embeddings.pixels import PixelTimeSeries
+
+    monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
+    rng = np.random.default_rng(0)
+    n = 1024
+    p = PixelTimeSeries(rng.normal(size=(n, 40, 10)), rng.random((n, 40)) > .3,
+                        np.tile(np.arange(40) * 9 + 5, (n, 1)), rng.normal(size=(n, 30, 2)),
+                        np.ones((n, 30)), np.tile(np.arange(30) * 12 + 3, (n, 1)))
+    states = []
+    for cores in (1, 2):
+        monkeypatch.setattr(enc, "free_cores", lambda cap=2, c=cores: c)
+        trained, _ = enc.pretrain(p, enc.EncoderConfig(), steps=2, batch_size=256, warmup=1,
+                                  progress=False)
+        states.append(trained.model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

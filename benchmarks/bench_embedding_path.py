@@ -101,7 +101,7 @@ def main() -> None:
     import torch
     from bench_encoder import default_model, synthetic_cube, synthetic_pixels
 
-    from fungi_ssl.embeddings import tessera
+    from fungi_ssl.embeddings import tessera_write as tessera
     from fungi_ssl.embeddings.embed import embed_cube
     from fungi_ssl.embeddings.inference import embed_pixels
     from fungi_ssl.simulate import SimulatedStudy, Window

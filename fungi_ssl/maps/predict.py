@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from tqdm import tqdm
 

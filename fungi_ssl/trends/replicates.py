@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "N_REPLICATE_WORLDS",
+    "N_REPLICATE_WORLDS_BY_PROFILE",
     "REPLICATE_VERSION",
     "REPLICATE_WINDOW_PX",
     "ReplicateWorlds",
@@ -73,6 +74,10 @@ REPLICATE_VERSION = 1
 #: 90% is known to about ±8% (90% binomial interval; ±11% with 20 worlds, wider than the
 #: 0.85-0.95 band the interval is held to).
 N_REPLICATE_WORLDS = 40
+#: Worlds of each kind per profile: the full book's :data:`N_REPLICATE_WORLDS`; the
+#: quick book's 20, the fewest the coverage check is defined on, so that a cold quick
+#: book stays within minutes (its coverage is known to about ±11%).
+N_REPLICATE_WORLDS_BY_PROFILE = {"full": N_REPLICATE_WORLDS, "quick": 20}
 #: Side (pixels) of the park windows of the replicate worlds, in both profiles:
 #: 40 worlds × 3 parks × 8 years of simulating, embedding and mapping cost
 #: too much at the book windows' size (:data:`PARK_WINDOW_PX`) on two cores.

@@ -203,8 +203,10 @@ def _map_child(store: str, model_path: str, out: str, chunk: int, window: int,
     box = None
     if bbox.startswith("bbox="):  # TESSERA tiles: the same model, told the tiles' encoder
         box = tuple(float(v) for v in bbox[5:].split(","))
-        model.spec = type(model.spec)(model.spec.embedding_dim, model.spec.patch_size, "tessera",
-                                      model.spec.predictor_columns)
+        from fungi_ssl.embeddings.tessera import version_signature
+
+        model.spec = type(model.spec)(model.spec.embedding_dim, model.spec.patch_size,
+                                      version_signature(TILE_VERSION), model.spec.predictor_columns)
     model.predict_window(np.zeros((4, 4, DIM), np.int8), np.ones((4, 4), np.float32))  # compile
     base = _vm_rss_mb()
     load0 = os.getloadavg()[0]
@@ -235,6 +237,10 @@ def map_run(store: Path, model_path: Path, out: Path, chunk: int, window: int,
 TILE_CELL = (-1.45, 52.05)
 
 
+#: Dataset version the synthetic tile records, as a geotessera download does.
+TILE_VERSION = "v1"
+
+
 def make_tile(root: Path, seed: int = 7) -> tuple[float, float, float, float]:
     """One synthetic TESSERA tile in geotessera's layout; returns its cell's lon/lat bbox."""
     from fungi_ssl.embeddings.tessera_write import tile_grid, write_tile
@@ -245,6 +251,10 @@ def make_tile(root: Path, seed: int = 7) -> tuple[float, float, float, float]:
     emb, _ = _pixels(rng, (g.height, g.width))
     scale = rng.uniform(0.008, 0.012, (g.height, g.width)).astype(np.float32)
     write_tile(root, 2024, lon, lat, emb, scale)
+    # the provenance sidecar `geotessera download` writes, so the tiles have a known release
+    from fungi_ssl.embeddings.tessera import METADATA_FILENAME
+
+    (root / METADATA_FILENAME).write_text(json.dumps({"dataset_version": TILE_VERSION}))
     return (lon - 0.05, lat - 0.05, lon + 0.05, lat + 0.05)
 
 

@@ -383,6 +383,7 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
 
     monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(enc, "FREE_CORES_TTL_S", -1.0)  # measure on every call
     monkeypatch.setattr(enc, "busy_cores", lambda: 1.2)  # one core taken
     assert enc.free_cores() == 1
     monkeypatch.setattr(enc, "busy_cores", lambda: 0.1)  # idle
@@ -396,6 +397,24 @@ def test_torch_threads_follow_the_free_cores(monkeypatch):
     monkeypatch.setenv(enc.TORCH_THREADS_ENV, "many")
     with pytest.raises(ValueError, match="FUNGI_SSL_TORCH_THREADS='many'"):
         enc.free_cores()
+
+
+def test_free_cores_reuses_a_recent_measurement(monkeypatch):
+    """Measuring sleeps 0.25 s: many small embeddings must not pay it each time."""
+    import os
+
+    from fungi_ssl.embeddings import encoder as enc
+
+    monkeypatch.delenv(enc.TORCH_THREADS_ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(enc, "_free_cores_seen", {})
+    calls = []
+    monkeypatch.setattr(enc, "busy_cores", lambda: calls.append(1) or 0.1)
+    assert [enc.free_cores() for _ in range(50)] == [2] * 50
+    assert len(calls) == 1
+    monkeypatch.setattr(enc, "FREE_CORES_TTL_S", -1.0)  # stale: measured again
+    enc.free_cores()
+    assert len(calls) == 2
 
 
 def test_busy_cores_sees_other_work_now_not_the_load_average(monkeypatch):

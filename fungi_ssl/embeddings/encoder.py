@@ -387,6 +387,12 @@ MAX_TORCH_THREADS = 2
 TRAIN_THREADS = 1
 #: Seconds over which :func:`busy_cores` measures what other work uses.
 BUSY_SAMPLE_S = 0.25
+#: Seconds for which :func:`free_cores` reuses its last measurement. Measuring
+#: sleeps :data:`BUSY_SAMPLE_S`, and callers that embed many small cubes
+#: (chapter 08's replicate worlds, a region's windows) ask hundreds of times:
+#: measured on every call, the sleep was 0.25 s of a 0.45 s park-cube embedding.
+FREE_CORES_TTL_S = 10.0
+_free_cores_seen: dict[str, float] = {}
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -437,7 +443,9 @@ def free_cores(cap: int = MAX_TORCH_THREADS) -> int:
     Intra-op threads wait for each other at every operation, so a thread on
     a busy core slows all of them: on a 2-core machine with one core taken,
     two torch threads ran chapter 02 three times slower than one.
-    ``FUNGI_SSL_TORCH_THREADS`` overrides it.
+    ``FUNGI_SSL_TORCH_THREADS`` overrides it. A measurement is reused for
+    :data:`FREE_CORES_TTL_S` seconds (inference gives the same embeddings
+    whatever the thread count, so only speed depends on it).
 
     Examples
     --------
@@ -455,7 +463,10 @@ def free_cores(cap: int = MAX_TORCH_THREADS) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    busy = int(busy_cores() + 0.5)
+    now = time.monotonic()
+    if now - _free_cores_seen.get("at", -np.inf) > FREE_CORES_TTL_S:
+        _free_cores_seen.update(at=now, busy=busy_cores())
+    busy = int(_free_cores_seen["busy"] + 0.5)
     return max(1, min(cap, cores - busy))
 
 

@@ -38,7 +38,7 @@ from .landscape import (
 )
 
 if TYPE_CHECKING:
-    from .study import StudyConfig
+    from .study_config import StudyConfig
 
 __all__ = ["CONTINENTS", "CONTINENT_SHARE", "ECM_SHARE_CONCENTRATION", "campaign_decimals",
            "core_layers", "draw_campaigns", "observe_cores", "place_plots", "plot_clusters",

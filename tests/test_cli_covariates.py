@@ -40,6 +40,20 @@ def _cells(region: Region, x_shift: float = 0.0) -> pd.DataFrame:
                          PH: rng.uniform(45, 70, n).round(1)})
 
 
+def samples_using_both_scales(region: Region, stack, csv):
+    """Write the region's samples with a richness of embedding band 0 and the stack's temperature."""
+    s = region.samples.copy()
+    x, y = lonlat_to_crs(s["longitude"].to_numpy(), s["latitude"].to_numpy(), EPSG)
+    r = np.floor((region.y0 - y) / 10).astype(int)
+    c = np.floor((x - region.x0) / 10).astype(int)
+    read = np.where(s["year"] == 2015, 2020, s["year"])  # 2015: before the tiles, read 2020
+    v0 = np.array([region.emb[yr][i, j, 0] for yr, i, j in zip(read, r, c)]) * SCALE
+    temp = open_covariate_stack(stack).at_lonlat(s["longitude"], s["latitude"])[TEMP].to_numpy()
+    s["rarefied"] = np.expm1(1.0 + 0.5 * v0 + 0.02 * temp)
+    s.to_csv(csv, index=False)
+    return csv
+
+
 @pytest.fixture(scope="module")
 def product(tmp_path_factory):
     """The region, its covariate stack, samples whose richness uses both, a fitted product model."""
@@ -47,16 +61,7 @@ def product(tmp_path_factory):
     region = Region(root)
     cells = _cells(region)
     stack = write_covariate_stack(cells_to_stack(cells, EPSG), root / "covariates.tif")
-    s = region.samples.copy()
-    x, y = lonlat_to_crs(s["longitude"].to_numpy(), s["latitude"].to_numpy(), EPSG)
-    r = np.floor((region.y0 - y) / 10).astype(int)
-    c = np.floor((x - region.x0) / 10).astype(int)
-    read = np.where(s["year"] == 2015, 2020, s["year"])
-    v0 = np.array([region.emb[yr][i, j, 0] for yr, i, j in zip(read, r, c)]) * SCALE
-    temp = open_covariate_stack(stack).at_lonlat(s["longitude"], s["latitude"])[TEMP].to_numpy()
-    s["rarefied"] = np.expm1(1.0 + 0.5 * v0 + 0.02 * temp)
-    csv = root / "samples_cov.csv"
-    s.to_csv(csv, index=False)
+    csv = samples_using_both_scales(region, stack, root / "samples_cov.csv")
     model = root / "product.model"
     # the single product model (the default with covariates is product_deviations, tested in
     # test_cli_product_deviations)

@@ -26,14 +26,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from test_cli import EPSG, SCALE, Region, _assert_one_line_error, _invoke
-from test_cli_covariates import PH, TEMP, YEAR
+from test_cli import EPSG, Region, _assert_one_line_error, _invoke
+from test_cli_covariates import PH, TEMP, YEAR, samples_using_both_scales
 from test_cli_covariates import _cells as _cells_1km
 
-from fungi_ssl.data.coordinates import lonlat_to_crs
 from fungi_ssl.data.covariate_stack import (
     cells_to_stack,
-    open_covariate_stack,
     write_covariate_stack,
 )
 from fungi_ssl.maps.composite import KIND, CompositeMapModel, cell_deviation_map, load_map_model
@@ -76,16 +74,7 @@ def fitted(tmp_path_factory):
     region = Region(root)
     stack = write_covariate_stack(cells_to_stack(_cells(region, CELL), EPSG, cell_size=CELL),
                                   root / "covariates_500m.tif")
-    s = region.samples.copy()
-    x, y = lonlat_to_crs(s["longitude"].to_numpy(), s["latitude"].to_numpy(), EPSG)
-    r = np.floor((region.y0 - y) / 10).astype(int)
-    c = np.floor((x - region.x0) / 10).astype(int)
-    read = np.where(s["year"] == 2015, 2020, s["year"])
-    v0 = np.array([region.emb[yr][i, j, 0] for yr, i, j in zip(read, r, c)]) * SCALE
-    temp = open_covariate_stack(stack).at_lonlat(s["longitude"], s["latitude"])[TEMP].to_numpy()
-    s["rarefied"] = np.expm1(1.0 + 0.5 * v0 + 0.02 * temp)
-    csv = root / "samples_cov.csv"
-    s.to_csv(csv, index=False)
+    csv = samples_using_both_scales(region, stack, root / "samples_cov.csv")
     model = root / "composite.model"
     res = _invoke("fit", "--samples", csv, "--embeddings", region.tiles, "--out", model,
                   "--covariates", stack, "--components", 8, "--model", "ridge", "--no-progress")

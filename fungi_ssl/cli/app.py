@@ -87,7 +87,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-__all__ = ["CommandError", "app"]
+__all__ = ["CommandError", "EmbeddingsOption", "app"]
 
 #: Exceptions that mean bad input: one line on stderr unless ``--debug``.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
@@ -95,6 +95,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 DEFAULT_TARGET = "rarefied"
 #: The fungal guild a sample table holds by default.
 DEFAULT_GUILD = "ECM"
+#: ``--embeddings``, as ``fit`` and ``predict-map`` take it.
+EmbeddingsOption = Annotated[
+    Path,
+    typer.Option(
+        "--embeddings",
+        metavar="DIR",
+        help="geotessera download folder, Zarr embedding store or folder of <year>.zarr stores.",
+    ),
+]
 
 
 class CommandError(Exception):

@@ -11,6 +11,7 @@ from fungi_ssl.cli.app import (
     DEFAULT_GUILD,
     DEFAULT_TARGET,
     CommandError,
+    EmbeddingsOption,
     _covariate_stack,
     _existing,
     _writable,
@@ -32,14 +33,7 @@ def fit(
             "raw_obs_div, rarefied; optional year, site_id).",
         ),
     ],
-    embeddings: Annotated[
-        Path,
-        typer.Option(
-            "--embeddings",
-            metavar="DIR",
-            help="geotessera download folder, Zarr embedding store or folder of <year>.zarr stores.",
-        ),
-    ],
+    embeddings: EmbeddingsOption,
     out: Annotated[
         Path,
         typer.Option("--out", metavar="MODEL", help="Model file to write."),

@@ -9,6 +9,7 @@ import typer
 
 from fungi_ssl.cli.app import (
     CommandError,
+    EmbeddingsOption,
     _covariate_stack,
     _existing,
     _one_line,
@@ -23,14 +24,7 @@ from fungi_ssl.cli.app import (
 # --------------------------------------------------------------------------
 @app.command("predict-map")
 def predict_map(
-    embeddings: Annotated[
-        Path,
-        typer.Option(
-            "--embeddings",
-            metavar="DIR",
-            help="geotessera download folder, Zarr embedding store or folder of <year>.zarr stores.",
-        ),
-    ],
+    embeddings: EmbeddingsOption,
     model: Annotated[
         Path,
         typer.Option("--model", metavar="FILE", help="Model file written by `fungi-ssl fit`."),

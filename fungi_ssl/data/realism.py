@@ -33,7 +33,6 @@ Definitions
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import sys
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fungi_ssl.data.reference import REFERENCE_TABLE, _sha256
+from fungi_ssl.data.reference import REFERENCE_TABLE, _sha256, write_reference_main
 
 __all__ = [
     "QUANTILES",
@@ -424,28 +423,8 @@ def variogram_comparison(samples: pd.DataFrame, data_dir: str | Path | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the shipped summary from the real table: ``python -m fungi_ssl.data.realism CSV``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fungi_ssl.data.realism",
-        description="Recompute fungi_ssl/reference/globalfungi_europe_summary.json "
-                    "from the real European GlobalFungi table.",
-    )
-    parser.add_argument("table", type=Path, help=REFERENCE_TABLE)
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).resolve().parent.parent / "reference" / REFERENCE_FILE)
-    args = parser.parse_args(argv)
-    try:
-        ref = compute_reference(args.table)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not ref["provenance"]["sha256_matches_published"]:
-        print(f"error: {args.table} does not have the published sha256; not writing",
-              file=sys.stderr)
-        return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(ref, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return 0
+    return write_reference_main(argv, module="fungi_ssl.data.realism",
+                                output_name=REFERENCE_FILE, compute=compute_reference)
 
 
 if __name__ == "__main__":

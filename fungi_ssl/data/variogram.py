@@ -28,7 +28,6 @@ well under 1% in every band used here.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from fungi_ssl.data.coordinates import geodesic_distance_m, geodesic_pairs_within, utm_grid_cells
+from fungi_ssl.data.reference import write_reference_main
 
 #: Distance bands of the semivariogram, in metres: ``[lo, hi)``.
 BANDS: tuple[tuple[float, float], ...] = (
@@ -398,27 +398,9 @@ def reference_variogram(data_dir: str | Path | None = None) -> tuple[dict[str, o
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the shipped summary: ``python -m fungi_ssl.data.variogram CSV``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fungi_ssl.data.variogram",
-        description="Recompute fungi_ssl/reference/globalfungi_europe_variogram.json from the "
-                    "real European GlobalFungi table.")
-    parser.add_argument("table", type=Path)
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).resolve().parent.parent / "reference"
-                        / VARIOGRAM_REFERENCE_FILE)
-    args = parser.parse_args(argv)
-    try:
-        ref = compute_variogram_reference(args.table)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not ref["provenance"]["sha256_matches_published"]:
-        print(f"error: {args.table} does not have the published sha256; not writing",
-              file=sys.stderr)
-        return 2
-    args.output.write_text(json.dumps(ref, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return 0
+    return write_reference_main(argv, module="fungi_ssl.data.variogram",
+                                output_name=VARIOGRAM_REFERENCE_FILE,
+                                compute=compute_variogram_reference)
 
 
 if __name__ == "__main__":

@@ -230,18 +230,10 @@ def embed_cube(
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr, tempfile, os
-    >>> from fungi_ssl.embeddings.encoder import S2_BANDS, S1_BANDS, TesseraEncoder, TrainedEncoder, EncoderConfig
-    >>> rng = np.random.default_rng(0)
-    >>> cube = xr.Dataset(
-    ...     {"s2": (("time_s2", "band_s2", "y", "x"), rng.random((6, 10, 4, 5), np.float32)),
-    ...      "s2_valid": (("time_s2", "y", "x"), np.ones((6, 4, 5), bool)),
-    ...      "s1": (("time_s1", "band_s1", "y", "x"), rng.random((5, 2, 4, 5), np.float32)),
-    ...      "s1_valid": (("time_s1", "y", "x"), np.ones((5, 4, 5), bool))},
-    ...     coords={"band_s2": list(S2_BANDS), "band_s1": list(S1_BANDS),
-    ...             "doy_s2": ("time_s2", np.arange(6) * 60 + 1), "doy_s1": ("time_s1", np.arange(5) * 70 + 1),
-    ...             "y": 6e6 - 10 * np.arange(4) - 5, "x": 5e5 + 10 * np.arange(5) + 5}
-    ... ).rio.write_crs(32630)
+    >>> import tempfile, os
+    >>> from fungi_ssl.embeddings.encoder import TesseraEncoder, TrainedEncoder, EncoderConfig
+    >>> from fungi_ssl.embeddings.pixels import example_cube
+    >>> cube = example_cube(4, 5)  # a small random cube
     >>> enc = TesseraEncoder(EncoderConfig()).eval()
     >>> trained = TrainedEncoder(enc, enc.config, enc.normaliser)
     >>> with tempfile.TemporaryDirectory() as d:
@@ -342,18 +334,9 @@ def embed_cube_in_memory(
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr
-    >>> from fungi_ssl.embeddings.encoder import S2_BANDS, S1_BANDS, TesseraEncoder, TrainedEncoder, EncoderConfig
-    >>> rng = np.random.default_rng(0)
-    >>> cube = xr.Dataset(
-    ...     {"s2": (("time_s2", "band_s2", "y", "x"), rng.random((6, 10, 4, 5), np.float32)),
-    ...      "s2_valid": (("time_s2", "y", "x"), np.ones((6, 4, 5), bool)),
-    ...      "s1": (("time_s1", "band_s1", "y", "x"), rng.random((5, 2, 4, 5), np.float32)),
-    ...      "s1_valid": (("time_s1", "y", "x"), np.ones((5, 4, 5), bool))},
-    ...     coords={"band_s2": list(S2_BANDS), "band_s1": list(S1_BANDS),
-    ...             "doy_s2": ("time_s2", np.arange(6) * 60 + 1), "doy_s1": ("time_s1", np.arange(5) * 70 + 1),
-    ...             "y": 6e6 - 10 * np.arange(4) - 5, "x": 5e5 + 10 * np.arange(5) + 5}
-    ... ).rio.write_crs(32630)
+    >>> from fungi_ssl.embeddings.encoder import TesseraEncoder, TrainedEncoder, EncoderConfig
+    >>> from fungi_ssl.embeddings.pixels import example_cube
+    >>> cube = example_cube(4, 5)  # a small random cube
     >>> enc = TesseraEncoder(EncoderConfig()).eval()
     >>> ds = embed_cube_in_memory(cube, TrainedEncoder(enc, enc.config, enc.normaliser), chunk=2)
     >>> ds["embedding"].shape, ds.attrs["complete"], ds.rio.crs.to_epsg()

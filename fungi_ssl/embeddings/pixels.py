@@ -53,6 +53,34 @@ def _check_bands(ds: Any, coord: str, expected: tuple[str, ...]) -> None:
         )
 
 
+def example_cube(ny: int = 4, nx: int = 5, seed: int = 0) -> Any:
+    """A small random cube in the CONTRIBUTING.md format (6 S2 dates, 5 S1 dates, UTM 30N).
+
+    For examples and tests of the functions that take a cube; its values mean nothing.
+
+    Examples
+    --------
+    >>> cube = example_cube()
+    >>> check_cube(cube)
+    >>> dict(cube.sizes)["y"], dict(cube.sizes)["x"], cube.rio.crs.to_epsg()
+    (4, 5, 32630)
+    """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    return xr.Dataset(
+        {"s2": (("time_s2", "band_s2", "y", "x"), rng.random((6, 10, ny, nx), np.float32)),
+         "s2_valid": (("time_s2", "y", "x"), np.ones((6, ny, nx), bool)),
+         "s1": (("time_s1", "band_s1", "y", "x"), rng.random((5, 2, ny, nx), np.float32)),
+         "s1_valid": (("time_s1", "y", "x"), np.ones((5, ny, nx), bool))},
+        coords={"band_s2": list(S2_BANDS), "band_s1": list(S1_BANDS),
+                "doy_s2": ("time_s2", np.arange(6) * 60 + 1),
+                "doy_s1": ("time_s1", np.arange(5) * 70 + 1),
+                "y": 6e6 - 10 * np.arange(ny) - 5, "x": 5e5 + 10 * np.arange(nx) + 5},
+    ).rio.write_crs(32630)
+
+
 def check_cube(ds: Any) -> None:
     """Check that a Dataset is a satellite cube in the CONTRIBUTING.md format.
 

@@ -670,7 +670,8 @@ def sensitivity_json(results: pd.DataFrame, threshold: float = 0.5) -> dict[str,
     }
 
 
-def plot_sensitivity(results: pd.DataFrame, threshold: float = 0.5, axes: Any = None) -> Any:
+def plot_sensitivity(results: pd.DataFrame, threshold: float = 0.5, axes: Any = None,
+                     block_m: float = BLOCK_M) -> Any:
     """Chapter 11's figure: R² of ``ssl`` and of the 1 km sets over the grid, and where they cross.
 
     Both panels share the axes (share of true-richness variance below 1 km,
@@ -710,7 +711,7 @@ def plot_sensitivity(results: pd.DataFrame, threshold: float = 0.5, axes: Any = 
         if len(own):
             ax.scatter(own["below_1km"], own["invisible"], marker="*", s=220, c="tab:red",
                        edgecolors="w")
-        ax.set(title=f"{title}: R² under 50 km blocks", xlabel="share of variance below 1 km")
+        ax.set(title=f"{title}: R² under {block_m / 1000:g} km blocks", xlabel="share of variance below 1 km")
     axes[0].set_ylabel("share no predictor sees")
     from matplotlib.lines import Line2D
 

@@ -141,3 +141,25 @@ def test_the_simulated_regions_stack_gives_the_samples_their_table_covariates(tm
     table = covariates_1km(study.landscape, sites, sub, study.config.sensors)
     np.testing.assert_array_equal(v.loc[inside].to_numpy(),
                                   table.loc[sub["sample_id"], out.columns].to_numpy())
+
+
+def test_overwrite_replaces_only_a_stack_this_package_wrote(tmp_path):
+    """Issue 16: a user's folder or file at the stack's path is refused and kept, whole."""
+    cells = pd.DataFrame({"x": [500.0, 1500.0], "y": [-500.0, -500.0],
+                          COVS[0]: [80.0, 81.0], COVS[1]: [55.0, 56.0]})
+    stack = cells_to_stack(cells, 32630)
+    own = write_covariate_stack(stack, tmp_path / "own.zarr")
+    write_covariate_stack(stack, own, overwrite=True)  # ours: replaced
+    assert open_covariate_stack(own).names == COVS
+    user = tmp_path / "user.zarr"
+    user.mkdir()
+    (user / "notes.txt").write_text("field notes")
+    with pytest.raises(FileExistsError, match="not a stack written by fungi-ssl"):
+        write_covariate_stack(stack, user, overwrite=True)
+    assert (user / "notes.txt").read_text() == "field notes"
+    folder = tmp_path / "folder.tif"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a GeoTIFF file"):
+        write_covariate_stack(stack, folder, overwrite=True)
+    assert (folder / "keep.txt").read_text() == "keep"

@@ -54,6 +54,9 @@ __all__ = [
     "write_covariate_stack",
 ]
 
+#: The ``software`` tag of the stacks :func:`write_covariate_stack` writes: only
+#: such a stack is replaced with ``overwrite``.
+STACK_SOFTWARE = "fungi_ssl.covariate_stack.write_covariate_stack"
 #: The kinds of stack read and written, by file suffix.
 _KINDS = {".tif": "tif", ".tiff": "tif", ".zarr": "zarr"}
 
@@ -344,6 +347,22 @@ def cells_to_stack(cells: pd.DataFrame, crs: Any, cell_size: float = 1000.0,
     return ds.rio.write_crs(CRS.from_user_input(crs).to_wkt()).rio.write_transform(transform)
 
 
+def _check_own_stack(path: Path) -> None:
+    """Refuse to replace a folder that is not a Zarr covariate stack this package wrote."""
+    import zarr
+
+    software = None
+    if path.is_dir() and not path.is_symlink():
+        try:
+            software = zarr.open_group(str(path), mode="r").attrs.get("software")
+        except Exception:  # noqa: BLE001 (anything unreadable is not ours)
+            software = None
+    if software != STACK_SOFTWARE:
+        raise FileExistsError(
+            f"covariate stack {path} exists and is not a stack written by fungi-ssl; it is left "
+            "as it is: remove it yourself or choose another path")
+
+
 def write_covariate_stack(layers: xr.Dataset, path: str | Path, *, overwrite: bool = False
                           ) -> Path:
     """Write ``(y, x)`` layers with a CRS as a GeoTIFF (named bands) or a Zarr store.
@@ -369,6 +388,10 @@ def write_covariate_stack(layers: xr.Dataset, path: str | Path, *, overwrite: bo
 
         arr = np.stack([layers[v].transpose("y", "x").values.astype(np.float32) for v in names])
         if path.exists():
+            if not path.is_file() or path.is_symlink():
+                raise FileExistsError(
+                    f"covariate stack {path} exists and is not a GeoTIFF file; it is left as it "
+                    "is: remove it yourself or choose another path")
             path.unlink()
         with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1],
                            count=len(names), dtype="float32", crs=layers.rio.crs.to_wkt(),
@@ -377,11 +400,12 @@ def write_covariate_stack(layers: xr.Dataset, path: str | Path, *, overwrite: bo
             dst.write(arr)
             for i, n in enumerate(names, start=1):
                 dst.set_band_description(i, n)
-            dst.update_tags(software="fungi_ssl.covariate_stack.write_covariate_stack")
+            dst.update_tags(software=STACK_SOFTWARE)
         return path
     if path.exists():
+        _check_own_stack(path)
         shutil.rmtree(path)
     out = layers.copy()
-    out.attrs["software"] = "fungi_ssl.covariate_stack.write_covariate_stack"
+    out.attrs["software"] = STACK_SOFTWARE
     out.to_zarr(path, mode="w", consolidated=False)
     return path

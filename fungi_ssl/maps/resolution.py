@@ -82,6 +82,7 @@ map: ``criteria_table``, ``pick_product``; regional levels:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -657,16 +658,21 @@ class HeldOutModels:
 
 def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Region,
                    model: str = "lightgbm", seed: int = 0, profile: str = "full",
-                   model_1km: str | None = None, radius_km: float = HOLDOUT_KM) -> HeldOutModels:
+                   model_1km: str | None = None, radius_km: float = HOLDOUT_KM,
+                   cached_only: bool = False) -> HeldOutModels | None:
     """Fit the 10 m, 1 km, product and residual models without ``region``'s samples (cached).
 
     Cached under ``data/cache/resolution_heldout/<key>/models.joblib``, keyed
     as :func:`fitted_map_model` plus the region's window, the radius and the
-    rows withheld.
+    rows withheld. With ``cached_only``, None when they are not cached yet.
+    Every model is fitted on one thread (LightGBM and BLAS), so the models
+    do not depend on the machine's cores or on :func:`prefit_heldout_models`
+    fitting regions side by side.
     """
     import hashlib
 
     import joblib
+    from threadpoolctl import threadpool_limits
 
     from fungi_ssl.maps.mapmodel import MapModel
     from fungi_ssl.maps.modelspec import encoder_signature, library_versions
@@ -683,22 +689,68 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
               "params": BOOK_MODEL_PARAMS.get(model, {}), "components": SSL_COMPONENTS,
               "seed": int(seed), "profile": profile, "versions": library_versions(),
               "window": [w.epsg, w.col0, w.row0, w.width, w.height], "radius_km": radius_km,
-              "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 2}
+              "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 3}
     # layout 2: the pickled MapModel holds fungi_ssl.maps.modelspec.FeatureSpec and
-    # fungi_ssl.maps.flattrees.FlatTrees, moved out of mapmodel (issue 19)
+    # fungi_ssl.maps.flattrees.FlatTrees, moved out of mapmodel (issue 19); 3: fitted on
+    # one BLAS thread
     path = cache_dir("resolution_heldout", params) / "models.joblib"
     if path.exists():
         return joblib.load(path)
+    if cached_only:
+        return None
     train = frame.loc[~out].reset_index(drop=True)
-    m10 = MapModel(model, seed=seed, n_jobs=1).fit(train, encoder=trained)
-    m1 = fit_1km_model(train, model_1km or model, seed)
-    prod = fit_product_model(train, m10, model, seed)
-    resid = fit_residual_model(train, m10, model, seed)
+    # one BLAS thread too: a multi-threaded product sums in another order, which moves the
+    # patch components in their last bits and so the trees' thresholds
+    with threadpool_limits(1):
+        m10 = MapModel(model, seed=seed, n_jobs=1).fit(train, encoder=trained)
+        m1 = fit_1km_model(train, model_1km or model, seed)
+        prod = fit_product_model(train, m10, model, seed)
+        resid = fit_residual_model(train, m10, model, seed)
     camps = frame.loc[out, "site_id"].map(study.sites.drop_duplicates("site_id")
                                           .set_index("site_id")["campaign"]).nunique()
     models = HeldOutModels(m10, m1, prod, resid, int(out.sum()), int(camps))
     joblib.dump(models, path)
     return models
+
+
+#: Worker processes of :func:`prefit_heldout_models` (each fits on one thread).
+HELDOUT_WORKERS = 2
+
+
+def _fit_heldout(table: PredictorTable, trained: TrainedEncoder, region: Region, model: str,
+                 seed: int, profile: str, model_1km: str | None) -> None:
+    heldout_models(table, trained, region, model, seed, profile, model_1km)  # writes the cache
+
+
+def prefit_heldout_models(table: PredictorTable, trained: TrainedEncoder,
+                          regions: Sequence[Region], model: str = "lightgbm", seed: int = 0,
+                          profile: str = "full", model_1km: str | None = None,
+                          n_workers: int = HELDOUT_WORKERS) -> int:
+    """Fit the held-out models of the regions not yet cached, regions side by side.
+
+    :func:`heldout_models` of one region is single-threaded (LightGBM and the
+    PCA on one thread: about 15 s a region in the quick profile), so
+    ``n_workers`` processes (joblib's loky) fit that many regions at once and
+    write the cache that :func:`region_products` then reads. The models are
+    the same as fitted one after another (one thread each either way).
+
+    Returns
+    -------
+    int
+        Regions fitted.
+    """
+    import joblib
+
+    missing = [r for r in regions
+               if heldout_models(table, trained, r, model, seed, profile, model_1km,
+                                 cached_only=True) is None]
+    workers = max(1, min(int(n_workers), len(missing), os.cpu_count() or 1))
+    if workers < 2:
+        return 0
+    joblib.Parallel(n_jobs=workers, backend="loky")(
+        joblib.delayed(_fit_heldout)(table, trained, r, model, seed, profile, model_1km)
+        for r in missing)
+    return len(missing)
 
 
 def region_components(model: MapModel, store: str | Path, region: Region) -> np.ndarray:
@@ -841,6 +893,8 @@ def region_products(
     if not held_out:
         m10_all = fitted_map_model(table, trained, model, seed, profile)
         m1_all = fit_1km_model(table.frame, model_1km or model, seed)
+    if held_out:
+        prefit_heldout_models(table, trained, rs, model, seed, profile, model_1km)
     products = []
     for r in rs:
         if held_out:

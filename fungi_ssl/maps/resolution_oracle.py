@@ -10,8 +10,9 @@ maps next to the level error the labels near the region carry. Cached under
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,46 @@ def estimand_at_samples(frame: pd.DataFrame, study: SimulatedStudy) -> np.ndarra
         raise ValueError(f"estimand_at_samples: {int(np.isnan(pix).sum())} samples are not in "
                          "the study's truth table")
     return expected_log1p_rarefied(study, np.log(pix))
+
+
+#: Worker processes of :func:`oracle_1km_biases` (one region each, one thread each).
+ORACLE_WORKERS = 2
+
+
+def _oracle_row(p: RegionProducts, train: np.ndarray, data: pd.DataFrame, offset: np.ndarray,
+                lon: np.ndarray, lat: np.ndarray, model: str, seed: int, nearby_km: float,
+                product: bool) -> dict[str, Any]:
+    """One region's row of :func:`oracle_1km_biases`, its models fitted on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    from fungi_ssl.data.coordinates import crs_to_lonlat
+
+    with threadpool_limits(1):
+        m = fit_1km_model(data.loc[train].reset_index(drop=True), model, seed, target="estimand")
+        grid = np.full(p.map_1km.shape, np.nan)
+        grid[p.covariates["cell_row"].to_numpy(), p.covariates["cell_col"].to_numpy()] = \
+            m.predict(p.covariates)
+        ok = _scored_mask(p)
+        w = p.region.window
+        clon, clat = crs_to_lonlat(np.array([w.x.mean()]), np.array([w.y.mean()]), w.epsg)
+        c0, c1 = np.radians(float(clon[0])), np.radians(float(clat[0]))
+        d = 2 * 6371.0 * np.arcsin(np.sqrt(np.sin((lat - c1) / 2) ** 2 + np.cos(lat) * np.cos(c1)
+                                           * np.sin((lon - c0) / 2) ** 2))
+        near = train & (d <= nearby_km) & np.isfinite(offset)
+        extra = {}
+        if product:
+            hm = p.extra["models"]
+            prod = fit_product_model(data.loc[train].reset_index(drop=True), hm.map_model, model,
+                                     seed, target="estimand")
+            mp = _product_map(prod, region_components(hm.map_model, p.store, p.region),
+                              p.covariates, p.region)
+            sel = ok & np.isfinite(mp)
+            extra["bias_oracle_product"] = float(np.mean(mp[sel] - p.truth[sel]))
+    return {"region": p.region.name,
+            "bias_oracle_1km": float(np.mean(_expand(grid)[ok] - p.truth[ok])), **extra,
+            "label_offset_nearby": float(offset[near].mean()) if near.any() else np.nan,
+            "n_nearby": int(near.sum()),
+            "label_offset_training": float(np.nanmean(offset[train]))}
 
 
 def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
@@ -110,7 +151,6 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
 
     import joblib
 
-    from fungi_ssl.data.coordinates import crs_to_lonlat
     from fungi_ssl.maps.modelspec import library_versions
     from fungi_ssl.simulate.field_data import simulator_fingerprint
 
@@ -129,7 +169,7 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
                                                   index=False).sum().item(),
               "model": model, "seed": int(seed), "versions": library_versions(),
               "regions": keys, "radius_km": radius_km, "nearby_km": nearby_km,
-              "product": bool(product), "layout": 1}
+              "product": bool(product), "layout": 2}  # 2: one BLAS thread
     path = cache_dir("resolution_oracle", params) / "biases.joblib"
     if path.exists():
         return joblib.load(path)
@@ -138,37 +178,17 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
     offset = frame["log_richness"].to_numpy(float) - est
     lon, lat = np.radians(frame["longitude"].to_numpy(float)), np.radians(
         frame["latitude"].to_numpy(float))
-    rows = []
+    trains = [~withheld_rows(frame, study, p.region, radius_km) for p in products]
     for p in products:
-        train = ~withheld_rows(frame, study, p.region, radius_km)
-        m = fit_1km_model(data.loc[train].reset_index(drop=True), model, seed, target="estimand")
-        grid = np.full(p.map_1km.shape, np.nan)
-        grid[p.covariates["cell_row"].to_numpy(), p.covariates["cell_col"].to_numpy()] = \
-            m.predict(p.covariates)
-        ok = _scored_mask(p)
-        w = p.region.window
-        clon, clat = crs_to_lonlat(np.array([w.x.mean()]), np.array([w.y.mean()]), w.epsg)
-        c0, c1 = np.radians(float(clon[0])), np.radians(float(clat[0]))
-        d = 2 * 6371.0 * np.arcsin(np.sqrt(np.sin((lat - c1) / 2) ** 2 + np.cos(lat) * np.cos(c1)
-                                           * np.sin((lon - c0) / 2) ** 2))
-        near = train & (d <= nearby_km) & np.isfinite(offset)
-        extra = {}
-        if product:
-            hm = p.extra.get("models")
-            if hm is None:
-                raise ValueError(f"oracle_1km_biases: region {p.region.name} has no held-out "
-                                 "models (region_products with held_out)")
-            prod = fit_product_model(data.loc[train].reset_index(drop=True), hm.map_model, model,
-                                     seed, target="estimand")
-            mp = _product_map(prod, region_components(hm.map_model, p.store, p.region),
-                              p.covariates, p.region)
-            sel = ok & np.isfinite(mp)
-            extra["bias_oracle_product"] = float(np.mean(mp[sel] - p.truth[sel]))
-        rows.append({"region": p.region.name,
-                     "bias_oracle_1km": float(np.mean(_expand(grid)[ok] - p.truth[ok])), **extra,
-                     "label_offset_nearby": float(offset[near].mean()) if near.any() else np.nan,
-                     "n_nearby": int(near.sum()),
-                     "label_offset_training": float(np.nanmean(offset[train]))})
+        if product and p.extra.get("models") is None:
+            raise ValueError(f"oracle_1km_biases: region {p.region.name} has no held-out "
+                             "models (region_products with held_out)")
+    workers = max(1, min(ORACLE_WORKERS, len(products), os.cpu_count() or 1))
+    jobs = (joblib.delayed(_oracle_row)(p, train, data, offset, lon, lat, model, seed,
+                                        nearby_km, product)
+            for p, train in zip(products, trains))
+    rows = (joblib.Parallel(n_jobs=workers, backend="loky")(jobs) if workers > 1
+            else [job[0](*job[1], **job[2]) for job in jobs])
     result = pd.DataFrame(rows).set_index("region")
     joblib.dump(result, path)
     return result

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -185,7 +188,8 @@ def test_replicate_worlds_see_the_same_landscape_through_other_sensors(study):
         replicates.replicate_seed(0, "static", 0)
 
 
-def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, tmp_path):
+def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, tmp_path,
+                                                            monkeypatch):
     trained, model = tiny_chain
     kw = {"n_worlds": 2, "size": 40, "years": [2017, 2018, 2019, 2020],
           "parks": ["Lake District", "Yorkshire Dales"], "n_boot": 100, "progress": False,
@@ -211,5 +215,12 @@ def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, t
     again = replicates.replicate_worlds(study, trained, model, **kw)
     assert again.summary["n_cached"] == 4
     np.testing.assert_array_equal(again.table["ci_low"], t["ci_low"])
+    # made one after another in this process, the worlds are those two workers made
+    assert replicates.REPLICATE_WORKERS == 2 and os.cpu_count() >= 2  # t was made in parallel
+    monkeypatch.setattr(replicates, "REPLICATE_WORKERS", 1)
+    serial = replicates.replicate_worlds(study, trained, model,
+                                         **{**kw, "root": tmp_path / "serial"})
+    assert serial.summary["n_cached"] == 0
+    pd.testing.assert_frame_equal(serial.table.drop(columns="cached"), t.drop(columns="cached"))
     with pytest.raises(ValueError, match="n_worlds must be at least 1"):
         replicates.replicate_worlds(study, trained, model, **{**kw, "n_worlds": 0})

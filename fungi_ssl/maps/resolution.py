@@ -725,7 +725,7 @@ def _fit_heldout(table: PredictorTable, trained: TrainedEncoder, region: Region,
 def prefit_heldout_models(table: PredictorTable, trained: TrainedEncoder,
                           regions: Sequence[Region], model: str = "lightgbm", seed: int = 0,
                           profile: str = "full", model_1km: str | None = None,
-                          n_workers: int = HELDOUT_WORKERS) -> int:
+                          n_workers: int | None = None) -> int:
     """Fit the held-out models of the regions not yet cached, regions side by side.
 
     :func:`heldout_models` of one region is single-threaded (LightGBM and the
@@ -744,6 +744,7 @@ def prefit_heldout_models(table: PredictorTable, trained: TrainedEncoder,
     missing = [r for r in regions
                if heldout_models(table, trained, r, model, seed, profile, model_1km,
                                  cached_only=True) is None]
+    n_workers = HELDOUT_WORKERS if n_workers is None else n_workers
     workers = max(1, min(int(n_workers), len(missing), os.cpu_count() or 1))
     if workers < 2:
         return 0

@@ -21,6 +21,7 @@ coverage over many worlds, not one. This module makes them:
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ __all__ = [
     "REPLICATE_WINDOW_PX",
     "ReplicateWorlds",
     "ResensedLandscape",
+    "prefit_replicate_maps",
     "replicate_maps",
     "replicate_seed",
     "replicate_study",
@@ -161,16 +163,19 @@ def _embed_in_memory(cube: xr.Dataset, trained: TrainedEncoder, chunk: int,
 def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *,
                    world: str, k: int, parks: Sequence[str], size: int,
                    years: Sequence[int], seed: int = 0,
-                   root: str | Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   root: str | Path | None = None, cached_only: bool = False,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]] | None:
     """Predicted ``log1p`` maps ``(year, y, x)`` of every park in replicate ``k`` of ``world``.
 
     As :func:`park_maps` (the same windows, encoder, model and timestep
     draws), in :func:`replicate_study`. One cache entry per replicate world
     (``data/cache/trend_replicates/<key>/maps.npz``), keyed by the study, the
     simulator, the world, ``k``, its sensor seed, the parks, window, years,
-    encoder and model.
+    encoder and model. With ``cached_only``, None when they are not cached
+    yet. Maps are made on one BLAS thread (:func:`prefit_replicate_maps`
+    makes them in worker processes, which have one).
     """
-    from fungi_ssl.maps.predict import predict_map
+    from threadpoolctl import threadpool_limits
 
     years = [int(y) for y in years]
     cube_params = {**_sim_key(study), "world": world, "replicate": int(k),
@@ -180,13 +185,29 @@ def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
     if world == "null":
         cube_params["null_world"] = _null_key()
     params = {"cube": cube_params, "encoder": model.spec.encoder, "model": model.fingerprint,
-              "model_settings": model.settings, "seed": int(seed)}
+              "model_settings": model.settings, "seed": int(seed), "blas_threads": 1}
     d = cache.cache_dir("trend_replicates", params, root=Path(root) if root is not None else None)
     path = d / "maps.npz"
     if path.exists():
         with np.load(path) as f:
             return {p: f[f"p{i}"] for i, p in enumerate(parks)}, {"cached": 1.0}
-    t0 = time.perf_counter()
+    if cached_only:
+        return None
+    with threadpool_limits(1):  # the same maps in a worker process as here, on any machine
+        out = _replicate_maps(study, trained, model, world, k, parks, size, years, seed)
+    tmp = d / "maps.tmp.npz"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"p{i}": out[p] for i, p in enumerate(parks)})
+    tmp.replace(path)
+    return out, {"cached": 0.0}
+
+
+def _replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, world: str,
+                    k: int, parks: Sequence[str], size: int, years: list[int],
+                    seed: int) -> dict[str, np.ndarray]:
+    """Simulate, embed and map every park-year of one replicate world (no cache)."""
+    from fungi_ssl.maps.predict import predict_map
+
     s = replicate_study(study, world, k)
     chunk = int(np.ceil(int(size) / 16) * 16)
     out: dict[str, np.ndarray] = {}
@@ -204,11 +225,53 @@ def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         layers[p].append(np.asarray(run.map.values, dtype=np.float32))
     for p in parks:
         out[p] = np.stack(layers[p])
-    tmp = d / "maps.tmp.npz"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **{f"p{i}": out[p] for i, p in enumerate(parks)})
-    tmp.replace(path)
-    return out, {"cached": 0.0, "seconds": time.perf_counter() - t0}
+    return out
+
+
+#: Worker processes that simulate, embed and map replicate worlds side by side.
+REPLICATE_WORKERS = 2
+
+
+def prefit_replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel,
+                          jobs: Sequence[tuple[str, int]], *, n_workers: int | None = None,
+                          progress: bool = True, **kwargs: Any) -> list[tuple[str, int]]:
+    """Make the maps of the replicate worlds ``jobs`` (``(world, k)``) not cached yet, side by side.
+
+    One world is simulated, embedded (one torch thread) and mapped (one
+    thread) in about a second and a half, so ``n_workers`` processes (default
+    :data:`REPLICATE_WORKERS`)
+    (joblib's loky) make that many worlds at once and write the cache that
+    :func:`replicate_maps` then reads; the maps are those made one after
+    another. ``kwargs`` are :func:`replicate_maps`'s ``parks``, ``size``,
+    ``years``, ``seed`` and ``root``.
+
+    Returns
+    -------
+    list of (str, int)
+        The worlds made here (none with one worker: :func:`replicate_maps`
+        then makes them one after another).
+    """
+    import joblib
+
+    missing = [(w, k) for w, k in jobs
+               if replicate_maps(study, trained, model, world=w, k=k, cached_only=True,
+                                 **kwargs) is None]
+    n_workers = REPLICATE_WORKERS if n_workers is None else n_workers
+    workers = max(1, min(int(n_workers), len(missing), os.cpu_count() or 1))
+    if workers < 2:
+        return []
+    tasks = (joblib.delayed(_make_replicate)(study, trained, model, w, k, kwargs)
+             for w, k in missing)
+    for _ in tqdm(joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")(tasks),
+                  total=len(missing), desc="replicate worlds", unit="world",
+                  disable=not progress):
+        pass
+    return missing
+
+
+def _make_replicate(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, world: str,
+                    k: int, kwargs: dict[str, Any]) -> None:
+    replicate_maps(study, trained, model, world=world, k=k, **kwargs)  # writes the cache
 
 
 @dataclass
@@ -288,7 +351,10 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
     rows = []
     contrasts: list[Any] = []
     jobs = [(w, k) for k in range(int(n_worlds)) for w in WORLDS]
-    for w, k in tqdm(jobs, desc="replicate worlds", unit="world", disable=not progress):
+    made_now = set(prefit_replicate_maps(study, trained, model, jobs, progress=progress,
+                                         parks=parks, size=size, years=years, seed=seed,
+                                         root=root))
+    for w, k in tqdm(jobs, desc="scoring worlds", unit="world", disable=not progress):
         maps, info = replicate_maps(study, trained, model, world=w, k=k, parks=parks, size=size,
                                     years=years, seed=seed, root=root)
         zs, zt = [], []
@@ -324,7 +390,7 @@ def replicate_worlds(study: SimulatedStudy, trained: TrainedEncoder, model: MapM
                      "polygon_excludes_zero": bool(pc.ci[0] > 0 or pc.ci[1] < 0),
                      "false_positive_rate": float((tested < alpha).mean()) if len(tested) else None,
                      "n_parks": c.n_parks, "n_park_years": c.n_park_years, "df": c.df,
-                     "cached": bool(info["cached"])})
+                     "cached": bool(info["cached"]) and (w, k) not in made_now})
     table = pd.DataFrame(rows)
     changing = (table["world"] == "changing").to_numpy()
 

@@ -553,3 +553,42 @@ def test_a_papermill_rerun_with_other_parameters_leaves_book_results_alone(tmp_p
         results._assignments("profile = 'full'\nseed = 0\nbbox = None  # note"),
         results._assignments("# Parameters\nprofile = \"full\"\nbbox = [1, 2, 3, 4]\n")) == {
         "bbox": [1, 2, 3, 4]}
+
+
+def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_dirs):
+    """Chapters 05-11 run in two lanes after 00-04; a lane keeps its order; a failure stops the book."""
+    import time as _time
+
+    notebooks, book = book_dirs
+    stamp = ("import time, json, pathlib\n"
+             "t0 = time.time(); time.sleep({sleep})\n"
+             "pathlib.Path(results_dir, '{name}.json').write_text(json.dumps([t0, time.time()]))")
+    for name, sleep in (("04_table", 0), ("05_part", 3), ("06_res", 1), ("07_bias", 1),
+                        ("12_after", 0)):
+        _notebook(notebooks / f"{name}.ipynb", "results_dir = ''",
+                  stamp.format(sleep=sleep, name=name))
+    start = _time.time()
+    runs = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    assert [r.notebook for r in runs][0] == "04_table" and runs[-1].notebook == "12_after"
+    assert {r.status for r in runs} == {"ok"} and len(runs) == 5
+    t = {n: json.loads((book / "results" / f"{n}.json").read_text())
+         for n in ("04_table", "05_part", "06_res", "07_bias", "12_after")}
+    assert t["04_table"][1] <= min(t["05_part"][0], t["06_res"][0])  # after 00-04
+    assert t["06_res"][1] <= t["07_bias"][0]  # one lane, in order
+    assert t["05_part"][0] < t["07_bias"][1] and t["06_res"][0] < t["05_part"][1]  # side by side
+    assert t["12_after"][0] >= max(t["05_part"][1], t["07_bias"][1])
+    assert start <= t["04_table"][0]
+    summary = json.loads((book / "results" / "run_summary.json").read_text())
+    assert [e["notebook"] for e in summary["notebooks"]] == sorted(t)
+    # serial: the same notebooks one after another
+    serial = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False,
+                              lanes=False)
+    assert [r.notebook for r in serial] == sorted(t)
+    # a failing chapter in one lane: the other lane finishes, later chapters do not run
+    _notebook(notebooks / "05_part.ipynb", "results_dir = ''", "raise RuntimeError('lane A broke')")
+    (book / "results" / "12_after.json").unlink()
+    with pytest.raises(bookrun.NotebookFailure, match="lane A broke") as err:
+        bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
+    status = {r.notebook: r.status for r in err.value.runs}
+    assert status == {"04_table": "ok", "05_part": "failed", "06_res": "ok", "07_bias": "ok"}
+    assert not (book / "results" / "12_after.json").exists()

@@ -46,7 +46,9 @@ import datetime as _dt
 import json
 import os
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -264,6 +266,10 @@ def execute_notebook(
 
     kernel_config = Config()
     kernel_config.KernelManager.transport = KERNEL_TRANSPORT
+    # the IPC sockets' path prefix, one per kernel: by default it is "kernel-ipc" in the
+    # working folder, and two kernels started at once (lanes) picked the same sockets
+    kernel_config.KernelManager.ip = os.path.join(
+        tempfile.gettempdir(), f"fungi-ssl-kernel-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -355,6 +361,100 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
+#: Chapters that run side by side once every chapter before them has run: each
+#: lane in order, the lanes at once, each notebook in a process of its own. They
+#: read what chapters 00–04 leave (the study, the encoder, the predictor table,
+#: Table 1's results) and each writes caches of its own kinds, so no two of them
+#: make the same cache entry. Chapters 02–08 keep one core busy for much of their
+#: time (one-thread encoder, one-thread model fits), so two lanes use the second.
+LANES: tuple[tuple[str, ...], ...] = (("06", "07"), ("05", "08", "09", "10", "11"))
+
+
+def lane_plan(notebooks: Sequence[Path],
+              lanes: Sequence[Sequence[str]] = LANES) -> list[list[list[Path]]]:
+    """Stages of a book run: each a list of lanes, each lane a list of notebooks run in order.
+
+    Notebooks before the first lane chapter run one per stage, in order; the
+    lane chapters present form one stage of :data:`LANES`; every other
+    notebook runs after it, one per stage. With fewer than two lanes holding
+    a notebook, every notebook runs one after another.
+
+    Examples
+    --------
+    >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "04", "05", "06", "07", "12")]
+    >>> [[[p.name[:2] for p in lane] for lane in stage] for stage in lane_plan(names)]
+    [[['00']], [['04']], [['06', '07'], ['05']], [['12']]]
+    >>> len(lane_plan(names[:3]))  # one lane chapter only: one after another
+    3
+    """
+    lane_of = {ch: i for i, lane in enumerate(lanes) for ch in lane}
+    held: list[list[Path]] = [[] for _ in lanes]
+    for nb in notebooks:
+        if nb.name[:2] in lane_of:
+            held[lane_of[nb.name[:2]]].append(nb)
+    filled = [lane for lane in held if lane]
+    if len(filled) < 2:
+        return [[[nb]] for nb in notebooks]
+    first = min(i for i, nb in enumerate(notebooks) if nb.name[:2] in lane_of)
+    before = [nb for nb in notebooks[:first] if nb.name[:2] not in lane_of]
+    after = [nb for nb in notebooks[first:] if nb.name[:2] not in lane_of]
+    return [*([[nb]] for nb in before), filled, *([[nb]] for nb in after)]
+
+
+def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name: str,
+             placeholders: Mapping[str, str], env: Mapping[str, str],
+             ) -> tuple[float, dict[str, Any] | None, float]:
+    """Run one notebook: ``(seconds, failure fields or None, start time)``; also in a child process."""
+    started = time.time() - 1.0
+    start = time.perf_counter()
+    try:
+        with _kernel_environment(env):
+            seconds = execute_notebook(nb_path, output, params, kernel_name, placeholders)
+    except NotebookFailure as failure:
+        fields = {k: getattr(failure, k) for k in ("notebook", "output", "cell_index",
+                                                   "execution_count", "source", "ename",
+                                                   "evalue")}
+        return time.perf_counter() - start, fields, started
+    return seconds, None, started
+
+
+def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
+                ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float]]]:
+    """Run the stages in order, the lanes of a stage in child processes; yield each result.
+
+    ``task(nb)`` gives :func:`_execute`'s arguments. A lane stops at its first
+    failed notebook; the other lanes of the stage finish theirs.
+    """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    for stage in stages:
+        if len(stage) == 1:
+            for nb in stage[0]:
+                result = _execute(*task(nb))
+                yield nb, result
+                if result[1] is not None:
+                    return
+            continue
+        stage_failed = False
+        queues = [list(lane) for lane in stage]
+        with cf.ProcessPoolExecutor(len(queues),
+                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {pool.submit(_execute, *task(q[0])): (i, q.pop(0)) for i, q in enumerate(queues)}
+            while running:
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i, nb = running.pop(fut)
+                    result = fut.result()
+                    yield nb, result
+                    stage_failed |= result[1] is not None
+                    if result[1] is None and queues[i]:
+                        nxt = queues[i].pop(0)
+                        running[pool.submit(_execute, *task(nxt))] = (i, nxt)
+        if stage_failed:
+            return
+
+
 def run_book(
     *,
     profile: str | None = None,
@@ -370,8 +470,14 @@ def run_book(
     target: str | None = None,
     samples: str | Path | None = None,
     chapter_parameters: Mapping[str, Any] | None = None,
+    lanes: bool = True,
 ) -> list[NotebookRun]:
     """Execute the book's notebooks in order and write ``run_summary.json``.
+
+    With ``lanes`` (the default, unless ``only`` is given) chapters 05–11 run
+    in the two lanes of :data:`LANES` once chapters 00–04 have run
+    (:func:`lane_plan`): the same notebooks and results, in less time on two
+    cores; each chapter's seconds are then measured beside another chapter.
 
     A real data directory is checked before any chapter runs
     (:func:`fungi_ssl.data.io.check_data_directory`: one line, in a second or
@@ -413,6 +519,9 @@ def run_book(
         Other parameters (``{"block_km": 10}``, :func:`parse_chapter_parameters`),
         injected into the notebooks that declare them; one that no notebook run
         declares is an error.
+    lanes : bool
+        Run chapters 05–11 in two lanes (:data:`LANES`); False runs every
+        notebook one after another.
 
     Returns
     -------
@@ -423,7 +532,8 @@ def run_book(
     ------
     NotebookFailure
         When a notebook fails; the summary is still written, with the failed
-        notebook marked ``"failed"``, and later notebooks are not run.
+        notebook marked ``"failed"``, and later notebooks are not run (in
+        lanes: the other lane finishes its chapters first).
     """
     from tqdm import tqdm
 
@@ -461,43 +571,43 @@ def run_book(
     placeholders = machine_path_placeholders(data_dir, results_dir, notebook_dir, output_dir)
 
     runs: list[NotebookRun] = []
-    bar = tqdm(notebooks, desc="notebooks", unit="nb", disable=not progress, file=sys.stderr)
+    env = {} if not samples else {"FUNGI_SSL_SAMPLES": str(
+        Path(samples).resolve() if Path(samples).exists() else samples)}
+
+    def task(nb_path: Path) -> tuple[Any, ...]:
+        params = notebook_parameters(
+            declared_parameters(nb_path),
+            profile=profile,
+            seed=seed,
+            data_dir=data_dir,
+            results_dir=results_dir,
+            cwd=nb_path.parent,
+            guild=guild,
+            target=target,
+            chapter_parameters=chapter_parameters,
+        )
+        return nb_path, output_dir / nb_path.name, params, kernel_name, placeholders, env
+
+    stages = lane_plan(notebooks) if lanes and not only else [[[nb]] for nb in notebooks]
+    failed: NotebookFailure | None = None
+    bar = tqdm(total=len(notebooks), desc="notebooks", unit="nb", disable=not progress,
+               file=sys.stderr)
     try:
-        for nb_path in bar:
+        for nb_path, (seconds, failure, started) in _run_stages(stages, task):
+            bar.update(1)
             bar.set_postfix_str(nb_path.stem)
-            params = notebook_parameters(
-                declared_parameters(nb_path),
-                profile=profile,
-                seed=seed,
-                data_dir=data_dir,
-                results_dir=results_dir,
-                cwd=nb_path.parent,
-                guild=guild,
-                target=target,
-                chapter_parameters=chapter_parameters,
-            )
-            start = time.perf_counter()
-            started = time.time() - 1.0
-            env = {} if not samples else {"FUNGI_SSL_SAMPLES": str(
-                Path(samples).resolve() if Path(samples).exists() else samples)}
-            try:
-                with _kernel_environment(env):
-                    seconds = execute_notebook(
-                        nb_path, output_dir / nb_path.name, params, kernel_name, placeholders
-                    )
-            except NotebookFailure as failure:
-                runs.append(
-                    NotebookRun(
-                        nb_path.stem, round(time.perf_counter() - start, 2), profile, seed, "failed"
-                    )
-                )
-                failure.runs = list(runs)
-                raise
+            if failure is not None:
+                runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed, "failed"))
+                failed = failed or NotebookFailure(**failure)
+                continue
             reason = skipped_reason(results_dir, nb_path.name[:2], started)
             if reason and not shows_results(output_dir / nb_path.name):
                 strip_skipped_chapter(output_dir / nb_path.name, reason)
             runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
             bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")
+        if failed is not None:
+            failed.runs = list(runs)
+            raise failed
     finally:
         bar.close()
         if runs:
@@ -571,6 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
              "(repeatable; several in one quoted string as make's PARAMS); injected into the "
              "chapters that declare it",
     )
+    parser.add_argument(
+        "--serial", action="store_true",
+        help="run every notebook one after another (default: chapters 05-11 in two lanes "
+             "once 00-04 have run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -598,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=args.target,
             samples=args.samples,
             chapter_parameters=chapter_parameters,
+            lanes=not args.serial,
         )
     except NotebookFailure as failure:
         if failure.runs:

@@ -449,6 +449,20 @@ class SimulatedStudy:
 
 
 
+def _random_cell_layers(study: SimulatedStudy, n_cells: int, seed: int,
+                        step_px: int) -> tuple[pd.DataFrame, dict]:
+    """The 2017 layers on every ``step_px``-th pixel row and column of the 1 km cells of random sites."""
+    rng = np.random.default_rng([study.config.seed, 31, seed])
+    s = study.sites.iloc[rng.choice(len(study.sites), size=min(n_cells, len(study.sites)),
+                                    replace=False)]
+    cc = np.floor(s["col"].to_numpy() / 100).astype(np.int64)
+    cr = np.floor(s["row"].to_numpy() / 100).astype(np.int64)
+    k = np.arange(0, 100, step_px)
+    xs = (cc[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
+    ys = -(cr[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
+    return s, study.landscape.layers(s["epsg"].to_numpy(), xs, ys, 2017)
+
+
 def variance_below_1km(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
                        step_px: int = 2) -> dict[str, float]:
     """Share of the variance of true log richness that lies within 1 km cells.
@@ -463,15 +477,7 @@ def variance_below_1km(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
         ``within`` (mean within-cell variance), ``total`` (variance over all
         pixels) and ``share_below_1km`` (their ratio).
     """
-    rng = np.random.default_rng([study.config.seed, 31, seed])
-    s = study.sites.iloc[rng.choice(len(study.sites), size=min(n_cells, len(study.sites)),
-                                    replace=False)]
-    cc = np.floor(s["col"].to_numpy() / 100).astype(np.int64)
-    cr = np.floor(s["row"].to_numpy() / 100).astype(np.int64)
-    k = np.arange(0, 100, step_px)
-    xs = (cc[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
-    ys = -(cr[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
-    L = study.landscape.layers(s["epsg"].to_numpy(), xs, ys, 2017)
+    s, L = _random_cell_layers(study, n_cells, seed, step_px)
     v = L["log_richness"].reshape(len(s), -1)
     v = np.where(np.isfinite(v), v, np.nan)
     within = float(np.nanmean(np.nanvar(v, axis=1)))
@@ -504,15 +510,7 @@ def richness_variance(study: SimulatedStudy, n_cells: int = 300, seed: int = 0,
     """
     from .communities import COARSE_TERMS, INVISIBLE_TERMS, richness_terms
 
-    rng = np.random.default_rng([study.config.seed, 31, seed])
-    s = study.sites.iloc[rng.choice(len(study.sites), size=min(n_cells, len(study.sites)),
-                                    replace=False)]
-    cc = np.floor(s["col"].to_numpy() / 100).astype(np.int64)
-    cr = np.floor(s["row"].to_numpy() / 100).astype(np.int64)
-    k = np.arange(0, 100, step_px)
-    xs = (cc[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
-    ys = -(cr[:, None] * 100 + k[None] + 0.5) * PIXEL_SIZE
-    L = study.landscape.layers(s["epsg"].to_numpy(), xs, ys, 2017)
+    s, L = _random_cell_layers(study, n_cells, seed, step_px)
     terms = richness_terms(model=study.config.richness, **L["richness_inputs"])
     land = (L["landcover"] != WATER).reshape(len(s), -1)
     groups = {"visible": 0.0, "coarse": 0.0, "invisible": 0.0}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,29 @@ def cache_dir(kind: str, params: dict[str, Any], root: Path | None = None) -> Pa
     path.mkdir(parents=True, exist_ok=True)
     meta = path / "params.json"
     if not meta.exists():
-        meta.write_text(json.dumps(_canonical(params), indent=2, sort_keys=True))
+        tmp = temporary_path(meta)
+        tmp.write_text(json.dumps(_canonical(params), indent=2, sort_keys=True))
+        os.replace(tmp, meta)
     return path
+
+
+def temporary_path(path: str | Path) -> Path:
+    """A name beside ``path`` to write it under before renaming it to ``path``.
+
+    The name is this process's and this call's own and keeps ``path``'s
+    suffix (NumPy adds ``.npz`` or ``.npy`` to a name without it). Two
+    processes that make one cache entry at once (two chapters of a book run
+    side by side, or worker processes) then each write a whole file and rename
+    it; the last rename wins and readers never see a part-written file.
+
+    Examples
+    --------
+    >>> a, b = temporary_path("d/maps.npz"), temporary_path("d/maps.npz")
+    >>> a != b and a.parent == Path("d") and a.name.startswith(".maps.") and a.suffix == ".npz"
+    True
+    """
+    path = Path(path)
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def clear(kind: str | None = None, root: Path | None = None) -> None:

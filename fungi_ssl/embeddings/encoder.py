@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fungi_ssl.core.cache import temporary_path
 from fungi_ssl.embeddings.pixels import (
     S1_BANDS,
     S2_BANDS,
@@ -618,7 +619,7 @@ def pretrain(
 
         def save(step: int) -> None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
+            tmp = temporary_path(ckpt)
             torch.save({
                 "run": run_meta, "step": step, "model": model.state_dict(),
                 "projector": projector.state_dict(), "optimiser": optimiser.state_dict(),

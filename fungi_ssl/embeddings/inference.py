@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fungi_ssl.core.cache import temporary_path
 from fungi_ssl.core.hashing import hash_uniform_rows
 from fungi_ssl.embeddings.encoder import (
     EncoderConfig,
@@ -211,7 +212,7 @@ def save_encoder(trained: TrainedEncoder, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = temporary_path(path)
     torch.save({
         "format": "fungi_ssl.encoder/1",
         "config": trained.config.to_dict(),

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from fungi_ssl.core import config
-from fungi_ssl.core.cache import cache_dir
+from fungi_ssl.core.cache import cache_dir, temporary_path
 from fungi_ssl.embeddings.embed import cached_pretrain, patch_features_frame
 from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder
 from fungi_ssl.embeddings.inference import embed_pixels, quantise
@@ -240,7 +240,7 @@ def ssl_patch_features(
         dim = emb.shape[1]
         patches = emb.reshape(-1, k, k, dim)
         site_ids = index["site_id"].to_numpy()[:: k * k].astype(str)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = temporary_path(path)
         np.savez(tmp, site_id=site_ids, patches=patches, n_nan_pixels=n_nan)
         tmp.replace(path)
     by_site = patch_features_frame(patches, site_ids)

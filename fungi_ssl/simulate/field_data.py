@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from fungi_ssl.core import config
-from fungi_ssl.core.cache import cache_dir
+from fungi_ssl.core.cache import cache_dir, temporary_path
 from fungi_ssl.data.io import find_real_tables, read_samples, read_spun_covariates, validate_samples
 from fungi_ssl.simulate import SimulatedStudy, StudyConfig
 
@@ -131,7 +131,7 @@ def _cached_tables(study: SimulatedStudy) -> dict[str, pd.DataFrame]:
         return tables
     tables = {"samples": study.samples, "truth": study.truth, "covariates": study.covariates,
               "state": {name: getattr(study, name) for name in _STUDY_STATE}}
-    tmp = path.with_suffix(".tmp")
+    tmp = temporary_path(path)
     with tmp.open("wb") as fh:
         pickle.dump(tables, fh, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(path)

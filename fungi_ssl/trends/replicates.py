@@ -195,7 +195,7 @@ def replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMod
         return None
     with threadpool_limits(1):  # the same maps in a worker process as here, on any machine
         out = _replicate_maps(study, trained, model, world, k, parks, size, years, seed)
-    tmp = d / "maps.tmp.npz"
+    tmp = cache.temporary_path(path)
     with open(tmp, "wb") as fh:
         np.savez(fh, **{f"p{i}": out[p] for i, p in enumerate(parks)})
     tmp.replace(path)

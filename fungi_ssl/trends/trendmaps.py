@@ -402,7 +402,7 @@ def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
     run = predict_map(model, {int(year): store}, int(year), quantity="log_richness",
                       chunk=chunk, window=chunk, scheduler="synchronous", progress=False)
     values = np.asarray(run.map.values, dtype=np.float32)
-    tmp = d / "map.tmp.npy"
+    tmp = cache.temporary_path(path)
     np.save(tmp, values)
     tmp.replace(path)
     return values, {"cached": 0.0, "embed_s": t1 - t0, "map_s": time.perf_counter() - t1}

@@ -476,7 +476,9 @@ def store_table1_heldout(
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     """Write under a temporary name and rename, so a half-written file never counts."""
-    tmp = path.with_name(f".{path.name}.part")
+    from fungi_ssl.core import cache
+
+    tmp = cache.temporary_path(path)
     # gzip level 1: a third of the default's time, the same exact numbers
     df.to_csv(tmp, index=False, float_format="%.17g",
               compression={"method": "gzip", "compresslevel": 1} if path.suffix == ".gz" else None)

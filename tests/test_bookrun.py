@@ -560,9 +560,10 @@ def test_chapters_run_two_at_once_after_what_they_read_and_stop_after_a_failure(
     import time as _time
 
     notebooks, book = book_dirs
-    stamp = ("import time, json, pathlib\n"
+    stamp = ("import time, json, os, pathlib\n"
              "t0 = time.time(); time.sleep({sleep})\n"
-             "pathlib.Path(results_dir, '{name}.json').write_text(json.dumps([t0, time.time()]))")
+             "pathlib.Path(results_dir, '{name}.json').write_text("
+             "json.dumps([t0, time.time(), os.nice(0)]))")
     for name, sleep in (("04_table", 3), ("05_part", 8), ("06_res", 1), ("07_bias", 1),
                         ("12_after", 0)):
         _notebook(notebooks / f"{name}.ipynb", "results_dir = ''",
@@ -578,6 +579,10 @@ def test_chapters_run_two_at_once_after_what_they_read_and_stop_after_a_failure(
     assert t["05_part"][0] < t["06_res"][1] and t["06_res"][0] < t["05_part"][1]  # side by side
     assert t["12_after"][0] >= max(v[1] for k, v in t.items() if k != "12_after")  # unknown: last
     assert start <= min(v[0] for v in t.values())
+    # what nothing waits for runs at a lower priority; what others wait for does not
+    base = os.nice(0)
+    assert t["12_after"][2] == min(base + bookrun.BACKGROUND_NICENESS, 19)
+    assert {t[n][2] for n in ("04_table", "05_part", "06_res", "07_bias")} == {base}
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     assert [e["notebook"] for e in summary["notebooks"]] == sorted(t)
     # serial: the same notebooks one after another, in book order

@@ -47,6 +47,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -437,21 +438,68 @@ def _run_order(plan: Mapping[Path, Sequence[Path]]) -> list[Path]:
 BACKGROUND_NICENESS = 10
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from Linux's ``/proc`` (none where it is missing)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@contextlib.contextmanager
+def _background(niceness: int) -> Iterator[None]:
+    """Run this process, and every process it starts, at ``niceness`` (0: as it is).
+
+    A Jupyter kernel starts a session of its own, and Linux (with
+    ``sched_autogroup``) shares the cores between sessions before niceness
+    counts within one; so the niceness of each new process's session
+    (``/proc/<pid>/autogroup``) is raised too, by a thread that looks for them
+    twice a second. Elsewhere only this process's niceness changes.
+    """
+    if not niceness:
+        yield
+        return
+    with contextlib.suppress(OSError, AttributeError):  # no os.nice: Windows
+        os.nice(niceness)
+    stop = threading.Event()
+
+    def lower_sessions() -> None:
+        seen: set[int] = set()
+        while not stop.wait(0.5):
+            for pid in set(_descendants(os.getpid())) - seen:
+                seen.add(pid)
+                with contextlib.suppress(OSError):
+                    Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+
+    watcher = threading.Thread(target=lower_sessions, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name: str,
              placeholders: Mapping[str, str], env: Mapping[str, str], niceness: int = 0,
              ) -> tuple[float, dict[str, Any] | None, float]:
     """Run one notebook: ``(seconds, failure fields or None, start time)``; also in a child process.
 
-    ``niceness`` is added to this process's (and so its kernel's) niceness: only
-    in a child process of its own.
+    ``niceness`` (:func:`_background`) only in a child process of its own.
     """
-    if niceness:
-        with contextlib.suppress(OSError, AttributeError):  # no os.nice: Windows
-            os.nice(niceness)
     started = time.time() - 1.0
     start = time.perf_counter()
     try:
-        with _kernel_environment(env):
+        with _kernel_environment(env), _background(niceness):
             seconds = execute_notebook(nb_path, output, params, kernel_name, placeholders)
     except NotebookFailure as failure:
         fields = {k: getattr(failure, k) for k in ("notebook", "output", "cell_index",

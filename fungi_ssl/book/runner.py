@@ -47,7 +47,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -268,7 +267,7 @@ def execute_notebook(
     kernel_config = Config()
     kernel_config.KernelManager.transport = KERNEL_TRANSPORT
     # the IPC sockets' path prefix, one per kernel: by default it is "kernel-ipc" in the
-    # working folder, and two kernels started at once picked the same sockets
+    # working folder, and two kernels started at once (lanes) picked the same sockets
     kernel_config.KernelManager.ip = os.path.join(
         tempfile.gettempdir(), f"fungi-ssl-kernel-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     notebook, output = Path(notebook), Path(output)
@@ -362,144 +361,54 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-#: The chapters each chapter reads from, so must follow: the encoder (02), the
-#: SSL patches of the predictor table (03), Table 1's results (04) and chapter
-#: 06's held-out regions (07). Any chapter makes the simulated study when nothing
-#: has cached it yet; caches are written under a name of their own and then
-#: renamed (:func:`fungi_ssl.core.cache.temporary_path`), so two chapters making
-#: one entry at once both leave it whole. A chapter not named here follows every
-#: chapter before it, and every later chapter follows it.
-NEEDS: dict[str, tuple[str, ...]] = {
-    "00": (), "01": (), "02": (), "03": ("02",), "04": ("03",), "05": ("03",),
-    "06": ("04",), "07": ("04", "06"), "08": ("03",), "09": (), "10": ("03",),
-    "11": ("04",),
-}
-
-#: Chapters run at once by a book run: this machine's two cores. Chapters 02,
-#: 04 and 06–08 keep one core busy for much of their time (the one-thread
-#: encoder, one-thread model fits), so a second chapter uses the other.
-BOOK_WORKERS = 2
+#: Chapters that run side by side once every chapter before them has run: each
+#: lane in order, the lanes at once, each notebook in a process of its own. They
+#: read what chapters 00–04 leave (the study, the encoder, the predictor table,
+#: Table 1's results) and each writes caches of its own kinds, so no two of them
+#: make the same cache entry. Chapters 02–08 keep one core busy for much of their
+#: time (one-thread encoder, one-thread model fits), so two lanes use the second.
+LANES: tuple[tuple[str, ...], ...] = (("06", "07"), ("05", "08", "09", "10", "11"))
 
 
-def book_plan(notebooks: Sequence[Path],
-              needs: Mapping[str, Sequence[str]] = NEEDS) -> dict[Path, list[Path]]:
-    """Each notebook, in book order, and the notebooks of this run it waits for.
+def lane_plan(notebooks: Sequence[Path],
+              lanes: Sequence[Sequence[str]] = LANES) -> list[list[list[Path]]]:
+    """Stages of a book run: each a list of lanes, each lane a list of notebooks run in order.
 
-    A chapter waits for the chapters :data:`NEEDS` names that this run holds,
-    and for any chapter before it that :data:`NEEDS` does not know; such an
-    unknown chapter waits for every chapter before it.
+    Notebooks before the first lane chapter run one per stage, in order; the
+    lane chapters present form one stage of :data:`LANES`; every other
+    notebook runs after it, one per stage. With fewer than two lanes holding
+    a notebook, every notebook runs one after another.
 
     Examples
     --------
-    >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "02", "03", "08", "12")]
-    >>> {k.name[:2]: [p.name[:2] for p in v] for k, v in book_plan(names).items()}
-    {'00': [], '02': [], '03': ['02'], '08': ['03'], '12': ['00', '02', '03', '08']}
+    >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "04", "05", "06", "07", "12")]
+    >>> [[[p.name[:2] for p in lane] for lane in stage] for stage in lane_plan(names)]
+    [[['00']], [['04']], [['06', '07'], ['05']], [['12']]]
+    >>> len(lane_plan(names[:3]))  # one lane chapter only: one after another
+    3
     """
-    plan: dict[Path, list[Path]] = {}
-    for i, nb in enumerate(notebooks):
-        earlier = list(notebooks[:i])
-        chapter = nb.name[:2]
-        if chapter not in needs:
-            plan[nb] = earlier
-            continue
-        plan[nb] = [p for p in earlier
-                    if p.name[:2] in needs[chapter] or p.name[:2] not in needs]
-    return plan
-
-
-def _waiting(plan: Mapping[Path, Sequence[Path]]) -> dict[Path, set[Path]]:
-    """Each notebook of ``plan`` and the notebooks that wait for it, directly or not."""
-    direct: dict[Path, set[Path]] = {nb: set() for nb in plan}
-    for nb in plan:
-        for dep in plan[nb]:
-            direct[dep].add(nb)
-    total: dict[Path, set[Path]] = {}
-    for nb in reversed(list(plan)):  # book order: a notebook's waits come before it
-        total[nb] = set(direct[nb]).union(*(total[w] for w in direct[nb]))
-    return total
-
-
-def _run_order(plan: Mapping[Path, Sequence[Path]]) -> list[Path]:
-    """The notebooks by how many others wait on them, directly or not; then in book order.
-
-    The chain that most of the book waits for (02 → 03 → 04 → 06 → 07) starts
-    first whenever a core frees up; chapters nothing waits for fill the other.
-    """
-    total = _waiting(plan)
-    index = {nb: i for i, nb in enumerate(plan)}
-    return sorted(plan, key=lambda nb: (-len(total[nb]), index[nb]))
-
-
-#: The niceness of a chapter that no other chapter of the run waits for, when
-#: chapters run two at once: it takes what the chapters others wait for leave
-#: (the encoder trains on one thread; model fits pause between folds) instead of
-#: slowing them. Chapter 04 took 345 s beside 05 and 08 at equal priority,
-#: against 179 s alone.
-BACKGROUND_NICENESS = 10
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid``, from Linux's ``/proc`` (none where it is missing)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@contextlib.contextmanager
-def _background(niceness: int) -> Iterator[None]:
-    """Run this process, and every process it starts, at ``niceness`` (0: as it is).
-
-    A Jupyter kernel starts a session of its own, and Linux (with
-    ``sched_autogroup``) shares the cores between sessions before niceness
-    counts within one; so the niceness of each new process's session
-    (``/proc/<pid>/autogroup``) is raised too, by a thread that looks for them
-    twice a second. Elsewhere only this process's niceness changes.
-    """
-    if not niceness:
-        yield
-        return
-    with contextlib.suppress(OSError, AttributeError):  # no os.nice: Windows
-        os.nice(niceness)
-    stop = threading.Event()
-
-    def lower_sessions() -> None:
-        seen: set[int] = set()
-        while not stop.wait(0.5):
-            for pid in set(_descendants(os.getpid())) - seen:
-                seen.add(pid)
-                with contextlib.suppress(OSError):
-                    Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
-
-    watcher = threading.Thread(target=lower_sessions, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join()
+    lane_of = {ch: i for i, lane in enumerate(lanes) for ch in lane}
+    held: list[list[Path]] = [[] for _ in lanes]
+    for nb in notebooks:
+        if nb.name[:2] in lane_of:
+            held[lane_of[nb.name[:2]]].append(nb)
+    filled = [lane for lane in held if lane]
+    if len(filled) < 2:
+        return [[[nb]] for nb in notebooks]
+    first = min(i for i, nb in enumerate(notebooks) if nb.name[:2] in lane_of)
+    before = [nb for nb in notebooks[:first] if nb.name[:2] not in lane_of]
+    after = [nb for nb in notebooks[first:] if nb.name[:2] not in lane_of]
+    return [*([[nb]] for nb in before), filled, *([[nb]] for nb in after)]
 
 
 def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name: str,
-             placeholders: Mapping[str, str], env: Mapping[str, str], niceness: int = 0,
+             placeholders: Mapping[str, str], env: Mapping[str, str],
              ) -> tuple[float, dict[str, Any] | None, float]:
-    """Run one notebook: ``(seconds, failure fields or None, start time)``; also in a child process.
-
-    ``niceness`` (:func:`_background`) only in a child process of its own.
-    """
+    """Run one notebook: ``(seconds, failure fields or None, start time)``; also in a child process."""
     started = time.time() - 1.0
     start = time.perf_counter()
     try:
-        with _kernel_environment(env), _background(niceness):
+        with _kernel_environment(env):
             seconds = execute_notebook(nb_path, output, params, kernel_name, placeholders)
     except NotebookFailure as failure:
         fields = {k: getattr(failure, k) for k in ("notebook", "output", "cell_index",
@@ -509,53 +418,41 @@ def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name
     return seconds, None, started
 
 
-def _run_plan(plan: Mapping[Path, Sequence[Path]], task: Any, workers: int,
-              ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float]]]:
-    """Run the notebooks of ``plan`` as soon as what they wait for has run; yield each result.
+def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
+                ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float]]]:
+    """Run the stages in order, the lanes of a stage in child processes; yield each result.
 
-    Up to ``workers`` notebooks run at once, each in a child process of its
-    own; those no other notebook waits for at :data:`BACKGROUND_NICENESS`.
-    With one worker they run in book order in this process. ``task(nb)`` gives
-    :func:`_execute`'s arguments. After a failure no other notebook starts;
-    those running finish.
+    ``task(nb)`` gives :func:`_execute`'s arguments. A lane stops at its first
+    failed notebook; the other lanes of the stage finish theirs.
     """
     import concurrent.futures as cf
     import multiprocessing
 
-    if workers < 2:
-        for nb in plan:
-            result = _execute(*task(nb))
-            yield nb, result
-            if result[1] is not None:
-                return
-        return
-    order = _run_order(plan)
-    waiting = _waiting(plan)
-    done: set[Path] = set()
-    started: set[Path] = set()
-    failed = False
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                max_tasks_per_child=1) as pool:
-        running: dict[cf.Future, Path] = {}
-        while True:
-            for nb in order:
-                if failed or len(running) >= workers:
-                    break
-                if nb not in started and all(dep in done for dep in plan[nb]):
-                    started.add(nb)
-                    nice = 0 if waiting[nb] else BACKGROUND_NICENESS
-                    running[pool.submit(_execute, *task(nb), nice)] = nb
-            if not running:
-                return
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in sorted(finished, key=lambda f: order.index(running[f])):
-                nb = running.pop(fut)
-                result = fut.result()
+    for stage in stages:
+        if len(stage) == 1:
+            for nb in stage[0]:
+                result = _execute(*task(nb))
                 yield nb, result
-                if result[1] is None:
-                    done.add(nb)
-                else:
-                    failed = True
+                if result[1] is not None:
+                    return
+            continue
+        stage_failed = False
+        queues = [list(lane) for lane in stage]
+        with cf.ProcessPoolExecutor(len(queues),
+                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {pool.submit(_execute, *task(q[0])): (i, q.pop(0)) for i, q in enumerate(queues)}
+            while running:
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i, nb = running.pop(fut)
+                    result = fut.result()
+                    yield nb, result
+                    stage_failed |= result[1] is not None
+                    if result[1] is None and queues[i]:
+                        nxt = queues[i].pop(0)
+                        running[pool.submit(_execute, *task(nxt))] = (i, nxt)
+        if stage_failed:
+            return
 
 
 def run_book(
@@ -573,15 +470,14 @@ def run_book(
     target: str | None = None,
     samples: str | Path | None = None,
     chapter_parameters: Mapping[str, Any] | None = None,
-    parallel: bool = True,
+    lanes: bool = True,
 ) -> list[NotebookRun]:
     """Execute the book's notebooks in order and write ``run_summary.json``.
 
-    With ``parallel`` (the default, unless ``only`` is given) two chapters
-    run at once (:data:`BOOK_WORKERS`), each as soon as the chapters it reads
-    from have run (:data:`NEEDS`, :func:`book_plan`): the same notebooks and
-    results, in less time on two cores; each chapter's seconds are then
-    measured beside another chapter.
+    With ``lanes`` (the default, unless ``only`` is given) chapters 05–11 run
+    in the two lanes of :data:`LANES` once chapters 00–04 have run
+    (:func:`lane_plan`): the same notebooks and results, in less time on two
+    cores; each chapter's seconds are then measured beside another chapter.
 
     A real data directory is checked before any chapter runs
     (:func:`fungi_ssl.data.io.check_data_directory`: one line, in a second or
@@ -623,9 +519,9 @@ def run_book(
         Other parameters (``{"block_km": 10}``, :func:`parse_chapter_parameters`),
         injected into the notebooks that declare them; one that no notebook run
         declares is an error.
-    parallel : bool
-        Run two chapters at once where :data:`NEEDS` allows; False runs every
-        notebook one after another, in book order.
+    lanes : bool
+        Run chapters 05–11 in two lanes (:data:`LANES`); False runs every
+        notebook one after another.
 
     Returns
     -------
@@ -636,8 +532,8 @@ def run_book(
     ------
     NotebookFailure
         When a notebook fails; the summary is still written, with the failed
-        notebook marked ``"failed"``, and no other notebook starts (one
-        running beside it finishes).
+        notebook marked ``"failed"``, and later notebooks are not run (in
+        lanes: the other lane finishes its chapters first).
     """
     from tqdm import tqdm
 
@@ -692,13 +588,12 @@ def run_book(
         )
         return nb_path, output_dir / nb_path.name, params, kernel_name, placeholders, env
 
-    plan = book_plan(notebooks)
-    workers = BOOK_WORKERS if parallel and not only else 1
+    stages = lane_plan(notebooks) if lanes and not only else [[[nb]] for nb in notebooks]
     failed: NotebookFailure | None = None
     bar = tqdm(total=len(notebooks), desc="notebooks", unit="nb", disable=not progress,
                file=sys.stderr)
     try:
-        for nb_path, (seconds, failure, started) in _run_plan(plan, task, workers):
+        for nb_path, (seconds, failure, started) in _run_stages(stages, task):
             bar.update(1)
             bar.set_postfix_str(nb_path.stem)
             if failure is not None:
@@ -788,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--serial", action="store_true",
-        help="run every notebook one after another (default: two at once, each chapter "
-             "once those it reads from have run)",
+        help="run every notebook one after another (default: chapters 05-11 in two lanes "
+             "once 00-04 have run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -818,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=args.target,
             samples=args.samples,
             chapter_parameters=chapter_parameters,
-            parallel=not args.serial,
+            lanes=not args.serial,
         )
     except NotebookFailure as failure:
         if failure.runs:

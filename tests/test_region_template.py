@@ -220,3 +220,6 @@ def test_chapter_with_another_bbox_maps_exactly_that_box(tmp_path):
     assert inner >= 0 and outer < 10.0
     assert 0.0 <= res["share_in_aoa"] <= 1.0
     assert math.isfinite(res["seconds"])
+    # a results file names no path of this machine (the covariate stack: its file name)
+    text = (results / "10_region.json").read_text()
+    assert str(REPO) not in text and str(tmp_path) not in text

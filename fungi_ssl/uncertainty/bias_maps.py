@@ -331,7 +331,7 @@ def cached_map_aoa(model: MapModel, frame: pd.DataFrame, folds: Any, *, n_jobs: 
     if path.exists():
         return joblib.load(path)
     aoa = map_aoa(model, frame, labels, n_jobs=n_jobs)
-    tmp = path.with_name(f".aoa.{uuid.uuid4().hex}.part")
+    tmp = cache.temporary_path(path)
     joblib.dump(aoa, tmp)
     tmp.replace(path)
     return aoa

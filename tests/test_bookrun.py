@@ -220,36 +220,36 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
 
 
 def test_failing_notebook_reports_cell_and_stops(book_dirs, capsys):
-    notebooks, book = book_dirs
-    _notebook(notebooks / "00_ok.ipynb", "seed = 0", "x = 1")
+    notebooks, book = book_dirs  # chapters that run alone, one after another (no stage)
+    _notebook(notebooks / "03_ok.ipynb", "seed = 0", "x = 1")
     _notebook(
-        notebooks / "01_broken.ipynb",
+        notebooks / "04_broken.ipynb",
         "seed = 0",
         "y = 2",
         "# fit the richness model\nraise ValueError('column rarefied is missing')",
         "print('never')",
     )
-    _notebook(notebooks / "02_later.ipynb", "seed = 0", "print('later')")
+    _notebook(notebooks / "12_later.ipynb", "seed = 0", "print('later')")
 
     with pytest.raises(bookrun.NotebookFailure) as info:
         bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
     failure = info.value
-    assert failure.notebook.name == "01_broken.ipynb"
+    assert failure.notebook.name == "04_broken.ipynb"
     # source cells: 0 markdown, 1 parameters, 2 `y = 2`, 3 the raise
     assert failure.cell_index == 3
     assert failure.execution_count == 4  # parameters, injected parameters, y = 2, then this
     assert failure.ename == "ValueError" and "rarefied is missing" in failure.evalue
-    assert not (book / "02_later.ipynb").exists()
+    assert not (book / "12_later.ipynb").exists()
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     assert [(e["notebook"], e["status"]) for e in summary["notebooks"]] == [
-        ("00_ok", "ok"),
-        ("01_broken", "failed"),
+        ("03_ok", "ok"),
+        ("04_broken", "failed"),
     ]
 
     code = bookrun.main(["--notebooks", str(notebooks), "--output", str(book), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "01_broken.ipynb failed in cell 3" in err
+    assert "04_broken.ipynb failed in cell 3" in err
     assert "# fit the richness model" in err
     assert "ValueError: column rarefied is missing" in err
 
@@ -556,28 +556,30 @@ def test_a_papermill_rerun_with_other_parameters_leaves_book_results_alone(tmp_p
 
 
 def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_dirs):
-    """Chapters 05-11 run in two lanes after 00-04; a lane keeps its order; a failure stops the book."""
+    """00-01 run beside 02; 05-11 run in two lanes after 00-04; a lane keeps its order; a failure stops the book."""
     import time as _time
 
     notebooks, book = book_dirs
     stamp = ("import time, json, pathlib\n"
              "t0 = time.time(); time.sleep({sleep})\n"
              "pathlib.Path(results_dir, '{name}.json').write_text(json.dumps([t0, time.time()]))")
-    for name, sleep in (("04_table", 0), ("05_part", 3), ("06_res", 1), ("07_bias", 1),
-                        ("12_after", 0)):
+    for name, sleep in (("00_sim", 4), ("02_enc", 4), ("04_table", 0), ("05_part", 3),
+                        ("06_res", 1), ("07_bias", 1), ("12_after", 0)):
         _notebook(notebooks / f"{name}.ipynb", "results_dir = ''",
                   stamp.format(sleep=sleep, name=name))
     start = _time.time()
     runs = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
-    assert runs[0].notebook == "04_table" and runs[-1].notebook == "12_after"
-    assert {r.status for r in runs} == {"ok"} and len(runs) == 5
+    assert runs[0].notebook == "00_sim" and runs[-1].notebook == "12_after"
+    assert {r.status for r in runs} == {"ok"} and len(runs) == 7
     t = {n: json.loads((book / "results" / f"{n}.json").read_text())
-         for n in ("04_table", "05_part", "06_res", "07_bias", "12_after")}
+         for n in ("00_sim", "02_enc", "04_table", "05_part", "06_res", "07_bias", "12_after")}
+    assert t["00_sim"][0] < t["02_enc"][1] and t["02_enc"][0] < t["00_sim"][1]  # side by side
+    assert t["04_table"][0] >= max(t["00_sim"][1], t["02_enc"][1])
     assert t["04_table"][1] <= min(t["05_part"][0], t["06_res"][0])  # after 00-04
     assert t["06_res"][1] <= t["07_bias"][0]  # one lane, in order
     assert t["05_part"][0] < t["07_bias"][1] and t["06_res"][0] < t["05_part"][1]  # side by side
     assert t["12_after"][0] >= max(t["05_part"][1], t["07_bias"][1])
-    assert start <= t["04_table"][0]
+    assert start <= min(t["00_sim"][0], t["02_enc"][0])
     summary = json.loads((book / "results" / "run_summary.json").read_text())
     assert [e["notebook"] for e in summary["notebooks"]] == sorted(t)
     # serial: the same notebooks one after another
@@ -590,5 +592,6 @@ def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_
     with pytest.raises(bookrun.NotebookFailure, match="lane A broke") as err:
         bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
     status = {r.notebook: r.status for r in err.value.runs}
-    assert status == {"04_table": "ok", "05_part": "failed", "06_res": "ok", "07_bias": "ok"}
+    assert status == {"00_sim": "ok", "02_enc": "ok", "04_table": "ok", "05_part": "failed",
+                      "06_res": "ok", "07_bias": "ok"}
     assert not (book / "results" / "12_after.json").exists()

@@ -361,44 +361,63 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-#: Chapters that run side by side once every chapter before them has run: each
-#: lane in order, the lanes at once, each notebook in a process of its own. They
-#: read what chapters 00–04 leave (the study, the encoder, the predictor table,
-#: Table 1's results) and each writes caches of its own kinds, so no two of them
-#: make the same cache entry. Chapters 02–08 keep one core busy for much of their
-#: time (one-thread encoder, one-thread model fits), so two lanes use the second.
-LANES: tuple[tuple[str, ...], ...] = (("06", "07"), ("05", "08", "09", "10", "11"))
+#: Stages of chapters that run side by side, each a tuple of lanes: each lane in
+#: order, the lanes at once, each notebook in a process of its own; every other
+#: chapter runs alone, in order. A stage starts where its first chapter comes in
+#: the book, once every chapter before it has run.
+#:
+#: - Chapter 02 pre-trains the encoder on one torch thread
+#:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`) for minutes, so
+#:   chapters 00 and 01, which need neither the encoder nor each other's
+#:   results, use the second core meanwhile (each may make the simulated
+#:   study's tables; cache entries are written under unique temporary names
+#:   and renamed, so two makers of one entry leave one whole file).
+#: - Chapters 05-11 read what chapters 00-04 leave (the study, the encoder, the
+#:   predictor table, Table 1's results) and each writes caches of its own
+#:   kinds. Chapters 06-08 keep one core busy for much of their time
+#:   (one-thread model fits), so two lanes use the second.
+STAGES: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("02",), ("00", "01")),
+    (("06", "07"), ("05", "08", "09", "10", "11")),
+)
+#: The lanes of chapters 05-11 (the last stage of :data:`STAGES`).
+LANES: tuple[tuple[str, ...], ...] = STAGES[-1]
 
 
 def lane_plan(notebooks: Sequence[Path],
-              lanes: Sequence[Sequence[str]] = LANES) -> list[list[list[Path]]]:
+              stages: Sequence[Sequence[Sequence[str]]] = STAGES) -> list[list[list[Path]]]:
     """Stages of a book run: each a list of lanes, each lane a list of notebooks run in order.
 
-    Notebooks before the first lane chapter run one per stage, in order; the
-    lane chapters present form one stage of :data:`LANES`; every other
-    notebook runs after it, one per stage. With fewer than two lanes holding
-    a notebook, every notebook runs one after another.
+    A notebook in none of ``stages`` runs alone, in its place in the book. The
+    notebooks of a stage of :data:`STAGES` form one stage where the first of
+    them comes; a stage with fewer than two lanes holding a notebook runs its
+    notebooks one after another instead.
 
     Examples
     --------
-    >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "04", "05", "06", "07", "12")]
+    >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "02", "03", "05", "06", "07", "12")]
     >>> [[[p.name[:2] for p in lane] for lane in stage] for stage in lane_plan(names)]
-    [[['00']], [['04']], [['06', '07'], ['05']], [['12']]]
-    >>> len(lane_plan(names[:3]))  # one lane chapter only: one after another
-    3
+    [[['02'], ['00']], [['03']], [['06', '07'], ['05']], [['12']]]
+    >>> len(lane_plan(names[2:4]))  # one lane chapter only: one after another
+    2
     """
-    lane_of = {ch: i for i, lane in enumerate(lanes) for ch in lane}
-    held: list[list[Path]] = [[] for _ in lanes]
+    where = {ch: (s, i) for s, stage in enumerate(stages)
+             for i, lane in enumerate(stage) for ch in lane}
+    plan: list[list[list[Path]]] = []
+    placed: set[int] = set()
     for nb in notebooks:
-        if nb.name[:2] in lane_of:
-            held[lane_of[nb.name[:2]]].append(nb)
-    filled = [lane for lane in held if lane]
-    if len(filled) < 2:
-        return [[[nb]] for nb in notebooks]
-    first = min(i for i, nb in enumerate(notebooks) if nb.name[:2] in lane_of)
-    before = [nb for nb in notebooks[:first] if nb.name[:2] not in lane_of]
-    after = [nb for nb in notebooks[first:] if nb.name[:2] not in lane_of]
-    return [*([[nb]] for nb in before), filled, *([[nb]] for nb in after)]
+        if nb.name[:2] not in where:
+            plan.append([[nb]])
+            continue
+        s = where[nb.name[:2]][0]
+        if s in placed:
+            continue
+        placed.add(s)
+        members = [p for p in notebooks if where.get(p.name[:2], (None,))[0] == s]
+        lanes = [[p for p in members if where[p.name[:2]][1] == i] for i in range(len(stages[s]))]
+        filled = [lane for lane in lanes if lane]
+        plan.extend([filled] if len(filled) >= 2 else [[[p]] for p in members])
+    return plan
 
 
 def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name: str,
@@ -474,10 +493,12 @@ def run_book(
 ) -> list[NotebookRun]:
     """Execute the book's notebooks in order and write ``run_summary.json``.
 
-    With ``lanes`` (the default, unless ``only`` is given) chapters 05–11 run
-    in the two lanes of :data:`LANES` once chapters 00–04 have run
-    (:func:`lane_plan`): the same notebooks and results, in less time on two
-    cores; each chapter's seconds are then measured beside another chapter.
+    With ``lanes`` (the default, unless ``only`` is given) the chapters of
+    each stage of :data:`STAGES` run side by side (:func:`lane_plan`):
+    chapters 00-01 beside chapter 02, then chapters 05-11 in two lanes once
+    chapters 00-04 have run. The same notebooks and results, in less time on
+    two cores; each chapter's seconds are then measured beside another
+    chapter.
 
     A real data directory is checked before any chapter runs
     (:func:`fungi_ssl.data.io.check_data_directory`: one line, in a second or
@@ -520,7 +541,7 @@ def run_book(
         injected into the notebooks that declare them; one that no notebook run
         declares is an error.
     lanes : bool
-        Run chapters 05–11 in two lanes (:data:`LANES`); False runs every
+        Run the stages of :data:`STAGES` side by side; False runs every
         notebook one after another.
 
     Returns
@@ -683,8 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--serial", action="store_true",
-        help="run every notebook one after another (default: chapters 05-11 in two lanes "
-             "once 00-04 have run)",
+        help="run every notebook one after another (default: chapters 00-01 beside 02, "
+             "then chapters 05-11 in two lanes once 00-04 have run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

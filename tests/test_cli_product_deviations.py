@@ -1,4 +1,4 @@
-"""``fungi-ssl fit/predict-map --covariates``: the ``product_deviations`` map end to end.
+"""``fungi-ssl fit/predict-map --covariates``: the ``blend`` and ``product_deviations`` maps end to end.
 
 The tiny region of ``test_cli`` (geotessera tiles of 8-dimensional
 embeddings, 2 km on a side) gets a stack of two covariates on 500 m cells
@@ -6,9 +6,11 @@ of its UTM zone, so that three whole cells fit on each side of the raster
 with room for every pixel's 3 × 3 patch. The samples' richness follows
 embedding dimension 0 and the temperature of their cell. ``fit --covariates``
 then writes one file with the product and ``ssl`` models, and ``predict-map``
-must write, for every pixel of the box, its cell's mean of the product map
-plus its own ``ssl`` value minus its cell's mean of the ``ssl`` map, the means
-taken over the *whole* cell even where the box cuts it. The oracle is
+must write, for every pixel of the box, its cell's level plus its own ``ssl``
+value minus its cell's mean of the ``ssl`` map, the means taken over the
+*whole* cell even where the box cuts it. The level is the mean of the cell's
+means of the product and ``ssl`` maps (``blend``, the default) or the cell's
+mean of the product map (``--map-model product_deviations``). The oracle is
 chapter 06's own arithmetic,
 :func:`fungi_ssl.maps.resolution_regions.with_within_cell_deviations`, on the
 two members' maps predicted separately over the whole cells (50 × 50 pixels
@@ -34,7 +36,13 @@ from fungi_ssl.data.covariate_stack import (
     cells_to_stack,
     write_covariate_stack,
 )
-from fungi_ssl.maps.composite import KIND, CompositeMapModel, cell_deviation_map, load_map_model
+from fungi_ssl.maps.composite import (
+    KIND,
+    LEVEL_WEIGHTS,
+    CompositeMapModel,
+    cell_deviation_map,
+    load_map_model,
+)
 from fungi_ssl.maps.mapmodel import MapModel
 from fungi_ssl.maps.resolution_regions import with_within_cell_deviations
 
@@ -124,26 +132,37 @@ def test_fit_writes_both_models_in_one_file(fitted):
     with zipfile.ZipFile(fitted["model"]) as zf:
         meta = json.loads(zf.read("meta.json"))
         assert sorted(zf.namelist()) == ["meta.json", "product.model", "ssl.model"]
-    assert meta["kind"] == KIND and meta["format_version"] == 3
+    assert meta["kind"] == KIND == "blend" and meta["format_version"] == 3
+    assert meta["level_weight"] == LEVEL_WEIGHTS[KIND] == 0.5 == m.level_weight
     assert set(meta["versions"]) >= {"fungi_ssl", "scikit-learn", "numpy"}
     # the single-model loader refuses it in one line that says where to go
-    with pytest.raises(ValueError, match=r"product_deviations model .*load_map_model") as err:
+    with pytest.raises(ValueError, match=rf"{KIND} model .*load_map_model") as err:
         MapModel.load(fitted["model"])
     assert "\n" not in str(err.value)
 
 
-def test_the_map_is_chapter_06s_arithmetic_on_whole_cells(fitted, tmp_path):
+@pytest.mark.parametrize("kind", ["blend", "product_deviations"])
+def test_the_map_is_chapter_06s_arithmetic_on_whole_cells(fitted, tmp_path, kind):
     region, xw, yn = fitted["region"], fitted["x_west"], fitted["y_north"]
+    model = fitted["model"]
+    if kind != KIND:  # the other kind: the same two members, another cell level
+        model = tmp_path / f"{kind}.model"
+        res = _invoke("fit", "--samples", fitted["csv"], "--embeddings", region.tiles, "--out",
+                      model, "--covariates", fitted["stack"], "--map-model", kind,
+                      "--components", 8, "--model", "ridge", "--no-progress")
+        assert res.exit_code == 0, res.output
+        assert load_map_model(model).kind == kind and f"{kind} model" in res.stdout
+    weight = LEVEL_WEIGHTS[kind]
     # a box that holds one whole cell and cuts its eight neighbours
     box = (xw + 200, yn - 1300, xw + 1300, yn - 200)
     out = tmp_path / "composite.tif"
-    res = _predict(region, fitted["model"], out, box, "--covariates", fitted["stack"])
-    assert f"{KIND} model" in res.stdout
+    res = _predict(region, model, out, box, "--covariates", fitted["stack"])
+    assert f"{kind} model" in res.stdout
     assert "9 1 km cells, 8 cut by the bbox edge" in res.stdout and "(0 of them" in res.stdout
     assert "warning" not in res.stderr
     mapped, t, tags, description = _read(out)
-    assert tags["map_model"] == KIND and tags["quantity"] == "log_richness"
-    assert KIND in description and description.startswith("log_richness: log1p(")
+    assert tags["map_model"] == kind and tags["quantity"] == "log_richness"
+    assert kind in description and description.startswith("log_richness: log1p(")
     assert np.isfinite(mapped).all()
     # the oracle: with_within_cell_deviations on the members' maps over the 3 × 3 whole cells
     (p, tp, _, _), (s, ts, _, _) = fitted["refs"]["product"], fitted["refs"]["ssl"]
@@ -152,26 +171,30 @@ def test_the_map_is_chapter_06s_arithmetic_on_whole_cells(fitted, tmp_path):
     n = 3 * CELL_PX
     p_cells = p[r0 : r0 + n, c0 : c0 + n].astype(float)
     s_cells = s[rs0 : rs0 + n, cs0 : cs0 + n].astype(float)
-    expected = with_within_cell_deviations(p_cells, s_cells, f=CELL_PX)
+    expected = with_within_cell_deviations(p_cells, s_cells, f=CELL_PX, weight=weight)
     xc, yc = _centres(mapped, t)
     rows, cols = _at(tp, xc, yc)
     rows, cols = rows - r0, cols - c0
     assert rows.min() >= 0 and cols.min() >= 0 and rows.max() < n and cols.max() < n
     np.testing.assert_allclose(mapped, expected[rows, cols], atol=2e-4)
-    # (a) the interior cell's mean is the product map's, (b) its deviations are the ssl map's
+    # (a) the interior cell's mean is its level (from the product and ssl maps' means),
+    # (b) its deviations are the ssl map's
     cell_r, cell_c = rows // CELL_PX, cols // CELL_PX
     inner = (cell_r == 1) & (cell_c == 1)
     assert inner.sum() == CELL_PX * CELL_PX
     p_mean = p_cells[CELL_PX : 2 * CELL_PX, CELL_PX : 2 * CELL_PX].mean()
+    s_mean = s_cells[CELL_PX : 2 * CELL_PX, CELL_PX : 2 * CELL_PX].mean()
     s_here = s_cells[rows, cols]  # the ssl map at each pixel of the box
-    assert mapped[inner].mean() == pytest.approx(p_mean, abs=1e-4)
+    assert mapped[inner].mean() == pytest.approx(weight * p_mean + (1 - weight) * s_mean,
+                                                 abs=1e-4)
+    assert abs(p_mean - s_mean) > 1e-2  # the two levels differ, so the weight matters
     np.testing.assert_allclose(mapped[inner] - mapped[inner].mean(),
                                s_here[inner] - s_here[inner].mean(), atol=2e-4)
     assert np.std(s_here[inner]) > 0.01  # there are deviations to keep
     # the cut cells' means come from the whole cell, not from the box's part of it
     cut = (cell_r == 0) & (cell_c == 0)
     part_only = cell_deviation_map(p[rows + r0, cols + c0], s[rows + rs0, cols + cs0],
-                                   np.where(cut, 0, -1))
+                                   np.where(cut, 0, -1), weight=weight)
     assert np.abs(part_only[cut] - mapped[cut]).max() > 1e-3  # the test can tell them apart
 
 

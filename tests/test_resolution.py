@@ -381,6 +381,37 @@ def test_composite_of_product_levels_and_10m_pattern_scores_both():
     assert "bias_product_deviations" in RS.region_scores([p])
 
 
+def test_blend_averages_two_independent_estimates_of_each_cells_level():
+    """Two level estimates with independent errors of equal size: the blend's 1 km means
+    (their average, the 10 m map's pattern inside) beat both, and the blend equals the
+    composite model's arithmetic on labelled cells."""
+    from fungi_ssl.maps.composite import LEVEL_WEIGHTS, cell_deviation_map
+
+    rng = np.random.default_rng(11)
+    n_cells = 16
+    level = rng.normal(3.0, 0.6, (1, n_cells))
+    within = rng.normal(0, 0.5, (F, n_cells * F))
+    within -= RG._expand(RG.cell_means(within))
+    truth = RG._expand(level) + within
+    m10 = truth + RG._expand(rng.normal(0, 0.4, level.shape)) + rng.normal(0, 0.2, truth.shape)
+    p = _products(truth, m10, level + rng.normal(0, 0.3, level.shape), width_cells=n_cells)
+    p.map_product = RG._expand(level + rng.normal(0, 0.4, level.shape)) + 0.3 * within
+    w = LEVEL_WEIGHTS["blend"]
+    blend = RG.with_within_cell_deviations(p.map_product, m10, weight=w)
+    p.alternatives = {"product_deviations": RG.with_within_cell_deviations(p.map_product, m10),
+                      "blend": blend}
+    np.testing.assert_allclose(RG.cell_means(blend),
+                               w * RG.cell_means(p.map_product) + (1 - w) * RG.cell_means(m10))
+    labels = RG._expand(np.arange(n_cells)[None, :])
+    np.testing.assert_allclose(cell_deviation_map(p.map_product, m10, labels, weight=w), blend,
+                               rtol=1e-12)
+    s = RS.score_products([p])
+    assert s["r2_blend_aggregated_vs_truth_1km"] > max(
+        s["r2_product_deviations_aggregated_vs_truth_1km"], s["r2_10m_aggregated_vs_truth_1km"])
+    assert s["within_cell_variance_captured_blend"] == pytest.approx(
+        s["within_cell_variance_captured"])
+
+
 def test_criteria_table_and_the_winner_by_hand():
     scores = {"r2_10m_vs_truth": 0.46, "r2_1km_vs_truth": 0.21, "r2_1km_vs_truth_1km": 0.47,
               "r2_10m_aggregated_vs_truth_1km": 0.47, "within_cell_variance_captured": 0.45,

@@ -28,22 +28,24 @@ Zarr embedding store whose ``year`` attribute names its year
 ----------------------------------
 ``--covariates STACK`` is a raster stack of 1 km covariates, a GeoTIFF whose
 band descriptions name the covariates or a Zarr store with one ``(y, x)``
-variable per covariate (:mod:`fungi_ssl.data.covariate_stack`), named as the SPUN
-covariate table names them. ``fit --covariates`` samples every band at each
-sample's plot coordinate (the value of the 1 km cell holding it) and fits
-chapter 06's map model, ``product_deviations`` (the default when covariates
-are given): the **product model**, one regressor on the patch's principal
-components and those covariates, and the ``ssl``-only model, saved in one
-file (:mod:`fungi_ssl.maps.composite`); ``--map-model product`` fits the
-product model alone, ``--map-model ssl`` the ``ssl``-only model (ignoring
-the covariates). ``predict-map`` then needs ``--covariates`` too: each 10 m
-pixel gets the covariates of the 1 km cell holding its centre, the rule
-chapter 06 maps the product model with, and a ``product_deviations`` pixel
-is its cell's mean of the product map plus its own ``ssl`` value minus its
-cell's mean of the ``ssl`` map. A stack that lacks a band the model needs,
-whose CRS cannot be transformed to the map's, or that does not cover the
-map's box is refused in one line, as is a model fitted with covariates
-without ``--covariates``.
+variable per covariate (:mod:`fungi_ssl.data.covariate_stack`), named as the
+SPUN covariate table names them. ``fit --covariates`` samples every band at
+each sample's plot coordinate (the value of the 1 km cell holding it) and fits
+chapter 06's map model, ``blend`` (the default when covariates are given): the
+**product model**, one regressor on the patch's principal components and those
+covariates, and the ``ssl``-only model, saved in one file
+(:mod:`fungi_ssl.maps.composite`); ``--map-model product`` fits the product
+model alone, ``--map-model ssl`` the ``ssl``-only model (ignoring the
+covariates), ``--map-model product_deviations`` both models with the product
+model's cell means as each cell's level. ``predict-map`` then needs
+``--covariates`` too: each 10 m pixel gets the covariates of the 1 km cell
+holding its centre, the rule chapter 06 maps the product model with, and a
+``blend`` pixel is its cell's level (the mean of its cell's means of the
+product map and the ``ssl`` map) plus its own ``ssl`` value minus its cell's
+mean of the ``ssl`` map. A stack that lacks a band the model needs, whose CRS
+cannot be transformed to the map's, or that does not cover the map's box is
+refused in one line, as is a model fitted with covariates without
+``--covariates``.
 
 The year rule of ``fit``
 ------------------------

@@ -74,19 +74,20 @@ def fit(
             metavar="STACK",
             help="1 km covariates: a GeoTIFF (band descriptions = covariate names) or a Zarr "
             "store (one variable per covariate), sampled at each sample's coordinate; fits the "
-            "product_deviations map model (see --map-model).",
+            "blend map model (see --map-model).",
             show_default="none: the ssl-only model",
         ),
     ] = None,
     map_model: Annotated[
-        Literal["product_deviations", "product", "ssl"] | None,
+        Literal["blend", "product_deviations", "product", "ssl"] | None,
         typer.Option(
             "--map-model",
-            help="product_deviations: chapter 06's map, the product model's 1 km cell means plus "
-            "the ssl map's within-cell deviations (both models in one file; needs --covariates); "
-            "product: one regressor on the patch PCA and the 1 km covariates (needs "
-            "--covariates); ssl: the study's patch-only model.",
-            show_default="product_deviations with --covariates, else ssl",
+            help="blend: chapter 06's map, each 1 km cell's level the mean of the product "
+            "model's and the ssl map's cell means, plus the ssl map's within-cell deviations "
+            "(both models in one file; needs --covariates); product_deviations: the same with "
+            "the product model's cell means as the level; product: one regressor on the patch "
+            "PCA and the 1 km covariates (needs --covariates); ssl: the study's patch-only model.",
+            show_default="blend with --covariates, else ssl",
         ),
     ] = None,
     components: Annotated[
@@ -115,14 +116,14 @@ def fit(
     --covariates the regressor also sees the 1 km covariates of each
     sample's cell (the product model); samples outside the stack are left
     out of it and counted. The default with --covariates is chapter 06's map,
-    product_deviations: the product model and the ssl-only model, each
-    fitted as its own --map-model would fit it, saved in one file that
-    predict-map combines per 1 km cell.
+    blend: the product model and the ssl-only model, each fitted as its own
+    --map-model would fit it, saved in one file that predict-map combines
+    per 1 km cell (as product_deviations does, with another cell level).
     """
     import numpy as np
 
     from fungi_ssl.data.io import read_samples, target_values
-    from fungi_ssl.maps.composite import DEFAULT_MAP_MODEL, CompositeMapModel
+    from fungi_ssl.maps.composite import DEFAULT_MAP_MODEL, KINDS, CompositeMapModel
     from fungi_ssl.maps.mapmodel import MapModel
     from fungi_ssl.predictors.tables import PATCH_SIZE, embedding_patches
     from fungi_ssl.region.workflow import map_model_skill
@@ -193,9 +194,9 @@ def fit(
         return m
 
     fitted = fitted_one(cov)  # the product model, or the ssl model for --map-model ssl
-    if kind == "product_deviations":
+    if kind in KINDS:
         saved = CompositeMapModel(fitted, fitted_one(None),
-                                  {**common, "covariate_stack": str(covariates)})
+                                  {**common, "covariate_stack": str(covariates)}, kind=kind)
     else:
         saved = fitted
     saved.save(out, overwrite=overwrite)
@@ -203,12 +204,13 @@ def fit(
     with_cov = (f" + {len(fitted.covariate_columns)} 1 km covariates from {covariates}"
                 if fitted.covariate_columns else "")
     members = ""
-    if kind == "product_deviations":
+    if kind in KINDS:
         ssl = saved.ssl
+        level = ("the mean of the two models' 1 km cell means" if kind == "blend"
+                 else "the product model's 1 km cell means")
         members = (f"; with the ssl-only model on {ssl.n_samples} samples (cross-validated R² "
                    f"{ssl.settings['cv_skill']['site']['r2']:.2f} over site groups), whose "
-                   "within-cell deviations predict-map adds to the product model's 1 km cell "
-                   "means")
+                   f"within-cell deviations predict-map adds to {level}")
     typer.echo(
         f"wrote {out}: {kind} model, {fitted.model} on {fitted.n_samples} samples "
         f"({int((~complete).sum())} without a complete patch, "

@@ -106,9 +106,10 @@ def predict_map(
         typer.Option(
             "--covariates",
             metavar="STACK",
-            help="1 km covariates of a product or product_deviations model (fit --covariates): "
-            "a GeoTIFF or Zarr stack with its bands; each pixel takes its 1 km cell's values, "
-            "and a product_deviations map combines its two maps per cell of this stack.",
+            help="1 km covariates of a blend, product_deviations or product model (fit "
+            "--covariates): a GeoTIFF or Zarr stack with its bands; each pixel takes its 1 km "
+            "cell's values, and a blend or product_deviations map combines its two maps per "
+            "cell of this stack.",
             show_default="none: needed only by a model fitted with covariates",
         ),
     ] = None,
@@ -118,14 +119,16 @@ def predict_map(
     Inputs are checked before anything is computed: the model against the
     embeddings (dimension, encoder, patch), the year, the bounding box, the
     output and, for a model fitted with covariates, the covariate stack (its
-    bands, CRS and extent). A product_deviations model (fit's default with
-    --covariates) maps both its models over the bbox grown to the whole 1 km
-    cells it cuts, then writes each pixel as its cell's mean of the product
-    map plus its own ssl value minus its cell's mean of the ssl map. The map
-    is written under a temporary name and renamed when complete.
+    bands, CRS and extent). A blend model (fit's default with --covariates)
+    or a product_deviations model maps both its models over the bbox grown
+    to the whole 1 km cells it cuts, then writes each pixel as its cell's
+    level plus its own ssl value minus its cell's mean of the ssl map; the
+    level is the mean of the cell's product and ssl means (blend) or the
+    cell's mean of the product map (product_deviations). The map is written
+    under a temporary name and renamed when complete.
     """
     from fungi_ssl.maps.composite import (
-        KIND,
+        KINDS,
         CompositeMapModel,
         load_map_model,
         predict_composite_map,
@@ -151,12 +154,11 @@ def predict_map(
             str(err).replace("pass check_versions=False", "pass --ignore-versions")
         ) from err
     need = list(fitted.covariate_columns)
-    kind = (KIND if isinstance(fitted, CompositeMapModel)
+    kind = (fitted.kind if isinstance(fitted, CompositeMapModel)
             else "product" if need else "ssl")
     stack = None
     if need and covariates is None:
-        what = (f"a {KIND} model (the product model's 1 km cell means + the ssl map's "
-                "within-cell deviations)" if kind == KIND else "a product model")
+        what = (f"a {kind} model ({KINDS[kind]})" if kind in KINDS else "a product model")
         raise CommandError(
             f"--model {model} is {what} fitted with 1 km covariates: pass --covariates "
             f"STACK with the bands {', '.join(need)}"
@@ -173,7 +175,7 @@ def predict_map(
         stack.require(need, needed_by=f"--model {model}")
     years = list(year)
     try:
-        run = (predict_composite_map if kind == KIND else _predict_map)(
+        run = (predict_composite_map if kind in KINDS else _predict_map)(
             fitted,
             embeddings,
             years[0] if len(years) == 1 else years,
@@ -202,7 +204,7 @@ def predict_map(
         f"{g.height} × {g.width} pixels × {len(run.years)} year(s) in "
         f"{g.crs.to_string()}, {run.n_nan} without a prediction ({run.n_no_embedding} without "
         f"an embedding), {run.seconds:.1f} s ({run.pixels_per_second:,.0f} pixels/s)"
-        + ("" if kind != KIND else
+        + ("" if kind not in KINDS else
            f"; {run.details['n_cells']} 1 km cells, {run.details['n_cells_cut']} cut by the bbox "
            f"edge and averaged over the whole cell ({run.details['n_cells_partial']} of them "
            "only where it has predictions)")

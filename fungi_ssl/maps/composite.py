@@ -1,14 +1,22 @@
-"""The ``product_deviations`` map: the product model's 1 km cell means plus the ``ssl`` map's within-cell deviations.
+"""The two-scale maps: 1 km cell levels from the product model, the ``ssl`` map's pattern inside each cell.
 
 Chapter 06 scores map candidates on held-out regions and picks the book's
 map by issue 18's criteria (:func:`fungi_ssl.maps.resolution_scores.pick_product`);
-on the full profile the winner is ``product_deviations``
+on the full profile the winner is ``blend``
 (:data:`fungi_ssl.maps.resolution.CANDIDATES`). Each pixel gets::
 
-    mean over its cell of the product map + (its ssl value − mean over its cell of the ssl map)
+    w · (mean over its cell of the product map) + (1 − w) · (mean over its cell of the ssl map)
+      + (its ssl value − mean over its cell of the ssl map)
 
-so every 1 km cell keeps the product model's level while the pattern inside
-it comes from the ``ssl``-only 10 m map
+with the level weight ``w`` of the model's kind (:data:`LEVEL_WEIGHTS`):
+
+- ``blend`` (``w`` = 0.5): each cell's level is the mean of two estimates of
+  it, the product model's (patch and 1 km covariates) and the ``ssl`` map's
+  (patch alone), with equal weights fixed before any scoring;
+- ``product_deviations`` (``w`` = 1): every 1 km cell keeps the product
+  model's level.
+
+Either way the pattern inside a cell comes from the ``ssl``-only 10 m map
 (:func:`fungi_ssl.maps.resolution_regions.with_within_cell_deviations`, on the
 chapter's aligned 100 × 100 pixel cells). :class:`CompositeMapModel` holds
 the two fitted :class:`~fungi_ssl.maps.mapmodel.MapModel` objects (``fungi-ssl
@@ -39,15 +47,15 @@ Pass 1: :func:`~fungi_ssl.maps.predict.predict_map` maps both models over the
 grown box, block by block, into two temporary Zarr stores beside the output
 (8 bytes per pixel and year on disk). Pass 2 reads them window by window and
 sums each cell's finite values. Pass 3 reads the bbox's windows of the two
-stores again and writes ``cell mean of product + ssl − cell mean of ssl``.
+stores again and writes ``w · cell mean of product + ssl − w · cell mean of ssl``.
 Memory follows the window and the number of cells the box touches, never the
 area.
 
 File format
 -----------
 One zip file like :meth:`MapModel.save`'s: ``meta.json`` (``format``
-``fungi_ssl.MapModel``, ``format_version`` 3, ``kind``
-``product_deviations``, the members' settings and versions) and the two
+``fungi_ssl.MapModel``, ``format_version`` 3, ``kind`` ``blend`` or
+``product_deviations``, ``level_weight``, the members' settings and versions) and the two
 member files ``product.model`` and ``ssl.model``, each a whole
 :meth:`MapModel.save` file. A reader of formats 1–2 refuses it by its
 version, :meth:`MapModel.load` with one line pointing here;
@@ -79,6 +87,8 @@ from fungi_ssl.maps.modelspec import FeatureSpec
 __all__ = [
     "DEFAULT_MAP_MODEL",
     "KIND",
+    "KINDS",
+    "LEVEL_WEIGHTS",
     "MAP_MODELS",
     "CompositeMapModel",
     "cell_deviation_map",
@@ -86,13 +96,23 @@ __all__ = [
     "predict_composite_map",
 ]
 
-#: The composite's kind, as chapter 06 names the candidate.
-KIND = "product_deviations"
-#: What it is (the chapter's candidate description, shortened for file tags).
-DESCRIPTION = "product model's 1 km cell means + the ssl map's within-cell deviations"
+#: The composite kinds, as chapter 06 names the candidates, each with the weight
+#: of the product model's cell means in a cell's level (the rest is the ssl map's).
+LEVEL_WEIGHTS: dict[str, float] = {"blend": 0.5, "product_deviations": 1.0}
+#: What each kind is (the chapter's candidate description, shortened for file tags).
+KINDS: dict[str, str] = {
+    "blend": ("mean of the product model's and the ssl map's 1 km cell means + the ssl map's "
+              "within-cell deviations"),
+    "product_deviations": ("product model's 1 km cell means + the ssl map's within-cell "
+                           "deviations"),
+}
+#: The command line's map model when covariates are given (chapter 06's winner).
+KIND = "blend"
+#: What the default kind is.
+DESCRIPTION = KINDS[KIND]
 #: The map models ``fungi-ssl fit --map-model`` offers, each with chapter 06's name
 #: of the candidate it is (``10m`` is the ``ssl``-only map).
-MAP_MODELS: dict[str, str] = {KIND: KIND, "product": "product", "ssl": "10m"}
+MAP_MODELS: dict[str, str] = {**{k: k for k in KINDS}, "product": "product", "ssl": "10m"}
 #: The command line's map model when covariates are given (chapter 06's winner).
 DEFAULT_MAP_MODEL = KIND
 #: File layout of a composite model (a single model is 1 or 2).
@@ -101,7 +121,7 @@ _MEMBERS = ("product", "ssl")
 
 
 class CompositeMapModel:
-    """The product model and the ``ssl``-only model, mapped as ``product_deviations``.
+    """The product model and the ``ssl``-only model, mapped as ``blend`` or ``product_deviations``.
 
     Parameters
     ----------
@@ -112,7 +132,9 @@ class CompositeMapModel:
         and patch size).
     settings : dict, optional
         What the file records beside the members (guild, target column …);
-        ``map_model`` is set to :data:`KIND`.
+        ``map_model`` is set to ``kind``.
+    kind : {"blend", "product_deviations"}
+        How a cell's level is made (:data:`LEVEL_WEIGHTS`); default :data:`KIND`.
 
     Examples
     --------
@@ -125,14 +147,17 @@ class CompositeMapModel:
     ...                                              covariates=cov)
     >>> ssl = MapModel("ridge", n_components=3).fit(X, y, encoder="e", embedding_dim=8)
     >>> m = CompositeMapModel(prod, ssl)
-    >>> m.covariate_columns, m.settings["map_model"]
-    (('t',), 'product_deviations')
+    >>> m.covariate_columns, m.settings["map_model"], m.level_weight
+    (('t',), 'blend', 0.5)
+    >>> CompositeMapModel(prod, ssl, kind="product_deviations").level_weight
+    1.0
     """
 
-    kind = KIND
-
     def __init__(self, product: MapModel, ssl: MapModel,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, kind: str = KIND) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"CompositeMapModel: kind must be one of {list(KINDS)}, "
+                             f"got {kind!r}")
         for name, m in (("product", product), ("ssl", ssl)):
             if not isinstance(m, MapModel):
                 raise TypeError(f"CompositeMapModel: {name} must be a fitted MapModel, "
@@ -150,7 +175,13 @@ class CompositeMapModel:
                 raise ValueError(f"CompositeMapModel: the two models differ in {key} "
                                  f"(product {a!r}, ssl {b!r}); fit both on the same embeddings")
         self.product, self.ssl = product, ssl
-        self.settings = {**(settings or {}), "map_model": KIND, "description": DESCRIPTION}
+        self.kind = kind
+        self.settings = {**(settings or {}), "map_model": kind, "description": KINDS[kind]}
+
+    @property
+    def level_weight(self) -> float:
+        """Weight of the product model's cell means in a cell's level (:data:`LEVEL_WEIGHTS`)."""
+        return LEVEL_WEIGHTS[self.kind]
 
     @property
     def covariate_columns(self) -> tuple[str, ...]:
@@ -193,8 +224,9 @@ class CompositeMapModel:
         return {
             "format": "fungi_ssl.MapModel",
             "format_version": COMPOSITE_FORMAT_VERSION,
-            "kind": KIND,
-            "description": DESCRIPTION,
+            "kind": self.kind,
+            "description": KINDS[self.kind],
+            "level_weight": self.level_weight,
             "members": {name: f"{name}.model" for name in _MEMBERS},
             "spec": self.spec.to_dict(),
             "fingerprint": self.fingerprint,
@@ -230,13 +262,14 @@ class CompositeMapModel:
         """Load a file written by :meth:`save`; each member as :meth:`MapModel.load` checks it."""
         path = Path(path)
         meta = MapModel.read_metadata(path)
-        if meta.get("kind") != KIND:
+        kind = meta.get("kind")
+        if kind not in KINDS:
             raise ValueError(f"CompositeMapModel.load: {path} is a single map model, not a "
-                             f"{KIND} model; load it with MapModel.load")
+                             f"{' or '.join(KINDS)} model; load it with MapModel.load")
         if int(meta.get("format_version", -1)) != COMPOSITE_FORMAT_VERSION:
             raise ValueError(f"CompositeMapModel.load: {path} has file format version "
                              f"{meta.get('format_version')}, this fungi_ssl reads version "
-                             f"{COMPOSITE_FORMAT_VERSION} for a {KIND} model")
+                             f"{COMPOSITE_FORMAT_VERSION} for a {kind} model")
         members = {}
         with zipfile.ZipFile(path) as zf:
             for name in _MEMBERS:
@@ -249,17 +282,17 @@ class CompositeMapModel:
                 members[name] = MapModel.from_bytes(
                     data, label=f"{path} ({name} model)",
                     expect=expect if name == "product" else None, check_versions=check_versions)
-        return cls(members["product"], members["ssl"], meta.get("settings"))
+        return cls(members["product"], members["ssl"], meta.get("settings"), kind=kind)
 
     def __repr__(self) -> str:
-        return f"CompositeMapModel({KIND}: product {self.product!r}, ssl {self.ssl!r})"
+        return f"CompositeMapModel({self.kind}: product {self.product!r}, ssl {self.ssl!r})"
 
 
 def load_map_model(path: str | Path, *, expect: FeatureSpec | None = None,
                    check_versions: bool = True) -> MapModel | CompositeMapModel:
     """Load any map model file: a single :class:`MapModel` or a :class:`CompositeMapModel`."""
     meta = MapModel.read_metadata(path)
-    if meta.get("kind") == KIND:
+    if meta.get("kind") in KINDS:
         return CompositeMapModel.load(path, expect=expect, check_versions=check_versions)
     return MapModel.load(path, expect=expect, check_versions=check_versions)
 
@@ -296,8 +329,10 @@ class CellSums:
 
 def cell_deviation_map(levels: np.ndarray, pattern: np.ndarray, labels: np.ndarray,
                        *, level_means: np.ndarray | None = None,
-                       pattern_means: np.ndarray | None = None) -> np.ndarray:
-    """Each pixel: its cell's mean of ``levels`` + its ``pattern`` − its cell's mean of ``pattern``.
+                       pattern_means: np.ndarray | None = None,
+                       weight: float = 1.0) -> np.ndarray:
+    """Each pixel: ``weight`` × its cell's mean of ``levels`` + (1 − ``weight``) × its cell's
+    mean of ``pattern`` + its ``pattern`` − its cell's mean of ``pattern``.
 
     :func:`fungi_ssl.maps.resolution_regions.with_within_cell_deviations` on
     cells given by a label per pixel (``-1``: no cell, a NaN pixel) rather
@@ -311,6 +346,8 @@ def cell_deviation_map(levels: np.ndarray, pattern: np.ndarray, labels: np.ndarr
     >>> pt = np.array([[1.0, 3.0], [2.0, np.nan]])
     >>> cell_deviation_map(lv, pt, np.zeros((2, 2), int)).tolist()
     [[5.0, 7.0], [6.0, nan]]
+    >>> cell_deviation_map(lv, pt, np.zeros((2, 2), int), weight=0.5).tolist()  # level (6 + 2) / 2
+    [[3.0, 5.0], [4.0, nan]]
     """
     lab = np.asarray(labels)
     lv, pt = np.asarray(levels, float), np.asarray(pattern, float)
@@ -324,7 +361,10 @@ def cell_deviation_map(levels: np.ndarray, pattern: np.ndarray, labels: np.ndarr
     out = np.full(lab.shape, np.nan)
     inside = lab >= 0
     li = lab[inside]
-    out[inside] = level_means[li] + pt[inside] - pattern_means[li]
+    if weight == 1.0:
+        out[inside] = level_means[li] + pt[inside] - pattern_means[li]
+    else:
+        out[inside] = pt[inside] + weight * (level_means[li] - pattern_means[li])
     return out
 
 
@@ -437,7 +477,8 @@ def predict_composite_map(
     progress: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """The ``product_deviations`` map over a bounding box (see the module docstring).
+    """The composite model's map (``blend`` or ``product_deviations``) over a bounding box
+    (see the module docstring).
 
     Parameters are :func:`fungi_ssl.maps.predict.predict_map`'s (``kwargs``:
     ``patch_size``, ``chunk``, ``window``, ``scheduler``, ``num_workers``
@@ -481,7 +522,7 @@ def predict_composite_map(
         raise ValueError("year: give one year or a non-empty list of years")
     cols = list(model.covariate_columns)
     if covariates is None:
-        raise ValueError(f"the map model is a {KIND} model (its product model was fitted with 1 km "
+        raise ValueError(f"the map model is a {model.kind} model (its product model was fitted with 1 km "
                          f"covariates); pass covariates= a stack with the bands {', '.join(cols)}")
     if quantity not in ("richness", "log_richness"):
         raise ValueError(f"quantity must be 'richness' or 'log_richness', got {quantity!r}")
@@ -557,9 +598,9 @@ def predict_composite_map(
             "model_fingerprint": model.fingerprint, "encoder": model.spec.encoder,
             "years": ",".join(str(y) for y in years),
             "software": "fungi_ssl.maps.composite.predict_composite_map",
-            "map_model": KIND, "covariates": ",".join(cols),
-            "map_model_description": DESCRIPTION,
-            "band_description": f"{quantity}: {units}, {KIND} map ({DESCRIPTION})",
+            "map_model": model.kind, "covariates": ",".join(cols),
+            "map_model_description": KINDS[model.kind],
+            "band_description": f"{quantity}: {units}, {model.kind} map ({KINDS[model.kind]})",
         }
         chunk = int(kwargs.get("chunk", 256))
         readers = [src0.block_reader()] + [
@@ -583,7 +624,8 @@ def predict_composite_map(
                     lm, pm = sums.means(yi)
                     v = cell_deviation_map(arrays["product"][yi, g[0]:g[1], g[2]:g[3]],
                                            arrays["ssl"][yi, g[0]:g[1], g[2]:g[3]], lab,
-                                           level_means=lm, pattern_means=pm)
+                                           level_means=lm, pattern_means=pm,
+                                           weight=model.level_weight)
                     v = (v if quantity == "log_richness" else np.expm1(v)).astype(np.float32)
                     n_nan += int(np.isnan(v).sum())
                     if writer is None:
@@ -619,7 +661,7 @@ def predict_composite_map(
         map=the_map, path=out_path, grid=grid0, years=years, n_pixels=n_pixels, n_nan=n_nan,
         n_no_embedding=n_no, seconds=seconds,
         pixels_per_second=n_pixels / seconds if seconds > 0 else float("inf"),
-        details={"map_model": KIND, "grown_shape": (pred.height, pred.width),
+        details={"map_model": model.kind, "grown_shape": (pred.height, pred.width),
                  "n_cells": n_cells, "n_cells_cut": n_cut, "n_cells_partial": n_partial,
                  "members": {k: r.details for k, r in runs.items()}},
     )

@@ -66,7 +66,7 @@ map model shared with you is safe. And because the metadata is plain JSON,
 :meth:`MapModel.load` checks versions and the feature spec before it
 deserialises any object, so a mismatch gives one message naming both sides
 instead of an error deep inside scikit-learn or LightGBM. A
-``product_deviations`` model (:mod:`fungi_ssl.maps.composite`) holds two
+``blend`` or ``product_deviations`` model (:mod:`fungi_ssl.maps.composite`) holds two
 such files in one (format 3, :meth:`MapModel.to_bytes`), which
 :meth:`MapModel.load` refuses with one line naming
 :func:`~fungi_ssl.maps.composite.load_map_model`.

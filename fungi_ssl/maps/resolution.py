@@ -16,6 +16,8 @@ Chapter 06 maps simulated regions twice, from the same field samples:
   pixel's cell; the 1 km map plus the 10 m map's within-cell deviations; the
   product model's 1 km cell means plus the 10 m map's within-cell deviations
   (:func:`~fungi_ssl.maps.resolution_regions.with_within_cell_deviations`);
+  the same with each cell's level the mean of the product model's and the
+  10 m map's cell means (``blend``, equal weights fixed before scoring);
   and the 1 km map plus :class:`ResidualModel`, trees on the patch fitted to the 1 km model's
   out-of-fold residuals.
 
@@ -96,6 +98,7 @@ import xarray as xr
 from affine import Affine
 
 from fungi_ssl.core.cache import cache_dir
+from fungi_ssl.maps.composite import LEVEL_WEIGHTS
 from fungi_ssl.maps.resolution_regions import (
     CELL_PX,
     YEAR,
@@ -154,6 +157,10 @@ CANDIDATES: dict[str, str] = {
     "product_deviations": ("product model's 1 km cell means + the 10 m map's within-cell "
                            "deviations (the level of each cell from the product model, the "
                            "pattern inside it from the 10 m map)"),
+    "blend": ("the mean of the product model's and the 10 m map's 1 km cell means + the 10 m "
+              "map's within-cell deviations (each cell's level averaged from two estimates "
+              "with equal weights, fixed before scoring; the pattern inside it from the 10 m "
+              "map)"),
 }
 #: The 1 km predictor set of the SPUN-style model (chapter 04's 1 km sets together).
 ONE_KM_SET = "climate+soil+landcover"
@@ -928,6 +935,8 @@ def region_products(
                 "deviations": with_within_cell_deviations(m1_px, map_10m),
                 "residual": m1_px + hm.residual.predict_components(z.reshape(H * W, C)).reshape(H, W),
                 "product_deviations": with_within_cell_deviations(p.map_product, map_10m),
+                "blend": with_within_cell_deviations(p.map_product, map_10m,
+                                                     weight=LEVEL_WEIGHTS["blend"]),
             }
         products.append(p)
     if products:

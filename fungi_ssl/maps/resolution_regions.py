@@ -385,14 +385,18 @@ def cell_means(values: np.ndarray, f: int = CELL_PX, min_valid: float = 0.0) -> 
 
 
 def with_within_cell_deviations(levels: np.ndarray, pattern: np.ndarray,
-                                f: int = CELL_PX) -> np.ndarray:
+                                f: int = CELL_PX, weight: float = 1.0) -> np.ndarray:
     """A map with the cell means of ``levels`` and the within-cell deviations of ``pattern``.
 
     Each pixel gets its cell's mean of ``levels`` plus its own ``pattern``
     value minus its cell's mean of ``pattern`` (means over each map's finite
     pixels, :func:`cell_means`): the 1 km map (``levels`` constant in each
     cell) or the product model's cell means, with the 10 m map's pattern
-    inside every cell. NaN where ``pattern`` is NaN.
+    inside every cell. NaN where ``pattern`` is NaN. With ``weight`` < 1 a
+    cell's level is ``weight`` × its mean of ``levels`` + (1 − ``weight``) ×
+    its mean of ``pattern`` (the ``blend`` candidate's 0.5:
+    :data:`fungi_ssl.maps.composite.LEVEL_WEIGHTS`), the arithmetic of
+    :func:`fungi_ssl.maps.composite.cell_deviation_map`.
 
     Examples
     --------
@@ -400,9 +404,13 @@ def with_within_cell_deviations(levels: np.ndarray, pattern: np.ndarray,
     >>> pt = np.array([[1.0, 3.0], [2.0, np.nan]])     # cell mean 2
     >>> with_within_cell_deviations(lv, pt, f=2).tolist()
     [[5.0, 7.0], [6.0, nan]]
+    >>> with_within_cell_deviations(lv, pt, f=2, weight=0.5).tolist()  # level (6 + 2) / 2
+    [[3.0, 5.0], [4.0, nan]]
     """
     lv, pt = np.asarray(levels, float), np.asarray(pattern, float)
     if lv.shape != pt.shape:
         raise ValueError(f"with_within_cell_deviations: levels {lv.shape} and pattern "
                          f"{pt.shape} differ in shape")
-    return _expand(cell_means(lv, f), f) + pt - _expand(cell_means(pt, f), f)
+    if weight == 1.0:
+        return _expand(cell_means(lv, f), f) + pt - _expand(cell_means(pt, f), f)
+    return pt + weight * (_expand(cell_means(lv, f), f) - _expand(cell_means(pt, f), f))

@@ -55,11 +55,29 @@ Under less load the COG is a smaller share than that. On 2026-12-06 (load
 about 2), GDAL's COG copy of a 2048² map-like float32 field (DEFLATE with
 the floating-point predictor, average overviews, from a ZSTD-tiled GeoTIFF)
 took 0.55 CPU-seconds: 0.13 µs per pixel, about 2% of the kernel's time per
-pixel (ZSTD level 1 instead: 0.20 s; DEFLATE level 1: 0.32 s, 2% larger).
-On an idle machine the rest of the gap to 0.8 is in the block tasks'
-prediction (``predict_cpu_s``: 256² blocks and two threads sharing caches,
-against the kernel's one 512² block), which is why the file format is left
-as it is.
+pixel (ZSTD level 1 instead: 0.20 s; DEFLATE level 1: 0.32 s, 2% larger),
+so the file format is left as it is.
+
+On an idle machine (2026-12-06, load about 1) the missing CPU time was in
+reading after all, though not where ``read_cpu_s`` looks: zarr decodes
+chunks on its own threads, and a block's one-pixel halo reaches into up to
+eight neighbouring 256² chunks, each compressed whole, so a 1024² map on
+256² blocks decoded every chunk about six times. Reading every block of
+that store with its halo cost 1.5 CPU-seconds of the process (0.05 s on the
+calling thread), of a whole path of 8.7. The block reader now keeps decoded
+chunks (``fungi_ssl.maps.sources.CHUNK_CACHE_BYTES``, least recently used
+dropped), so each is decoded once: 0.43 CPU-seconds for the same sweep, and
+the 1024² path went from 121k to 130k pixels per CPU-second (0.71 to 0.80
+of the kernel) with the same map. What is left, per 1024² map: the block
+tasks' prediction at 0.90–0.93 of the one-block kernel (two threads sharing
+caches; 512² blocks gave the same), decoding each chunk once (about 5%;
+zarr's own overhead is half of it, raw zstd takes 0.15 s for those 16
+chunks) and the calling thread's opening and finishing (about 2.5%).
+The default run just after (idle, one run each): LightGBM (275 trees) 0.77
+of the kernel for 1024² and 0.80 for 2048² (``cores`` 1.81 and 1.86), the
+tile 0.88; the 1,000-tree LightGBM 0.91–0.93; the random forest 0.77. A
+``--quick`` run before it gave 0.81 for 1024² (cores 1.82) and 0.72 for
+512², where opening the store and finishing the COG weigh more.
 
 Usage::
 

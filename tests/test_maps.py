@@ -134,6 +134,47 @@ def test_map_does_not_depend_on_chunk_window_or_bbox(stores, model, reference_ma
     assert sub.grid.transform.c == reference_map.map.x.values[cols[0]] - 5
 
 
+def test_block_reader_decodes_each_store_chunk_once_and_reads_what_the_store_holds(stores):
+    """A sweep of halo'd blocks decodes each chunk once (not once per neighbour that reaches
+    into it), reads exactly the store's values, and a small cache still reads them right."""
+    import pickle
+
+    import zarr
+
+    from fungi_ssl.maps import sources
+
+    root, _ = stores
+    g = zarr.open_group(str(root / "2020.zarr"), mode="r")
+    emb_all, sc_all = np.asarray(g["embedding"]), np.asarray(g["scale"])
+    reader = open_embedding_source(root, 2020).block_reader()
+    halo, chunk = 1, 32  # the store's chunks are 32 × 32
+    for r0 in range(0, H, chunk):
+        for c0 in range(0, W, chunk):
+            r1, c1 = min(r0 + chunk, H), min(c0 + chunk, W)
+            emb, sc = reader(r0 - halo, r1 + halo, c0 - halo, c1 + halo)
+            a0, b0 = max(r0 - halo, 0), max(c0 - halo, 0)
+            a1, b1 = min(r1 + halo, H), min(c1 + halo, W)
+            inner = (slice(a0 - r0 + halo, a1 - r0 + halo), slice(b0 - c0 + halo, b1 - c0 + halo))
+            np.testing.assert_array_equal(emb[inner], emb_all[a0:a1, b0:b1])
+            np.testing.assert_array_equal(sc[inner], sc_all[a0:a1, b0:b1])
+            if r0 == 0:
+                assert np.isnan(sc[0]).all() and (emb[0] == 0).all()  # beyond the store
+    n_chunks = -(-H // chunk) * -(-W // chunk)
+    assert reader._cache.decoded == n_chunks  # 9 chunks, each decoded once
+    # the cache stays in the process: a pickled reader carries no decoded chunk
+    assert "_cache" not in pickle.loads(pickle.dumps(reader)).__dict__
+    # a cache of one chunk: the same values, decoded again as blocks come back to a chunk
+    small = sources._ChunkCache(g["embedding"], g["scale"],
+                                max_bytes=chunk * chunk * (DIM + 4))
+    emb = np.zeros((H, W, DIM), np.int8)
+    sc = np.zeros((H, W), np.float32)
+    small.read(0, H, 0, W, emb, sc)
+    small.read(0, H, 0, W, emb, sc)
+    np.testing.assert_array_equal(emb, emb_all)
+    np.testing.assert_array_equal(sc, sc_all)
+    assert small.decoded == 2 * n_chunks and 0 < small._bytes <= small.max_bytes
+
+
 def test_richness_is_the_inverse_of_the_log_map(stores, model, reference_map):
     root, _ = stores
     rich = predict_map(model[0], root, 2020, chunk=32, window=64, progress=False)

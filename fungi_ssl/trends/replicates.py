@@ -216,7 +216,7 @@ def _replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMo
     layers: dict[str, list[np.ndarray]] = {p: [] for p in parks}
 
     def simulate(p: str, y: int) -> xr.Dataset:
-        return s.cube(windows[p], y, chunks=chunk).load(scheduler="synchronous")
+        return s.cube_in_memory(windows[p], y)  # one block: cube(..., chunks=chunk)'s values
 
     for (p, y), cube in zip(jobs, _simulated_ahead(jobs, simulate)):
         store = _embed_in_memory(cube, trained, chunk, seed)

@@ -497,7 +497,8 @@ def park_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *
         if (p, y) not in todo:
             return None
         world_key = _map_key(study, world, p, size, y, model, seed, root)[0]
-        return _park_cube(study, world_key, p, size, y).load(scheduler="synchronous")
+        # one block, as _park_cube's chunks make it: the same values, without dask
+        return _world_study(study, world_key).cube_in_memory(park_window(study, p, size), int(y))
 
     cubes = _simulated_ahead(jobs, simulate)
     for (p, y), cube in tqdm(zip(jobs, cubes), total=len(jobs), desc=f"{world} world maps",

@@ -106,10 +106,8 @@ KINDS: dict[str, str] = {
     "product_deviations": ("product model's 1 km cell means + the ssl map's within-cell "
                            "deviations"),
 }
-#: The command line's map model when covariates are given (chapter 06's winner).
+#: The kind a :class:`CompositeMapModel` is unless told otherwise: chapter 06's winner.
 KIND = "blend"
-#: What the default kind is.
-DESCRIPTION = KINDS[KIND]
 #: The map models ``fungi-ssl fit --map-model`` offers, each with chapter 06's name
 #: of the candidate it is (``10m`` is the ``ssl``-only map).
 MAP_MODELS: dict[str, str] = {**{k: k for k in KINDS}, "product": "product", "ssl": "10m"}

@@ -376,10 +376,14 @@ def _map_key(study: SimulatedStudy, world: str, park: str, size: int, year: int,
 
 def _park_cube(study: SimulatedStudy, world_key: str, park: str, size: int,
                year: int) -> xr.Dataset:
-    """A park-year's lazy Sentinel cube, in chapter 08's chunks (one window)."""
-    chunk = int(np.ceil(int(size) / 16) * 16)
-    return _world_study(study, world_key).cube(park_window(study, park, size), int(year),
-                                               chunks=chunk)
+    """A park-year's Sentinel cube, simulated now, in memory.
+
+    Chapter 08's chunk rule (the window's side rounded up to 16 pixels) makes
+    the whole window one block, so this is :meth:`SimulatedStudy.cube`'s cube
+    value for value, without dask's graph (:meth:`SimulatedStudy.cube_in_memory`).
+    """
+    return _world_study(study, world_key).cube_in_memory(park_window(study, park, size),
+                                                         int(year))
 
 
 def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
@@ -497,8 +501,7 @@ def park_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *
         if (p, y) not in todo:
             return None
         world_key = _map_key(study, world, p, size, y, model, seed, root)[0]
-        # one block, as _park_cube's chunks make it: the same values, without dask
-        return _world_study(study, world_key).cube_in_memory(park_window(study, p, size), int(y))
+        return _park_cube(study, world_key, p, size, y)
 
     cubes = _simulated_ahead(jobs, simulate)
     for (p, y), cube in tqdm(zip(jobs, cubes), total=len(jobs), desc=f"{world} world maps",

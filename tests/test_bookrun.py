@@ -569,7 +569,9 @@ def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_
                   stamp.format(sleep=sleep, name=name))
     start = _time.time()
     runs = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False)
-    assert runs[0].notebook == "00_sim" and runs[-1].notebook == "12_after"
+    # runs come back as they finish: the first stage's two, in either order
+    assert {runs[0].notebook, runs[1].notebook} == {"00_sim", "02_enc"}
+    assert runs[-1].notebook == "12_after"
     assert {r.status for r in runs} == {"ok"} and len(runs) == 7
     t = {n: json.loads((book / "results" / f"{n}.json").read_text())
          for n in ("00_sim", "02_enc", "04_table", "05_part", "06_res", "07_bias", "12_after")}

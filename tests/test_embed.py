@@ -231,3 +231,21 @@ def test_cached_pretrain_reuses_matching_parameters(tmp_path):
     e2 = cached_embed_cube(cube, a, {"tile": "t0", "year": 2020}, chunk=4, root=tmp_path, progress=False)
     assert e1.attrs["complete"] and len(list((tmp_path / "embeddings").iterdir())) == 1
     np.testing.assert_array_equal(e1["embedding"].values, e2["embedding"].values)
+
+
+def test_lanes_give_the_values_of_one_encoder(tmp_path, trained):
+    """Windows embedded in two lanes (one torch thread each) equal one lane's, in order."""
+    from fungi_ssl.embeddings.embed import embed_cube_in_memory
+
+    cube = make_cube(chunks={"y": 4, "x": 4})  # lazy: each lane loads its own windows
+    with pytest.warns(UserWarning, match="no valid"):
+        one = embed_cube_in_memory(cube, trained, chunk=4, seed=3, n_threads=1)
+    with pytest.warns(UserWarning, match="no valid"):
+        two = embed_cube_in_memory(cube, trained, chunk=4, seed=3, n_threads=2)
+    with pytest.warns(UserWarning, match="no valid"):
+        run = embed_cube(cube, trained, tmp_path / "l.zarr", chunk=4, seed=3, progress=False,
+                         n_threads=2)
+    disk = open_embeddings(run.store).load()
+    for v in ("embedding", "scale", "chunk_nan"):
+        np.testing.assert_array_equal(one[v].values, two[v].values)
+        np.testing.assert_array_equal(two[v].values, disk[v].values)

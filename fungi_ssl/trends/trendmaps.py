@@ -360,6 +360,40 @@ def _simulated_ahead(jobs: Sequence[Any], make: Any) -> Iterator[Any]:
             yield result
 
 
+def in_lanes(jobs: Sequence[Any], work: Any, lanes: int | None = None) -> Iterator[Any]:
+    """``work(*job)`` of each job, in order, ``lanes`` jobs at a time on as many threads.
+
+    Each job simulates a cube, embeds it with one torch thread and maps it
+    with one thread, so ``lanes`` jobs (default
+    :func:`~fungi_ssl.embeddings.encoder.free_cores`) run side by side on as
+    many cores: simulating (NumPy, numba), embedding (torch) and mapping
+    (numba) release the GIL. This beat one encoder on every core beside a
+    simulating thread (:func:`_simulated_ahead`), whose threads waited for
+    each other at every operation once the simulator had taken one of their
+    cores: a park's eight years were simulated and embedded at 0.59–0.67 of
+    the encoder's own speed that way. ``work`` must not depend on the order.
+
+    Examples
+    --------
+    >>> list(in_lanes([(1,), (2,), (3,)], lambda x: 10 * x, lanes=2))
+    [10, 20, 30]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fungi_ssl.embeddings.encoder import free_cores
+
+    lanes = max(1, min(int(lanes or free_cores()), len(jobs)))
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="fungi-ssl-lane") as pool:
+        queue = [pool.submit(work, *job) for job in jobs[:lanes]]
+        for k in range(len(jobs)):
+            result = queue.pop(0).result()
+            if k + lanes < len(jobs):
+                queue.append(pool.submit(work, *jobs[k + lanes]))
+            yield result
+
+
 def _map_key(study: SimulatedStudy, world: str, park: str, size: int, year: int,
              model: MapModel, seed: int, root: Path | None) -> tuple[str, dict[str, Any], Path]:
     """The world a park-year is simulated in, its cube's cache parameters and its map's cache folder."""
@@ -388,7 +422,8 @@ def _park_cube(study: SimulatedStudy, world_key: str, park: str, size: int,
 
 def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
              trained: TrainedEncoder, model: MapModel, seed: int,
-             root: Path | None, cube: xr.Dataset | None = None) -> tuple[np.ndarray, dict[str, float]]:
+             root: Path | None, cube: xr.Dataset | None = None,
+             n_threads: int | None = None) -> tuple[np.ndarray, dict[str, float]]:
     from fungi_ssl.embeddings import embed
     from fungi_ssl.maps.predict import predict_map
 
@@ -401,7 +436,7 @@ def _map_one(study: SimulatedStudy, world: str, park: str, size: int, year: int,
     if cube is None:
         cube = _park_cube(study, world_key, park, size, year)
     store = embed.cached_embed_cube(cube, trained, cube_params, chunk=chunk, seed=seed,
-                                    root=root, progress=False)
+                                    root=root, progress=False, n_threads=n_threads)
     t1 = time.perf_counter()
     run = predict_map(model, {int(year): store}, int(year), quantity="log_richness",
                       chunk=chunk, window=chunk, scheduler="synchronous", progress=False)
@@ -497,16 +532,18 @@ def park_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *
     todo = {(p, y) for p, y in jobs
             if not (_map_key(study, world, p, size, y, model, seed, root)[2] / "map.npy").exists()}
 
-    def simulate(p: str, y: int) -> xr.Dataset | None:
-        if (p, y) not in todo:
-            return None
-        world_key = _map_key(study, world, p, size, y, model, seed, root)[0]
-        return _park_cube(study, world_key, p, size, y)
+    def make(p: str, y: int) -> tuple[np.ndarray, dict[str, float]]:
+        # a lane: simulated, embedded on one torch thread and mapped on one thread
+        cube = None
+        if (p, y) in todo:
+            cube = _park_cube(study, _map_key(study, world, p, size, y, model, seed, root)[0],
+                              p, size, y)
+        return _map_one(study, world, p, size, y, trained, model, seed, root, cube, n_threads=1)
 
-    cubes = _simulated_ahead(jobs, simulate)
-    for (p, y), cube in tqdm(zip(jobs, cubes), total=len(jobs), desc=f"{world} world maps",
-                             unit="park-year", disable=not progress):
-        values, info = _map_one(study, world, p, size, y, trained, model, seed, root, cube)
+    made = in_lanes(jobs, make, None if todo else 1)
+    for (p, y), (values, info) in tqdm(zip(jobs, made), total=len(jobs),
+                                       desc=f"{world} world maps", unit="park-year",
+                                       disable=not progress):
         layers[p].append(values)
         out.n_cached += int(info["cached"])
     for p in parks:

@@ -224,3 +224,19 @@ def test_replicate_worlds_score_the_interval_and_are_cached(study, tiny_chain, t
     pd.testing.assert_frame_equal(serial.table.drop(columns="cached"), t.drop(columns="cached"))
     with pytest.raises(ValueError, match="n_worlds must be at least 1"):
         replicates.replicate_worlds(study, trained, model, **{**kw, "n_worlds": 0})
+
+
+def test_park_maps_in_lanes_equal_maps_made_one_by_one(study, tiny_chain, tmp_path,
+                                                       monkeypatch):
+    """Lanes (one torch thread each) change no value: the maps equal those made in turn."""
+    monkeypatch.setenv("FUNGI_SSL_TORCH_THREADS", "2")  # two lanes, whatever the load
+    trained, model = tiny_chain
+    years, parks = [2017, 2019, 2021, 2023], ["Lake District", "Yorkshire Dales"]
+    pm = trendmaps.park_maps(study, trained, model, world="changing", size=24, years=years,
+                             parks=parks, progress=False, root=tmp_path / "lanes")
+    for p in parks:
+        for y in years:
+            one, info = trendmaps._map_one(study, "changing", p, 24, y, trained, model, 0,
+                                           tmp_path / "one", n_threads=2)
+            assert info["cached"] == 0.0
+            np.testing.assert_array_equal(pm.predicted[p].sel(year=y).values, one)

@@ -79,6 +79,17 @@ tile 0.88; the 1,000-tree LightGBM 0.91–0.93; the random forest 0.77. A
 ``--quick`` run before it gave 0.81 for 1024² (cores 1.82) and 0.72 for
 512², where opening the store and finishing the COG weigh more.
 
+The default run on 2026-12-07 (idle machine, load 1.1–1.6 with the run's own
+processes): LightGBM (275 trees) 0.82 of the kernel for 1024² (``cores``
+1.83) and 0.85 for 2048² (1.87), the tile 0.85 (1.91); the 1,000-tree
+LightGBM 0.95, 0.96 and 0.98. The random forest stays below: 0.72, 0.76
+and 0.80 (cores 1.76–1.85). Its kernel is the fastest (280k px per
+CPU-second against LightGBM's 186k), so the same per-pixel cost of the path
+around it (about 1.2 µs: decoding, patches, the block tasks' shared caches)
+is a larger share of its time; its deep trees (mean depth 18) also lose
+more to two threads sharing caches (its block tasks predict at 0.85 of the
+one-block kernel, LightGBM's at 0.90–0.93).
+
 Usage::
 
     python benchmarks/bench_maps.py            # 1024² and 2048² pixels

@@ -13,10 +13,12 @@ how many seeds meet the bound. A calibration should move the mean onto the
 real curve; the spread says how far seed 0 may then still fall.
 
 Measured on 2026-12-07 (simulator version 6, seeds 0–5, shipped real
-summary): the largest band error per seed was 0.13, 0.81, 0.12, 0.12, 0.28
-and 0.34. Seed 0 misses one band (10–30 km, +0.13) and is one of the two
-closest draws. Over seeds the 30–100 km band is too high in every seed (+0.04
-to +0.81, median about +0.2), and so is the 100–300 km band in five of six:
+summary, 36 s): the largest band error per seed was 0.13, 0.81, 0.12, 0.12,
+0.34 and 0.28. Seed 0 misses one band (10–30 km, 0.80 against 0.67) and is
+one of the closer draws. Over seeds the 30–100 km band is too high in every
+seed (mean 0.91, 0.66–1.43, against 0.62; 1 of 6 seeds within the bound),
+and so is the 100–300 km band on average (0.92 against 0.82), while the
+bands below 1 km sit on the real curve in most seeds (0–100 m in all six):
 pairs of different campaigns, one studying forest and the other open land,
 differ more than real pairs at those distances (seed 4, 30–100 km: 1.12 for
 forest–open pairs and 1.55 for mixed–open against 0.73 for forest–forest).

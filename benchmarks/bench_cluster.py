@@ -32,6 +32,15 @@ this 2-core machine the ceiling is 2, and only on an idle machine: under load
 the second worker gets what the other processes leave, which
 ``worker_cores`` (worker CPU-seconds per wall second) shows.
 
+Two workers lost about a tenth of their pixels per CPU-second against one
+(``worker_cpu_scaling_2_over_1`` 0.88–0.90 on 2026-12-07, scaling 1.57 and
+1.65): blocks went to whichever worker was free, a block's one-pixel halo
+reaches into its neighbours' stored chunks, and each worker ended up decoding
+most chunks of every window. ``predict_map`` now asks for each window's
+blocks to go to the workers in contiguous bands of rows (a preference; idle
+workers still take others), so a worker decodes its band's chunks once: 0.96,
+and scaling 1.70 and 1.77 in two runs that day.
+
 Usage::
 
     .venv/bin/python benchmarks/bench_cluster.py              # 2048² pixels

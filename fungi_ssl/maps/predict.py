@@ -182,11 +182,22 @@ class _Done:
 
 @dataclass
 class _Pool:
-    """Where block tasks run: ``submit(fn, *args)`` gives a future; ``share`` ships an object once."""
+    """Where block tasks run: ``submit(fn, *args)`` gives a future; ``share`` ships an object once.
+
+    ``near(band, n_bands)`` gives ``submit``'s placement for a block in band
+    ``band`` of ``n_bands`` contiguous bands of its window: on a cluster, the
+    band's worker (others may still take it), so that the blocks whose halos
+    reach into the same stored chunks are read by one worker, which decodes
+    each chunk once (``sources.CHUNK_CACHE_BYTES``); in one process, nothing.
+    """
 
     submit: Any
     share: Any
     threads: int
+    near: Any = None
+
+    def place(self, band: int, n_bands: int) -> dict[str, Any]:
+        return self.near(band, n_bands) if self.near else {}
 
 
 @contextmanager
@@ -221,9 +232,17 @@ def _scheduler(scheduler: Any, num_workers: int) -> Iterator[_Pool]:
 
     def pool_of(client) -> _Pool:
         # the model and the readers go to every worker once, not with every task
-        return _Pool(lambda fn, *args: client.submit(fn, *args, pure=False),
+        workers = sorted(client.nthreads())
+
+        def near(band: int, n_bands: int) -> dict[str, Any]:
+            if len(workers) < 2:
+                return {}
+            return {"workers": [workers[band * len(workers) // max(1, n_bands)]],
+                    "allow_other_workers": True}
+
+        return _Pool(lambda fn, *args, **kw: client.submit(fn, *args, pure=False, **kw),
                      lambda obj: client.scatter(obj, broadcast=True, hash=False),
-                     max(1, sum(client.nthreads().values())))
+                     max(1, sum(client.nthreads().values())), near)
 
     if isinstance(scheduler, distributed.Client):
         yield pool_of(scheduler)
@@ -272,8 +291,10 @@ def _run_windows(jobs: list, pool: _Pool, model_ref: Any, readers: list, chunk: 
         for job in jobs:
             yi, (r0, r1, c0, c1) = job
             blocks = _blocks(r0, r1, c0, c1, chunk)
+            rows = sorted({b[0] for b in blocks})  # the window's block rows, in bands
             futures = [pool.submit(_map_block, readers[yi], model_ref, *b, halo, quantity,
-                                   covariates) for b in blocks]
+                                   covariates, **pool.place(rows.index(b[0]), len(rows)))
+                       for b in blocks]
             pending.append((job, blocks, futures))
             n_pending += len(futures)
             while len(pending) > 1 and n_pending - len(pending[0][2]) >= enough:

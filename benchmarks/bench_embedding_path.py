@@ -64,11 +64,11 @@ Where the time went (issue 20, item 3):
   region or a park's years, which is how the book and ``fungi-ssl`` embed
   simulated cubes, overlap them.
 
-Idle machine, 2026-12-07, two runs (ratios to the encoder, median of three
-triples): the encoder 43,376 and 44,899 px/s; the park cube in memory 0.71
-and 0.82; a simulated region 0.76 and 0.75; a park's eight years 0.62 and
-0.75; a tile 0.75 and 0.86; a single simulated window 0.48 and 0.51 (ceiling
-0.60). The simulator: 61,000–69,000 pixel-years/s on the park cube, 37,000–
+Idle machine, 2026-12-07, three runs (ratios to the encoder, median of three
+triples): the encoder 43,376, 44,899 and 36,916 px/s; the park cube in
+memory 0.71, 0.82 and 0.65; a simulated region 0.76, 0.75 and 0.81; a park's
+eight years 0.62, 0.75 and 0.84; a tile 0.75, 0.86 and 0.82; a single
+simulated window 0.48, 0.51 and 0.47 (ceiling 0.60–0.62). The simulator: 61,000–69,000 pixel-years/s on the park cube, 37,000–
 43,000 on the 32-pixel replicate cube.
 
 Usage::

@@ -83,7 +83,9 @@ The default run on 2026-12-07 (idle machine, load 1.1–1.6 with the run's own
 processes): LightGBM (275 trees) 0.82 of the kernel for 1024² (``cores``
 1.83) and 0.85 for 2048² (1.87), the tile 0.85 (1.91); the 1,000-tree
 LightGBM 0.95, 0.96 and 0.98. The random forest stays below: 0.72, 0.76
-and 0.80 (cores 1.76–1.85). Its kernel is the fastest (280k px per
+and 0.80 (cores 1.76–1.85). A second default run that day gave LightGBM 0.81 (1.81), 0.83 (1.88)
+and 0.88 for the tile; the 1,000-tree LightGBM 0.91, 0.94, 0.94; the random
+forest 0.72, 0.74, 0.83. Its kernel is the fastest (280k px per
 CPU-second against LightGBM's 186k), so the same per-pixel cost of the path
 around it (about 1.2 µs: decoding, patches, the block tasks' shared caches)
 is a larger share of its time; its deep trees (mean depth 18) also lose

@@ -20,12 +20,13 @@ about the analysis.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["single_threaded_workers", "worker_warnings"]
+__all__ = ["in_lanes", "single_threaded_workers", "worker_warnings"]
 
 
 #: scikit-learn's complaint when two threads race on ``warnings.filters``.
@@ -82,3 +83,30 @@ def single_threaded_workers() -> Iterator[None]:
 
     with threadpool_limits(limits=1), parallel_config(backend="threading"), worker_warnings():
         yield
+
+
+def in_lanes(jobs: Sequence[tuple], work: Callable[..., Any], lanes: int) -> Iterator[Any]:
+    """``work(*job)`` of each job, yielded in order, ``lanes`` jobs at a time on as many threads.
+
+    For jobs that each keep one core busy and release the GIL while they
+    compute (simulating with NumPy and numba, embedding with one torch
+    thread, mapping with numba): ``lanes`` of them run side by side, at most
+    one result waits per lane, and ``work`` must not depend on the order.
+
+    Examples
+    --------
+    >>> list(in_lanes([(1,), (2,), (3,)], lambda x: 10 * x, lanes=2))
+    [10, 20, 30]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    lanes = max(1, min(int(lanes), len(jobs)))
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="fungi-ssl-lane") as pool:
+        queue = [pool.submit(work, *job) for job in jobs[:lanes]]
+        for k in range(len(jobs)):
+            result = queue.pop(0).result()
+            if k + lanes < len(jobs):
+                queue.append(pool.submit(work, *jobs[k + lanes]))
+            yield result

@@ -42,6 +42,7 @@ from rioxarray.exceptions import RioXarrayError
 from tqdm import tqdm
 
 from fungi_ssl.core import cache
+from fungi_ssl.core.worker_threads import in_lanes
 from fungi_ssl.data import coordinates
 from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder, pretrain
 from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
@@ -198,14 +199,8 @@ def _embedded_windows(
     def lane(i: int, j: int):  # the lane's own thread computes its window's blocks
         return embedded(*window(i, j, "synchronous"), 1)
 
-    # at most one window waiting per lane beyond those being embedded, yielded in order
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="fungi-ssl-lane") as pool:
-        queue = [pool.submit(lane, *ij) for ij in todo[:lanes]]
-        for k, ij in enumerate(todo):
-            ys, xs, q, s, n_nan = queue.pop(0).result()
-            if k + lanes < len(todo):
-                queue.append(pool.submit(lane, *todo[k + lanes]))
-            yield ij, ys, xs, q, s, n_nan
+    for ij, done in zip(todo, in_lanes(list(todo), lane, lanes)):
+        yield (ij, *done)
 
 
 def embed_cube(

@@ -33,7 +33,7 @@ the second worker gets what the other processes leave, which
 ``worker_cores`` (worker CPU-seconds per wall second) shows.
 
 Two workers lost about a tenth of their pixels per CPU-second against one
-(``worker_cpu_scaling_2_over_1`` 0.88–0.90 on 2026-12-07, scaling 1.57 and
+(``worker_cpu_scaling_2_over_1`` 0.86–0.90 on 2026-12-07, scaling 1.57 and
 1.65): blocks went to whichever worker was free, a block's one-pixel halo
 reaches into its neighbours' stored chunks, and each worker ended up decoding
 most chunks of every window. ``predict_map`` now asks for each window's

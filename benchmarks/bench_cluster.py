@@ -38,7 +38,7 @@ Two workers lost about a tenth of their pixels per CPU-second against one
 reaches into its neighbours' stored chunks, and each worker ended up decoding
 most chunks of every window. ``predict_map`` now asks for each window's
 blocks to go to the workers in contiguous bands of rows (a preference; idle
-workers still take others), so a worker decodes its band's chunks once: 0.96,
+workers still take others), so a worker decodes its band's chunks once: 0.95–0.96,
 and scaling 1.70 and 1.77 in two runs that day.
 
 Usage::

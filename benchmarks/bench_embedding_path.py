@@ -23,7 +23,7 @@ Measures, in one run on the same machine (issue 20, item 3):
    :func:`fungi_ssl.region.workflow.write_simulated_tiles`; 4 × 4 of them, so
    that two lanes end together, as they nearly do over a tile's hundreds of
    windows); and chapter 08's own path, a park's eight years made in lanes
-   (:func:`fungi_ssl.trends.trendmaps.in_lanes`: each lane simulates a year's
+   (:func:`fungi_ssl.core.worker_threads.in_lanes`: each lane simulates a year's
    cube in memory and embeds it on one torch thread);
 4. **tile embedding**: pixels/s of a 256 × 256 tile-year cube in memory
    embedded by ``embed_cube`` (128-pixel windows) and written in geotessera's
@@ -207,12 +207,14 @@ def main() -> None:
 
     # chapter 08's own path (trendmaps.park_maps): a park's eight years in lanes, each
     # lane simulating a year's cube (in memory, one block) and embedding it on one thread
+    from fungi_ssl.core.worker_threads import in_lanes
     from fungi_ssl.embeddings.embed import embed_cube_in_memory
-    from fungi_ssl.trends.trendmaps import in_lanes
+    from fungi_ssl.embeddings.encoder import free_cores
 
     def park_years() -> None:
         for _ in in_lanes([(y,) for y in study.config.years], lambda y: embed_cube_in_memory(
-                study.cube_in_memory(big, y), model, chunk=chunk, n_threads=1)):
+                study.cube_in_memory(big, y), model, chunk=chunk, n_threads=1),
+                free_cores()):
             pass
 
     n_years = len(study.config.years)

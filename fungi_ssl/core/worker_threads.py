@@ -26,7 +26,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["in_lanes", "single_threaded_workers", "worker_warnings"]
+__all__ = ["in_lanes", "made_ahead", "single_threaded_workers", "worker_warnings"]
 
 
 #: scikit-learn's complaint when two threads race on ``warnings.filters``.
@@ -109,4 +109,30 @@ def in_lanes(jobs: Sequence[tuple], work: Callable[..., Any], lanes: int) -> Ite
             result = queue.pop(0).result()
             if k + lanes < len(jobs):
                 queue.append(pool.submit(work, *jobs[k + lanes]))
+            yield result
+
+
+def made_ahead(jobs: Sequence[tuple], make: Callable[..., Any]) -> Iterator[Any]:
+    """``make(*job)`` of each job in order, the next one made in a background thread meanwhile.
+
+    For a caller that spends each result on the calling thread's cores (one
+    encoder on every core, say): the next job's input (a simulated cube, a
+    window read from disk) is made while this one's is used. ``make`` must
+    not depend on the order.
+
+    Examples
+    --------
+    >>> list(made_ahead([(1,), (2,)], lambda x: x + 1))
+    [2, 3]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fungi-ssl-ahead") as pool:
+        pending = pool.submit(make, *jobs[0])
+        for k in range(len(jobs)):
+            result = pending.result()
+            if k + 1 < len(jobs):
+                pending = pool.submit(make, *jobs[k + 1])
             yield result

@@ -26,7 +26,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from rioxarray.exceptions import RioXarrayError
 from tqdm import tqdm
 
 from fungi_ssl.core import cache
-from fungi_ssl.core.worker_threads import in_lanes
+from fungi_ssl.core.worker_threads import in_lanes, made_ahead
 from fungi_ssl.data import coordinates
 from fungi_ssl.embeddings.encoder import EncoderConfig, TrainedEncoder, pretrain
 from fungi_ssl.embeddings.inference import embed_pixels, load_encoder, quantise, save_encoder
@@ -186,14 +185,8 @@ def _embedded_windows(
     if not todo:
         return
     if lanes == 1:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fungi-ssl-window") as pool:
-            pending = pool.submit(window, *todo[0])
-            for k, (i, j) in enumerate(todo):
-                ys, xs, data = pending.result()
-                if k + 1 < len(todo):
-                    pending = pool.submit(window, *todo[k + 1])
-                ys, xs, q, s, n_nan = embedded(ys, xs, data, cores)
-                yield (i, j), ys, xs, q, s, n_nan
+        for ij, loaded in zip(todo, made_ahead(list(todo), window)):
+            yield (ij, *embedded(*loaded, cores))
         return
 
     def lane(i: int, j: int):  # the lane's own thread computes its window's blocks

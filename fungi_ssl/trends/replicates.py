@@ -34,13 +34,13 @@ import xarray as xr
 from tqdm import tqdm
 
 from fungi_ssl.core import cache, config
+from fungi_ssl.core.worker_threads import made_ahead
 from fungi_ssl.simulate import SimulatedStudy
 from fungi_ssl.simulate.landscape import Landscape
 from fungi_ssl.trends.trendmaps import (
     WORLDS,
     _null_key,
     _sim_key,
-    _simulated_ahead,
     _world_study,
     park_window,
     truth_stack,
@@ -218,7 +218,7 @@ def _replicate_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapMo
     def simulate(p: str, y: int) -> xr.Dataset:
         return s.cube_in_memory(windows[p], y)  # one block: cube(..., chunks=chunk)'s values
 
-    for (p, y), cube in zip(jobs, _simulated_ahead(jobs, simulate)):
+    for (p, y), cube in zip(jobs, made_ahead(jobs, simulate)):
         store = _embed_in_memory(cube, trained, chunk, seed)
         run = predict_map(model, {y: store}, y, quantity="log_richness", chunk=chunk,
                           window=chunk, scheduler="synchronous", progress=False)

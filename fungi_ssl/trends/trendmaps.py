@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -339,46 +339,6 @@ def _null_key() -> str:
     return f"v{NULL_WORLD_VERSION}-{hashlib.sha256(src[start:end]).hexdigest()[:12]}"
 
 
-def _simulated_ahead(jobs: Sequence[Any], make: Any) -> Iterator[Any]:
-    """``make(*job)`` of each job in order, the next one made in a background thread meanwhile.
-
-    Simulating a cube (NumPy and numba kernels) and embedding one (torch) both
-    release the GIL, so the next job's cube is simulated on the second core
-    while this one's is embedded. ``make`` must not depend on the order
-    (every cube is a function of its window, year and seed).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not jobs:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fungi-ssl-simulate") as pool:
-        pending = pool.submit(make, *jobs[0])
-        for k in range(len(jobs)):
-            result = pending.result()
-            if k + 1 < len(jobs):
-                pending = pool.submit(make, *jobs[k + 1])
-            yield result
-
-
-def in_lanes(jobs: Sequence[Any], work: Any, lanes: int | None = None) -> Iterator[Any]:
-    """``work(*job)`` of each job, in order, ``lanes`` jobs at a time on as many threads.
-
-    Each job simulates a cube, embeds it with one torch thread and maps it
-    with one thread, so ``lanes`` jobs (default
-    :func:`~fungi_ssl.embeddings.encoder.free_cores`) run side by side on as
-    many cores (:func:`fungi_ssl.core.worker_threads.in_lanes`). This beat one
-    encoder on every core beside a simulating thread (:func:`_simulated_ahead`),
-    whose threads waited for each other at every operation once the
-    simulator had taken one of their cores: a park's eight years were
-    simulated and embedded at 0.59–0.67 of the encoder's own speed that way,
-    0.62–0.84 in lanes. ``work`` must not depend on the order.
-    """
-    from fungi_ssl.core.worker_threads import in_lanes as lanes_of
-    from fungi_ssl.embeddings.encoder import free_cores
-
-    return lanes_of(jobs, work, lanes or free_cores())
-
-
 def _map_key(study: SimulatedStudy, world: str, park: str, size: int, year: int,
              model: MapModel, seed: int, root: Path | None) -> tuple[str, dict[str, Any], Path]:
     """The world a park-year is simulated in, its cube's cache parameters and its map's cache folder."""
@@ -525,7 +485,14 @@ def park_maps(study: SimulatedStudy, trained: TrainedEncoder, model: MapModel, *
                               p, size, y)
         return _map_one(study, world, p, size, y, trained, model, seed, root, cube, n_threads=1)
 
-    made = in_lanes(jobs, make, None if todo else 1)
+    from fungi_ssl.core.worker_threads import in_lanes
+    from fungi_ssl.embeddings.encoder import free_cores
+
+    # lanes, one per free core (cached park-years only load: one lane). One encoder on
+    # every core beside a simulating thread lost a core to it at every operation: a
+    # park's eight years were simulated and embedded at 0.59-0.67 of the encoder's own
+    # speed that way, 0.62-0.84 in lanes (benchmarks/bench_embedding_path.py)
+    made = in_lanes(jobs, make, free_cores() if todo else 1)
     for (p, y), (values, info) in tqdm(zip(jobs, made), total=len(jobs),
                                        desc=f"{world} world maps", unit="park-year",
                                        disable=not progress):

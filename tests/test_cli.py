@@ -1205,6 +1205,11 @@ def test_a_map_partly_outside_the_tiles_warns(region, model_file, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # inside the tiles: no warning
         predict_map(MapModel.load(model_file), region.tiles, 2020, region.bbox, progress=False)
+        # the book's margin-less windows ask for no warning, and get the same map
+        quiet = predict_map(MapModel.load(model_file), region.tiles, 2020, wider, progress=False,
+                            warn_nan=False)
+    assert quiet.n_nan == run.n_nan
+    np.testing.assert_array_equal(quiet.map.values, run.map.values)
 
 
 def test_predict_map_suggests_swapping_longitude_and_latitude(region, model_file, tmp_path):

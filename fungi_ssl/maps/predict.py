@@ -364,6 +364,7 @@ def predict_map(
     cog_blocksize: int = 512,
     progress: bool = True,
     covariates: Any = None,
+    warn_nan: bool = True,
 ) -> MapRun:
     """Predict a 10 m map over a bounding box from stored embeddings.
 
@@ -415,6 +416,11 @@ def predict_map(
         pixel gets the values of the 1 km cell holding its centre, as
         chapter 06 maps the product model. Required by such a model, refused
         by the ``ssl``-only one.
+    warn_nan : bool
+        Warn when more than :data:`NAN_WARN_SHARE` of the pixels have no
+        prediction, saying how many and why. The book's simulated windows,
+        embedded with no margin, pass ``False``: their one-pixel ring has no
+        full patch by design, and their analyses leave it out.
 
     Returns
     -------
@@ -545,7 +551,7 @@ def predict_map(
         "n_no_embedding": n_no,
         **_model_attrs(model),
     }
-    if n_pixels and n_nan > NAN_WARN_SHARE * n_pixels:
+    if warn_nan and n_pixels and n_nan > NAN_WARN_SHARE * n_pixels:
         warnings.warn(
             f"{n_nan:,} of {n_pixels:,} map pixels ({n_nan / n_pixels:.1%}) have no prediction: "
             f"{n_no:,} lie outside the embedding tiles or have no embedding there, and "

@@ -7,7 +7,8 @@ happen to lie that far apart. This script splits every band into the two.
 
 * **Real table:** GlobalFungi numbers its samples study by study, so a study
   is taken as a run of consecutive sample ids (same letter prefix, ids at
-  most ``--id-gap`` apart, consecutive samples at most ``--jump-km`` apart).
+  most ``--id-gap`` apart, consecutive samples at most ``--jump-km`` apart;
+  :func:`fungi_ssl.data.variogram.inferred_studies`, which chapter 00 uses too).
   That is an inference, not the database's study field, which the table does
   not carry; the numbers below move little with either threshold.
 * **Simulated study:** the full profile's European samples of ``--seed``,
@@ -17,10 +18,10 @@ Per band it prints the pairs, the share of pairs between studies, and the
 semivariance over the variance of log1p(rarefied) within and between studies.
 
 Measured on 2026-12-07 (simulator version 6, seed 0): the real curve climbs
-between 1 and 10 km because different studies overlap there (56% and 63% of
-the pairs at 1–3 and 3–10 km join two of the 824 inferred studies, which
-differ by 0.72 and 0.85), while within a study samples differ little at any
-distance (0.28, 0.32, 0.49 and 0.30 from 1 km to 100 km). The simulated campaigns almost
+between 1 and 10 km because different studies overlap there (54% and 62% of
+the pairs at 1–3 and 3–10 km join two of the 902 inferred studies, which
+differ by 0.74 and 0.87), while within a study samples differ little at any
+distance (0.28, 0.32, 0.47 and 0.30 from 1 km to 100 km). The simulated campaigns almost
 never overlap (under 2% of the pairs below 10 km join two campaigns), and
 the curve climbs inside them instead (0.48, 0.60 and 0.82 from 1 to 30 km):
 a 2 km land-use mosaic, forest campaigns that keep some open plots and mixed
@@ -43,79 +44,38 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def inferred_studies(samples: pd.DataFrame, id_gap: int = 5, jump_km: float = 150.0) -> np.ndarray:
-    """A study label per row: runs of consecutive GlobalFungi ids that stay near each other.
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"sample_id": ["GF1", "GF2", "GF30", "FMS1"],
-    ...                   "longitude": [10.0, 10.1, 10.1, 10.1], "latitude": 50.0})
-    >>> inferred_studies(t).tolist()
-    [1, 1, 2, 0]
-    """
-    prefix = samples["sample_id"].str.extract(r"^([A-Za-z]*)")[0].to_numpy()
-    number = samples["sample_id"].str.extract(r"(\d+)")[0].astype(int).to_numpy()
-    order = np.lexsort((number, prefix))
-    lon = np.radians(samples["longitude"].to_numpy()[order])
-    lat = np.radians(samples["latitude"].to_numpy()[order])
-    cos_d = (np.sin(lat[1:]) * np.sin(lat[:-1])
-             + np.cos(lat[1:]) * np.cos(lat[:-1]) * np.cos(lon[1:] - lon[:-1]))
-    step_km = 6371.0 * np.arccos(np.clip(cos_d, -1.0, 1.0))
-    new = np.r_[True, (prefix[order][1:] != prefix[order][:-1])
-                | (np.diff(number[order]) > id_gap) | (step_km > jump_km)]
-    labels = np.empty(len(samples), dtype=int)
-    labels[order] = np.cumsum(new) - 1
-    return labels
-
-
-def split_bands(samples: pd.DataFrame, study: np.ndarray) -> list[dict]:
-    """Per band: pairs, share between studies, γ/σ² within and between studies."""
-    from fungi_ssl.data.variogram import BANDS, sample_pairs
-
-    pairs = sample_pairs(samples)
-    between = study[pairs.i] != study[pairs.j]
-    rows = []
-    for lo, hi in BANDS:
-        m = pairs.in_band(lo, hi)
-
-        def gamma(mask: np.ndarray) -> float | None:
-            return float(pairs.half_sq_diff[mask].mean() / pairs.variance) if mask.any() else None
-
-        rows.append({"band_m": [float(lo), float(hi)], "pairs": int(m.sum()),
-                     "share_between": float(between[m].mean()) if m.any() else None,
-                     "gamma_within": gamma(m & ~between), "gamma_between": gamma(m & between),
-                     "gamma_all": gamma(m)})
-    return rows
-
-
 def main() -> None:
     from fungi_ssl.data.reference import REFERENCE_TABLE
+    from fungi_ssl.data.variogram import (
+        STUDY_ID_GAP,
+        STUDY_JUMP_KM,
+        inferred_studies,
+        study_split,
+    )
     from fungi_ssl.simulate import SimulatedStudy
     from fungi_ssl.simulate.field_data import study_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="directory holding the real European table")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--id-gap", type=int, default=5)
-    ap.add_argument("--jump-km", type=float, default=150.0)
+    ap.add_argument("--id-gap", type=int, default=STUDY_ID_GAP)
+    ap.add_argument("--jump-km", type=float, default=STUDY_JUMP_KM)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "study_structure.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
     real = pd.read_csv(Path(args.data) / REFERENCE_TABLE)
-    real = real[real["rarefied"].notna()].reset_index(drop=True)
     real_study = inferred_studies(real, args.id_gap, args.jump_km)
     study = SimulatedStudy(study_config("full", args.seed))
     sim = study.samples
     sim = sim[sim["rarefied"].notna() & (sim["continent"] == "Europe")].reset_index(drop=True)
     campaign = study.truth.set_index("sample_id").loc[sim["sample_id"], "campaign"].to_numpy()
-    out = {"real": split_bands(real, real_study), "simulated": split_bands(sim, campaign),
+    out = {"real": study_split(real, real_study), "simulated": study_split(sim, campaign),
            "n_real_studies": int(real_study.max() + 1), "seed": args.seed,
            "id_gap": args.id_gap, "jump_km": args.jump_km}
 

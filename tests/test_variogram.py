@@ -115,3 +115,44 @@ def test_real_summary_matches_the_table(real_data_dir):
     for a, b in zip(summary["bands"], shipped["bands"]):
         assert a["pairs"] == b["pairs"]
         assert abs(a["gamma_over_var"] - b["gamma_over_var"]) < 1e-9
+
+
+def test_inferred_studies_split_at_id_gaps_and_long_steps():
+    t = pd.DataFrame({"sample_id": ["GF10", "GF11", "GF12", "GF40", "GF41", "S1"],
+                      "longitude": [10.0, 10.01, 14.0, 10.0, 10.0, 10.0],
+                      "latitude": [50.0] * 6})
+    labels = variogram.inferred_studies(t)
+    # GF10-GF11 one study; GF12 lies 290 km east; GF40 jumps the ids; S1 has its own prefix
+    assert labels[0] == labels[1]
+    assert len({labels[0], labels[2], labels[3], labels[5]}) == 4
+    assert labels[3] == labels[4]
+
+
+def test_study_split_tells_overlapping_studies_from_mixed_ones():
+    rng = np.random.default_rng(1)
+    lon = 10 + rng.uniform(0, 0.05, 400)
+    lat = 52 + rng.uniform(0, 0.03, 400)
+    study = np.repeat([0, 1], 200)
+    # two overlapping studies, each homogeneous, at different levels
+    overlap = pd.DataFrame({"longitude": lon, "latitude": lat,
+                            "rarefied": np.expm1(np.where(study == 0, 2.0, 4.0)
+                                                 + rng.normal(0, 0.2, 400))})
+    rows = variogram.study_split(overlap, study)
+    band = next(r for r in rows if r["band_m"] == [1000.0, 3000.0])
+    assert 0.4 < band["share_between"] < 0.6
+    assert band["gamma_within"] < 0.1
+    assert band["gamma_between"] > 1.5
+    # the same values with the labels shuffled: within and between look alike
+    mixed = variogram.study_split(overlap, rng.permutation(study))
+    band = next(r for r in mixed if r["band_m"] == [1000.0, 3000.0])
+    assert abs(band["gamma_within"] - band["gamma_between"]) < 0.2
+
+
+def test_shipped_study_split_matches_the_table(real_data_dir):
+    shipped, origin = variogram.real_study_split(None)
+    computed, origin_t = variogram.real_study_split(real_data_dir)
+    assert (origin, origin_t) == ("shipped", "table")
+    assert computed["n_studies"] == shipped["n_studies"]
+    for a, b in zip(computed["bands"], shipped["bands"]):
+        assert a["pairs"] == b["pairs"]
+        assert abs(a["share_between"] - b["share_between"]) < 1e-9

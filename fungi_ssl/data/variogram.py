@@ -280,6 +280,135 @@ def share_at_busy_coordinates(samples: pd.DataFrame, min_samples: int = 20,
     return float(counts[counts >= min_samples].sum() / counts.sum()) if counts.size else float("nan")
 
 
+#: A new inferred study starts where GlobalFungi sample ids jump by more than this
+#: (:func:`inferred_studies`).
+STUDY_ID_GAP = 5
+#: ... or where two consecutive samples lie more than this far apart (km).
+STUDY_JUMP_KM = 150.0
+
+
+def inferred_studies(samples: pd.DataFrame, id_gap: int = STUDY_ID_GAP,
+                     jump_km: float = STUDY_JUMP_KM) -> np.ndarray:
+    """A study label per row, inferred from GlobalFungi's sample ids.
+
+    GlobalFungi numbers its samples study by study (``GF00123``, ``FMS00238v3``),
+    and a table of its samples carries no study column. A study is taken here as
+    a run of ids with one letter prefix, each at most ``id_gap`` above the last,
+    whose consecutive samples lie at most ``jump_km`` apart. It is an inference:
+    two studies numbered back to back in one region are one run.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        ``sample_id``, ``longitude`` and ``latitude``.
+    id_gap : int
+    jump_km : float
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer labels aligned with the rows of ``samples``.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"sample_id": ["GF1", "GF2", "GF30", "FMS1"],
+    ...                   "longitude": [10.0, 10.1, 10.1, 10.1], "latitude": 50.0})
+    >>> inferred_studies(t).tolist()
+    [1, 1, 2, 0]
+    """
+    if "sample_id" not in samples.columns:
+        raise ValueError("sample table has no column 'sample_id' (needed to infer studies)")
+    ids = samples["sample_id"].astype(str)
+    prefix = ids.str.extract(r"^([A-Za-z]*)")[0].fillna("").to_numpy()
+    number = pd.to_numeric(ids.str.extract(r"(\d+)")[0], errors="coerce").fillna(-1).to_numpy()
+    order = np.lexsort((number, prefix))
+    lon = samples["longitude"].to_numpy(dtype=float)[order]
+    lat = samples["latitude"].to_numpy(dtype=float)[order]
+    step_m = np.zeros(max(len(order) - 1, 0))
+    known = np.isfinite(lon[1:] + lat[1:] + lon[:-1] + lat[:-1])  # no coordinate: no jump
+    if known.any():
+        step_m[known] = geodesic_distance_m(lon[1:][known], lat[1:][known],
+                                            lon[:-1][known], lat[:-1][known])
+    new = np.r_[True, (prefix[order][1:] != prefix[order][:-1])
+                | (np.diff(number[order]) > id_gap) | (step_m > jump_km * 1000.0)]
+    labels = np.empty(len(samples), dtype=int)
+    labels[order] = np.cumsum(new) - 1
+    return labels
+
+
+def study_split(samples: pd.DataFrame, study: np.ndarray, target: str = "rarefied",
+                pairs: SamplePairs | None = None) -> list[dict[str, object]]:
+    """Each band of the semivariogram split into pairs within one study and pairs of two.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        Sample table (``longitude``, ``latitude``, ``target``).
+    study : array-like
+        A study (or campaign) label per row of ``samples``.
+    target : str
+    pairs : SamplePairs, optional
+        Pairs already computed by :func:`sample_pairs` for this table.
+
+    Returns
+    -------
+    list of dict
+        Per band of :data:`BANDS`: ``band_m``, ``pairs``, ``share_between`` (of
+        the pairs, those that join two studies) and ``gamma_within`` and
+        ``gamma_between`` (semivariance over the variance, ``None`` without pairs).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"longitude": [10.0, 10.0, 10.0, 10.0], "latitude": 50.0,
+    ...                   "rarefied": [10.0, 12.0, 40.0, 44.0]})
+    >>> rows = study_split(t, np.array([0, 0, 1, 1]))
+    >>> rows[0]["pairs"], round(rows[0]["share_between"], 2)
+    (6, 0.67)
+    >>> rows[0]["gamma_within"] < rows[0]["gamma_between"]
+    True
+    """
+    if pairs is None:
+        pairs = sample_pairs(samples, target)
+    label = np.asarray(study)[samples[target].notna().to_numpy()]
+    between = label[pairs.i] != label[pairs.j]
+    rows = []
+    for lo, hi in BANDS:
+        m = pairs.in_band(lo, hi)
+
+        def gamma(mask: np.ndarray) -> float | None:
+            return float(pairs.half_sq_diff[mask].mean() / pairs.variance) if mask.any() else None
+
+        rows.append({"band_m": [float(lo), float(hi)], "pairs": int(m.sum()),
+                     "share_between": float(between[m].mean()) if m.any() else None,
+                     "gamma_within": gamma(m & ~between), "gamma_between": gamma(m & between)})
+    return rows
+
+
+def real_study_split(data_dir: str | Path | None = None) -> tuple[dict[str, object], str]:
+    """The real European table's bands split by inferred study: from the table, else shipped.
+
+    Returns
+    -------
+    split : dict
+        ``bands`` (:func:`study_split`), ``n_studies``, ``id_gap`` and ``jump_km``.
+    origin : str
+        ``"table"`` or ``"shipped"``.
+    """
+    from fungi_ssl.data.reference import REFERENCE_TABLE
+
+    if data_dir:
+        path = Path(data_dir) / REFERENCE_TABLE
+        if path.is_file():
+            return _study_split_summary(pd.read_csv(path)), "table"
+    return dict(load_variogram_reference()["study_split"]), "shipped"
+
+
+def _study_split_summary(table: pd.DataFrame) -> dict[str, object]:
+    study = inferred_studies(table)
+    return {"bands": study_split(table, study), "n_studies": int(study.max() + 1),
+            "id_gap": STUDY_ID_GAP, "jump_km": STUDY_JUMP_KM}
+
+
 #: Name of the shipped semivariogram summary of the real European table (``fungi_ssl/reference``).
 VARIOGRAM_REFERENCE_FILE = "globalfungi_europe_variogram.json"
 
@@ -348,6 +477,7 @@ def compute_variogram_reference(path: str | Path, today: _dt.date | None = None)
     sha = _sha256(path)
     return {
         **variogram_summary(table),
+        "study_split": _study_split_summary(table),
         "provenance": {
             "source_file": path.name,
             "source": REAL_TABLES["globalfungi_europe"].url,
@@ -355,10 +485,12 @@ def compute_variogram_reference(path: str | Path, today: _dt.date | None = None)
             "sha256_matches_published": sha == REAL_TABLES["globalfungi_europe"].sha256,
             "n_rows": len(table),
             "computed": (today or _dt.date.today()).isoformat(),
-            "function": "fungi_ssl.variogram.variogram_summary",
+            "function": "fungi_ssl.data.variogram.variogram_summary",
             "how": "semivariance of log1p(rarefied) over pairs of samples in each distance band "
                    "(geodesic WGS84 distances), over the variance of log1p(rarefied); "
-                   "sub_km_index 90% interval from 1000 bootstraps of 50 km blocks of sites",
+                   "sub_km_index 90% interval from 1000 bootstraps of 50 km blocks of sites; "
+                   "study_split: each band's pairs within one study and between two, studies "
+                   "inferred from runs of consecutive sample ids (inferred_studies)",
             "command": f"python -m fungi_ssl.data.variogram {path.name}",
         },
     }

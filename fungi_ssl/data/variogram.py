@@ -394,12 +394,9 @@ def real_study_split(data_dir: str | Path | None = None) -> tuple[dict[str, obje
     origin : str
         ``"table"`` or ``"shipped"``.
     """
-    from fungi_ssl.data.reference import REFERENCE_TABLE
-
-    if data_dir:
-        path = Path(data_dir) / REFERENCE_TABLE
-        if path.is_file():
-            return _study_split_summary(pd.read_csv(path)), "table"
+    table = _real_table(data_dir)
+    if table is not None:
+        return _study_split_summary(table), "table"
     return dict(load_variogram_reference()["study_split"]), "shipped"
 
 
@@ -519,13 +516,21 @@ def reference_variogram(data_dir: str | Path | None = None) -> tuple[dict[str, o
     origin : str
         ``"table"`` or ``"shipped"``.
     """
+    table = _real_table(data_dir)
+    if table is not None:
+        return variogram_summary(table), "table"
+    return load_variogram_reference(), "shipped"
+
+
+def _real_table(data_dir: str | Path | None) -> pd.DataFrame | None:
+    """The real European table in ``data_dir``, or ``None`` when it is not there."""
     from fungi_ssl.data.reference import REFERENCE_TABLE
 
     if data_dir:
         path = Path(data_dir) / REFERENCE_TABLE
         if path.is_file():
-            return variogram_summary(pd.read_csv(path)), "table"
-    return load_variogram_reference(), "shipped"
+            return pd.read_csv(path)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -155,6 +155,23 @@ def semivariogram(samples: pd.DataFrame, target: str = "rarefied",
     return pd.DataFrame(rows)
 
 
+def band_rows(sv: pd.DataFrame) -> list[dict[str, object]]:
+    """A :func:`semivariogram` table as JSON-ready rows: ``band_m``, ``gamma_over_var`` and ``pairs``.
+
+    A band without pairs has ``gamma_over_var = None``.
+
+    Examples
+    --------
+    >>> sv = pd.DataFrame({"lo_m": [0.0], "hi_m": [1.0], "pairs": [0],
+    ...                    "gamma_over_var": [float("nan")]})
+    >>> band_rows(sv)
+    [{'band_m': [0.0, 1.0], 'gamma_over_var': None, 'pairs': 0}]
+    """
+    return [{"band_m": [float(r.lo_m), float(r.hi_m)],
+             "gamma_over_var": None if np.isnan(r.gamma_over_var) else float(r.gamma_over_var),
+             "pairs": int(r.pairs)} for r in sv.itertuples()]
+
+
 def _index_from_sums(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Index from band sums/counts shaped ``(..., 3)``: same coordinate, sub-km, reference."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -440,9 +457,7 @@ def variogram_summary(samples: pd.DataFrame, target: str = "rarefied", *, n_boot
     interval = sub_km_index_interval(samples, target, n_boot=n_boot, seed=seed, pairs=near_pairs)
     n = int(samples[target].notna().sum())
     return {
-        "bands": [{"band_m": [float(r.lo_m), float(r.hi_m)],
-                   "gamma_over_var": None if np.isnan(r.gamma_over_var) else float(r.gamma_over_var),
-                   "pairs": int(r.pairs)} for r in sv.itertuples()],
+        "bands": band_rows(sv),
         "sub_km_index": float(interval["index"]),
         "sub_km_index_ci": [float(v) for v in interval["ci"]],
         "ci_level": float(interval["level"]),

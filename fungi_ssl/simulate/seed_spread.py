@@ -53,7 +53,7 @@ def seed_bands(profile: str, seed: int) -> dict:
         ``seed``, ``bands`` (list of ``{band_m, gamma_over_var, pairs}``) and
         ``share_at_busy_coordinates``; read from the cache when it holds them.
     """
-    from fungi_ssl.data.variogram import semivariogram, share_at_busy_coordinates
+    from fungi_ssl.data.variogram import band_rows, semivariogram, share_at_busy_coordinates
     from fungi_ssl.simulate import SimulatedStudy
     from fungi_ssl.simulate.field_data import simulator_fingerprint, study_config
 
@@ -64,12 +64,7 @@ def seed_bands(profile: str, seed: int) -> dict:
         return json.loads(path.read_text())
     s = SimulatedStudy(config).samples
     s = s[s["rarefied"].notna() & (s["continent"] == "Europe")]
-    sv = semivariogram(s)
-    out = {"seed": int(seed),
-           "bands": [{"band_m": [float(r.lo_m), float(r.hi_m)],
-                      "gamma_over_var": None if np.isnan(r.gamma_over_var)
-                      else float(r.gamma_over_var),
-                      "pairs": int(r.pairs)} for r in sv.itertuples()],
+    out = {"seed": int(seed), "bands": band_rows(semivariogram(s)),
            "share_at_busy_coordinates": share_at_busy_coordinates(s)}
     tmp = temporary_path(path)
     tmp.write_text(json.dumps(out))

@@ -141,6 +141,7 @@ def test_missing_data_dir_is_a_clear_error(book_dirs, capsys):
 def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monkeypatch):
     notebooks, book = book_dirs
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a CI machine: must not drop the book's figures
+    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
     _notebook(
         notebooks / "00_sim.ipynb",
         "profile = 'quick'\nseed = 0\ndata_dir = None\nresults_dir = ''",
@@ -152,7 +153,8 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     )
     # declares only `profile`: seed/data_dir/results_dir must not be injected
     _notebook(
-        notebooks / "01_field.ipynb", "profile = 'quick'", "print('HAS_SEED', 'seed' in dir())"
+        notebooks / "01_field.ipynb", "profile = 'quick'",
+        "import os\nprint('HAS_SEED', 'seed' in dir(), 'PAD', os.environ.get('MALLOC_TOP_PAD_'))"
     )
     code = bookrun.main(
         [
@@ -182,7 +184,10 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     assert ("parameters", "remove-cell") in tags  # defaults hidden in the book
     assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
-    assert "HAS_SEED False" in _outputs_text(book / "01_field.ipynb")
+    # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV); ours is untouched
+    pad = bookrun.KERNEL_ALLOCATOR_ENV["MALLOC_TOP_PAD_"]
+    assert f"HAS_SEED False PAD {pad}" in _outputs_text(book / "01_field.ipynb")
+    assert "MALLOC_TOP_PAD_" not in os.environ
     # seed 5 is not the book's: its results go to a folder named for it, never book/results
     assert not (book / "results").exists()
     runs = book / "results-seed5"
@@ -597,3 +602,10 @@ def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_
     assert status == {"00_sim": "ok", "02_enc": "ok", "04_table": "ok", "05_part": "failed",
                       "06_res": "ok", "07_bias": "ok"}
     assert not (book / "results" / "12_after.json").exists()
+
+
+def test_allocator_setting_yields_to_the_callers(monkeypatch):
+    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    assert bookrun.allocator_environment() == bookrun.KERNEL_ALLOCATOR_ENV
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # a user's own setting wins
+    assert "MALLOC_TOP_PAD_" not in bookrun.allocator_environment()

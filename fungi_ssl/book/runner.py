@@ -76,6 +76,13 @@ KERNEL_NAME = "python3"
 #: Set explicitly so that an ``MPLBACKEND=Agg`` in the caller's environment
 #: (CI, servers) cannot silently drop the book's figures.
 KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+#: glibc's allocator in each kernel (and the worker processes it starts): keep 512 MiB
+#: beyond the top of the heap when it grows or shrinks. By default glibc hands freed
+#: memory back at once and faults it in again page by page on the next allocation;
+#: embedding a cube allocates and frees hundreds of MB per window, so that churn cost a
+#: third of the embedding's time (``benchmarks/allocator.py``). The numbers are
+#: unchanged; a variable already set in the caller's environment wins.
+KERNEL_ALLOCATOR_ENV = {"MALLOC_TOP_PAD_": str(512 * 2**20)}
 #: Lines of the failing cell's source shown in the error message.
 SOURCE_LINES_SHOWN = 6
 #: How the runner talks to kernels: IPC (Unix domain sockets in Jupyter's runtime
@@ -238,6 +245,18 @@ def _kernel_environment(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+def allocator_environment() -> dict[str, str]:
+    """:data:`KERNEL_ALLOCATOR_ENV`, less any variable the caller's environment already sets.
+
+    Examples
+    --------
+    >>> import os
+    >>> sorted(allocator_environment()) == sorted(k for k in KERNEL_ALLOCATOR_ENV if k not in os.environ)
+    True
+    """
+    return {k: v for k, v in KERNEL_ALLOCATOR_ENV.items() if k not in os.environ}
+
+
 def execute_notebook(
     notebook: str | Path,
     output: str | Path,
@@ -273,7 +292,7 @@ def execute_notebook(
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with _kernel_environment({"MPLBACKEND": KERNEL_MPLBACKEND}):
+    with _kernel_environment({"MPLBACKEND": KERNEL_MPLBACKEND, **allocator_environment()}):
         try:
             papermill.execute_notebook(
                 str(notebook),

@@ -250,8 +250,8 @@ def test_same_seed_same_weights_and_embeddings(tmp_path):
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     p = random_pixels(128)
     kw = {"batch_size": 32, "warmup": 2, "seed": 3, "progress": False, "checkpoint_every": 4}
-    full, hist_full = pretrain(p, TINY, steps=10, **kw)
-    # "interrupted" run: same schedule, killed after step 4 (its last checkpoint)
+    full, hist_full = pretrain(p, TINY, steps=10, view_threads=1, **kw)
+    # "interrupted" run (views in two threads, the default, drawing a step ahead): same schedule, killed after step 4 (its last checkpoint)
     _partial(p, tmp_path, kw)
     resumed, hist_res = pretrain(p, TINY, steps=10, checkpoint_dir=tmp_path, **kw)
     for wa, wb in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
@@ -259,6 +259,21 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose(hist_res["loss"], hist_full["loss"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="different parameters"):
         pretrain(p, TINY, steps=10, checkpoint_dir=tmp_path, **{**kw, "seed": 4})
+
+
+@pytest.mark.parametrize("config", [TINY, EncoderConfig()], ids=["tiny", "book"])
+def test_views_in_two_threads_train_the_same_encoder(config):
+    """The two views side by side (VIEW_THREADS) give one thread's weights, bit for bit."""
+    p = random_pixels(256)
+    kw = {"steps": 12, "batch_size": 64, "warmup": 3, "seed": 7, "progress": False}
+    one, h1 = pretrain(p, config, view_threads=1, **kw)
+    two, h2 = pretrain(p, config, view_threads=2, **kw)
+    for (name, wa), wb in zip(one.model.state_dict().items(), two.model.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    np.testing.assert_array_equal(h1["loss"], h2["loss"])
+    assert h1["loss"].iloc[-1] != h1["loss"].iloc[0]  # it trained
+    with pytest.raises(ValueError, match="view_threads"):
+        pretrain(p, config, view_threads=3, **kw)
 
 
 def _partial(p, ckpt_dir, kw):

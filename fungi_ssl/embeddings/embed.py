@@ -590,7 +590,8 @@ def cached_pretrain(
     progress = kwargs.pop("progress", True)
     params = {
         "config": config.to_dict(), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "options": {k: v for k, v in sorted(kwargs.items()) if k != "n_threads"},
+        "options": {k: v for k, v in sorted(kwargs.items())
+                    if k not in ("n_threads", "view_threads")},
         "data": data_params if data_params is not None else {"pixels": pixels.fingerprint()},
     }
     d = cache.cache_dir("encoder", params, root=Path(root) if root is not None else None)

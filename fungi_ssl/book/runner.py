@@ -80,7 +80,7 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 #: beyond the top of the heap when it grows or shrinks. By default glibc hands freed
 #: memory back at once and faults it in again page by page on the next allocation;
 #: embedding a cube allocates and frees hundreds of MB per window, so that churn cost a
-#: third of the embedding's time (``benchmarks/allocator.py``). The numbers are
+#: third of the embedding's time (``benchmarks/bench_allocator.py``). The numbers are
 #: unchanged; a variable already set in the caller's environment wins.
 KERNEL_ALLOCATOR_ENV = {"MALLOC_TOP_PAD_": str(512 * 2**20)}
 #: Lines of the failing cell's source shown in the error message.
@@ -385,10 +385,11 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #: chapter runs alone, in order. A stage starts where its first chapter comes in
 #: the book, once every chapter before it has run.
 #:
-#: - Chapter 02 pre-trains the encoder on one torch thread
-#:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`) for minutes, so
-#:   chapters 00 and 01, which need neither the encoder nor each other's
-#:   results, use the second core meanwhile (each may make the simulated
+#: - Chapter 02 pre-trains the encoder for minutes, one torch thread per view
+#:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`, ``VIEW_THREADS``),
+#:   and leaves gaps (a step's loss, the optimiser, the probes), so chapters
+#:   00 and 01, which need neither the encoder nor each other's results, run
+#:   beside it (each may make the simulated
 #:   study's tables; cache entries are written under unique temporary names
 #:   and renamed, so two makers of one entry leave one whole file).
 #: - Chapters 05-11 read what chapters 00-04 leave (the study, the encoder, the

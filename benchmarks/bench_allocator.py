@@ -20,7 +20,7 @@ see the README's benchmark table and ``benchmarks/results/allocator.json``.
 
 Usage::
 
-    .venv/bin/python benchmarks/allocator.py [--px 32] [--rounds 3]
+    .venv/bin/python benchmarks/bench_allocator.py [--px 32] [--rounds 3]
 """
 
 from __future__ import annotations

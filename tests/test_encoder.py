@@ -262,12 +262,19 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("config", [TINY, EncoderConfig()], ids=["tiny", "book"])
-def test_views_in_two_threads_train_the_same_encoder(config):
+def test_views_in_two_threads_train_the_same_encoder(config, monkeypatch):
     """The two views side by side (VIEW_THREADS) give one thread's weights, bit for bit."""
+    import fungi_ssl.embeddings.encoder as enc
+
+    pools = []
+    real_pool = enc.ThreadPoolExecutor
+    monkeypatch.setattr(enc, "ThreadPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
     p = random_pixels(256)
     kw = {"steps": 12, "batch_size": 64, "warmup": 3, "seed": 7, "progress": False}
     one, h1 = pretrain(p, config, view_threads=1, **kw)
+    assert not pools
     two, h2 = pretrain(p, config, view_threads=2, **kw)
+    assert pools == [1]  # the views did run in two threads
     for (name, wa), wb in zip(one.model.state_dict().items(), two.model.state_dict().values()):
         assert torch.equal(wa, wb), name
     np.testing.assert_array_equal(h1["loss"], h2["loss"])

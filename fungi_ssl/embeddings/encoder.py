@@ -585,8 +585,8 @@ def pretrain(
         each view's encoder pass, forward and backward, runs in its own thread
         and the next step's batch is drawn meanwhile. The weights are the same
         bit for bit as with 1. The GRU of ``pooling="temporal"`` uses its
-        weights at every timestep, so there the views always run one after
-        the other.
+        weights at every timestep, and ``n_threads`` above one already keeps
+        the cores busy, so there the views run one after the other.
 
     Returns
     -------
@@ -693,7 +693,7 @@ def pretrain(
         if threads not in (1, 2):
             raise ValueError(f"pretrain: view_threads must be 1 or 2, got {view_threads}")
         pool = (ThreadPoolExecutor(1, thread_name_prefix="view") if threads == 2
-                and config.pooling == "attention" else None)
+                and config.pooling == "attention" and torch.get_num_threads() == 1 else None)
         ahead = pool.submit(draw) if pool is not None and start < steps else None
         try:
             for step in bar:

@@ -615,6 +615,9 @@ def pretrain(
         raise ValueError(f"pretrain: batch_size must be ≥ 2, got {batch_size}")
     if checkpoint_every < 1:
         raise ValueError(f"pretrain: checkpoint_every must be ≥ 1, got {checkpoint_every}")
+    threads = VIEW_THREADS if view_threads is None else int(view_threads)
+    if threads not in (1, 2):
+        raise ValueError(f"pretrain: view_threads must be 1 or 2, got {view_threads}")
     usable = pixels.s2_valid.any(axis=1) | pixels.s1_valid.any(axis=1)
     if usable.sum() < 2:
         raise ValueError("pretrain: fewer than 2 pixels have any valid observation")
@@ -689,9 +692,6 @@ def pretrain(
                     drop=(drop[0], drop[1]))[0])
             return inputs, generator.get_state()
 
-        threads = VIEW_THREADS if view_threads is None else int(view_threads)
-        if threads not in (1, 2):
-            raise ValueError(f"pretrain: view_threads must be 1 or 2, got {view_threads}")
         pool = (ThreadPoolExecutor(1, thread_name_prefix="view") if threads == 2
                 and config.pooling == "attention" and torch.get_num_threads() == 1 else None)
         ahead = pool.submit(draw) if pool is not None and start < steps else None

@@ -142,6 +142,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     notebooks, book = book_dirs
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a CI machine: must not drop the book's figures
     monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     _notebook(
         notebooks / "00_sim.ipynb",
         "profile = 'quick'\nseed = 0\ndata_dir = None\nresults_dir = ''",
@@ -154,7 +155,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     # declares only `profile`: seed/data_dir/results_dir must not be injected
     _notebook(
         notebooks / "01_field.ipynb", "profile = 'quick'",
-        "import os\nprint('HAS_SEED', 'seed' in dir(), 'PAD', os.environ.get('MALLOC_TOP_PAD_'))"
+        "import os\nprint('HAS_SEED', 'seed' in dir(), 'PAD', os.environ.get('MALLOC_TOP_PAD_'), 'SPIN', os.environ.get('GOMP_SPINCOUNT'))"
     )
     code = bookrun.main(
         [
@@ -184,10 +185,12 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     assert ("parameters", "remove-cell") in tags  # defaults hidden in the book
     assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
-    # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV); ours is untouched
+    # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV) and its OpenMP
+    # threads wait briefly (KERNEL_OPENMP_ENV); ours is untouched
     pad = bookrun.KERNEL_ALLOCATOR_ENV["MALLOC_TOP_PAD_"]
-    assert f"HAS_SEED False PAD {pad}" in _outputs_text(book / "01_field.ipynb")
-    assert "MALLOC_TOP_PAD_" not in os.environ
+    spin = bookrun.KERNEL_OPENMP_ENV["GOMP_SPINCOUNT"]
+    assert f"HAS_SEED False PAD {pad} SPIN {spin}" in _outputs_text(book / "01_field.ipynb")
+    assert "MALLOC_TOP_PAD_" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     # seed 5 is not the book's: its results go to a folder named for it, never book/results
     assert not (book / "results").exists()
     runs = book / "results-seed5"
@@ -604,8 +607,11 @@ def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_
     assert not (book / "results" / "12_after.json").exists()
 
 
-def test_allocator_setting_yields_to_the_callers(monkeypatch):
+def test_kernel_tuning_yields_to_the_callers(monkeypatch):
     monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
-    assert bookrun.allocator_environment() == bookrun.KERNEL_ALLOCATOR_ENV
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert bookrun.kernel_tuning_environment() == {**bookrun.KERNEL_ALLOCATOR_ENV,
+                                               **bookrun.KERNEL_OPENMP_ENV}
     monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # a user's own setting wins
-    assert "MALLOC_TOP_PAD_" not in bookrun.allocator_environment()
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    assert bookrun.kernel_tuning_environment() == {}

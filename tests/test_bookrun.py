@@ -186,9 +186,9 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
     # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV) and its OpenMP
-    # threads wait briefly (KERNEL_OPENMP_ENV); ours is untouched
+    # threads sleep soon (KERNEL_THREAD_WAIT_ENV); ours is untouched
     pad = bookrun.KERNEL_ALLOCATOR_ENV["MALLOC_TOP_PAD_"]
-    spin = bookrun.KERNEL_OPENMP_ENV["GOMP_SPINCOUNT"]
+    spin = bookrun.KERNEL_THREAD_WAIT_ENV["GOMP_SPINCOUNT"]
     assert f"HAS_SEED False PAD {pad} SPIN {spin}" in _outputs_text(book / "01_field.ipynb")
     assert "MALLOC_TOP_PAD_" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     # seed 5 is not the book's: its results go to a folder named for it, never book/results
@@ -610,8 +610,10 @@ def test_lanes_run_chapters_side_by_side_in_order_and_stop_after_a_failure(book_
 def test_kernel_tuning_yields_to_the_callers(monkeypatch):
     monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
     assert bookrun.kernel_tuning_environment() == {**bookrun.KERNEL_ALLOCATOR_ENV,
-                                               **bookrun.KERNEL_OPENMP_ENV}
+                                               **bookrun.KERNEL_THREAD_WAIT_ENV}
     monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # a user's own setting wins
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
     assert bookrun.kernel_tuning_environment() == {}

@@ -84,17 +84,17 @@ KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
 #: and a cold full book spent 131 system CPU-seconds instead of 215 (957 s against 1,008 s).
 #: The numbers are unchanged; a variable already set in the caller's environment wins.
 KERNEL_ALLOCATOR_ENV = {"MALLOC_TOP_PAD_": str(512 * 2**20)}
-#: GNU OpenMP in each kernel (and its worker processes): a thread that waits at the end
-#: of a parallel region spins 1,000 times before it sleeps, not libgomp's default 300,000. LightGBM
-#: fits with two threads in many small parallel regions; while the other lane (or a
-#: worker) keeps the second core busy, the waiting thread spun through the time slice the
-#: working one needed. Measured here (chapter 08's map model, 12,350 samples, two threads):
-#: 32.4 s and 28.9 CPU-seconds with two other busy processes against 14.4 s and 10.1 with
-#: the setting; 6.4 s against 6.1 s on an idle machine. In a cold quick book chapter 08,
-#: which fits and maps beside chapter 06's two workers, took 169 s against 218 s. OpenMP's
-#: waiting does not change any result; a variable already set in the caller's environment
-#: wins.
-KERNEL_OPENMP_ENV = {"GOMP_SPINCOUNT": "1000"}
+#: Idle threads in each kernel (and its worker processes) sleep soon: a GNU OpenMP thread
+#: (LightGBM's) that waits at the end of a parallel region spins 1,000 times, not libgomp's
+#: default 300,000, and an OpenBLAS thread (numpy's, scipy's) with no work waits 2^4
+#: cycles, not 2^28. Two-thread fits run many small parallel regions; while the other lane
+#: (or a worker) keeps the second core busy, the waiting thread spun through the time
+#: slice the working one needed. Measured here (chapter 08's map model, 12,350 samples,
+#: two threads, beside two busy processes): 32.4 s and 28.9 CPU-seconds with the defaults,
+#: 14.4 s and 10.1 with the OpenMP setting, 11.1 s and 5.8 with both; idle 6.3 s against
+#: 4.4-5.2 s (``benchmarks/bench_thread_wait.py``). Waiting does not change any result; a
+#: variable already set in the caller's environment wins.
+KERNEL_THREAD_WAIT_ENV = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "4"}
 #: Lines of the failing cell's source shown in the error message.
 SOURCE_LINES_SHOWN = 6
 #: How the runner talks to kernels: IPC (Unix domain sockets in Jupyter's runtime
@@ -258,17 +258,17 @@ def _kernel_environment(extra: Mapping[str, str]) -> Iterator[None]:
 
 
 def kernel_tuning_environment() -> dict[str, str]:
-    """:data:`KERNEL_ALLOCATOR_ENV` and :data:`KERNEL_OPENMP_ENV`, less any variable the
+    """:data:`KERNEL_ALLOCATOR_ENV` and :data:`KERNEL_THREAD_WAIT_ENV`, less any variable the
     caller's environment already sets.
 
     Examples
     --------
     >>> import os
-    >>> defaults = {**KERNEL_ALLOCATOR_ENV, **KERNEL_OPENMP_ENV}
+    >>> defaults = {**KERNEL_ALLOCATOR_ENV, **KERNEL_THREAD_WAIT_ENV}
     >>> sorted(kernel_tuning_environment()) == sorted(k for k in defaults if k not in os.environ)
     True
     """
-    defaults = {**KERNEL_ALLOCATOR_ENV, **KERNEL_OPENMP_ENV}
+    defaults = {**KERNEL_ALLOCATOR_ENV, **KERNEL_THREAD_WAIT_ENV}
     return {k: v for k, v in defaults.items() if k not in os.environ}
 
 
@@ -411,12 +411,13 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   predictor table, Table 1's results) and each writes caches of its own
 #:   kinds. Chapters 06-08 keep one core busy for much of their time
 #:   (one-thread model fits), so two lanes use the second. Chapter 10 runs
-#:   after 07: the lanes then end within about 15 s of each other (cold, full
-#:   profile: 06 + 07 + 10 about 440 s, 05 + 08 + 09 + 11 about 450 s; with
-#:   10 in the second lane they ended 56 s apart).
+#:   last in the second lane: since kernels' idle threads sleep soon
+#:   (:data:`KERNEL_THREAD_WAIT_ENV`), chapters 08 and 11 take about a third
+#:   less time beside chapter 06 (cold, quick profile: 06 + 07 + 10 325 s
+#:   against 05 + 08 + 09 + 11 272 s, so 10 moved to the second lane).
 STAGES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("02",), ("00", "01")),
-    (("06", "07", "10"), ("05", "08", "09", "11")),
+    (("06", "07"), ("05", "08", "09", "11", "10")),
 )
 #: The lanes of chapters 05-11 (the last stage of :data:`STAGES`).
 LANES: tuple[tuple[str, ...], ...] = STAGES[-1]

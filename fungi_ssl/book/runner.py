@@ -412,9 +412,10 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   kinds. Chapters 06-08 keep one core busy for much of their time
 #:   (one-thread model fits), so two lanes use the second. Chapter 10 runs
 #:   last in the second lane: since kernels' idle threads sleep soon
-#:   (:data:`KERNEL_THREAD_WAIT_ENV`), chapters 08 and 11 take about a third
+#:   (:data:`KERNEL_THREAD_WAIT_ENV`), chapters 08 and 11 take about a quarter
 #:   less time beside chapter 06 (cold, quick profile: 06 + 07 + 10 325 s
-#:   against 05 + 08 + 09 + 11 272 s, so 10 moved to the second lane).
+#:   against 05 + 08 + 09 + 11 272 s, so 10 moved to the second lane; then
+#:   277 against 266 s, and full 397 against 401 s).
 STAGES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("02",), ("00", "01")),
     (("06", "07"), ("05", "08", "09", "11", "10")),

@@ -143,6 +143,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     monkeypatch.setenv("MPLBACKEND", "Agg")  # as on a CI machine: must not drop the book's figures
     monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
     _notebook(
         notebooks / "00_sim.ipynb",
         "profile = 'quick'\nseed = 0\ndata_dir = None\nresults_dir = ''",
@@ -155,7 +156,7 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     # declares only `profile`: seed/data_dir/results_dir must not be injected
     _notebook(
         notebooks / "01_field.ipynb", "profile = 'quick'",
-        "import os\nprint('HAS_SEED', 'seed' in dir(), 'PAD', os.environ.get('MALLOC_TOP_PAD_'), 'SPIN', os.environ.get('GOMP_SPINCOUNT'))"
+        "import os\nprint('HAS_SEED', 'seed' in dir(), 'PAD', os.environ.get('MALLOC_TOP_PAD_'), 'SPIN', os.environ.get('GOMP_SPINCOUNT'), 'BLAS', os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     )
     code = bookrun.main(
         [
@@ -185,12 +186,14 @@ def test_run_book_injects_parameters_and_writes_summary(book_dirs, capsys, monke
     assert ("parameters", "remove-cell") in tags  # defaults hidden in the book
     assert ("injected-parameters",) in tags  # the values used stay visible
     assert os.environ["MPLBACKEND"] == "Agg"  # the caller's environment is restored
-    # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV) and its OpenMP
+    # the kernel's allocator keeps freed memory (bookrun.KERNEL_ALLOCATOR_ENV) and its idle
     # threads sleep soon (KERNEL_THREAD_WAIT_ENV); ours is untouched
     pad = bookrun.KERNEL_ALLOCATOR_ENV["MALLOC_TOP_PAD_"]
     spin = bookrun.KERNEL_THREAD_WAIT_ENV["GOMP_SPINCOUNT"]
-    assert f"HAS_SEED False PAD {pad} SPIN {spin}" in _outputs_text(book / "01_field.ipynb")
-    assert "MALLOC_TOP_PAD_" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+    blas = bookrun.KERNEL_THREAD_WAIT_ENV["OPENBLAS_THREAD_TIMEOUT"]
+    assert (f"HAS_SEED False PAD {pad} SPIN {spin} BLAS {blas}"
+            in _outputs_text(book / "01_field.ipynb"))
+    assert not {"MALLOC_TOP_PAD_", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT"} & set(os.environ)
     # seed 5 is not the book's: its results go to a folder named for it, never book/results
     assert not (book / "results").exists()
     runs = book / "results-seed5"

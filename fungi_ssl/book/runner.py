@@ -89,11 +89,12 @@ KERNEL_ALLOCATOR_ENV = {"MALLOC_TOP_PAD_": str(512 * 2**20)}
 #: default 300,000, and an OpenBLAS thread (numpy's, scipy's) with no work waits 2^4
 #: cycles, not 2^28. Two-thread fits run many small parallel regions; while the other lane
 #: (or a worker) keeps the second core busy, the waiting thread spun through the time
-#: slice the working one needed. Measured here (chapter 08's map model, 12,350 samples,
-#: two threads, beside two busy processes): 32.4 s and 28.9 CPU-seconds with the defaults,
-#: 14.4 s and 10.1 with the OpenMP setting, 11.1 s and 5.8 with both; idle 6.3 s against
-#: 4.4-5.2 s (``benchmarks/bench_thread_wait.py``). Waiting does not change any result; a
-#: variable already set in the caller's environment wins.
+#: slice the working one needed. Measured here: chapter 08's map model (12,350 samples, two
+#: threads) beside two busy processes took 32.4 s and 28.9 CPU-seconds with the defaults,
+#: 14.4 s and 10.1 with the OpenMP setting, 11.1 s and 5.8 with both; a fit of its shape
+#: (``benchmarks/bench_thread_wait.py``) is 3.64 times as fast beside two busy processes
+#: and 1.39 times idle. Waiting does not change any result; a variable already set in the
+#: caller's environment wins.
 KERNEL_THREAD_WAIT_ENV = {"GOMP_SPINCOUNT": "1000", "OPENBLAS_THREAD_TIMEOUT": "4"}
 #: Lines of the failing cell's source shown in the error message.
 SOURCE_LINES_SHOWN = 6

@@ -515,3 +515,98 @@ def test_oracle_1km_biases_refit_on_noise_free_labels(tmp_path, monkeypatch):
         float(m.predict(cov)[0]) - truth[ok].mean())
     with pytest.raises(ValueError, match="no held-out models"):
         RO.oracle_1km_biases([p], SimpleNamespace(frame=frame), study, "rf", 0, product=True)
+
+
+def _site_region(study, i, name):
+    site = study.sites.drop_duplicates("campaign").iloc[i]
+    cc, cr = int(site["col"]) // F, int(site["row"]) // F
+    return RG.Region(name, Window(int(site["epsg"]), cc * F, cr * F, F, F, name), "Europe",
+                     "forest", int(site["campaign"]), 2020, 0.5, 0.0)
+
+
+def test_holdout_groups_withhold_every_region_of_the_group():
+    study = SimulatedStudy(n_samples=600, n_campaigns=10)
+    a, b, c = (_site_region(study, i, n) for i, n in enumerate("ABC"))
+    frame = study.samples.reset_index(drop=True)
+    groups = RG.holdout_groups([a, b, c], n_groups=2)
+    assert groups["A"] == groups["B"] == (a, b) and groups["C"] == (c,)
+    assert all(len(g) == 1 for g in RG.holdout_groups([a, b, c], "full").values())
+    assert [len(g) for g in RG.holdout_groups(RG.regions("quick", 0), "quick").values()] == [4] * 8
+    one, two = R.withheld_rows(frame, study, a), R.withheld_rows(frame, study, b)
+    both = R.withheld_rows(frame, study, groups["A"])
+    assert one.any() and two.any() and (both == (one | two)).all() and both.sum() > one.sum()
+    with pytest.raises(ValueError, match="empty"):
+        R.withheld_rows(frame, study, [])
+
+
+def test_regions_of_a_group_share_models_fitted_without_all_of_them(tmp_path, monkeypatch):
+    """heldout_models with a group: one cache entry, the same models for each of its
+    regions, fitted on the rows of neither region."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fungi_ssl.embeddings.encoder import EncoderConfig, TesseraEncoder, TrainedEncoder
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    study = SimulatedStudy(n_samples=600, n_campaigns=10)
+    monkeypatch.setattr("fungi_ssl.simulate.field_data.simulated_study", lambda *a, **k: study)
+    a, b = _site_region(study, 0, "A"), _site_region(study, 1, "B")
+    frame = pd.concat([study.samples.reset_index(drop=True),
+                       study.covariates.reset_index(drop=True)], axis=1)
+    frame = frame.dropna(subset=["rarefied"]).reset_index(drop=True)
+    frame["log_richness"] = np.log1p(frame["rarefied"])
+    torch.manual_seed(0)
+    enc = TesseraEncoder(EncoderConfig()).eval()
+    trained = TrainedEncoder(enc, enc.config, enc.normaliser)
+    # stand-in 3 x 3 patch features (the models' skill is not the point)
+    n_cols = 9 * enc.config.embed_dim
+    patches = np.random.default_rng(0).normal(size=(len(frame), n_cols)).astype(np.float32)
+    frame = pd.concat([frame, pd.DataFrame(patches, columns=[f"ssl_{k:04d}" for k in
+                                                             range(n_cols)])], axis=1)
+    table = SimpleNamespace(frame=frame, source="test")
+    out = R.withheld_rows(frame, study, (a, b))
+    ma = R.heldout_models(table, trained, a, "ridge", 0, "quick", group=(a, b))
+    mb = R.heldout_models(table, trained, b, "ridge", 0, "quick", group=(a, b))
+    assert len(list(tmp_path.glob("resolution_heldout/*/models.joblib"))) == 1
+    assert ma.n_withheld == mb.n_withheld == int(out.sum())
+    assert ma.map_model.fingerprint == mb.map_model.fingerprint
+    assert ma.model_1km.n_samples == int((~out).sum())
+    with pytest.raises(ValueError, match="not in its hold-out group"):
+        R.heldout_models(table, trained, a, "ridge", 0, "quick", group=(b,))
+
+
+def test_oracle_fits_once_per_group_and_scores_each_region(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fungi_ssl.simulate.truth import truth_layer
+
+    study = SimulatedStudy(n_samples=600, n_campaigns=10)
+    a, b = _site_region(study, 0, "A"), _site_region(study, 1, "B")
+    frame = pd.concat([study.samples.reset_index(drop=True),
+                       study.covariates.reset_index(drop=True)], axis=1)
+    frame = frame.dropna(subset=["rarefied"]).reset_index(drop=True)
+    frame["log_richness"] = np.log1p(frame["rarefied"])
+
+    def products(r, group):
+        truth = np.log1p(truth_layer(study, r.window, 2020).values.astype(float))
+        return R.RegionProducts(region=r, store=None, truth=truth, map_10m=truth.copy(),
+                                map_1km=np.array([[3.0]]), map_path=None, run=None,
+                                covariates=R.cell_covariates(study, r),
+                                landcover=np.zeros((F, F), np.int8),
+                                extra={"holdout_group": group})
+
+    fits = []
+    real_fit = R.fit_1km_model
+    monkeypatch.setattr(RO, "fit_1km_model", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path)
+    ps = [products(a, (a, b)), products(b, (a, b))]
+    out = RO.oracle_1km_biases(ps, SimpleNamespace(frame=frame), study, "rf", 0)
+    assert len(fits) == 1 and list(out.index) == ["A", "B"]
+    train = ~R.withheld_rows(frame, study, (a, b))
+    m = real_fit(frame.assign(estimand=RO.estimand_at_samples(frame, study)).loc[train]
+                 .reset_index(drop=True), "rf", 0, target="estimand")
+    for p in ps:
+        ok = np.isfinite(p.truth)
+        assert out.loc[p.region.name, "bias_oracle_1km"] == pytest.approx(
+            float(m.predict(p.covariates)[0]) - p.truth[ok].mean())

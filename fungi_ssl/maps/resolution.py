@@ -104,6 +104,7 @@ from fungi_ssl.maps.resolution_regions import (
     YEAR,
     Region,
     _expand,
+    holdout_groups,
     region_store,
     region_truth,
     regions,
@@ -440,22 +441,24 @@ def _site_xy(sites: pd.DataFrame, epsg: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy, region: Region,
-                  radius_km: float = HOLDOUT_KM) -> np.ndarray:
+def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy,
+                  region: Region | Sequence[Region], radius_km: float = HOLDOUT_KM) -> np.ndarray:
     """Rows of a sample table that a model scored on ``region`` must not be fitted on.
 
     A row is withheld when its site lies inside the region, or when it belongs
     to one of the region's campaigns (a campaign with a site inside the
     region, or the campaign the region is centred on) and its site lies
     within ``radius_km`` of the region's edge. Sites are placed by their true
-    pixel (``study.sites``), in the region's UTM zone.
+    pixel (``study.sites``), in the region's UTM zone. Given several regions
+    (a hold-out group, :func:`~fungi_ssl.maps.resolution_regions.holdout_groups`),
+    the rows withheld for any of them.
 
     Parameters
     ----------
     frame : pandas.DataFrame
         A sample table with ``site_id`` (the simulated study's).
     study : SimulatedStudy
-    region : Region
+    region : Region or sequence of Region
     radius_km : float
 
     Returns
@@ -465,6 +468,11 @@ def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy, region: Region,
     """
     if "site_id" not in frame:
         raise ValueError("withheld_rows: the sample table has no 'site_id' column")
+    if not isinstance(region, Region):
+        group = list(region)
+        if not group:
+            raise ValueError("withheld_rows: the group of regions is empty")
+        return np.logical_or.reduce([withheld_rows(frame, study, r, radius_km) for r in group])
     sites = study.sites.drop_duplicates("site_id").set_index("site_id")
     unknown = ~frame["site_id"].isin(sites.index)
     if unknown.any():
@@ -666,7 +674,8 @@ class HeldOutModels:
 def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Region,
                    model: str = "lightgbm", seed: int = 0, profile: str = "full",
                    model_1km: str | None = None, radius_km: float = HOLDOUT_KM,
-                   cached_only: bool = False) -> HeldOutModels | None:
+                   cached_only: bool = False,
+                   group: Sequence[Region] | None = None) -> HeldOutModels | None:
     """Fit the 10 m, 1 km, product and residual models without ``region``'s samples (cached).
 
     Cached under ``data/cache/resolution_heldout/<key>/models.joblib``, keyed
@@ -675,6 +684,11 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
     Every model is fitted on one thread (LightGBM and BLAS), so the models
     do not depend on the machine's cores or on :func:`prefit_heldout_models`
     fitting regions side by side.
+
+    ``group``, the regions held out together with ``region``
+    (:func:`~fungi_ssl.maps.resolution_regions.holdout_groups`; it holds
+    ``region``), withholds the samples of all of them: every region of a
+    group gets the same models, fitted once. Default: ``region`` alone.
     """
     import hashlib
 
@@ -688,7 +702,8 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
 
     study = simulated_study(profile, seed)
     frame = table.frame
-    out = withheld_rows(frame, study, region, radius_km)
+    members = _group_of(region, group)
+    out = withheld_rows(frame, study, members, radius_km)
     w = region.window
     params = {"study": study.config.as_dict(), "simulator": simulator_fingerprint(),
               "source": table.source, "n_rows": len(frame), "encoder": encoder_signature(trained),
@@ -697,6 +712,10 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
               "seed": int(seed), "profile": profile, "versions": library_versions(),
               "window": [w.epsg, w.col0, w.row0, w.width, w.height], "radius_km": radius_km,
               "withheld": hashlib.sha1(np.packbits(out).tobytes()).hexdigest(), "layout": 3}
+    if len(members) > 1:  # one entry per group, whichever of its regions asks (a lone region
+        # keeps the key it always had)
+        params["window"] = sorted([r.window.epsg, r.window.col0, r.window.row0, r.window.width,
+                                   r.window.height] for r in members)
     # layout 2: the pickled MapModel holds fungi_ssl.maps.modelspec.FeatureSpec and
     # fungi_ssl.maps.flattrees.FlatTrees, moved out of mapmodel (issue 19); 3: fitted on
     # one BLAS thread
@@ -720,43 +739,63 @@ def heldout_models(table: PredictorTable, trained: TrainedEncoder, region: Regio
     return models
 
 
+def _group_of(region: Region, group: Sequence[Region] | None) -> tuple[Region, ...]:
+    """``group`` as a tuple holding ``region`` (``(region,)`` when None); a ValueError when
+    ``region`` is not in it."""
+    if group is None:
+        return (region,)
+    members = tuple(group)
+    if region not in members:
+        raise ValueError(f"heldout_models: region {region.name} is not in its hold-out group "
+                         f"{[r.name for r in members]}")
+    return members
+
+
 #: Worker processes of :func:`prefit_heldout_models` (each fits on one thread).
 HELDOUT_WORKERS = 2
 
 
 def _fit_heldout(table: PredictorTable, trained: TrainedEncoder, region: Region, model: str,
-                 seed: int, profile: str, model_1km: str | None) -> None:
-    heldout_models(table, trained, region, model, seed, profile, model_1km)  # writes the cache
+                 seed: int, profile: str, model_1km: str | None,
+                 group: Sequence[Region] | None = None) -> None:
+    heldout_models(table, trained, region, model, seed, profile, model_1km,
+                   group=group)  # writes the cache
 
 
 def prefit_heldout_models(table: PredictorTable, trained: TrainedEncoder,
                           regions: Sequence[Region], model: str = "lightgbm", seed: int = 0,
                           profile: str = "full", model_1km: str | None = None,
-                          n_workers: int | None = None) -> int:
+                          n_workers: int | None = None,
+                          groups: dict[str, tuple[Region, ...]] | None = None) -> int:
     """Fit the held-out models of the regions not yet cached, regions side by side.
 
     :func:`heldout_models` of one region is single-threaded (LightGBM and the
     PCA on one thread: about 15 s a region in the quick profile), so
     ``n_workers`` processes (joblib's loky) fit that many regions at once and
     write the cache that :func:`region_products` then reads. The models are
-    the same as fitted one after another (one thread each either way).
+    the same as fitted one after another (one thread each either way). With
+    ``groups`` (:func:`~fungi_ssl.maps.resolution_regions.holdout_groups`), one
+    set of models per group.
 
     Returns
     -------
     int
-        Regions fitted.
+        Sets of models fitted.
     """
     import joblib
 
-    missing = [r for r in regions
+    groups = groups or {}
+    firsts = list({groups.get(r.name, (r,))[0].name: r for r in regions}.values())
+    missing = [r for r in firsts
                if heldout_models(table, trained, r, model, seed, profile, model_1km,
-                                 cached_only=True) is None]
+                                 cached_only=True, group=groups.get(r.name)) is None]
     n_workers = HELDOUT_WORKERS if n_workers is None else n_workers
     workers = max(1, min(int(n_workers), len(missing), os.cpu_count() or 1))
     if workers < 2:
         return 0
     joblib.Parallel(n_jobs=workers, backend="loky")(
-        joblib.delayed(_fit_heldout)(table, trained, r, model, seed, profile, model_1km)
+        joblib.delayed(_fit_heldout)(table, trained, r, model, seed, profile, model_1km,
+                                     groups.get(r.name))
         for r in missing)
     return len(missing)
 
@@ -853,9 +892,11 @@ def region_products(
     With ``held_out`` (the default) each region's maps come from models fitted
     without that region's samples and those of its campaigns within
     :data:`HOLDOUT_KM` (:func:`heldout_models`): the 10 m map, the 1 km map, the
-    product model and the residual model. Without it the 10 m and 1 km maps come
-    from models fitted on every sample (the product and residual maps are then
-    not made).
+    product model and the residual model. The profile's hold-out groups
+    (:func:`~fungi_ssl.maps.resolution_regions.holdout_groups`) withhold
+    several regions from one set of models (``extra["holdout_group"]``). Without
+    ``held_out`` the 10 m and 1 km maps come from models fitted on every sample
+    (the product and residual maps are then not made).
 
     Parameters
     ----------
@@ -901,12 +942,14 @@ def region_products(
     if not held_out:
         m10_all = fitted_map_model(table, trained, model, seed, profile)
         m1_all = fit_1km_model(table.frame, model_1km or model, seed)
+    groups = holdout_groups(rs, profile)
     if held_out:
-        prefit_heldout_models(table, trained, rs, model, seed, profile, model_1km)
+        prefit_heldout_models(table, trained, rs, model, seed, profile, model_1km, groups=groups)
     products = []
     for r in rs:
         if held_out:
-            hm = heldout_models(table, trained, r, model, seed, profile, model_1km)
+            hm = heldout_models(table, trained, r, model, seed, profile, model_1km,
+                                group=groups[r.name])
             m10, m1 = hm.map_model, hm.model_1km
         else:
             hm, m10, m1 = None, m10_all, m1_all
@@ -924,7 +967,8 @@ def region_products(
         p = RegionProducts(
             region=r, store=store, truth=np.log1p(truth), map_10m=map_10m, map_1km=map_1km,
             map_path=path, run=run, covariates=cov, landcover=layers["landcover"].values,
-            extra={"true_richness": layers["true_richness"].values, "models": hm},
+            extra={"true_richness": layers["true_richness"].values, "models": hm,
+                   "holdout_group": groups[r.name] if held_out else None},
             held_out=held_out)
         if hm is not None:
             z = region_components(m10, store, r)

@@ -31,6 +31,7 @@ from fungi_ssl.maps.resolution_scores import _scored_mask
 
 if TYPE_CHECKING:
     from fungi_ssl.maps.resolution import RegionProducts
+    from fungi_ssl.maps.resolution_regions import Region
     from fungi_ssl.predictors.tables import PredictorTable
     from fungi_ssl.simulate import SimulatedStudy
 
@@ -62,44 +63,58 @@ def estimand_at_samples(frame: pd.DataFrame, study: SimulatedStudy) -> np.ndarra
     return expected_log1p_rarefied(study, np.log(pix))
 
 
-#: Worker processes of :func:`oracle_1km_biases` (one region each, one thread each).
+def _members(p: RegionProducts) -> tuple[Region, ...]:
+    """The regions held out together with ``p``'s (its hold-out group; itself alone by default)."""
+    return tuple(p.extra.get("holdout_group") or (p.region,))
+
+
+#: Worker processes of :func:`oracle_1km_biases` (one hold-out group each, one thread each).
 ORACLE_WORKERS = 2
 
 
-def _oracle_row(p: RegionProducts, train: np.ndarray, data: pd.DataFrame, offset: np.ndarray,
-                lon: np.ndarray, lat: np.ndarray, model: str, seed: int, nearby_km: float,
-                product: bool) -> dict[str, Any]:
-    """One region's row of :func:`oracle_1km_biases`, its models fitted on one thread."""
+def _oracle_rows(group: Sequence[RegionProducts], train: np.ndarray, data: pd.DataFrame,
+                 offset: np.ndarray, lon: np.ndarray, lat: np.ndarray, model: str, seed: int,
+                 nearby_km: float, product: bool) -> list[dict[str, Any]]:
+    """The rows of :func:`oracle_1km_biases` of one hold-out group (regions that share
+    their training rows), its models fitted once, on one thread."""
     from threadpoolctl import threadpool_limits
 
     from fungi_ssl.data.coordinates import crs_to_lonlat
 
+    rows = []
     with threadpool_limits(1):
-        m = fit_1km_model(data.loc[train].reset_index(drop=True), model, seed, target="estimand")
-        grid = np.full(p.map_1km.shape, np.nan)
-        grid[p.covariates["cell_row"].to_numpy(), p.covariates["cell_col"].to_numpy()] = \
-            m.predict(p.covariates)
-        ok = _scored_mask(p)
-        w = p.region.window
-        clon, clat = crs_to_lonlat(np.array([w.x.mean()]), np.array([w.y.mean()]), w.epsg)
-        c0, c1 = np.radians(float(clon[0])), np.radians(float(clat[0]))
-        d = 2 * 6371.0 * np.arcsin(np.sqrt(np.sin((lat - c1) / 2) ** 2 + np.cos(lat) * np.cos(c1)
-                                           * np.sin((lon - c0) / 2) ** 2))
-        near = train & (d <= nearby_km) & np.isfinite(offset)
-        extra = {}
-        if product:
-            hm = p.extra["models"]
-            prod = fit_product_model(data.loc[train].reset_index(drop=True), hm.map_model, model,
-                                     seed, target="estimand")
-            mp = _product_map(prod, region_components(hm.map_model, p.store, p.region),
-                              p.covariates, p.region)
-            sel = ok & np.isfinite(mp)
-            extra["bias_oracle_product"] = float(np.mean(mp[sel] - p.truth[sel]))
-    return {"region": p.region.name,
-            "bias_oracle_1km": float(np.mean(_expand(grid)[ok] - p.truth[ok])), **extra,
-            "label_offset_nearby": float(offset[near].mean()) if near.any() else np.nan,
-            "n_nearby": int(near.sum()),
-            "label_offset_training": float(np.nanmean(offset[train]))}
+        fitted = data.loc[train].reset_index(drop=True)
+        m = fit_1km_model(fitted, model, seed, target="estimand")
+        prod = None
+        if product:  # the group's held-out 10 m model is the same for all its regions
+            prod = fit_product_model(fitted, group[0].extra["models"].map_model, model, seed,
+                                     target="estimand")
+        for p in group:
+            grid = np.full(p.map_1km.shape, np.nan)
+            grid[p.covariates["cell_row"].to_numpy(), p.covariates["cell_col"].to_numpy()] = \
+                m.predict(p.covariates)
+            ok = _scored_mask(p)
+            w = p.region.window
+            clon, clat = crs_to_lonlat(np.array([w.x.mean()]), np.array([w.y.mean()]), w.epsg)
+            c0, c1 = np.radians(float(clon[0])), np.radians(float(clat[0]))
+            d = 2 * 6371.0 * np.arcsin(np.sqrt(np.sin((lat - c1) / 2) ** 2 + np.cos(lat)
+                                               * np.cos(c1) * np.sin((lon - c0) / 2) ** 2))
+            near = train & (d <= nearby_km) & np.isfinite(offset)
+            extra = {}
+            if prod is not None:
+                hm = p.extra["models"]
+                mp = _product_map(prod, region_components(hm.map_model, p.store, p.region),
+                                  p.covariates, p.region)
+                sel = ok & np.isfinite(mp)
+                extra["bias_oracle_product"] = float(np.mean(mp[sel] - p.truth[sel]))
+            rows.append({"region": p.region.name,
+                         "bias_oracle_1km": float(np.mean(_expand(grid)[ok] - p.truth[ok])),
+                         **extra,
+                         "label_offset_nearby": float(offset[near].mean()) if near.any()
+                         else np.nan,
+                         "n_nearby": int(near.sum()),
+                         "label_offset_training": float(np.nanmean(offset[train]))})
+    return rows
 
 
 def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
@@ -159,7 +174,7 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
     for p in products:
         hm = p.extra.get("models")
         w = p.region.window
-        out = withheld_rows(frame, study, p.region, radius_km)
+        out = withheld_rows(frame, study, _members(p), radius_km)
         keys.append([w.epsg, w.col0, w.row0, w.width, w.height, p.region.year,
                      hashlib.sha1(np.packbits(out).tobytes()).hexdigest(),
                      None if hm is None or not product else hm.map_model.fingerprint])
@@ -178,17 +193,24 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
     offset = frame["log_richness"].to_numpy(float) - est
     lon, lat = np.radians(frame["longitude"].to_numpy(float)), np.radians(
         frame["latitude"].to_numpy(float))
-    trains = [~withheld_rows(frame, study, p.region, radius_km) for p in products]
     for p in products:
         if product and p.extra.get("models") is None:
             raise ValueError(f"oracle_1km_biases: region {p.region.name} has no held-out "
                              "models (region_products with held_out)")
-    workers = max(1, min(ORACLE_WORKERS, len(products), os.cpu_count() or 1))
-    jobs = (joblib.delayed(_oracle_row)(p, train, data, offset, lon, lat, model, seed,
-                                        nearby_km, product)
-            for p, train in zip(products, trains))
-    rows = (joblib.Parallel(n_jobs=workers, backend="loky")(jobs) if workers > 1
-            else [job[0](*job[1], **job[2]) for job in jobs])
+    # one fit per hold-out group: its regions share their training rows (and, with
+    # ``product``, their held-out 10 m model)
+    groups: dict[tuple[str, ...], list[RegionProducts]] = {}
+    for p in products:
+        groups.setdefault(tuple(r.name for r in _members(p)), []).append(p)
+    trains = [~withheld_rows(frame, study, _members(g[0]), radius_km) for g in groups.values()]
+    workers = max(1, min(ORACLE_WORKERS, len(groups), os.cpu_count() or 1))
+    jobs = (joblib.delayed(_oracle_rows)(g, train, data, offset, lon, lat, model, seed,
+                                         nearby_km, product)
+            for g, train in zip(groups.values(), trains))
+    parts = (joblib.Parallel(n_jobs=workers, backend="loky")(jobs) if workers > 1
+             else [job[0](*job[1], **job[2]) for job in jobs])
+    order = {p.region.name: i for i, p in enumerate(products)}
+    rows = sorted((row for part in parts for row in part), key=lambda r: order[r["region"]])
     result = pd.DataFrame(rows).set_index("region")
     joblib.dump(result, path)
     return result

@@ -5,6 +5,8 @@
   (:data:`REGION_LAYOUT`), each with woodland meeting open land
   (:data:`WOOD_RANGE`, :data:`WATER_MAX`); :func:`skip_reason` says why the
   chapter cannot run on a data directory;
+* :func:`holdout_groups`: which regions are held out together (one model
+  fit without all of them), so that a small profile fits fewer models;
 * :func:`region_store`: a region's embedding store (cached), one pixel
   larger than the region on every side (:data:`MARGIN_PX`) so that every
   mapped pixel has its full 3 × 3 patch; :func:`region_truth`: the truth
@@ -22,6 +24,7 @@ regions; :mod:`fungi_ssl.maps.resolution_scores` scores them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,7 @@ __all__ = [
     "Region",
     "cell_means",
     "edge_zoom",
+    "holdout_groups",
     "region_store",
     "region_truth",
     "regions",
@@ -55,12 +59,15 @@ __all__ = [
 CELL_PX = round(1000.0 / PIXEL_SIZE)
 #: The year mapped (one year, as chapter 02's tile).
 YEAR = 2020
-#: Regions per profile: how many, and their side in whole 1 km cells.
-#: Full: 8 regions of 3 × 3 km (72 cells, 720,000 pixels); quick: 8 of 1 × 1 km (80,000
-#: pixels). Eight regions at least, so that a bootstrap over regions gives an interval.
+#: Regions per profile: how many, their side in whole 1 km cells, and in how many groups
+#: they are held out (:func:`holdout_groups`).
+#: Full: 8 regions of 3 × 3 km (72 cells, 720,000 pixels), each held out alone; quick: 8
+#: of 1 × 1 km (80,000 pixels), held out four at a time, so that chapter 06 fits two sets
+#: of held-out models instead of eight (each set is 18 tree fits on the whole table).
+#: Eight regions at least, so that a bootstrap over regions gives an interval.
 REGION_LAYOUT: dict[str, dict[str, int]] = {
-    "full": {"n_regions": 8, "side_km": 3},
-    "quick": {"n_regions": 8, "side_km": 1},
+    "full": {"n_regions": 8, "side_km": 3, "holdout_groups": 8},
+    "quick": {"n_regions": 8, "side_km": 1, "holdout_groups": 2},
 }
 #: Pixels of margin embedded around a region, so its edge pixels have full 3 × 3 patches.
 MARGIN_PX = 1
@@ -265,6 +272,43 @@ def regions(profile: str = "full", seed: int = 0, year: int = YEAR,
         w = Window(w.epsg, w.col0, w.row0, w.width, w.height, name)
         picked.append(Region(name, w, pair[0], pair[1], int(cid), int(year), wood, water))
     return picked
+
+
+def holdout_groups(region_list: Sequence[Region], profile: str = "full",
+                   n_groups: int | None = None) -> dict[str, tuple[Region, ...]]:
+    """The regions held out together with each region: ``{name: (regions of its group)}``.
+
+    A group's models are fitted once, without the samples of every region in
+    it (:func:`fungi_ssl.maps.resolution.withheld_rows` of the group), so each
+    region is still mapped by models that never saw it or its campaigns'
+    samples nearby; they also did not see the other regions of its group.
+    Consecutive regions form a group (``R1``–``R4`` and ``R5``–``R8`` in
+    two groups of eight regions), so that each group spans both continents.
+
+    Parameters
+    ----------
+    region_list : sequence of Region
+    profile : {"quick", "full"}
+        Its :data:`REGION_LAYOUT` gives the number of groups.
+    n_groups : int, optional
+        Override it; as many groups as regions (or more) holds each region out alone.
+
+    Examples
+    --------
+    >>> rs = [Region(f"R{i}", Window(32630, 100 * i, 0, 100, 100), "Europe", "forest", i, 2020,
+    ...              0.5, 0.0) for i in range(1, 6)]
+    >>> [r.name for r in holdout_groups(rs, n_groups=2)["R4"]]
+    ['R4', 'R5']
+    >>> [len(g) for g in holdout_groups(rs, "full").values()]
+    [1, 1, 1, 1, 1]
+    """
+    n = int(n_groups if n_groups is not None else _check_profile(profile)["holdout_groups"])
+    if n < 1:
+        raise ValueError(f"holdout_groups: n_groups must be positive, got {n}")
+    rs = list(region_list)
+    size = -(-len(rs) // n) if rs else 1  # ceil: n groups, the last one smaller
+    groups = [tuple(rs[i:i + size]) for i in range(0, len(rs), size)]
+    return {r.name: g for g in groups for r in g}
 
 
 # --------------------------------------------------------------------------

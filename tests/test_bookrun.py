@@ -620,3 +620,39 @@ def test_kernel_tuning_yields_to_the_callers(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
     assert bookrun.kernel_tuning_environment() == {}
+
+
+@pytest.mark.parametrize("first_done", [0, 1])
+def test_lanes_run_every_chapter_after_the_chapters_it_reads(first_done):
+    """The book's stages, scheduled as the runner does with chapters finishing lane 0 first
+    or lane 1 first: every chapter starts, none before a chapter it reads (AFTER)."""
+    from fungi_ssl.book.runner import AFTER, STAGES, _next_in_lanes
+
+    for stage in STAGES:
+        queues = [[Path(f"{c}_x.ipynb") for c in lane] for lane in stage]
+        finished: set[str] = set()
+        running: dict[int, str] = {}
+        idle = list(range(len(queues)))
+        order = []
+        while True:
+            for i, nb in _next_in_lanes(queues, idle, finished, set(running.values())):
+                running[i] = nb.name[:2]
+                idle.remove(i)
+                assert all(c in finished for c in AFTER.get(nb.name[:2], ())
+                           if any(c in lane for lane in stage)), nb.name
+            if not running:
+                break
+            i = first_done if first_done in running else next(iter(running))
+            chapter = running.pop(i)
+            finished.add(chapter)
+            order.append(chapter)
+            idle.append(i)
+        assert sorted(order) == sorted(c for lane in stage for c in lane)
+
+
+def test_a_lane_stops_when_a_chapter_it_reads_failed():
+    from fungi_ssl.book.runner import _next_in_lanes
+
+    queues = [[Path("06_x.ipynb")], [Path("05_x.ipynb")]]
+    started = _next_in_lanes(queues, [0, 1], set(), set(), failed={"04"})
+    assert [p.name[:2] for _, p in started] == ["05"] and queues[0] == []

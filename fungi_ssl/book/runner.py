@@ -405,24 +405,28 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`, ``VIEW_THREADS``),
 #:   and leaves gaps (a step's loss, the optimiser, the probes), so chapters
 #:   00 and 01, which need neither the encoder nor each other's results, run
-#:   beside it (each may make the simulated
-#:   study's tables; cache entries are written under unique temporary names
-#:   and renamed, so two makers of one entry leave one whole file).
-#: - Chapters 05-11 read what chapters 00-04 leave (the study, the encoder, the
-#:   predictor table, Table 1's results) and each writes caches of its own
-#:   kinds. Chapters 06-08 keep one core busy for much of their time
-#:   (one-thread model fits), so two lanes use the second. Chapter 10 runs
-#:   last in the second lane: since kernels' idle threads sleep soon
-#:   (:data:`KERNEL_THREAD_WAIT_ENV`), chapters 08 and 11 take about a quarter
-#:   less time beside chapter 06 (cold, quick profile: 06 + 07 + 10 325 s
-#:   against 05 + 08 + 09 + 11 272 s, so 10 moved to the second lane; then
-#:   277 against 266 s, and full 397 against 401 s).
+#:   beside it (each may make the simulated study's tables; cache entries are
+#:   written under unique temporary names and renamed, so two makers of one
+#:   entry leave one whole file). Chapter 01 (seconds) follows 02 in its lane,
+#:   so that the two lanes end about together.
+#: - Chapters 04-11 read what chapters 00-03 leave (the study, the encoder, the
+#:   predictor table) and each writes caches of its own kinds. Chapters 06, 07
+#:   and 11 also read chapter 04's results (the model family, the held-out
+#:   predictions), and chapter 07 reads chapter 06's held-out models
+#:   (:data:`AFTER`): 04, 06 and 07 form the first lane, and chapter 11 in the
+#:   second waits for 04 if it gets there first. Before, chapter 04 ran alone
+#:   on both cores and every later chapter waited for it.
 STAGES: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("02",), ("00", "01")),
-    (("06", "07"), ("05", "08", "09", "11", "10")),
+    (("02", "01"), ("00",)),
+    (("04", "06", "07"), ("08", "05", "09", "11", "10")),
 )
-#: The lanes of chapters 05-11 (the last stage of :data:`STAGES`).
+#: The lanes of chapters 04-11 (the last stage of :data:`STAGES`).
 LANES: tuple[tuple[str, ...], ...] = STAGES[-1]
+#: Chapters that read what other chapters of their stage write: a lane holds such a
+#: chapter until those have run (:func:`_next_in_lanes`). Chapters 06, 07 and 11 read
+#: chapter 04's results (its model family, its held-out predictions); chapter 07 reads
+#: chapter 06's held-out models.
+AFTER: dict[str, tuple[str, ...]] = {"06": ("04",), "07": ("04", "06"), "11": ("04",)}
 
 
 def lane_plan(notebooks: Sequence[Path],
@@ -478,12 +482,47 @@ def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name
     return seconds, None, started
 
 
+def _next_in_lanes(queues: Sequence[list[Path]], idle: Sequence[int], finished: set[str],
+                   running: set[str], failed: set[str] = frozenset(),
+                   after: Mapping[str, Sequence[str]] = AFTER) -> list[tuple[int, Path]]:
+    """The notebooks the ``idle`` lanes start now: each lane's next one, unless it reads a
+    chapter of the stage that has not run yet (:data:`AFTER`).
+
+    A chapter waits while a chapter it reads is still queued in some lane or
+    ``running``. A lane whose next chapter reads a ``failed`` one stops (its
+    queue is emptied). The notebooks started are removed from ``queues``.
+
+    Examples
+    --------
+    >>> q = [[Path("04_a.ipynb"), Path("06_b.ipynb")], [Path("05_c.ipynb"), Path("11_d.ipynb")]]
+    >>> [(i, p.name[:2]) for i, p in _next_in_lanes(q, [0, 1], set(), set())]
+    [(0, '04'), (1, '05')]
+    >>> _next_in_lanes(q, [1], {"05"}, {"04"})  # 11 waits for 04, which is running
+    []
+    >>> [(i, p.name[:2]) for i, p in _next_in_lanes(q, [1], {"04", "05"}, {"06"})]
+    [(1, '11')]
+    """
+    started: list[tuple[int, Path]] = []
+    for i in idle:
+        if not queues[i]:
+            continue
+        chapter = queues[i][0].name[:2]
+        queued = {p.name[:2] for lane in queues for p in lane} - {chapter}
+        needs = [c for c in after.get(chapter, ()) if c not in finished]
+        if any(c in failed for c in needs):
+            queues[i].clear()
+        elif not any(c in queued or c in running for c in needs):
+            started.append((i, queues[i].pop(0)))
+    return started
+
+
 def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
                 ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float]]]:
     """Run the stages in order, the lanes of a stage in child processes; yield each result.
 
     ``task(nb)`` gives :func:`_execute`'s arguments. A lane stops at its first
-    failed notebook; the other lanes of the stage finish theirs.
+    failed notebook; the other lanes of the stage finish theirs. A lane holds a
+    chapter of :data:`AFTER` until the chapters it reads have run.
     """
     import concurrent.futures as cf
     import multiprocessing
@@ -498,19 +537,33 @@ def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
             continue
         stage_failed = False
         queues = [list(lane) for lane in stage]
+        finished: set[str] = set()
+        failed: set[str] = set()
         with cf.ProcessPoolExecutor(len(queues),
                                     mp_context=multiprocessing.get_context("spawn")) as pool:
-            running = {pool.submit(_execute, *task(q[0])): (i, q.pop(0)) for i, q in enumerate(queues)}
-            while running:
+            running: dict[Any, tuple[int, Path]] = {}
+            idle = list(range(len(queues)))
+            while True:
+                now = {nb.name[:2] for _, nb in running.values()}
+                for i, nb in _next_in_lanes(queues, idle, finished, now, failed):
+                    running[pool.submit(_execute, *task(nb))] = (i, nb)
+                    idle.remove(i)
+                if not running:
+                    if any(queues):  # every lane waits on another: STAGES and AFTER disagree
+                        raise RuntimeError(f"book runner: the lanes {queues} wait on each other")
+                    break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     i, nb = running.pop(fut)
                     result = fut.result()
                     yield nb, result
-                    stage_failed |= result[1] is not None
-                    if result[1] is None and queues[i]:
-                        nxt = queues[i].pop(0)
-                        running[pool.submit(_execute, *task(nxt))] = (i, nxt)
+                    idle.append(i)
+                    if result[1] is None:
+                        finished.add(nb.name[:2])
+                    else:  # the lane stops; a chapter that reads this one never starts
+                        stage_failed = True
+                        failed.add(nb.name[:2])
+                        queues[i].clear()
         if stage_failed:
             return
 
@@ -536,8 +589,8 @@ def run_book(
 
     With ``lanes`` (the default, unless ``only`` is given) the chapters of
     each stage of :data:`STAGES` run side by side (:func:`lane_plan`):
-    chapters 00-01 beside chapter 02, then chapters 05-11 in two lanes once
-    chapters 00-04 have run. The same notebooks and results, in less time on
+    chapters 00-01 beside chapter 02, then chapters 04-11 in two lanes once
+    chapters 00-03 have run. The same notebooks and results, in less time on
     two cores; each chapter's seconds are then measured beside another
     chapter.
 
@@ -746,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--serial", action="store_true",
         help="run every notebook one after another (default: chapters 00-01 beside 02, "
-             "then chapters 05-11 in two lanes once 00-04 have run)",
+             "then chapters 04-11 in two lanes once 00-03 have run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

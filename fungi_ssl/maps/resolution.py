@@ -101,6 +101,7 @@ from fungi_ssl.core.cache import cache_dir
 from fungi_ssl.maps.composite import LEVEL_WEIGHTS
 from fungi_ssl.maps.resolution_regions import (
     CELL_PX,
+    HOLDOUT_KM,
     YEAR,
     Region,
     _expand,
@@ -109,8 +110,8 @@ from fungi_ssl.maps.resolution_regions import (
     region_truth,
     regions,
     with_within_cell_deviations,
+    withheld_rows,
 )
-from fungi_ssl.simulate.landscape import PIXEL_SIZE
 
 if TYPE_CHECKING:
     from fungi_ssl.embeddings.encoder import TrainedEncoder
@@ -142,9 +143,6 @@ __all__ = [
     "withheld_rows",
 ]
 
-#: A region's own campaigns lose their samples within this distance (km) of the region
-#: when the region is held out (:func:`withheld_rows`).
-HOLDOUT_KM = 10.0
 #: The map candidates chapter 06 scores, with what each is.
 CANDIDATES: dict[str, str] = {
     "10m": "the study's 10 m map: ssl chain (PCA of the 3 × 3 embedding patch → trees)",
@@ -421,75 +419,6 @@ def predict_1km_map(model: OneKmModel, covariates: pd.DataFrame, region: Region)
                              "cell_size": 1000.0})
     return da.rio.write_crs(w.epsg).rio.write_transform(
         Affine(1000.0, 0, float(x[0]) - 500.0, 0, -1000.0, float(y[0]) + 500.0))
-
-
-# --------------------------------------------------------------------------
-# Held-out regions: which samples a region's models must not see
-# --------------------------------------------------------------------------
-
-def _site_xy(sites: pd.DataFrame, epsg: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates of sites in the CRS ``epsg`` (exact in their own zone)."""
-    from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs
-
-    x = (sites["col"].to_numpy(float) + 0.5) * PIXEL_SIZE
-    y = -(sites["row"].to_numpy(float) + 0.5) * PIXEL_SIZE
-    zone = sites["epsg"].to_numpy(int)
-    for z in np.unique(zone[zone != epsg]):
-        sel = zone == z
-        lon, lat = crs_to_lonlat(x[sel], y[sel], int(z))
-        x[sel], y[sel] = lonlat_to_crs(lon, lat, int(epsg))
-    return x, y
-
-
-def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy,
-                  region: Region | Sequence[Region], radius_km: float = HOLDOUT_KM) -> np.ndarray:
-    """Rows of a sample table that a model scored on ``region`` must not be fitted on.
-
-    A row is withheld when its site lies inside the region, or when it belongs
-    to one of the region's campaigns (a campaign with a site inside the
-    region, or the campaign the region is centred on) and its site lies
-    within ``radius_km`` of the region's edge. Sites are placed by their true
-    pixel (``study.sites``), in the region's UTM zone. Given several regions
-    (a hold-out group, :func:`~fungi_ssl.maps.resolution_regions.holdout_groups`),
-    the rows withheld for any of them.
-
-    Parameters
-    ----------
-    frame : pandas.DataFrame
-        A sample table with ``site_id`` (the simulated study's).
-    study : SimulatedStudy
-    region : Region or sequence of Region
-    radius_km : float
-
-    Returns
-    -------
-    numpy.ndarray
-        Boolean, one per row of ``frame``.
-    """
-    if "site_id" not in frame:
-        raise ValueError("withheld_rows: the sample table has no 'site_id' column")
-    if not isinstance(region, Region):
-        group = list(region)
-        if not group:
-            raise ValueError("withheld_rows: the group of regions is empty")
-        return np.logical_or.reduce([withheld_rows(frame, study, r, radius_km) for r in group])
-    sites = study.sites.drop_duplicates("site_id").set_index("site_id")
-    unknown = ~frame["site_id"].isin(sites.index)
-    if unknown.any():
-        raise ValueError(f"withheld_rows: {int(unknown.sum())} rows name sites the study does not "
-                         f"hold (e.g. {frame.loc[unknown, 'site_id'].iloc[0]!r})")
-    w = region.window
-    x, y = _site_xy(sites, w.epsg)
-    xmin, xmax = w.col0 * PIXEL_SIZE, (w.col0 + w.width) * PIXEL_SIZE
-    ymax, ymin = -w.row0 * PIXEL_SIZE, -(w.row0 + w.height) * PIXEL_SIZE
-    dx = np.maximum.reduce([xmin - x, np.zeros_like(x), x - xmax])
-    dy = np.maximum.reduce([ymin - y, np.zeros_like(y), y - ymax])
-    dist = np.hypot(dx, dy)
-    inside = (sites["epsg"].to_numpy(int) == w.epsg) & (dist == 0)
-    camps = set(sites["campaign"].to_numpy()[inside].tolist()) | {region.campaign}
-    out = inside | (sites["campaign"].isin(camps).to_numpy() & (dist <= radius_km * 1000.0))
-    withheld = pd.Series(out, index=sites.index)
-    return withheld.reindex(frame["site_id"]).to_numpy(bool)
 
 
 # --------------------------------------------------------------------------

@@ -5,7 +5,9 @@
   (:data:`REGION_LAYOUT`), each with woodland meeting open land
   (:data:`WOOD_RANGE`, :data:`WATER_MAX`); :func:`skip_reason` says why the
   chapter cannot run on a data directory;
-* :func:`holdout_groups`: which regions are held out together (one model
+* :func:`withheld_rows`: the samples a held-out region's models must not
+  see (its own, and its campaigns' within :data:`HOLDOUT_KM`);
+  :func:`holdout_groups`: which regions are held out together (one model
   fit without all of them), so that a small profile fits fewer models;
 * :func:`region_store`: a region's embedding store (cached), one pixel
   larger than the region on every side (:data:`MARGIN_PX`) so that every
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from fungi_ssl.core import config
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL_PX",
+    "HOLDOUT_KM",
     "REGION_LAYOUT",
     "YEAR",
     "Region",
@@ -52,6 +56,7 @@ __all__ = [
     "regions",
     "skip_reason",
     "with_within_cell_deviations",
+    "withheld_rows",
 ]
 
 
@@ -69,6 +74,9 @@ REGION_LAYOUT: dict[str, dict[str, int]] = {
     "full": {"n_regions": 8, "side_km": 3, "holdout_groups": 8},
     "quick": {"n_regions": 8, "side_km": 1, "holdout_groups": 2},
 }
+#: A region's own campaigns lose their samples within this distance (km) of the region
+#: when the region is held out (:func:`withheld_rows`).
+HOLDOUT_KM = 10.0
 #: Pixels of margin embedded around a region, so its edge pixels have full 3 × 3 patches.
 MARGIN_PX = 1
 #: A candidate region is kept if its woodland share (of land) lies in this range and its
@@ -309,6 +317,75 @@ def holdout_groups(region_list: Sequence[Region], profile: str = "full",
     size = -(-len(rs) // n) if rs else 1  # ceil: n groups, the last one smaller
     groups = [tuple(rs[i:i + size]) for i in range(0, len(rs), size)]
     return {r.name: g for g in groups for r in g}
+
+
+# --------------------------------------------------------------------------
+# Held-out regions: which samples a region's models must not see
+# --------------------------------------------------------------------------
+
+def _site_xy(sites: pd.DataFrame, epsg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of sites in the CRS ``epsg`` (exact in their own zone)."""
+    from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs
+
+    x = (sites["col"].to_numpy(float) + 0.5) * PIXEL_SIZE
+    y = -(sites["row"].to_numpy(float) + 0.5) * PIXEL_SIZE
+    zone = sites["epsg"].to_numpy(int)
+    for z in np.unique(zone[zone != epsg]):
+        sel = zone == z
+        lon, lat = crs_to_lonlat(x[sel], y[sel], int(z))
+        x[sel], y[sel] = lonlat_to_crs(lon, lat, int(epsg))
+    return x, y
+
+
+def withheld_rows(frame: pd.DataFrame, study: SimulatedStudy,
+                  region: Region | Sequence[Region], radius_km: float = HOLDOUT_KM) -> np.ndarray:
+    """Rows of a sample table that a model scored on ``region`` must not be fitted on.
+
+    A row is withheld when its site lies inside the region, or when it belongs
+    to one of the region's campaigns (a campaign with a site inside the
+    region, or the campaign the region is centred on) and its site lies
+    within ``radius_km`` of the region's edge. Sites are placed by their true
+    pixel (``study.sites``), in the region's UTM zone. Given several regions
+    (a hold-out group, :func:`~fungi_ssl.maps.resolution_regions.holdout_groups`),
+    the rows withheld for any of them.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A sample table with ``site_id`` (the simulated study's).
+    study : SimulatedStudy
+    region : Region or sequence of Region
+    radius_km : float
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, one per row of ``frame``.
+    """
+    if "site_id" not in frame:
+        raise ValueError("withheld_rows: the sample table has no 'site_id' column")
+    if not isinstance(region, Region):
+        group = list(region)
+        if not group:
+            raise ValueError("withheld_rows: the group of regions is empty")
+        return np.logical_or.reduce([withheld_rows(frame, study, r, radius_km) for r in group])
+    sites = study.sites.drop_duplicates("site_id").set_index("site_id")
+    unknown = ~frame["site_id"].isin(sites.index)
+    if unknown.any():
+        raise ValueError(f"withheld_rows: {int(unknown.sum())} rows name sites the study does not "
+                         f"hold (e.g. {frame.loc[unknown, 'site_id'].iloc[0]!r})")
+    w = region.window
+    x, y = _site_xy(sites, w.epsg)
+    xmin, xmax = w.col0 * PIXEL_SIZE, (w.col0 + w.width) * PIXEL_SIZE
+    ymax, ymin = -w.row0 * PIXEL_SIZE, -(w.row0 + w.height) * PIXEL_SIZE
+    dx = np.maximum.reduce([xmin - x, np.zeros_like(x), x - xmax])
+    dy = np.maximum.reduce([ymin - y, np.zeros_like(y), y - ymax])
+    dist = np.hypot(dx, dy)
+    inside = (sites["epsg"].to_numpy(int) == w.epsg) & (dist == 0)
+    camps = set(sites["campaign"].to_numpy()[inside].tolist()) | {region.campaign}
+    out = inside | (sites["campaign"].isin(camps).to_numpy() & (dist <= radius_km * 1000.0))
+    withheld = pd.Series(out, index=sites.index)
+    return withheld.reindex(frame["site_id"]).to_numpy(bool)
 
 
 # --------------------------------------------------------------------------

@@ -624,11 +624,11 @@ def test_kernel_tuning_yields_to_the_callers(monkeypatch):
 
 @pytest.mark.parametrize("first_done", [0, 1])
 def test_lanes_run_every_chapter_after_the_chapters_it_reads(first_done):
-    """The book's stages, scheduled as the runner does with chapters finishing lane 0 first
-    or lane 1 first: every chapter starts, none before a chapter it reads (AFTER)."""
-    from fungi_ssl.book.runner import AFTER, STAGES, _next_in_lanes
+    """Every profile's stages, scheduled as the runner does with chapters finishing lane 0
+    first or lane 1 first: every chapter starts, none before a chapter it reads (AFTER)."""
+    from fungi_ssl.book.runner import AFTER, STAGES_BY_PROFILE, _next_in_lanes
 
-    for stage in STAGES:
+    for stage in (st for stages in STAGES_BY_PROFILE.values() for st in stages):
         queues = [[Path(f"{c}_x.ipynb") for c in lane] for lane in stage]
         finished: set[str] = set()
         running: dict[int, str] = {}
@@ -656,3 +656,17 @@ def test_a_lane_stops_when_a_chapter_it_reads_failed():
     queues = [[Path("06_x.ipynb")], [Path("05_x.ipynb")]]
     started = _next_in_lanes(queues, [0, 1], set(), set(), failed={"04"})
     assert [p.name[:2] for _, p in started] == ["05"] and queues[0] == []
+
+
+def test_the_quick_profile_runs_chapter_04_in_a_lane_and_the_full_one_alone():
+    from fungi_ssl.book.runner import STAGES_BY_PROFILE, lane_plan
+
+    names = [Path(f"{n:02d}_x.ipynb") for n in range(12)]
+
+    def shape(profile):
+        return [[[p.name[:2] for p in lane] for lane in stage]
+                for stage in lane_plan(names, STAGES_BY_PROFILE[profile])]
+
+    assert shape("full")[2] == [["04"]] and ["06", "07"] in shape("full")[3]
+    assert ["04", "06", "07"] in shape("quick")[2]
+    assert {tuple(lane) for stage in shape("quick") for lane in stage} >= {("02", "01"), ("00",)}

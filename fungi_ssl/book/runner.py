@@ -396,10 +396,10 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
     return "\n".join(lines)
 
 
-#: Stages of chapters that run side by side, each a tuple of lanes: each lane in
-#: order, the lanes at once, each notebook in a process of its own; every other
-#: chapter runs alone, in order. A stage starts where its first chapter comes in
-#: the book, once every chapter before it has run.
+#: Stages of chapters that run side by side, per profile, each a tuple of lanes:
+#: each lane in order, the lanes at once, each notebook in a process of its own;
+#: every other chapter runs alone, in order. A stage starts where its first
+#: chapter comes in the book, once every chapter before it has run.
 #:
 #: - Chapter 02 pre-trains the encoder for minutes, one torch thread per view
 #:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`, ``VIEW_THREADS``),
@@ -407,20 +407,30 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   00 and 01, which need neither the encoder nor each other's results, run
 #:   beside it (each may make the simulated study's tables; cache entries are
 #:   written under unique temporary names and renamed, so two makers of one
-#:   entry leave one whole file). Chapter 01 (seconds) follows 02 in its lane,
-#:   so that the two lanes end about together.
+#:   entry leave one whole file). Chapter 01 (seconds) follows 02 in its lane.
 #: - Chapters 04-11 read what chapters 00-03 leave (the study, the encoder, the
 #:   predictor table) and each writes caches of its own kinds. Chapters 06, 07
 #:   and 11 also read chapter 04's results (the model family, the held-out
 #:   predictions), and chapter 07 reads chapter 06's held-out models
-#:   (:data:`AFTER`): 04, 06 and 07 form the first lane, and chapter 11 in the
-#:   second waits for 04 if it gets there first. Before, chapter 04 ran alone
-#:   on both cores and every later chapter waited for it.
-STAGES: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("02", "01"), ("00",)),
-    (("04", "06", "07"), ("08", "05", "09", "11", "10")),
-)
-#: The lanes of chapters 04-11 (the last stage of :data:`STAGES`).
+#:   (:data:`AFTER`).
+#: - **Full:** chapter 04 (Table 1 over 10 seeds, on both cores) runs alone,
+#:   then 06 and 07 in one lane beside 05, 08, 09, 11 and 10. In a lane beside
+#:   chapter 08, chapter 04 took twice as long (343 s against about 170 s,
+#:   cold) and the chain 04, 06, 07 then ended 220 s after the other lane.
+#: - **Quick:** chapter 04 (3 seeds) joins the lanes: 04, 06 and 07 in one,
+#:   08, 05, 09, 11 and 10 in the other, where chapter 11 waits for 04 if it
+#:   gets there first. With chapter 06's regions held out in groups, 04 alone
+#:   and then the lanes took 44 s longer (cold, 82 s, then 143 and 266 s in
+#:   the lanes, against lanes of 304 and 266 s).
+STAGES_BY_PROFILE: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
+    "full": ((("02", "01"), ("00",)),
+             (("06", "07"), ("05", "08", "09", "11", "10"))),
+    "quick": ((("02", "01"), ("00",)),
+              (("04", "06", "07"), ("08", "05", "09", "11", "10"))),
+}
+#: The stages of the default profile (:data:`fungi_ssl.core.config.DEFAULT_PROFILE`).
+STAGES: tuple[tuple[tuple[str, ...], ...], ...] = STAGES_BY_PROFILE[config.DEFAULT_PROFILE]
+#: The lanes of the last stage of :data:`STAGES`.
 LANES: tuple[tuple[str, ...], ...] = STAGES[-1]
 #: Chapters that read what other chapters of their stage write: a lane holds such a
 #: chapter until those have run (:func:`_next_in_lanes`). Chapters 06, 07 and 11 read
@@ -588,10 +598,10 @@ def run_book(
     """Execute the book's notebooks in order and write ``run_summary.json``.
 
     With ``lanes`` (the default, unless ``only`` is given) the chapters of
-    each stage of :data:`STAGES` run side by side (:func:`lane_plan`):
-    chapters 00-01 beside chapter 02, then chapters 04-11 in two lanes once
-    chapters 00-03 have run. The same notebooks and results, in less time on
-    two cores; each chapter's seconds are then measured beside another
+    each stage of the profile's :data:`STAGES_BY_PROFILE` run side by side
+    (:func:`lane_plan`): chapters 00-01 beside chapter 02, then chapters 05-11
+    (quick: 04-11) in two lanes. The same notebooks and results, in less time
+    on two cores; each chapter's seconds are then measured beside another
     chapter.
 
     A real data directory is checked before any chapter runs
@@ -635,7 +645,7 @@ def run_book(
         injected into the notebooks that declare them; one that no notebook run
         declares is an error.
     lanes : bool
-        Run the stages of :data:`STAGES` side by side; False runs every
+        Run the stages of :data:`STAGES_BY_PROFILE` side by side; False runs every
         notebook one after another.
 
     Returns
@@ -703,7 +713,8 @@ def run_book(
         )
         return nb_path, output_dir / nb_path.name, params, kernel_name, placeholders, env
 
-    stages = lane_plan(notebooks) if lanes and not only else [[[nb]] for nb in notebooks]
+    stages = (lane_plan(notebooks, STAGES_BY_PROFILE.get(profile, STAGES)) if lanes and not only
+              else [[[nb]] for nb in notebooks])
     failed: NotebookFailure | None = None
     bar = tqdm(total=len(notebooks), desc="notebooks", unit="nb", disable=not progress,
                file=sys.stderr)
@@ -799,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--serial", action="store_true",
         help="run every notebook one after another (default: chapters 00-01 beside 02, "
-             "then chapters 04-11 in two lanes once 00-03 have run)",
+             "then chapters 05-11 (quick: 04-11) in two lanes)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

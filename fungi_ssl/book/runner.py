@@ -397,7 +397,7 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 
 
 #: Stages of chapters that run side by side, per profile, each a tuple of lanes:
-#: each lane in order, the lanes at once, each notebook in a process of its own;
+#: each lane in book order, the lanes at once, each notebook in a process of its own;
 #: every other chapter runs alone, in order. A stage starts where its first
 #: chapter comes in the book, once every chapter before it has run.
 #:
@@ -407,26 +407,26 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   00 and 01, which need neither the encoder nor each other's results, run
 #:   beside it (each may make the simulated study's tables; cache entries are
 #:   written under unique temporary names and renamed, so two makers of one
-#:   entry leave one whole file). Chapter 01 (seconds) follows 02 in its lane.
+#:   entry leave one whole file). Chapter 01 (seconds) shares 02's lane.
 #: - Chapters 04-11 read what chapters 00-03 leave (the study, the encoder, the
 #:   predictor table) and each writes caches of its own kinds. Chapters 06, 07
 #:   and 11 also read chapter 04's results (the model family, the held-out
 #:   predictions), and chapter 07 reads chapter 06's held-out models
 #:   (:data:`AFTER`).
 #: - **Full:** chapter 04 (Table 1 over 10 seeds, on both cores) runs alone,
-#:   then 06 and 07 in one lane beside 05, 08, 09, 11 and 10. In a lane beside
+#:   then 06 and 07 in one lane beside 05, 08, 09, 10 and 11. In a lane beside
 #:   chapter 08, chapter 04 took twice as long (343 s against about 170 s,
 #:   cold) and the chain 04, 06, 07 then ended 220 s after the other lane.
 #: - **Quick:** chapter 04 (3 seeds) joins the lanes: 04, 06 and 07 in one,
-#:   08, 05, 09, 11 and 10 in the other, where chapter 11 waits for 04 if it
+#:   05, 08, 09, 10 and 11 in the other, where chapter 11 waits for 04 if it
 #:   gets there first. With chapter 06's regions held out in groups, 04 alone
-#:   and then the lanes took 44 s longer (cold, 82 s, then 143 and 266 s in
-#:   the lanes, against lanes of 304 and 266 s).
+#:   and then the lanes would take about 44 s longer by the chapter times of a
+#:   cold run (82 s, then lanes of 143 and 266 s, against lanes of 304 and 266 s).
 STAGES_BY_PROFILE: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
-    "full": ((("02", "01"), ("00",)),
-             (("06", "07"), ("05", "08", "09", "11", "10"))),
-    "quick": ((("02", "01"), ("00",)),
-              (("04", "06", "07"), ("08", "05", "09", "11", "10"))),
+    "full": ((("01", "02"), ("00",)),
+             (("06", "07"), ("05", "08", "09", "10", "11"))),
+    "quick": ((("01", "02"), ("00",)),
+              (("04", "06", "07"), ("05", "08", "09", "10", "11"))),
 }
 #: The stages of the default profile (:data:`fungi_ssl.core.config.DEFAULT_PROFILE`).
 STAGES: tuple[tuple[tuple[str, ...], ...], ...] = STAGES_BY_PROFILE[config.DEFAULT_PROFILE]
@@ -441,7 +441,7 @@ AFTER: dict[str, tuple[str, ...]] = {"06": ("04",), "07": ("04", "06"), "11": ("
 
 def lane_plan(notebooks: Sequence[Path],
               stages: Sequence[Sequence[Sequence[str]]] = STAGES) -> list[list[list[Path]]]:
-    """Stages of a book run: each a list of lanes, each lane a list of notebooks run in order.
+    """Stages of a book run: each a list of lanes, each lane a list of notebooks run in book order.
 
     A notebook in none of ``stages`` runs alone, in its place in the book. The
     notebooks of a stage of :data:`STAGES` form one stage where the first of

@@ -713,19 +713,18 @@ def prefit_heldout_models(table: PredictorTable, trained: TrainedEncoder,
     """
     import joblib
 
-    groups = groups or {}
-    firsts = list({groups.get(r.name, (r,))[0].name: r for r in regions}.values())
-    missing = [r for r in firsts
+    # one region per group: any of its regions asks for the group's one cache entry
+    by_group = {(groups or {}).get(r.name, (r,)): r for r in regions}
+    missing = [(g, r) for g, r in by_group.items()
                if heldout_models(table, trained, r, model, seed, profile, model_1km,
-                                 cached_only=True, group=groups.get(r.name)) is None]
+                                 cached_only=True, group=g) is None]
     n_workers = HELDOUT_WORKERS if n_workers is None else n_workers
     workers = max(1, min(int(n_workers), len(missing), os.cpu_count() or 1))
     if workers < 2:
         return 0
     joblib.Parallel(n_jobs=workers, backend="loky")(
-        joblib.delayed(_fit_heldout)(table, trained, r, model, seed, profile, model_1km,
-                                     groups.get(r.name))
-        for r in missing)
+        joblib.delayed(_fit_heldout)(table, trained, r, model, seed, profile, model_1km, g)
+        for g, r in missing)
     return len(missing)
 
 

@@ -171,10 +171,16 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
 
     frame = table.frame.reset_index(drop=True)
     keys = []
+    # each hold-out group's withheld rows, once: the cache key and the fits both use them
+    groups: dict[tuple[str, ...], list[RegionProducts]] = {}
+    for p in products:
+        groups.setdefault(tuple(r.name for r in _members(p)), []).append(p)
+    withheld = {k: withheld_rows(frame, study, _members(g[0]), radius_km)
+                for k, g in groups.items()}
     for p in products:
         hm = p.extra.get("models")
         w = p.region.window
-        out = withheld_rows(frame, study, _members(p), radius_km)
+        out = withheld[tuple(r.name for r in _members(p))]
         keys.append([w.epsg, w.col0, w.row0, w.width, w.height, p.region.year,
                      hashlib.sha1(np.packbits(out).tobytes()).hexdigest(),
                      None if hm is None or not product else hm.map_model.fingerprint])
@@ -199,10 +205,7 @@ def oracle_1km_biases(products: Sequence[RegionProducts], table: PredictorTable,
                              "models (region_products with held_out)")
     # one fit per hold-out group: its regions share their training rows (and, with
     # ``product``, their held-out 10 m model)
-    groups: dict[tuple[str, ...], list[RegionProducts]] = {}
-    for p in products:
-        groups.setdefault(tuple(r.name for r in _members(p)), []).append(p)
-    trains = [~withheld_rows(frame, study, _members(g[0]), radius_km) for g in groups.values()]
+    trains = [~withheld[k] for k in groups]
     workers = max(1, min(ORACLE_WORKERS, len(groups), os.cpu_count() or 1))
     jobs = (joblib.delayed(_oracle_rows)(g, train, data, offset, lon, lat, model, seed,
                                          nearby_km, product)

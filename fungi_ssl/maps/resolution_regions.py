@@ -287,7 +287,7 @@ def holdout_groups(region_list: Sequence[Region], profile: str = "full",
     """The regions held out together with each region: ``{name: (regions of its group)}``.
 
     A group's models are fitted once, without the samples of every region in
-    it (:func:`fungi_ssl.maps.resolution.withheld_rows` of the group), so each
+    it (:func:`withheld_rows` of the group), so each
     region is still mapped by models that never saw it or its campaigns'
     samples nearby; they also did not see the other regions of its group.
     Consecutive regions form a group (``R1``–``R4`` and ``R5``–``R8`` in

@@ -49,8 +49,23 @@ def test_counts_and_largest_errors_follow_the_bound(small_world):
         err = np.abs(g - band["gamma_real"])
         assert band["seeds_within_bound"] == int(np.sum(~judged | (err <= seed_spread.BOUND)))
         assert band["gamma_min"] <= band["gamma_mean"] <= band["gamma_max"]
+        assert band["gamma_sd"] == pytest.approx(float(np.nanstd(g, ddof=1)))
         errs[judged, b] = err[judged]
     np.testing.assert_allclose(out["largest_error_per_seed"], np.nanmax(errs, axis=1))
+
+
+def test_chance_of_meeting_every_band_falls_with_the_spread_and_the_bands():
+    def spread(sds, bound=0.08):
+        return {"bound": bound, "bands": [{"judged": True, "gamma_sd": sd} for sd in sds]
+                + [{"judged": False, "gamma_sd": 1.0}]}  # a band not judged does not count
+
+    one = seed_spread.chance_one_draw_meets_every_band(spread([0.04]))
+    assert one == pytest.approx(0.9545, abs=1e-3)  # two standard deviations
+    assert seed_spread.chance_one_draw_meets_every_band(spread([0.04] * 3)) == pytest.approx(
+        one ** 3)
+    assert (seed_spread.chance_one_draw_meets_every_band(spread([0.1] * 9))
+            < seed_spread.chance_one_draw_meets_every_band(spread([0.05] * 9)))
+    assert np.isnan(seed_spread.chance_one_draw_meets_every_band({"bound": 0.08, "bands": []}))
 
 
 def test_a_seed_is_drawn_once_then_read_from_the_cache(small_world, monkeypatch):

@@ -49,6 +49,8 @@ LANDCOVER_CLASSES: tuple[str, ...] = (
 )
 BROADLEAF, CONIFER, MIXED, GRASSLAND, HEATH, CROPLAND, URBAN, WATER = range(8)
 WOODLAND_CODES = (BROADLEAF, CONIFER, MIXED)
+#: Open-land classes a field study may be about (urban and water are not).
+OPEN_CODES = (GRASSLAND, HEATH, CROPLAND)
 
 PIXEL_SIZE = 10.0
 DROUGHT_YEARS = (2018, 2022)

@@ -28,6 +28,7 @@ from fungi_ssl.data.coordinates import crs_to_lonlat, lonlat_to_crs, utm_epsg
 from .communities import draw_community_counts
 from .landscape import (
     LANDCOVER_CLASSES,
+    OPEN_CODES,
     PIXEL_SIZE,
     URBAN,
     WATER,
@@ -55,6 +56,8 @@ CONTINENT_SHARE = {"Europe": 0.75, "Asia": 0.25}
 MAX_CAMPAIGN_RADIUS_KM = 300.0
 #: Length scale (degrees) over which campaigns share part of their detection bias.
 CAMPAIGN_BIAS_LENGTH_DEG = 4.0
+#: Length scale (degrees) over which campaigns share their habitat focus.
+CAMPAIGN_FOCUS_LENGTH_DEG = 1.0
 
 
 def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -75,22 +78,121 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
             lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
             todo = todo[~ok]
     focus = rng.choice(["forest", "mixed", "open"], size=n, p=list(c.campaign_focus_shares))
-    # a campaign's detection bias: partly shared by the campaigns of a region (one
-    # country's labs and primers), partly its own
     rho = float(np.clip(c.campaign_bias_regional_share, 0.0, 1.0))
     regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
-    bias_z = math.sqrt(rho) * regional + math.sqrt(1.0 - rho) * rng.standard_normal(n)
+    own_bias = rng.standard_normal(n)
+    radius = np.clip(rng.lognormal(np.log(c.campaign_radius_km), c.campaign_radius_sdlog, n),
+                     0.3, MAX_CAMPAIGN_RADIUS_KM)
+    year = rng.choice(np.asarray(c.years), size=n)
+    weight = rng.lognormal(0.0, 1.0, n)
+    median_reads = c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n)
+    # the study-structure levers (simulator version 7) draw from their own stream, so
+    # that at their neutral values every draw above is version 6's, bit for bit
+    extra = np.random.default_rng([c.seed, 813])
+    lon, lat, host = _overlapping_centres(lon, lat, radius, continent,
+                                          c.campaign_overlap_share, extra)
+    if host.max() >= 0:  # moved centres share the bias of their new region
+        regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
+    focus = _regional_focus(lon, lat, focus, c, extra)
+    # the one land-cover class a forest or open-land study is about (a beech study, a
+    # heath study); mixed studies have none (-1)
+    habitat = np.where(focus == "forest", extra.choice(np.asarray(WOODLAND_CODES), size=n),
+                       np.where(focus == "open", extra.choice(np.asarray(OPEN_CODES), size=n),
+                                -1))
+    # a campaign's detection bias: partly shared by the campaigns of a region (one
+    # country's labs and primers), partly its own
+    bias_z = math.sqrt(rho) * regional + math.sqrt(1.0 - rho) * own_bias
     return pd.DataFrame({
         "campaign": np.arange(n), "continent": continent, "longitude": lon, "latitude": lat,
-        "radius_km": np.clip(rng.lognormal(np.log(c.campaign_radius_km), c.campaign_radius_sdlog,
-                                           n), 0.3, MAX_CAMPAIGN_RADIUS_KM),
-        "year": rng.choice(np.asarray(c.years), size=n),
-        "focus": focus,
-        "weight": rng.lognormal(0.0, 1.0, n),
-        "median_reads": c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n),
+        "radius_km": radius, "year": year,
+        "focus": focus, "habitat": habitat, "host_campaign": host,
+        "weight": weight, "median_reads": median_reads,
         "bias": np.exp(c.campaign_bias_sd * bias_z),
     }).pipe(lambda t: t.assign(decimals=campaign_decimals(
         t["weight"].to_numpy(), c.coordinate_decimals, rng)))
+
+
+def _regional_focus(lon: np.ndarray, lat: np.ndarray, focus: np.ndarray, config: StudyConfig,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Each campaign's habitat focus, partly shared by the campaigns of a region.
+
+    A latent normal score mixes a smooth field over
+    :data:`CAMPAIGN_FOCUS_LENGTH_DEG` (weight ``campaign_focus_regional_share``
+    of its variance) with the campaign's own draw; its quantiles give
+    ``forest``, ``mixed`` and ``open`` in the shares of
+    ``campaign_focus_shares``. Research traditions are regional (a country's
+    forest-soil surveys, another's grassland monitoring), so campaigns a few tens
+    of kilometres apart study the same kind of habitat more often than distant
+    ones. With a share of 0 each campaign keeps ``focus``, its independent draw.
+
+    Examples
+    --------
+    >>> from fungi_ssl.simulate.study_config import StudyConfig
+    >>> lon, lat = np.linspace(10.0, 10.1, 400), np.full(400, 50.0)
+    >>> f = _regional_focus(lon, lat, np.full(400, "mixed"),
+    ...                     StudyConfig(campaign_focus_regional_share=1.0),
+    ...                     np.random.default_rng(0))
+    >>> len(set(f.tolist()))  # campaigns 7 km apart share one regional score
+    1
+    """
+    from scipy.stats import norm
+
+    c = config
+    rho = float(np.clip(c.campaign_focus_regional_share, 0.0, 1.0))
+    own = rng.standard_normal(lon.size)
+    if rho == 0.0:
+        return focus
+    field = GaussianField(c.seed, 812, CAMPAIGN_FOCUS_LENGTH_DEG).points(lon, lat)
+    z = math.sqrt(rho) * field + math.sqrt(1.0 - rho) * own
+    cuts = norm.ppf(np.clip(np.cumsum(c.campaign_focus_shares)[:-1], 1e-12, 1 - 1e-12))
+    return np.asarray(["forest", "mixed", "open"])[np.searchsorted(cuts, z)]
+
+
+def _overlapping_centres(lon: np.ndarray, lat: np.ndarray, radius_km: np.ndarray,
+                         continent: np.ndarray, share: float, rng: np.random.Generator,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Campaign centres where studies return to places studied before.
+
+    Each campaign in turn, with probability ``share``, is set in the region of
+    an earlier campaign of its continent (its *host*, drawn uniformly): its
+    centre lies a uniform fraction of the host's radius from the host's centre
+    (the host's own centre where that point is not on land). Real field studies
+    return to research forests, national parks and long-term plots, so samples
+    of different studies lie a few kilometres apart far more often than
+    independent centres would place them. The random numbers are drawn whatever
+    ``share`` is, so a study with another share keeps every other draw.
+
+    Returns
+    -------
+    lon, lat : numpy.ndarray
+        The centres.
+    host : numpy.ndarray
+        Each campaign's host campaign, -1 for those placed on their own.
+
+    Examples
+    --------
+    >>> lon, lat, host = _overlapping_centres(np.array([10.0, 20.0]), np.array([50.0, 50.0]),
+    ...     np.array([5.0, 5.0]), np.array(["Europe", "Europe"]), 1.0, np.random.default_rng(0))
+    >>> host.tolist(), bool(abs(lon[1] - 10.0) < 0.1)
+    ([-1, 0], True)
+    """
+    n = lon.size
+    follow = rng.random(n) < share
+    pick, frac, ang = rng.random(n), rng.random(n), rng.uniform(0.0, 2.0 * np.pi, n)
+    lon, lat = lon.copy(), lat.copy()
+    host = np.full(n, -1, dtype=np.int64)
+    for i in np.flatnonzero(follow):
+        earlier = np.flatnonzero(continent[:i] == continent[i])
+        if not earlier.size:
+            continue
+        j = int(earlier[int(pick[i] * earlier.size)])
+        dist = frac[i] * radius_km[j] * 1000.0
+        cand_lat = lat[j] + dist * np.sin(ang[i]) / 111_320.0
+        cand_lon = lon[j] + dist * np.cos(ang[i]) / (111_320.0 * np.cos(np.radians(cand_lat)))
+        if not on_land(np.array([cand_lon]), np.array([cand_lat]))[0]:
+            cand_lon, cand_lat = lon[j], lat[j]
+        lon[i], lat[i], host[i] = cand_lon, cand_lat, j
+    return lon, lat, host
 
 
 def site_sizes(config: StudyConfig, rng: np.random.Generator) -> np.ndarray:
@@ -197,7 +299,8 @@ def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
     lon[first], lat[first] = _accept_around(
         landscape, c, c["longitude"].to_numpy(), c["latitude"].to_numpy(),
         c["radius_km"].to_numpy() * 1000.0, False,
-        config.forest_campaign_open_acceptance, rng)
+        config.forest_campaign_open_acceptance, rng, config.open_campaign_woodland_acceptance,
+        config.campaign_other_class_acceptance)
     # then the others, within plot_cluster_radius_m of their cluster's first plot
     # (around the campaign's centre where that plot found no place)
     rest = np.flatnonzero(lead != np.arange(n))
@@ -207,8 +310,9 @@ def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
         clon = np.where(near, lon[lead[rest]], c["longitude"].to_numpy())
         clat = np.where(near, lat[lead[rest]], c["latitude"].to_numpy())
         radius = np.where(near, config.plot_cluster_radius_m, c["radius_km"].to_numpy() * 1000.0)
-        lon[rest], lat[rest] = _accept_around(landscape, c, clon, clat, radius, near,
-                                                config.forest_campaign_open_acceptance, rng)
+        lon[rest], lat[rest] = _accept_around(
+            landscape, c, clon, clat, radius, near, config.forest_campaign_open_acceptance, rng,
+            config.open_campaign_woodland_acceptance, config.campaign_other_class_acceptance)
     keep = ~np.isnan(lon)
     epsg, col, row = _pixel_of(lon[keep], lat[keep])
     tlon, tlat = _pixel_centre(epsg, col, row)
@@ -269,7 +373,8 @@ def plot_clusters(campaign: np.ndarray, share: float, rng: np.random.Generator) 
 
 def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, lat0: np.ndarray,
                    radius_m: np.ndarray, log_uniform: np.ndarray | bool, open_in_forest: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, woodland_in_open: float = 0.2,
+                   other_class: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Plot locations around centres, on land and accepted by each campaign's habitat focus.
 
     Distances are uniform over the disc of ``radius_m``, or, where
@@ -277,11 +382,17 @@ def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, l
     cluster lie at every distance from a few metres to the radius). The
     radius grows by a third at each of 12 attempts; plots never accepted are NaN.
     A forest campaign accepts a plot on open land with probability
-    ``open_in_forest`` (its woodland edges, clearings and neighbouring fields).
+    ``open_in_forest`` (its woodland edges, clearings and neighbouring fields),
+    an open-land campaign one in woodland with probability ``woodland_in_open``.
+    A campaign about one class (``camp["habitat"]``: a woodland class for a
+    forest study, an open class for an open-land study) accepts a plot of
+    another class of the same kind with probability ``other_class``.
     """
     n = lon0.size
     log_uniform = np.broadcast_to(np.asarray(log_uniform, bool), (n,))
-    accept = {"forest": (1.0, open_in_forest), "mixed": (1.0, 1.0), "open": (0.2, 1.0)}
+    accept = {"forest": (1.0, open_in_forest), "mixed": (1.0, 1.0),
+              "open": (woodland_in_open, 1.0)}
+    habitat = camp["habitat"].to_numpy() if "habitat" in camp else np.full(len(camp), -1)
     lon = np.full(n, np.nan)
     lat = np.full(n, np.nan)
     todo = np.arange(n)
@@ -304,6 +415,10 @@ def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, l
         p_w = np.array([accept[f][0] for f in c["focus"]])
         p_o = np.array([accept[f][1] for f in c["focus"]])
         p = np.where(wood, p_w, p_o) * np.select([lc == WATER, lc == URBAN], [0.0, 0.1], 1.0)
+        # a study of one class takes plots of its kind's other classes less often
+        h = habitat[todo]
+        p *= np.where((h >= 0) & (lc != h) & (np.isin(h, WOODLAND_CODES) == wood),
+                      other_class, 1.0)
         ok &= rng.random(todo.size) < p
         lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
         todo = todo[~ok]

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from fungi_ssl.core.cache import cache_dir, temporary_path
 
-__all__ = ["BOUND", "N_SEEDS", "seed_bands", "variogram_over_seeds"]
+__all__ = ["BOUND", "N_SEEDS", "chance_one_draw_meets_every_band", "seed_bands",
+           "variogram_over_seeds"]
 
 #: Issue 15's bound on each band's difference from the real curve.
 BOUND = 0.08
@@ -99,8 +100,9 @@ def variogram_over_seeds(profile: str = "full", seeds: Sequence[int] = range(N_S
     dict
         ``seeds``; ``bands``: one dict per band with ``band_m``, ``gamma_real``,
         ``pairs_real``, ``gamma_by_seed``, ``pairs_by_seed``, ``gamma_mean``,
-        ``gamma_min``, ``gamma_max``, ``judged`` (50 pairs or more in both
-        tables for every seed) and ``seeds_within_bound``;
+        ``gamma_min``, ``gamma_max``, ``gamma_sd`` (the standard deviation over
+        seeds; None with one seed), ``judged`` (50 pairs or more in both tables
+        for every seed) and ``seeds_within_bound``;
         ``largest_error_per_seed`` (over judged bands); ``share_at_busy_coordinates``
         per seed; ``bound``; ``origin`` of the real curve.
     """
@@ -129,9 +131,47 @@ def variogram_over_seeds(profile: str = "full", seeds: Sequence[int] = range(N_S
                       "pairs_real": rb["pairs"], "gamma_by_seed": gam.tolist(),
                       "pairs_by_seed": pairs.tolist(), "gamma_mean": float(np.nanmean(gam)),
                       "gamma_min": float(np.nanmin(gam)), "gamma_max": float(np.nanmax(gam)),
+                      "gamma_sd": (float(np.nanstd(gam, ddof=1))
+                                   if np.isfinite(gam).sum() > 1 else None),
                       "judged": bool(judged.all()),
                       "seeds_within_bound": int(np.sum(~judged | (err <= BOUND)))})
     return {"seeds": seeds, "bands": bands, "bound": BOUND,
             "largest_error_per_seed": np.nanmax(errors, axis=1).tolist(),
             "share_at_busy_coordinates": [r["share_at_busy_coordinates"] for r in runs],
             "origin": origin}
+
+
+def chance_one_draw_meets_every_band(spread: dict) -> float:
+    """How often one draw would meet every judged band if the world's mean were exact.
+
+    Each judged band of ``spread`` (:func:`variogram_over_seeds`) is taken as
+    normal around the real value with the standard deviation its draws show
+    (``gamma_sd``), and the bands as independent; the chance that all lie within
+    the bound at once is the product of ``2 Φ(bound / sd) − 1`` over the bands.
+    It says how strict a bound on one draw is beside the draws' own spread,
+    whatever the world's mean.
+
+    Parameters
+    ----------
+    spread : dict
+        The output of :func:`variogram_over_seeds` (two seeds or more).
+
+    Returns
+    -------
+    float
+        The chance, between 0 and 1 (NaN when no band has a spread).
+
+    Examples
+    --------
+    >>> band = {"judged": True, "gamma_sd": 0.08}
+    >>> round(chance_one_draw_meets_every_band({"bound": 0.08, "bands": [band]}), 3)
+    0.683
+    >>> round(chance_one_draw_meets_every_band({"bound": 0.08, "bands": [band] * 9}), 3)
+    0.032
+    """
+    from scipy.stats import norm
+
+    sds = [b["gamma_sd"] for b in spread["bands"] if b["judged"] and b.get("gamma_sd")]
+    if not sds:
+        return float("nan")
+    return float(np.prod([2.0 * norm.cdf(spread["bound"] / sd) - 1.0 for sd in sds]))

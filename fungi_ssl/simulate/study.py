@@ -643,6 +643,16 @@ PARAMETER_RATIONALE: dict[str, str] = {
                                     "their bias (real gamma 0.82 at 100-300 km, not 1)",
     "campaign_focus_shares": "most ECM studies sample forest; some sample open land",
     "forest_campaign_open_acceptance": "forest studies take some plots in clearings and at edges",
+    "open_campaign_woodland_acceptance": "open-land studies take some plots under trees and at "
+                                         "woodland edges",
+    "campaign_other_class_acceptance": "1: a forest study takes any woodland, an open-land study "
+                                       "any open land (benchmarks/campaign_structure.py measures "
+                                       "studies of one class)",
+    "campaign_focus_regional_share": "0: a study's habitat focus is its own (benchmarks/"
+                                     "campaign_structure.py measures regionally shared focus)",
+    "campaign_overlap_share": "0: studies are placed on their own (benchmarks/"
+                              "campaign_structure.py measures studies that return to others' "
+                              "regions)",
     "campaign_radius_km": "typical campaign regions of tens of km",
     "campaign_radius_sdlog": "from one forest to a national survey",
     "core_spread_px": "cores lie within ~20 m of the plot",

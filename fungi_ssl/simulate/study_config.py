@@ -60,6 +60,19 @@ class StudyConfig:
         Share of campaigns that sample forest, forest and open land, and open land.
     forest_campaign_open_acceptance : float
         Probability that a forest campaign keeps a plot that falls on open land.
+    open_campaign_woodland_acceptance : float
+        Probability that an open-land campaign keeps a plot that falls in woodland.
+    campaign_other_class_acceptance : float
+        A forest campaign studies one woodland class and an open-land campaign one
+        open class; the probability that it keeps a plot of another class of its
+        kind (1: any woodland, or any open land, will do).
+    campaign_focus_regional_share : float
+        Share of the variance of a campaign's latent focus score that the
+        campaigns of a region share (:data:`~fungi_ssl.simulate.sampling.CAMPAIGN_FOCUS_LENGTH_DEG`).
+    campaign_overlap_share : float
+        Share of campaigns set in the region of an earlier campaign
+        (:func:`~fungi_ssl.simulate.sampling.draw_campaigns`): studies that
+        return to a research forest or a park studied before.
     campaign_radius_km : float
         Median radius of a campaign's region (km).
     campaign_radius_sdlog : float
@@ -108,6 +121,10 @@ class StudyConfig:
     campaign_bias_regional_share: float = 0.8
     campaign_focus_shares: tuple[float, ...] = (0.55, 0.30, 0.15)
     forest_campaign_open_acceptance: float = 0.12
+    open_campaign_woodland_acceptance: float = 0.2
+    campaign_other_class_acceptance: float = 1.0
+    campaign_focus_regional_share: float = 0.0
+    campaign_overlap_share: float = 0.0
     campaign_radius_km: float = 12.0
     campaign_radius_sdlog: float = 1.0
     median_reads: float = 12_000.0

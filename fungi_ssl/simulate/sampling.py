@@ -62,7 +62,15 @@ CAMPAIGN_FOCUS_LENGTH_DEG = 1.0
 
 def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFrame:
     """Sampling campaigns: centre, spread, year, habitat focus, depth, bias and
-    the decimals their coordinates are recorded with (:func:`campaign_decimals`)."""
+    the decimals their coordinates are recorded with (:func:`campaign_decimals`).
+
+    ``habitat`` is the land-cover class a forest or open-land campaign is about
+    (-1 for mixed ones; it matters only with ``campaign_other_class_acceptance``
+    below 1) and ``host_campaign`` the earlier campaign whose region it was set
+    in (-1 for all with ``campaign_overlap_share`` 0; :func:`_overlapping_centres`).
+    The focus is shared regionally with ``campaign_focus_regional_share`` above 0
+    (:func:`_regional_focus`).
+    """
     c = config
     n = c.n_campaigns
     continent = rng.choice(list(CONTINENT_SHARE), size=n, p=list(CONTINENT_SHARE.values()))
@@ -86,8 +94,9 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
     year = rng.choice(np.asarray(c.years), size=n)
     weight = rng.lognormal(0.0, 1.0, n)
     median_reads = c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n)
-    # the study-structure levers (simulator version 7) draw from their own stream, so
-    # that at their neutral values every draw above is version 6's, bit for bit
+    # the study-structure levers (neutral in simulator version 6) draw from a stream of
+    # their own, so that at their neutral values every draw above is version 6's, bit
+    # for bit, and switching one on leaves the draws above alone
     extra = np.random.default_rng([c.seed, 813])
     lon, lat, host = _overlapping_centres(lon, lat, radius, continent,
                                           c.campaign_overlap_share, extra)

@@ -66,7 +66,7 @@ from fungi_ssl.data.variogram import (
 )
 from fungi_ssl.simulate import SimulatedStudy
 from fungi_ssl.simulate.field_data import simulator_fingerprint, study_config
-from fungi_ssl.simulate.seed_spread import BOUND, MIN_PAIRS
+from fungi_ssl.simulate.seed_spread import BOUND, spread_of_draws
 
 HERE = Path(__file__).resolve().parent
 HOMOGENEOUS = {"campaign_focus_shares": (0.65, 0.10, 0.25),
@@ -103,30 +103,17 @@ def draw(job: tuple[str, str, int]) -> dict:
 
 
 def summarise(runs: list[dict], real: dict, real_split: dict) -> dict:
-    """Per band: each seed's γ/σ², their mean, and the share of pairs between campaigns."""
-    bands = []
-    worst = np.zeros(len(runs))
-    for b, rb in enumerate(real["bands"]):
-        gam = np.array([np.nan if r["bands"][b]["gamma_over_var"] is None
-                        else r["bands"][b]["gamma_over_var"] for r in runs])
-        pairs = np.array([r["bands"][b]["pairs"] for r in runs])
-        judged = (pairs >= MIN_PAIRS) & (rb["pairs"] >= MIN_PAIRS)
-        err = np.where(judged, np.abs(gam - rb["gamma_over_var"]), 0.0)
-        worst = np.maximum(worst, np.nan_to_num(err))
-        between = [r["split"][b]["share_between"] for r in runs]
-        bands.append({
-            "band_m": rb["band_m"], "gamma_real": rb["gamma_over_var"],
-            "gamma_by_seed": gam.tolist(), "gamma_mean": float(np.nanmean(gam)),
-            "gamma_sd": float(np.nanstd(gam, ddof=1)) if np.isfinite(gam).sum() > 1 else None,
-            "error_of_mean": float(abs(np.nanmean(gam) - rb["gamma_over_var"])),
-            "seeds_within_bound": int(np.sum(~judged | (err <= BOUND))),
-            "share_between_mean": float(np.mean([v for v in between if v is not None]))
-            if any(v is not None for v in between) else None,
-            "share_between_real": real_split["bands"][b]["share_between"]})
-    return {"seeds": [r["seed"] for r in runs], "bands": bands,
-            "largest_error_per_seed": worst.tolist(),
-            "largest_error_of_mean": max(b["error_of_mean"] for b in bands),
-            "share_at_busy_coordinates": [r["share_at_busy_coordinates"] for r in runs]}
+    """Chapter 00's spread over draws (:func:`spread_of_draws`), plus each band's error of
+    the mean and share of pairs between two campaigns beside the real table's."""
+    out = spread_of_draws(runs, real)
+    for b, band in enumerate(out["bands"]):
+        between = [r["split"][b]["share_between"] for r in runs
+                   if r["split"][b]["share_between"] is not None]
+        band["error_of_mean"] = abs(band["gamma_mean"] - band["gamma_real"])
+        band["share_between_mean"] = float(np.mean(between)) if between else None
+        band["share_between_real"] = real_split["bands"][b]["share_between"]
+    out["largest_error_of_mean"] = max(b["error_of_mean"] for b in out["bands"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

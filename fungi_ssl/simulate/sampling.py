@@ -86,8 +86,6 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
             lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
             todo = todo[~ok]
     focus = rng.choice(["forest", "mixed", "open"], size=n, p=list(c.campaign_focus_shares))
-    rho = float(np.clip(c.campaign_bias_regional_share, 0.0, 1.0))
-    regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
     own_bias = rng.standard_normal(n)
     radius = np.clip(rng.lognormal(np.log(c.campaign_radius_km), c.campaign_radius_sdlog, n),
                      0.3, MAX_CAMPAIGN_RADIUS_KM)
@@ -100,8 +98,6 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
     extra = np.random.default_rng([c.seed, 813])
     lon, lat, host = _overlapping_centres(lon, lat, radius, continent,
                                           c.campaign_overlap_share, extra)
-    if host.max() >= 0:  # moved centres share the bias of their new region
-        regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
     focus = _regional_focus(lon, lat, focus, c, extra)
     # the one land-cover class a forest or open-land study is about (a beech study, a
     # heath study); mixed studies have none (-1)
@@ -109,7 +105,9 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
                        np.where(focus == "open", extra.choice(np.asarray(OPEN_CODES), size=n),
                                 -1))
     # a campaign's detection bias: partly shared by the campaigns of a region (one
-    # country's labs and primers), partly its own
+    # country's labs and primers; at its final centre), partly its own
+    rho = float(np.clip(c.campaign_bias_regional_share, 0.0, 1.0))
+    regional = GaussianField(c.seed, 811, CAMPAIGN_BIAS_LENGTH_DEG).points(lon, lat)
     bias_z = math.sqrt(rho) * regional + math.sqrt(1.0 - rho) * own_bias
     return pd.DataFrame({
         "campaign": np.arange(n), "continent": continent, "longitude": lon, "latitude": lat,
@@ -401,7 +399,7 @@ def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, l
     log_uniform = np.broadcast_to(np.asarray(log_uniform, bool), (n,))
     accept = {"forest": (1.0, open_in_forest), "mixed": (1.0, 1.0),
               "open": (woodland_in_open, 1.0)}
-    habitat = camp["habitat"].to_numpy() if "habitat" in camp else np.full(len(camp), -1)
+    habitat = camp["habitat"].to_numpy()
     lon = np.full(n, np.nan)
     lat = np.full(n, np.nan)
     todo = np.arange(n)

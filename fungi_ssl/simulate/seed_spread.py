@@ -29,7 +29,7 @@ from tqdm import tqdm
 from fungi_ssl.core.cache import cache_dir, temporary_path
 
 __all__ = ["BOUND", "N_SEEDS", "chance_one_draw_meets_every_band", "seed_bands",
-           "variogram_over_seeds"]
+           "spread_of_draws", "variogram_over_seeds"]
 
 #: Issue 15's bound on each band's difference from the real curve.
 BOUND = 0.08
@@ -118,6 +118,25 @@ def variogram_over_seeds(profile: str = "full", seeds: Sequence[int] = range(N_S
         runs = [seed_bands(*j) for j in tqdm(jobs, desc="seeds", unit="seed",
                                              disable=not progress)]
     real, origin = reference_variogram(data_dir)
+    return {**spread_of_draws(runs, real), "origin": origin}
+
+
+def spread_of_draws(runs: Sequence[dict], real: dict) -> dict:
+    """Draws' semivariogram bands set beside the real curve, band by band.
+
+    Parameters
+    ----------
+    runs : sequence of dict
+        One per draw, as :func:`seed_bands` gives them (``seed``, ``bands``,
+        ``share_at_busy_coordinates``).
+    real : dict
+        The real curve (:func:`fungi_ssl.data.variogram.reference_variogram`).
+
+    Returns
+    -------
+    dict
+        :func:`variogram_over_seeds`'s result without ``origin``.
+    """
     bands = []
     errors = np.full((len(runs), len(real["bands"])), np.nan)
     for b, rb in enumerate(real["bands"]):
@@ -135,10 +154,9 @@ def variogram_over_seeds(profile: str = "full", seeds: Sequence[int] = range(N_S
                                    if np.isfinite(gam).sum() > 1 else None),
                       "judged": bool(judged.all()),
                       "seeds_within_bound": int(np.sum(~judged | (err <= BOUND)))})
-    return {"seeds": seeds, "bands": bands, "bound": BOUND,
+    return {"seeds": [int(r["seed"]) for r in runs], "bands": bands, "bound": BOUND,
             "largest_error_per_seed": np.nanmax(errors, axis=1).tolist(),
-            "share_at_busy_coordinates": [r["share_at_busy_coordinates"] for r in runs],
-            "origin": origin}
+            "share_at_busy_coordinates": [r["share_at_busy_coordinates"] for r in runs]}
 
 
 def chance_one_draw_meets_every_band(spread: dict) -> float:

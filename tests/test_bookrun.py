@@ -667,7 +667,49 @@ def test_the_quick_profile_runs_chapter_04_in_a_lane_and_the_full_one_alone():
         return [[[p.name[:2] for p in lane] for lane in stage]
                 for stage in lane_plan(names, STAGES_BY_PROFILE[profile])]
 
-    assert shape("full")[2] == [["04"]] and ["06", "07"] in shape("full")[3]
-    assert ["04", "06", "07"] in shape("quick")[2]
-    assert {tuple(lane) for stage in shape("quick") for lane in stage} >= {("01", "02"), ("00",)}
-    assert ["05", "08", "09", "10", "11"] in shape("quick")[2]  # a lane runs in book order
+    assert shape("full")[1] == [["04"]] and ["06", "07"] in shape("full")[2]
+    assert ["04", "06", "07"] in shape("quick")[1]
+    assert shape("quick")[0] == [["02", "03"], ["00", "01", "09"]]  # 03 follows 02 in its lane
+    assert ["05", "08", "10", "11"] in shape("quick")[1]  # a lane runs in book order
+    assert shape("full")[0] == [["02", "03"], ["00", "01", "09"]]
+
+
+def test_each_lane_gets_a_core_of_its_own_until_one_lane_is_done(monkeypatch):
+    import subprocess
+    import sys as _sys
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    first, second = bookrun.lane_cores(0, 2), bookrun.lane_cores(1, 2)
+    assert first and second and not first & second and first | second <= set(allowed)
+    assert bookrun.lane_cores(0, len(allowed) + 1) is None  # more lanes than cores: any core
+    monkeypatch.setattr(bookrun, "PIN_LANES", False)
+    assert bookrun.lane_cores(0, 2) is None
+    # a lane's process (and its threads) pinned to one core is let onto every core again
+    child = subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        os.sched_setaffinity(child.pid, first)
+        assert bookrun.widen_to_all_cores() >= 1
+        assert os.sched_getaffinity(child.pid) == set(allowed)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_summary_records_each_chapters_cpu_seconds(book_dirs):
+    """The CPU time of the kernel and of the processes it starts, beside the wall time."""
+    notebooks, book = book_dirs
+    burn = ("import time, multiprocessing as mp\n"
+            "def spin():\n"
+            "    t = time.process_time()\n"
+            "    while time.process_time() - t < 0.6: pass\n"
+            "p = mp.get_context('fork').Process(target=spin); p.start(); spin(); p.join()")
+    _notebook(notebooks / "03_burn.ipynb", "results_dir = ''", burn)
+    runs = bookrun.run_book(notebook_dir=notebooks, output_dir=book, progress=False,
+                            only=["03"])
+    assert runs[0].cpu_seconds >= 1.2  # the kernel's 0.6 s and its child's 0.6 s
+    summary = json.loads((book / "results" / "run_summary.json").read_text())
+    entry = next(e for e in summary["notebooks"] if e["notebook"] == "03_burn")
+    assert entry["cpu_seconds"] == runs[0].cpu_seconds
+    assert "CPU-s" in bookrun.format_summary(runs)

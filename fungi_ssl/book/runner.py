@@ -117,6 +117,9 @@ class NotebookRun:
     profile: str
     seed: int
     status: str = "ok"
+    #: CPU-seconds (user + system) of the notebook's kernel and every process it
+    #: started and waited for (model fits, worker pools); None where unmeasured.
+    cpu_seconds: float | None = None
 
 
 class NotebookFailure(RuntimeError):
@@ -372,6 +375,9 @@ def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merg
     summary = {
         "notebooks": ordered,
         "total_seconds": round(sum(e["seconds"] for e in ordered), 2),
+        "total_cpu_seconds": (round(sum(e["cpu_seconds"] for e in ordered), 1)
+                              if all(e.get("cpu_seconds") is not None for e in ordered)
+                              else None),
         "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     path.write_text(json.dumps(to_json_safe(summary), indent=2, sort_keys=True) + "\n")
@@ -379,7 +385,7 @@ def write_run_summary(runs: Sequence[NotebookRun], results_dir: str | Path, merg
 
 
 def format_summary(runs: Sequence[NotebookRun]) -> str:
-    """A plain-text table of notebook, status and seconds.
+    """A plain-text table of notebook, status, seconds and, where measured, CPU-seconds.
 
     Examples
     --------
@@ -387,12 +393,19 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
     notebook         status   seconds
     01_field_data    ok          12.3
     total                        12.3
+    >>> print(format_summary([NotebookRun("01_field_data", 12.345, "quick", 0, cpu_seconds=20.0)]))
+    notebook         status   seconds    CPU-s
+    01_field_data    ok          12.3       20
+    total                        12.3       20
     """
     width = max([len("notebook"), *(len(r.notebook) for r in runs)]) + 4
-    lines = [f"{'notebook':<{width}}{'status':<7}{'seconds':>9}"]
+    cpu = all(r.cpu_seconds is not None for r in runs)
+    lines = [f"{'notebook':<{width}}{'status':<7}{'seconds':>9}" + (f"{'CPU-s':>9}" if cpu else "")]
     for r in runs:
-        lines.append(f"{r.notebook:<{width}}{r.status:<7}{r.seconds:>9.1f}")
-    lines.append(f"{'total':<{width}}{'':<7}{sum(r.seconds for r in runs):>9.1f}")
+        lines.append(f"{r.notebook:<{width}}{r.status:<7}{r.seconds:>9.1f}"
+                     + (f"{r.cpu_seconds:>9.0f}" if cpu else ""))
+    total = f"{'total':<{width}}{'':<7}{sum(r.seconds for r in runs):>9.1f}"
+    lines.append(total + (f"{sum(r.cpu_seconds or 0.0 for r in runs):>9.0f}" if cpu else ""))
     return "\n".join(lines)
 
 
@@ -404,10 +417,11 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #: - Chapter 02 pre-trains the encoder for minutes, one torch thread per view
 #:   (:data:`fungi_ssl.embeddings.encoder.TRAIN_THREADS`, ``VIEW_THREADS``),
 #:   and leaves gaps (a step's loss, the optimiser, the probes), so chapters
-#:   00 and 01, which need neither the encoder nor each other's results, run
-#:   beside it (each may make the simulated study's tables; cache entries are
-#:   written under unique temporary names and renamed, so two makers of one
-#:   entry leave one whole file). Chapter 01 (seconds) shares 02's lane.
+#:   00, 01 and 09, which need neither the encoder nor each other's results, run
+#:   beside it (00 and 01 may each make the simulated study's tables; cache
+#:   entries are written under unique temporary names and renamed, so two makers
+#:   of one entry leave one whole file). Chapter 03, which embeds the samples with
+#:   the encoder, follows 02 in its lane instead of running alone afterwards.
 #: - Chapters 04-11 read what chapters 00-03 leave (the study, the encoder, the
 #:   predictor table) and each writes caches of its own kinds. Chapters 06, 07
 #:   and 11 also read chapter 04's results (the model family, the held-out
@@ -418,15 +432,16 @@ def format_summary(runs: Sequence[NotebookRun]) -> str:
 #:   chapter 08, chapter 04 took twice as long (343 s against about 170 s,
 #:   cold) and the chain 04, 06, 07 then ended 220 s after the other lane.
 #: - **Quick:** chapter 04 (3 seeds) joins the lanes: 04, 06 and 07 in one,
-#:   05, 08, 09, 10 and 11 in the other, where chapter 11 waits for 04 if it
+#:   05, 08, 10 and 11 in the other, where chapter 11 waits for 04 if it
 #:   gets there first. With chapter 06's regions held out in groups, 04 alone
 #:   and then the lanes would take about 44 s longer by the chapter times of a
 #:   cold run (82 s, then lanes of 143 and 266 s, against lanes of 304 and 266 s).
+#: - The lanes of the stage after 03 run one per core (:data:`PIN_LANES`).
 STAGES_BY_PROFILE: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
-    "full": ((("01", "02"), ("00",)),
-             (("06", "07"), ("05", "08", "09", "10", "11"))),
-    "quick": ((("01", "02"), ("00",)),
-              (("04", "06", "07"), ("05", "08", "09", "10", "11"))),
+    "full": ((("02", "03"), ("00", "01", "09")),
+             (("06", "07"), ("05", "08", "10", "11"))),
+    "quick": ((("02", "03"), ("00", "01", "09")),
+              (("04", "06", "07"), ("05", "08", "10", "11"))),
 }
 #: The stages of the default profile (:data:`fungi_ssl.core.config.DEFAULT_PROFILE`).
 STAGES: tuple[tuple[tuple[str, ...], ...], ...] = STAGES_BY_PROFILE[config.DEFAULT_PROFILE]
@@ -475,12 +490,30 @@ def lane_plan(notebooks: Sequence[Path],
     return plan
 
 
+def _children_cpu_seconds() -> float:
+    """User + system CPU-seconds of this process's waited-for children (and theirs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name: str,
              placeholders: Mapping[str, str], env: Mapping[str, str],
-             ) -> tuple[float, dict[str, Any] | None, float]:
-    """Run one notebook: ``(seconds, failure fields or None, start time)``; also in a child process."""
+             cores: set[int] | None = None,
+             ) -> tuple[float, dict[str, Any] | None, float, float]:
+    """Run one notebook: ``(seconds, failure fields or None, start time, CPU-seconds)``.
+
+    Also runs in a lane's child process, one notebook at a time, so the CPU time
+    the kernel's process tree used is the growth of this process's children's
+    usage (the kernel is waited for when papermill shuts it down, and it waits
+    for its own workers).
+    """
     started = time.time() - 1.0
     start = time.perf_counter()
+    cpu_before = _children_cpu_seconds()
+    if cores:
+        os.sched_setaffinity(0, cores)  # the kernel and its workers inherit it
     try:
         with _kernel_environment(env):
             seconds = execute_notebook(nb_path, output, params, kernel_name, placeholders)
@@ -488,8 +521,9 @@ def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name
         fields = {k: getattr(failure, k) for k in ("notebook", "output", "cell_index",
                                                    "execution_count", "source", "ename",
                                                    "evalue")}
-        return time.perf_counter() - start, fields, started
-    return seconds, None, started
+        return (time.perf_counter() - start, fields, started,
+                _children_cpu_seconds() - cpu_before)
+    return seconds, None, started, _children_cpu_seconds() - cpu_before
 
 
 def _next_in_lanes(queues: Sequence[list[Path]], idle: Sequence[int], finished: set[str],
@@ -526,13 +560,61 @@ def _next_in_lanes(queues: Sequence[list[Path]], idle: Sequence[int], finished: 
     return started
 
 
+#: Run each lane of a stage on a core (or share of the cores) of its own, by CPU
+#: affinity, which the chapter's kernel and its workers inherit. Two lanes of model
+#: fits left to the scheduler took more CPU time than the same work one lane per core:
+#: chapter 08 131 against 153 CPU-seconds, the quick book 668 against 786 (threads
+#: moved between cores and waited on partners that the other lane had displaced).
+#: ``FUNGI_SSL_PIN_LANES=0`` turns it off.
+PIN_LANES = os.environ.get("FUNGI_SSL_PIN_LANES", "1") != "0"
+#: Chapters whose stage is not pinned: chapter 02 pre-trains with two threads by design
+#: (:data:`fungi_ssl.embeddings.encoder.VIEW_THREADS`) and is the stage's longest
+#: chapter, so it takes whatever core the other lane leaves.
+UNPINNED_CHAPTERS = ("02",)
+
+
+def lane_cores(lane: int, n_lanes: int) -> set[int] | None:
+    """The cores lane ``lane`` of ``n_lanes`` runs on: one of its own, or None (any)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not PIN_LANES or len(allowed) < n_lanes:
+        return None
+    return {allowed[lane * len(allowed) // n_lanes]} if len(allowed) == n_lanes else set(
+        allowed[lane * len(allowed) // n_lanes:(lane + 1) * len(allowed) // n_lanes])
+
+
+def widen_to_all_cores() -> int:
+    """Let every process under this one, and each of their threads, run on any allowed core.
+
+    Called when a lane has run its last chapter, so that the lanes still running
+    may use its core. Returns the threads widened (a process or thread that has
+    ended meanwhile is passed over).
+    """
+    import psutil
+
+    allowed = os.sched_getaffinity(0)
+    widened = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            tids = [t.id for t in proc.threads()]
+        except psutil.Error:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, allowed)
+                widened += 1
+    return widened
+
+
 def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
-                ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float]]]:
+                ) -> Iterator[tuple[Path, tuple[float, dict[str, Any] | None, float, float]]]:
     """Run the stages in order, the lanes of a stage in child processes; yield each result.
 
     ``task(nb)`` gives :func:`_execute`'s arguments. A lane stops at its first
     failed notebook; the other lanes of the stage finish theirs. A lane holds a
-    chapter of :data:`AFTER` until the chapters it reads have run.
+    chapter of :data:`AFTER` until the chapters it reads have run. Each lane
+    runs on a core of its own (:func:`lane_cores`) until some lane has run its
+    last chapter; from then on every lane may use every core
+    (:func:`widen_to_all_cores`).
     """
     import concurrent.futures as cf
     import multiprocessing
@@ -553,10 +635,14 @@ def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
                                     mp_context=multiprocessing.get_context("spawn")) as pool:
             running: dict[Any, tuple[int, Path]] = {}
             idle = list(range(len(queues)))
+            allowed = os.sched_getaffinity(0)
+            pinned = (not any(nb.name[:2] in UNPINNED_CHAPTERS for lane in queues for nb in lane)
+                      and any(lane_cores(i, len(queues)) for i in idle))
             while True:
                 now = {nb.name[:2] for _, nb in running.values()}
                 for i, nb in _next_in_lanes(queues, idle, finished, now, failed):
-                    running[pool.submit(_execute, *task(nb))] = (i, nb)
+                    cores = lane_cores(i, len(queues)) if pinned else allowed
+                    running[pool.submit(_execute, *task(nb), cores)] = (i, nb)
                     idle.remove(i)
                 if not running:
                     if any(queues):  # every lane waits on another: STAGES and AFTER disagree
@@ -568,6 +654,9 @@ def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
                     result = fut.result()
                     yield nb, result
                     idle.append(i)
+                    if pinned and not queues[i] and running:  # its core goes to the others
+                        widen_to_all_cores()
+                        pinned = False
                     if result[1] is None:
                         finished.add(nb.name[:2])
                     else:  # the lane stops; a chapter that reads this one never starts
@@ -719,18 +808,21 @@ def run_book(
     bar = tqdm(total=len(notebooks), desc="notebooks", unit="nb", disable=not progress,
                file=sys.stderr)
     try:
-        for nb_path, (seconds, failure, started) in _run_stages(stages, task):
+        for nb_path, (seconds, failure, started, cpu) in _run_stages(stages, task):
             bar.update(1)
             bar.set_postfix_str(nb_path.stem)
             if failure is not None:
-                runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed, "failed"))
+                runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed, "failed",
+                                        round(cpu, 1)))
                 failed = failed or NotebookFailure(**failure)
                 continue
             reason = skipped_reason(results_dir, nb_path.name[:2], started)
             if reason and not shows_results(output_dir / nb_path.name):
                 strip_skipped_chapter(output_dir / nb_path.name, reason)
-            runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed))
-            bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s")
+            runs.append(NotebookRun(nb_path.stem, round(seconds, 2), profile, seed,
+                                    cpu_seconds=round(cpu, 1)))
+            bar.write(f"[{len(runs)}/{len(notebooks)}] {nb_path.name}: {seconds:.1f} s, "
+                      f"{cpu:.0f} CPU-s")
         if failed is not None:
             failed.runs = list(runs)
             raise failed

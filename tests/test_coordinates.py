@@ -189,6 +189,9 @@ def test_geodesic_pairs_within_matches_brute_force(name):
     i, j = np.nonzero(np.triu(d <= 25.0, k=1))
     got = geodesic_pairs_within(pts[:, 0], pts[:, 1], 25.0)
     assert got.tolist() == np.column_stack([i, j]).tolist()
+    same, dist = geodesic_pairs_within(pts[:, 0], pts[:, 1], 25.0, return_distances=True)
+    assert same.tolist() == got.tolist()  # each pair with its own distance, in its order
+    np.testing.assert_allclose(dist, d[i, j], rtol=0, atol=1e-6)
     assert geodesic_pairs_within(pts[:, 0], pts[:, 1], 0.0).tolist() == [
         [k, len(pts) - 5 + k] for k in range(5)
     ]
@@ -198,6 +201,8 @@ def test_geodesic_pairs_within_rejects_a_bad_distance():
     with pytest.raises(ValueError, match="distance_m"):
         geodesic_pairs_within([1.0, 1.0], [2.0, 2.0], -1.0)
     assert geodesic_pairs_within([1.0], [2.0], 25.0).shape == (0, 2)
+    pairs, dist = geodesic_pairs_within([1.0], [2.0], 25.0, return_distances=True)
+    assert pairs.shape == (0, 2) and dist.shape == (0,)
 
 
 # ------------------------------------------------------------------ UTM grid cells

@@ -76,3 +76,22 @@ def test_a_seed_is_drawn_once_then_read_from_the_cache(small_world, monkeypatch)
 
     monkeypatch.setattr("fungi_ssl.simulate.SimulatedStudy", no_drawing)
     assert seed_spread.variogram_over_seeds("quick", [4]) == first
+
+
+def test_the_books_own_draw_is_read_from_the_study_a_chapter_cached(small_world, monkeypatch):
+    """Chapter 00 has drawn (and cached) the book's seed before it draws the others: that
+    draw is read back, not drawn again, and gives the same bands as drawing it."""
+    assert field_data.cached_samples(small_world("quick", 3)) is None  # nothing cached yet
+    drawn = seed_spread.seed_bands("quick", 3)
+    study = SimulatedStudy(small_world("quick", 3))
+    field_data._cached_tables(study)  # what a chapter's open_field_data leaves
+    cached = field_data.cached_samples(small_world("quick", 3))
+    assert cached is not None and cached.equals(study.samples)
+    for path in config.CACHE_DIR.glob("variogram_seeds/*/bands.json"):
+        path.unlink()
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew the study again instead of reading the chapter's cache")
+
+    monkeypatch.setattr("fungi_ssl.simulate.SimulatedStudy", no_drawing)
+    assert seed_spread.seed_bands("quick", 3) == drawn

@@ -24,7 +24,7 @@ ground on every continent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -334,7 +334,19 @@ def _flatten_neighbours(neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return i, j
 
 
-def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> np.ndarray:
+@overload
+def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float,
+                          return_distances: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float,
+                          return_distances: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float,
+                          return_distances: bool = False,
+                          ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Pairs of points whose geodesic distance is at most ``distance_m``.
 
     Candidates come from a haversine :class:`sklearn.neighbors.BallTree`
@@ -349,11 +361,17 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
         Degrees, WGS84.
     distance_m : float
         Largest distance of a pair, in metres (≥ 0).
+    return_distances : bool
+        Also return each pair's geodesic distance (the one it was kept by, so a
+        caller need not measure the pairs again).
 
     Returns
     -------
     numpy.ndarray
         ``(n_pairs, 2)`` integer array of indices ``i < j``, sorted.
+    numpy.ndarray
+        ``(n_pairs,)`` distances in metres, in the same order; only with
+        ``return_distances``.
 
     Examples
     --------
@@ -368,7 +386,8 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
         )
     lon, lat = _lonlat_arrays(longitude, latitude, "geodesic_pairs_within")
     if lon.size < 2:
-        return np.zeros((0, 2), dtype=np.int64)
+        none = np.zeros((0, 2), dtype=np.int64)
+        return (none, np.zeros(0)) if return_distances else none
     from sklearn.neighbors import BallTree
 
     pts = _radians(lon, lat)
@@ -377,12 +396,15 @@ def geodesic_pairs_within(longitude: Any, latitude: Any, distance_m: float) -> n
     i, j = _flatten_neighbours(tree.query_radius(pts, r=radius))
     keep = i < j
     i, j = i[keep], j[keep]
+    d = np.zeros(0)
     if i.size:
         # inclusive, to a micrometre: a pair laid out exactly distance_m apart is a pair
-        close = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j]) <= distance_m + 1e-6
-        i, j = i[close], j[close]
-    pairs = np.column_stack([i, j])
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        d = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j])
+        close = d <= distance_m + 1e-6
+        i, j, d = i[close], j[close], d[close]
+    order = np.lexsort((j, i))
+    pairs = np.column_stack([i, j])[order]
+    return (pairs, d[order]) if return_distances else pairs
 
 
 def utm_zone(longitude: Any) -> np.ndarray:

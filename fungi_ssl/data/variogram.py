@@ -105,9 +105,8 @@ def sample_pairs(samples: pd.DataFrame, target: str = "rarefied",
         Largest pair distance kept (m).
     """
     lon, lat, z = _log_target(samples, target)
-    pairs = geodesic_pairs_within(lon, lat, max_distance_m)
+    pairs, d = geodesic_pairs_within(lon, lat, max_distance_m, return_distances=True)
     i, j = pairs[:, 0], pairs[:, 1]
-    d = geodesic_distance_m(lon[i], lat[i], lon[j], lat[j]) if i.size else np.zeros(0)
     keep = d < max_distance_m
     i, j, d = i[keep], j[keep], d[keep]
     return SamplePairs(i=i, j=j, distance_m=d, half_sq_diff=0.5 * (z[i] - z[j]) ** 2,

@@ -56,14 +56,16 @@ def seed_bands(profile: str, seed: int) -> dict:
     """
     from fungi_ssl.data.variogram import band_rows, semivariogram, share_at_busy_coordinates
     from fungi_ssl.simulate import SimulatedStudy
-    from fungi_ssl.simulate.field_data import simulator_fingerprint, study_config
+    from fungi_ssl.simulate.field_data import cached_samples, simulator_fingerprint, study_config
 
     config = study_config(profile, int(seed))
     path = cache_dir("variogram_seeds", {"simulator": simulator_fingerprint(),
                                          "config": config.as_dict()}) / "bands.json"
     if path.exists():
         return json.loads(path.read_text())
-    s = SimulatedStudy(config).samples
+    s = cached_samples(config)  # the book's own draw, when a chapter has made it
+    if s is None:
+        s = SimulatedStudy(config).samples
     s = s[s["rarefied"].notna() & (s["continent"] == "Europe")]
     out = {"seed": int(seed), "bands": band_rows(semivariogram(s)),
            "share_at_busy_coordinates": share_at_busy_coordinates(s)}

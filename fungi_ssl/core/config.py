@@ -71,7 +71,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=600, map_tile_px=128,
+    "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=450, map_tile_px=128,
                      pretrain_pixels=16_384, probe_pixels=16_384),
     "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=2_500, map_tile_px=256,
                     pretrain_pixels=32_768, probe_pixels=32_768),

@@ -467,7 +467,7 @@ def lane_plan(notebooks: Sequence[Path],
     --------
     >>> names = [Path(f"{n}_x.ipynb") for n in ("00", "02", "03", "05", "06", "07", "12")]
     >>> [[[p.name[:2] for p in lane] for lane in stage] for stage in lane_plan(names)]
-    [[['02'], ['00']], [['03']], [['06', '07'], ['05']], [['12']]]
+    [[['02', '03'], ['00']], [['06', '07'], ['05']], [['12']]]
     >>> len(lane_plan(names[2:4]))  # one lane chapter only: one after another
     2
     """
@@ -688,10 +688,10 @@ def run_book(
 
     With ``lanes`` (the default, unless ``only`` is given) the chapters of
     each stage of the profile's :data:`STAGES_BY_PROFILE` run side by side
-    (:func:`lane_plan`): chapters 00-01 beside chapter 02, then chapters 05-11
-    (quick: 04-11) in two lanes. The same notebooks and results, in less time
-    on two cores; each chapter's seconds are then measured beside another
-    chapter.
+    (:func:`lane_plan`): chapters 00, 01 and 09 beside chapters 02 and 03,
+    then chapters 05-11 (quick: 04-11) in two lanes, one core each
+    (:data:`PIN_LANES`). The same notebooks and results, in less time on two
+    cores; each chapter's seconds are then measured beside another chapter.
 
     A real data directory is checked before any chapter runs
     (:func:`fungi_ssl.data.io.check_data_directory`: one line, in a second or

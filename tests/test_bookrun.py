@@ -686,6 +686,10 @@ def test_each_lane_gets_a_core_of_its_own_until_one_lane_is_done(monkeypatch):
     assert bookrun.lane_cores(0, len(allowed) + 1) is None  # more lanes than cores: any core
     monkeypatch.setattr(bookrun, "PIN_LANES", False)
     assert bookrun.lane_cores(0, 2) is None
+    monkeypatch.setattr(bookrun, "PIN_LANES", True)
+    with monkeypatch.context() as m:  # a system that cannot pin (macOS): any core, no error
+        m.delattr(os, "sched_getaffinity")
+        assert bookrun.lane_cores(0, 2) is None and bookrun.widen_to_all_cores() == 0
     # a lane's process (and its threads) pinned to one core is let onto every core again
     child = subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(30)"])
     try:

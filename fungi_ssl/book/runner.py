@@ -512,7 +512,7 @@ def _execute(nb_path: Path, output: Path, params: Mapping[str, Any], kernel_name
     started = time.time() - 1.0
     start = time.perf_counter()
     cpu_before = _children_cpu_seconds()
-    if cores:
+    if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)  # the kernel and its workers inherit it
     try:
         with _kernel_environment(env):
@@ -573,11 +573,24 @@ PIN_LANES = os.environ.get("FUNGI_SSL_PIN_LANES", "1") != "0"
 UNPINNED_CHAPTERS = ("02",)
 
 
-def lane_cores(lane: int, n_lanes: int) -> set[int] | None:
-    """The cores lane ``lane`` of ``n_lanes`` runs on: one of its own, or None (any)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not PIN_LANES or len(allowed) < n_lanes:
+def _allowed_cores() -> set[int] | None:
+    """The cores this process may run on; None where the system cannot pin (macOS, Windows)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
         return None
+
+
+def lane_cores(lane: int, n_lanes: int) -> set[int] | None:
+    """The cores lane ``lane`` of ``n_lanes`` runs on: one of its own, or None (any).
+
+    None also where the system cannot pin a process to cores (macOS, Windows)
+    or pinning is off (:data:`PIN_LANES`).
+    """
+    cores = _allowed_cores()
+    if not PIN_LANES or cores is None or len(cores) < n_lanes:
+        return None
+    allowed = sorted(cores)
     return {allowed[lane * len(allowed) // n_lanes]} if len(allowed) == n_lanes else set(
         allowed[lane * len(allowed) // n_lanes:(lane + 1) * len(allowed) // n_lanes])
 
@@ -591,7 +604,9 @@ def widen_to_all_cores() -> int:
     """
     import psutil
 
-    allowed = os.sched_getaffinity(0)
+    allowed = _allowed_cores()
+    if allowed is None:
+        return 0
     widened = 0
     for proc in psutil.Process().children(recursive=True):
         try:
@@ -635,7 +650,7 @@ def _run_stages(stages: Sequence[Sequence[Sequence[Path]]], task: Any,
                                     mp_context=multiprocessing.get_context("spawn")) as pool:
             running: dict[Any, tuple[int, Path]] = {}
             idle = list(range(len(queues)))
-            allowed = os.sched_getaffinity(0)
+            allowed = _allowed_cores()
             pinned = (not any(nb.name[:2] in UNPINNED_CHAPTERS for lane in queues for nb in lane)
                       and any(lane_cores(i, len(queues)) for i in idle))
             while True:

@@ -82,6 +82,7 @@ def test_the_books_own_draw_is_read_from_the_study_a_chapter_cached(small_world,
     """Chapter 00 has drawn (and cached) the book's seed before it draws the others: that
     draw is read back, not drawn again, and gives the same bands as drawing it."""
     assert field_data.cached_samples(small_world("quick", 3)) is None  # nothing cached yet
+    assert not (config.CACHE_DIR / "study").exists()  # and looking made no entry
     drawn = seed_spread.seed_bands("quick", 3)
     study = SimulatedStudy(small_world("quick", 3))
     field_data._cached_tables(study)  # what a chapter's open_field_data leaves

@@ -562,9 +562,10 @@ def _next_in_lanes(queues: Sequence[list[Path]], idle: Sequence[int], finished: 
 
 #: Run each lane of a stage on a core (or share of the cores) of its own, by CPU
 #: affinity, which the chapter's kernel and its workers inherit. Two lanes of model
-#: fits left to the scheduler took more CPU time than the same work one lane per core:
-#: chapter 08 131 against 153 CPU-seconds, the quick book 668 against 786 (threads
-#: moved between cores and waited on partners that the other lane had displaced).
+#: fits left to the scheduler took more CPU time than the same work one lane per core
+#: (threads moved between cores and waited on partners the other lane had displaced):
+#: in single runs chapter 08 took 125 CPU-seconds pinned beside chapter 04 and 153 in
+#: an unpinned lane; ``benchmarks/bench_lanes.py`` measures 1-6% on a synthetic pair.
 #: ``FUNGI_SSL_PIN_LANES=0`` turns it off.
 PIN_LANES = os.environ.get("FUNGI_SSL_PIN_LANES", "1") != "0"
 #: Chapters whose stage is not pinned: chapter 02 pre-trains with two threads by design

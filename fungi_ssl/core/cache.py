@@ -45,11 +45,13 @@ def cache_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir(kind: str, params: dict[str, Any], root: Path | None = None) -> Path:
+def cache_dir(kind: str, params: dict[str, Any], root: Path | None = None,
+              create: bool = True) -> Path:
     """Directory for the result of ``kind`` computed with ``params``.
 
     The directory is created, and ``params.json`` written into it, so a reader
-    can always tell what a cached result was made from.
+    can always tell what a cached result was made from. With ``create=False``
+    only its path is returned (to look for an entry without making one).
 
     Parameters
     ----------
@@ -62,6 +64,8 @@ def cache_dir(kind: str, params: dict[str, Any], root: Path | None = None) -> Pa
     """
     root = Path(root) if root is not None else config.CACHE_DIR
     path = root / kind / cache_key(params)
+    if not create:
+        return path
     path.mkdir(parents=True, exist_ok=True)
     meta = path / "params.json"
     if not meta.exists():

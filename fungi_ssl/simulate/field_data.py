@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from fungi_ssl.core import config
-from fungi_ssl.core.cache import cache_dir, cache_key, temporary_path
+from fungi_ssl.core.cache import cache_dir, temporary_path
 from fungi_ssl.data.io import find_real_tables, read_samples, read_spun_covariates, validate_samples
 from fungi_ssl.simulate import SimulatedStudy, StudyConfig
 
@@ -120,12 +120,10 @@ def simulated_study(profile: str = "quick", seed: int = 0) -> SimulatedStudy:
 _STUDY_STATE = ("campaigns", "plots", "sites", "_cores")
 
 
-def _tables_path(cfg: StudyConfig, make: bool = True) -> Path:
-    """Where the study of ``cfg`` caches its tables (``make``: create its folder)."""
+def _tables_path(cfg: StudyConfig, create: bool = True) -> Path:
+    """Where the study of ``cfg`` caches its tables (``create``: make its folder)."""
     params = {"config": cfg.as_dict(), "version": simulator_fingerprint()}
-    if make:
-        return cache_dir("study", params) / "tables.pkl"
-    return config.CACHE_DIR / "study" / cache_key(params) / "tables.pkl"
+    return cache_dir("study", params, create=create) / "tables.pkl"
 
 
 def cached_samples(cfg: StudyConfig) -> pd.DataFrame | None:
@@ -134,7 +132,7 @@ def cached_samples(cfg: StudyConfig) -> pd.DataFrame | None:
     Reading it takes a fraction of a second; drawing the study again takes
     seconds (chapter 00's draws over seeds start with the book's own).
     """
-    path = _tables_path(cfg, make=False)
+    path = _tables_path(cfg, create=False)
     if not path.exists():
         return None
     with path.open("rb") as fh:

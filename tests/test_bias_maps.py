@@ -325,11 +325,23 @@ def test_table1_predictions_stored_for_chapter07_equal_chapter04_heldout(table, 
                              block_size_m=20_000, root=tmp_path)
     with pytest.raises(ValueError, match="no predictions kept"):
         store_table1_heldout(table, "y", res, pred, predictor_set="soil", root=tmp_path)
+    # other model parameters (a profile's Table 1) are stored under their own key: read back
+    # by asking for them, never served to a call that asks for the book's
     odd, odd_pred = table1(table, "y", sets=["climate", "soil"], models=["ridge"], n_seeds=2,
                            seed=1, progress=False, return_predictions=True,
                            model_params={"ridge": {"alphas": [1.0]}})
-    with pytest.raises(ValueError, match="not the book's"):
-        store_table1_heldout(table, "y", odd, odd_pred, predictor_set="climate", root=tmp_path)
+    odd_dir = store_table1_heldout(table, "y", odd, odd_pred, predictor_set="climate",
+                                   root=tmp_path)["ridge"]
+    assert odd_dir not in written.values()
+    kw = {"n_seeds": 2, "seed": 1, "row_sets": ["climate", "soil"], "root": tmp_path}
+    got = cached_heldout(table, "y", "climate", "ridge", model_params={"alphas": [1.0]}, **kw)
+    assert not got.seconds and got.model_params == {"alphas": [1.0]}
+    ref = chapter04_heldout(table, "y", "climate", "ridge", n_seeds=2, seed=1,
+                            row_sets=["climate", "soil"], model_params={"alphas": [1.0]})
+    np.testing.assert_allclose(got.table["y_pred"], ref.table["y_pred"], rtol=0, atol=1e-12)
+    book = cached_heldout(table, "y", "climate", "ridge", **kw)  # the entry stored above
+    assert book.model_params == {}
+    assert not np.allclose(book.table["y_pred"], got.table["y_pred"])
     with pytest.raises(ValueError, match="return_predictions"):
         table1(table, "y", sets=["climate"], models=["ridge"], n_seeds=2, progress=False,
                return_predictions=["ssl"])

@@ -34,7 +34,7 @@ The tests check that what is stored equals :func:`chapter04_heldout`'s.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,10 @@ class HeldOut:
     predictor_set, model : str
     seconds : dict
         Wall seconds of each protocol.
+    model_params : dict
+        The model's parameters (keywords of
+        :func:`~fungi_ssl.validation.models.make_model`): the book's unless asked otherwise.
+        Later fits on the same rows (:func:`cached_conformal`, :func:`heldout_aoa`) use them.
     """
 
     table: pd.DataFrame
@@ -108,6 +112,7 @@ class HeldOut:
     predictor_set: str
     model: str
     seconds: dict[str, float] = field(default_factory=dict)
+    model_params: dict[str, Any] = field(default_factory=dict)
 
 
 def chapter04_heldout(
@@ -122,6 +127,7 @@ def chapter04_heldout(
     n_splits: int = DEFAULT_SPATIAL_FOLDS,
     row_sets: Sequence[str] | None = None,
     n_jobs: int = 2,
+    model_params: Mapping[str, Any] | None = None,
 ) -> HeldOut:
     """Re-run one model × set of chapter 04's Table 1 and keep every test prediction.
 
@@ -148,6 +154,10 @@ def chapter04_heldout(
     n_jobs : int
         Worker threads: the spatial folds are one task and every random seed
         another, each model single-threaded.
+    model_params : mapping, optional
+        The model's parameters (default: the book's,
+        :data:`~fungi_ssl.validation.pipelines.BOOK_MODEL_PARAMS`; chapter 04 fits
+        :func:`~fungi_ssl.validation.pipelines.profile_model_params`).
 
     Returns
     -------
@@ -182,8 +192,8 @@ def chapter04_heldout(
     data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
                                     n_splits, seed)
     site_ids = data["site_id"].to_numpy() if "site_id" in data.columns else None
-    common = run_options(X, predictor_set, BOOK_MODEL_PARAMS.get(model, {}), seed=seed,
-                         memo=ReductionMemo())
+    params = _model_params(model, model_params)
+    common = run_options(X, predictor_set, params, seed=seed, memo=ReductionMemo())
     seconds: dict[str, float] = {}
 
     def run(task: tuple[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -221,7 +231,13 @@ def chapter04_heldout(
         predictor_set=predictor_set,
         model=model,
         seconds=seconds,
+        model_params=params,
     )
+
+
+def _model_params(model: str, model_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model_params``, or the book's parameters of ``model`` when none are given."""
+    return dict(BOOK_MODEL_PARAMS.get(model, {}) if model_params is None else model_params)
 
 
 
@@ -286,6 +302,7 @@ def cached_heldout(
     row_sets: Sequence[str] | None = None,
     n_jobs: int = 2,
     root: str | Path | None = None,
+    model_params: Mapping[str, Any] | None = None,
 ) -> HeldOut:
     """:func:`chapter04_heldout`, its predictions kept in ``data/cache/heldout/<key>/``.
 
@@ -298,6 +315,8 @@ def cached_heldout(
     ----------
     frame, target, predictor_set, model, n_seeds, seed, block_size_m, n_splits, row_sets, n_jobs
         As :func:`chapter04_heldout`.
+    model_params : mapping, optional
+        As :func:`chapter04_heldout`; part of the key.
     root : path, optional
         Cache root (default :data:`fungi_ssl.core.config.CACHE_DIR`).
 
@@ -307,8 +326,9 @@ def cached_heldout(
     """
     data, X, y, splitter = _prepare(frame, target, predictor_set, row_sets, block_size_m,
                                     n_splits, seed)
+    params = _model_params(model, model_params)
     d = _heldout_dir(data, X, y, predictor_set, model, n_seeds, seed, block_size_m, n_splits,
-                     root)
+                     root, params)
     if (d / "scores.csv").exists() and (d / "table.csv.gz").exists():
         table = pd.read_csv(d / "table.csv.gz", dtype={"sample_id": str, "site_id": str})
         scores = pd.read_csv(d / "scores.csv")
@@ -317,10 +337,10 @@ def cached_heldout(
         if "site_id" in data and "site_id" in table:
             table["site_id"] = data["site_id"].to_numpy()[table["row"].to_numpy()]
         return HeldOut(table=table, scores=scores, data=data, fold=splitter.fold_labels(),
-                       predictor_set=predictor_set, model=model)
+                       predictor_set=predictor_set, model=model, model_params=params)
     out = chapter04_heldout(frame, target, predictor_set, model, n_seeds=n_seeds, seed=seed,
                             block_size_m=block_size_m, n_splits=n_splits, row_sets=row_sets,
-                            n_jobs=n_jobs)
+                            n_jobs=n_jobs, model_params=params)
     _write_csv(out.table, d / "table.csv.gz")
     _write_csv(out.scores, d / "scores.csv")
     return out
@@ -328,14 +348,14 @@ def cached_heldout(
 
 def _heldout_dir(data: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, predictor_set: str,
                  model: str, n_seeds: int, seed: int, block_size_m: float, n_splits: int,
-                 root: str | Path | None) -> Path:
+                 root: str | Path | None, model_params: Mapping[str, Any]) -> Path:
     """The cache entry of one model × set's held-out predictions (what :func:`cached_heldout` reads)."""
     from fungi_ssl.core import cache
 
     params = {"fingerprint": _fingerprint(data, X, y), "predictor_set": predictor_set,
               "model": model, "n_seeds": int(n_seeds), "seed": int(seed),
               "block_size_m": float(block_size_m), "n_splits": int(n_splits),
-              "model_params": BOOK_MODEL_PARAMS.get(model, {}), "versions": _versions(),
+              "model_params": dict(model_params), "versions": _versions(),
               "layout": 2}  # 2: scores in table1's columns
     return cache.cache_dir("heldout", params, root=Path(root) if root is not None else None)
 
@@ -361,10 +381,12 @@ def store_table1_heldout(
     frame, target and settings, so that chapter 07 reads them and fits
     nothing. The settings are taken from ``results`` (seed, number of seeds,
     the sets whose complete rows were scored, each model's parameters) and
-    checked against what :func:`chapter04_heldout` would run: the book's
-    parameters, :data:`~fungi_ssl.validation.pipelines.SSL_COMPONENTS` components, and
-    spatial folds equal to :func:`~fungi_ssl.validation.comparison.spatial_splitter`'s
-    with ``block_size_m`` and ``n_splits``.
+    checked against what :func:`chapter04_heldout` would run:
+    :data:`~fungi_ssl.validation.pipelines.SSL_COMPONENTS` components and spatial folds
+    equal to :func:`~fungi_ssl.validation.comparison.spatial_splitter`'s with
+    ``block_size_m`` and ``n_splits``. Each model's parameters are part of the
+    key: chapter 07 reads the entry by asking for the same ones (a profile's,
+    :func:`~fungi_ssl.validation.pipelines.profile_model_params`).
 
     Parameters
     ----------
@@ -392,9 +414,8 @@ def store_table1_heldout(
     Raises
     ------
     ValueError
-        Predictions not kept for the set or a model, settings other than
-        the book's (model parameters, components), or spatial folds that are
-        not ``spatial_splitter``'s.
+        Predictions not kept for the set or a model, components other than
+        chapter 07's, or spatial folds that are not ``spatial_splitter``'s.
 
     Examples
     --------
@@ -446,10 +467,7 @@ def store_table1_heldout(
     folds = splitter.fold_labels()
     written = {}
     for m in models:
-        book = dict(BOOK_MODEL_PARAMS.get(m, {}))
-        if dict(results.attrs["model_params"].get(m, {})) != book:
-            raise ValueError(f"results: {m} ran with parameters "
-                             f"{results.attrs['model_params'].get(m)}, not the book's {book}")
+        params = dict(results.attrs["model_params"].get(m, {}))  # part of the key
         p = mine[mine["model"] == m]
         rnd = p[p["scheme"] == "random"].drop(columns=["scheme", "set", "model"])
         spa = p[p["scheme"] == "spatial"].drop(columns=["scheme", "set", "model"])
@@ -468,7 +486,7 @@ def store_table1_heldout(
         scores = results[(results["set"] == predictor_set) & (results["model"] == m)]
         table = _heldout_rows(rnd, spa, data)
         d = _heldout_dir(data, X, y, predictor_set, m, n_seeds, seed, block_size_m, n_splits,
-                         root)
+                         root, params)
         _write_csv(table, d / "table.csv.gz")
         _write_csv(scores.reset_index(drop=True), d / "scores.csv")
         written[m] = d
@@ -535,7 +553,7 @@ def cached_conformal(
               "model": held.model, "n_seeds": int(n_seeds), "seed": int(seed),
               "calibrations": list(calibrations), "block_size_m": float(block_size_m),
               "n_splits": int(n_splits), "confidence": float(confidence),
-              "model_params": BOOK_MODEL_PARAMS.get(held.model, {}), "versions": _versions()}
+              "model_params": held.model_params, "versions": _versions()}
     d = cache.cache_dir("conformal", params, root=Path(root) if root is not None else None)
     path = d / "intervals.csv.gz"
     if path.exists():
@@ -550,7 +568,7 @@ def cached_conformal(
             confidence=confidence, n_seeds=n_seeds, block_size_m=block_size_m,
             n_splits=n_splits, sample_id=held.data["sample_id"].astype(str).to_numpy()
             if "sample_id" in held.data else None,
-            model=held.model, model_params=BOOK_MODEL_PARAMS.get(held.model, {}), seed=seed,
+            model=held.model, model_params=held.model_params, seed=seed,
             n_jobs=n_jobs, progress=progress,
         )
         parts.append(iv.assign(requested=c))
@@ -603,8 +621,7 @@ def heldout_aoa(
         Z = PatchReducer(n_components=SSL_COMPONENTS, seed=seed).fit(X.iloc[train]).transform(X)
     else:
         Z = X
-    model = make_model(held.model, seed=seed, n_jobs=n_jobs,
-                       **dict(BOOK_MODEL_PARAMS.get(held.model, {})))
+    model = make_model(held.model, seed=seed, n_jobs=n_jobs, **held.model_params)
     if held.model in ("lightgbm", "xgboost") and len(val):
         fit_model(model, Z.iloc[train], y[train], Z.iloc[val], y[val])
     else:

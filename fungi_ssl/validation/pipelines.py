@@ -46,6 +46,7 @@ from fungi_ssl.validation.models import MODEL_NAMES, make_model
 __all__ = [
     "BOOK_MODEL_PARAMS",
     "COMPARED_SETS",
+    "MODEL_LABELS",
     "SSL_COMPONENTS",
     "MemoPatchReducer",
     "ReductionMemo",
@@ -54,6 +55,8 @@ __all__ = [
     "complete_rows",
     "has_ssl",
     "predictor_matrix",
+    "profile_model_changes",
+    "profile_model_params",
     "reduced_model",
 ]
 
@@ -63,13 +66,66 @@ COMPARED_SETS = ("ssl", "climate", "soil", "landcover", "all")
 SSL_COMPONENTS = 32
 #: Overrides of :func:`fungi_ssl.validation.models.make_model`'s defaults used by the book:
 #: the random forest grows 100 trees instead of 200, which keeps Table 1 inside
-#: the book's time budget (``benchmarks/bench_table1.py`` measures it).
+#: the book's time budget (``benchmarks/bench_table1.py`` measures it). A profile may
+#: override them for Table 1 (:func:`profile_model_params`; quick: 50 trees).
 BOOK_MODEL_PARAMS: dict[str, dict[str, Any]] = {
     "rf": {"n_estimators": 100},
     "lightgbm": {},
     "xgboost": {},
     "ridge": {},
 }
+
+
+def profile_model_params(profile: str) -> dict[str, dict[str, Any]]:
+    """Each model family's parameters in a profile's Table 1: the book's, with the profile's overrides.
+
+    Chapter 04 fits Table 1 with them and chapter 07 asks for the held-out
+    predictions of the same models (:func:`fungi_ssl.uncertainty.heldout.cached_heldout`'s
+    ``model_params``). Every other chapter keeps :data:`BOOK_MODEL_PARAMS`.
+
+    Parameters
+    ----------
+    profile : str
+        A profile of :data:`fungi_ssl.core.config.PROFILES`.
+
+    Returns
+    -------
+    dict
+        Family → keyword arguments of :func:`fungi_ssl.validation.models.make_model`.
+
+    Examples
+    --------
+    >>> profile_model_params("full")["rf"]
+    {'n_estimators': 100}
+    >>> profile_model_params("quick")["rf"]
+    {'n_estimators': 50}
+    """
+    from fungi_ssl.core.config import get_profile
+
+    overrides = get_profile(profile).model_params
+    return {m: {**BOOK_MODEL_PARAMS.get(m, {}), **overrides.get(m, {})} for m in MODEL_NAMES}
+
+
+#: How chapter texts name the model families.
+MODEL_LABELS = {"rf": "random forest", "lightgbm": "LightGBM", "xgboost": "XGBoost",
+                "ridge": "ridge regression"}
+
+
+def profile_model_changes(profile: str) -> list[tuple[str, str, Any, Any]]:
+    """Where a profile's Table 1 models differ from the book's: ``(family, parameter, profile's, book's)``.
+
+    Examples
+    --------
+    >>> profile_model_changes("full")
+    []
+    >>> profile_model_changes("quick")[0]
+    ('rf', 'n_estimators', 50, 100)
+    """
+    out = []
+    for m, params in profile_model_params(profile).items():
+        book = make_model(m, **BOOK_MODEL_PARAMS.get(m, {})).get_params()
+        out += [(m, k, v, book.get(k)) for k, v in params.items() if book.get(k) != v]
+    return out
 
 
 # --------------------------------------------------------------------------

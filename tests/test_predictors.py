@@ -91,16 +91,3 @@ def test_real_data_cannot_pretrain(real_data_dir):
     real = open_field_data(real_data_dir, table="covariates")
     with pytest.raises(ValueError, match="simulated study"):
         predictors.pretrained_encoder(real)
-
-
-def test_encoder_and_probes_need_the_study_not_its_tables(field):
-    """Chapter 02 pre-trains and probes from the study alone: the same pixels as from its FieldData."""
-    from fungi_ssl.simulate.study import SimulatedStudy
-
-    study = SimulatedStudy(field.study.config)  # a fresh study: nothing drawn yet
-    px, labels = predictors.probe_pixels(study, 128, seed=0)
-    assert not {"_cores", "_draw", "covariates"} & set(study.__dict__)  # no sample tables drawn
-    ref_px, ref_labels = predictors.probe_pixels(field, 128, seed=0)
-    pd.testing.assert_frame_equal(labels, ref_labels)
-    np.testing.assert_array_equal(px.s2, ref_px.s2)
-    assert predictors._study_params(study) == predictors._study_params(field)  # one cache key

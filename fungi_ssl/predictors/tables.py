@@ -52,7 +52,6 @@ from fungi_ssl.embeddings.inference import embed_pixels, quantise
 from fungi_ssl.embeddings.pixels import PixelTimeSeries
 from fungi_ssl.embeddings.tessera import dequantise
 from fungi_ssl.simulate.field_data import FieldData, open_field_data, simulator_fingerprint
-from fungi_ssl.simulate.study import SimulatedStudy
 
 __all__ = [
     "FIRST_EMBEDDING_YEAR",
@@ -117,26 +116,13 @@ def pixel_series(arrays: dict[str, np.ndarray]) -> PixelTimeSeries:
     return PixelTimeSeries(**{f: arrays[f] for f in _SERIES_FIELDS})
 
 
-def _study_params(field: FieldData | SimulatedStudy) -> dict[str, Any]:
-    return {"study": _study_of(field, "pretrained_encoder").config.as_dict(),
-            "simulator": simulator_fingerprint()}
-
-
-def _study_of(field: FieldData | SimulatedStudy, caller: str) -> SimulatedStudy:
-    """The simulated study behind ``field``, or the ValueError of ``caller`` for real data."""
-    if isinstance(field, SimulatedStudy):
-        return field
-    if not field.is_simulated:
-        raise ValueError(
-            f"{caller}: the book trains and probes its encoder on the simulated study only; "
-            "for real data use TESSERA tiles (fungi_ssl.embeddings.tessera)"
-        )
-    return field.study
+def _study_params(field: FieldData) -> dict[str, Any]:
+    return {"study": field.study.config.as_dict(), "simulator": simulator_fingerprint()}
 
 
 def pretrained_encoder(
-    field: FieldData | SimulatedStudy, profile: str = "quick", seed: int = 0,
-    progress: bool = True, n_threads: int | None = None,
+    field: FieldData, profile: str = "quick", seed: int = 0, progress: bool = True,
+    n_threads: int | None = None,
 ) -> tuple[TrainedEncoder, pd.DataFrame]:
     """Pre-train (or load from cache) the book's encoder on the simulated study.
 
@@ -147,10 +133,8 @@ def pretrained_encoder(
 
     Parameters
     ----------
-    field : FieldData or SimulatedStudy
-        The simulated study (``open_field_data(None, …)``), or the study itself:
-        training needs its sites and satellite series, not its sample tables
-        (chapter 02 starts training without drawing them).
+    field : FieldData
+        The simulated study (``open_field_data(None, …)``).
     profile : {"quick", "full"}
         Sets the encoder size, steps and number of training pixels.
     seed : int
@@ -168,13 +152,17 @@ def pretrained_encoder(
     history : pandas.DataFrame
         Per step ``loss, on_diag, off_diag, lr, seconds``.
     """
-    study = _study_of(field, "pretrained_encoder")
+    if not field.is_simulated:
+        raise ValueError(
+            "pretrained_encoder: the book trains its encoder on the simulated study only; "
+            "for real data use TESSERA tiles (fungi_ssl.embeddings.tessera)"
+        )
     prof = config.get_profile(profile)
     data_params = {**_study_params(field), "pixels": prof.pretrain_pixels, "pixel_seed": seed}
     cfg = encoder_config(profile)
 
     def pixels() -> PixelTimeSeries:
-        arrays, _ = study.random_pixels(prof.pretrain_pixels, seed=seed)
+        arrays, _ = field.study.random_pixels(prof.pretrain_pixels, seed=seed)
         return pixel_series(arrays)
 
     return cached_pretrain(pixels, cfg, steps=prof.pretrain_steps, batch_size=512, seed=seed,
@@ -182,13 +170,11 @@ def pretrained_encoder(
                            **prof.pretrain_options)
 
 
-def probe_pixels(field: FieldData | SimulatedStudy, n: int,
-                 seed: int = 0) -> tuple[PixelTimeSeries, pd.DataFrame]:
+def probe_pixels(field: FieldData, n: int, seed: int = 0) -> tuple[PixelTimeSeries, pd.DataFrame]:
     """Held-out pixels for linear probes, with their true land cover and richness.
 
     Drawn like the training pixels but from an independent stream
-    (``seed + 10_000``), in 8 × 8 clusters, from the simulated study (its
-    :class:`FieldData` or the study itself).
+    (``seed + 10_000``), in 8 × 8 clusters.
 
     Returns
     -------
@@ -197,7 +183,9 @@ def probe_pixels(field: FieldData | SimulatedStudy, n: int,
         ``cluster``, ``year``, ``landcover`` (class code) and
         ``true_richness`` (true 10 m richness) per pixel.
     """
-    arrays, index = _study_of(field, "probe_pixels").random_pixels(n, seed=seed + 10_000)
+    if not field.is_simulated:
+        raise ValueError("probe_pixels: probes need the simulated study's truth")
+    arrays, index = field.study.random_pixels(n, seed=seed + 10_000)
     labels = index.assign(landcover=arrays["landcover"], true_richness=arrays["true_richness"])
     return pixel_series(arrays), labels
 

@@ -21,8 +21,8 @@ seeds only and the line above holds. A fourth run, ``quick_profile``, times
 the quick profile's Table 1 as chapter 04 fits it: 3 seeds with the quick
 profile's lighter models (:func:`~fungi_ssl.validation.pipelines.profile_model_params`:
 a 50-tree random forest, boosting at a step of 0.1), with the R² of every
-cell beside the book models' so the cost of the lighter settings can be read. Wall time counts from the call to
-``table1`` to its return. CPU time (all threads) and the 1-minute load
+cell beside the book models' so the cost of the lighter settings can be read.
+Wall time counts from the call to ``table1`` to its return. CPU time (all threads) and the 1-minute load
 average before each run are reported too: the book machine has two cores,
 and any other process on them stretches wall time but not CPU time.
 

@@ -79,12 +79,12 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", n_samples=14_000, n_seeds=3, pretrain_steps=450, map_tile_px=128,
                      pretrain_pixels=16_384, probe_pixels=16_384,
-                    # Table 1 lies on the quick book's longest chain of chapters: half the
-                    # book's trees, and boosting at the libraries' usual step of 0.1 rather
-                    # than 0.05 (README, run time: R² moved by at most 0.008 and 0.03)
-                    model_params={"rf": {"n_estimators": 50},
-                                  "lightgbm": {"learning_rate": 0.1},
-                                  "xgboost": {"learning_rate": 0.1}}),
+                     # Table 1 lies on the quick book's longest chain of chapters: half the
+                     # book's trees, and boosting at the libraries' usual step of 0.1 rather
+                     # than 0.05 (README, run time: R² moved by at most 0.008 and 0.03)
+                     model_params={"rf": {"n_estimators": 50},
+                                   "lightgbm": {"learning_rate": 0.1},
+                                   "xgboost": {"learning_rate": 0.1}}),
     "full": Profile("full", n_samples=14_000, n_seeds=10, pretrain_steps=2_500, map_tile_px=256,
                     pretrain_pixels=32_768, probe_pixels=32_768),
 }

@@ -26,7 +26,7 @@ from fungi_ssl.data.io import find_real_tables, read_samples, read_spun_covariat
 from fungi_ssl.simulate import SimulatedStudy, StudyConfig
 
 #: Bump when the simulator changes in a way that changes its output.
-SIMULATOR_VERSION = 6
+SIMULATOR_VERSION = 7
 
 #: Source files whose text decides what the simulator draws.
 _SIMULATOR_SOURCES = ("simulate/*.py", "core/hashing.py")

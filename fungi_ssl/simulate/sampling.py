@@ -56,8 +56,6 @@ CONTINENT_SHARE = {"Europe": 0.75, "Asia": 0.25}
 MAX_CAMPAIGN_RADIUS_KM = 300.0
 #: Length scale (degrees) over which campaigns share part of their detection bias.
 CAMPAIGN_BIAS_LENGTH_DEG = 4.0
-#: Length scale (degrees) over which campaigns share their habitat focus.
-CAMPAIGN_FOCUS_LENGTH_DEG = 1.0
 
 
 def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -92,9 +90,9 @@ def draw_campaigns(config: StudyConfig, rng: np.random.Generator) -> pd.DataFram
     year = rng.choice(np.asarray(c.years), size=n)
     weight = rng.lognormal(0.0, 1.0, n)
     median_reads = c.median_reads * rng.lognormal(0.0, c.reads_sdlog / math.sqrt(2), n)
-    # the study-structure levers (neutral in simulator version 6) draw from a stream of
-    # their own, so that at their neutral values every draw above is version 6's, bit
-    # for bit, and switching one on leaves the draws above alone
+    # the study-structure levers (neutral in simulator version 6; version 7 shares the
+    # habitat focus regionally) draw from a stream of their own, so that switching one
+    # on or off leaves every draw above alone
     extra = np.random.default_rng([c.seed, 813])
     lon, lat, host = _overlapping_centres(lon, lat, radius, continent,
                                           c.campaign_overlap_share, extra)
@@ -124,13 +122,13 @@ def _regional_focus(lon: np.ndarray, lat: np.ndarray, focus: np.ndarray, config:
     """Each campaign's habitat focus, partly shared by the campaigns of a region.
 
     A latent normal score mixes a smooth field over
-    :data:`CAMPAIGN_FOCUS_LENGTH_DEG` (weight ``campaign_focus_regional_share``
+    ``campaign_focus_length_deg`` (weight ``campaign_focus_regional_share``
     of its variance) with the campaign's own draw; its quantiles give
     ``forest``, ``mixed`` and ``open`` in the shares of
     ``campaign_focus_shares``. Research traditions are regional (a country's
-    forest-soil surveys, another's grassland monitoring), so campaigns a few tens
-    of kilometres apart study the same kind of habitat more often than distant
-    ones. With a share of 0 each campaign keeps ``focus``, its independent draw.
+    forest-soil surveys, another's grassland monitoring), so campaigns tens to
+    a few hundred kilometres apart study the same kind of habitat more often than
+    distant ones. With a share of 0 each campaign keeps ``focus``, its independent draw.
 
     Examples
     --------
@@ -149,7 +147,7 @@ def _regional_focus(lon: np.ndarray, lat: np.ndarray, focus: np.ndarray, config:
     own = rng.standard_normal(lon.size)
     if rho == 0.0:
         return focus
-    field = GaussianField(c.seed, 812, CAMPAIGN_FOCUS_LENGTH_DEG).points(lon, lat)
+    field = GaussianField(c.seed, 812, c.campaign_focus_length_deg).points(lon, lat)
     z = math.sqrt(rho) * field + math.sqrt(1.0 - rho) * own
     cuts = norm.ppf(np.clip(np.cumsum(c.campaign_focus_shares)[:-1], 1e-12, 1 - 1e-12))
     return np.asarray(["forest", "mixed", "open"])[np.searchsorted(cuts, z)]
@@ -317,9 +315,16 @@ def place_plots(landscape: Landscape, config: StudyConfig, campaigns: pd.DataFra
         clon = np.where(near, lon[lead[rest]], c["longitude"].to_numpy())
         clat = np.where(near, lat[lead[rest]], c["latitude"].to_numpy())
         radius = np.where(near, config.plot_cluster_radius_m, c["radius_km"].to_numpy() * 1000.0)
+        # a plot near its cluster's first plot keeps that plot's land-cover class, or takes
+        # another with probability plot_cluster_other_class_acceptance
+        lead_class = np.full(rest.size, -1, dtype=np.int64)
+        if config.plot_cluster_other_class_acceptance < 1.0 and near.any():
+            lead_class[near] = point_layers(landscape, clon[near], clat[near],
+                                            c["year"].to_numpy()[near], ["landcover"])["landcover"]
         lon[rest], lat[rest] = _accept_around(
             landscape, c, clon, clat, radius, near, config.forest_campaign_open_acceptance, rng,
-            config.open_campaign_woodland_acceptance, config.campaign_other_class_acceptance)
+            config.open_campaign_woodland_acceptance, config.campaign_other_class_acceptance,
+            lead_class, config.plot_cluster_other_class_acceptance)
     keep = ~np.isnan(lon)
     epsg, col, row = _pixel_of(lon[keep], lat[keep])
     tlon, tlat = _pixel_centre(epsg, col, row)
@@ -381,7 +386,8 @@ def plot_clusters(campaign: np.ndarray, share: float, rng: np.random.Generator) 
 def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, lat0: np.ndarray,
                    radius_m: np.ndarray, log_uniform: np.ndarray | bool, open_in_forest: float,
                    rng: np.random.Generator, woodland_in_open: float = 0.2,
-                   other_class: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                   other_class: float = 1.0, cluster_class: np.ndarray | None = None,
+                   other_than_cluster: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Plot locations around centres, on land and accepted by each campaign's habitat focus.
 
     Distances are uniform over the disc of ``radius_m``, or, where
@@ -393,7 +399,9 @@ def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, l
     an open-land campaign one in woodland with probability ``woodland_in_open``.
     A campaign about one class (``camp["habitat"]``: a woodland class for a
     forest study, an open class for an open-land study) accepts a plot of
-    another class of the same kind with probability ``other_class``.
+    another class of the same kind with probability ``other_class``. A plot with a
+    ``cluster_class`` (its cluster's first plot's land-cover class; -1 for none)
+    accepts a plot of another class with probability ``other_than_cluster``.
     """
     n = lon0.size
     log_uniform = np.broadcast_to(np.asarray(log_uniform, bool), (n,))
@@ -426,6 +434,9 @@ def _accept_around(landscape: Landscape, camp: pd.DataFrame, lon0: np.ndarray, l
         h = habitat[todo]
         p *= np.where((h >= 0) & (lc != h) & (np.isin(h, WOODLAND_CODES) == wood),
                       other_class, 1.0)
+        if cluster_class is not None:
+            k = cluster_class[todo]
+            p *= np.where((k >= 0) & (lc != k), other_than_cluster, 1.0)
         ok &= rng.random(todo.size) < p
         lon[todo[ok]], lat[todo[ok]] = cand_lon[ok], cand_lat[ok]
         todo = todo[~ok]

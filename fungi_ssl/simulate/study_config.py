@@ -47,6 +47,9 @@ class StudyConfig:
     plot_cluster_radius_m : float
         Plots of one cluster lie up to this far (m) from its first plot,
         log-uniformly from 10 m.
+    plot_cluster_other_class_acceptance : float
+        Probability that a plot of a cluster keeps a place of another land-cover
+        class than the cluster's first plot (1: any class its campaign takes).
     core_spread_px : int
         Cores lie within this many pixels of the recorded plot coordinate.
     core_sd : float
@@ -68,7 +71,9 @@ class StudyConfig:
         kind (1: any woodland, or any open land, will do).
     campaign_focus_regional_share : float
         Share of the variance of a campaign's latent focus score that the
-        campaigns of a region share (:data:`~fungi_ssl.simulate.sampling.CAMPAIGN_FOCUS_LENGTH_DEG`).
+        campaigns of a region share (a field of ``campaign_focus_length_deg``).
+    campaign_focus_length_deg : float
+        Length scale (degrees) of that shared focus: a country's research tradition.
     campaign_overlap_share : float
         Share of campaigns set in the region of an earlier campaign
         (:func:`~fungi_ssl.simulate.sampling.draw_campaigns`): studies that
@@ -108,13 +113,14 @@ class StudyConfig:
 
     seed: int = 0
     n_samples: int = 14_000
-    n_campaigns: int = 320
+    n_campaigns: int = 960
     mean_cores_per_site: float = 2.3
     singleton_share: float = 0.56
     max_cores_per_site: int = 215
     site_size_sdlog: float = 1.6
     plot_cluster_share: float = 0.65
     plot_cluster_radius_m: float = 1_000.0
+    plot_cluster_other_class_acceptance: float = 0.3
     core_spread_px: int = 2
     core_sd: float = 0.38
     campaign_bias_sd: float = 0.45
@@ -123,9 +129,10 @@ class StudyConfig:
     forest_campaign_open_acceptance: float = 0.12
     open_campaign_woodland_acceptance: float = 0.2
     campaign_other_class_acceptance: float = 1.0
-    campaign_focus_regional_share: float = 0.0
+    campaign_focus_regional_share: float = 0.95
+    campaign_focus_length_deg: float = 4.0
     campaign_overlap_share: float = 0.0
-    campaign_radius_km: float = 12.0
+    campaign_radius_km: float = 8.0
     campaign_radius_sdlog: float = 1.0
     median_reads: float = 12_000.0
     reads_sdlog: float = 0.85

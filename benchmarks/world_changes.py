@@ -50,6 +50,17 @@ undone on its own:
 ``no_geology_mosaic``
     No soil-pH mosaic of parent materials (``geology_ph_sd`` 0).
 
+Simulator version 7 changed how the studies are laid out (issue 15, judged on the
+mean semivariogram over six draws); each of its changes is undone on its own:
+
+``v6_campaigns``
+    320 campaigns of median radius 12 km instead of 960 of 8 km.
+``independent_focus``
+    Each campaign's habitat focus its own (nothing shared by a country's studies).
+``plot_groups_any_class``
+    Plots of a group take any class their campaign takes, not mostly their first
+    plot's.
+
 Variants that move sites or the landscape re-embed the site patches.
 
 Run ``.venv/bin/python benchmarks/world_changes.py [--profile full] [--seeds 3]``;
@@ -80,14 +91,14 @@ SETS = ("ssl", "climate", "soil", "landcover")
 VARIANTS = ("default", "exact_coordinates", "independent_covariate_errors", "exact_landcover",
             "no_invisible_drivers", "v4_fine_mosaic", "v4_strong_fine_terms", "no_plot_clusters",
             "v4_site_sizes", "independent_campaign_bias", "v5_covariate_columns",
-            "no_geology_mosaic")
+            "no_geology_mosaic", "v6_campaigns", "independent_focus", "plot_groups_any_class")
 #: Variants whose sites or landscape differ from the default's, so their patches are re-embedded.
 RE_EMBED = ("exact_coordinates", "v4_fine_mosaic", "no_plot_clusters", "v4_site_sizes",
-            "no_geology_mosaic")
+            "no_geology_mosaic", "v6_campaigns", "independent_focus", "plot_groups_any_class")
 
 
 def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
-    """The base study with one change of simulator version 4, 5 or 6 undone."""
+    """The base study with one change of simulator version 4, 5, 6 or 7 undone."""
     c = base.config
     if name == "default":
         return base
@@ -116,6 +127,12 @@ def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
         return SimulatedStudy(replace(c, sensors=replace(c.sensors, spun_columns=False)))
     if name == "no_geology_mosaic":
         return SimulatedStudy(replace(c, landscape=replace(c.landscape, geology_ph_sd=0.0)))
+    if name == "v6_campaigns":
+        return SimulatedStudy(replace(c, n_campaigns=320, campaign_radius_km=12.0))
+    if name == "independent_focus":
+        return SimulatedStudy(replace(c, campaign_focus_regional_share=0.0))
+    if name == "plot_groups_any_class":
+        return SimulatedStudy(replace(c, plot_cluster_other_class_acceptance=1.0))
     raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
 
 

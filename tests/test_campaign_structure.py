@@ -1,8 +1,9 @@
 """The study-structure levers of the simulator (issue 15; benchmarks/campaign_structure.py).
 
-Version 6 keeps them at neutral values, and they draw from their own random
-stream, so switching one on moves only what it is about: campaigns' centres,
-their habitat focus, or which plots they keep.
+Version 6 kept them at neutral values; version 7 shares the habitat focus
+regionally and keeps plot groups in one land-cover class. They draw from their
+own random stream, so switching one moves only what it is about: campaigns'
+centres, their habitat focus, or which plots they keep.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ OWN_DRAWS = ["continent", "radius_km", "year", "weight", "median_reads", "decima
 
 
 @pytest.mark.parametrize("change", [
-    {"campaign_overlap_share": 1.0}, {"campaign_focus_regional_share": 1.0},
-    {"campaign_other_class_acceptance": 0.0}])
+    {"campaign_overlap_share": 1.0}, {"campaign_focus_regional_share": 0.0},
+    {"campaign_focus_length_deg": 0.5}, {"campaign_other_class_acceptance": 0.0},
+    {"plot_cluster_other_class_acceptance": 1.0}])
 def test_a_lever_leaves_every_other_campaign_draw_alone(change):
     base = SimulatedStudy(BASE).campaigns
     other = SimulatedStudy(dataclasses.replace(BASE, **change)).campaigns
@@ -54,7 +56,10 @@ def test_overlapping_campaigns_lie_in_an_earlier_campaigns_region():
 
 
 def test_regional_focus_is_shared_nearby_and_keeps_the_shares():
+    # a short length scale, so that 4,000 campaigns span many independent regions (at the
+    # book's 4 degrees Europe holds few, and one draw's shares wander around the nominal ones)
     cfg = dataclasses.replace(BASE, campaign_focus_regional_share=1.0,
+                              campaign_focus_length_deg=0.5,
                               campaign_focus_shares=(0.5, 0.2, 0.3))
     near = _regional_focus(np.linspace(10.0, 10.05, 50), np.full(50, 50.0),
                            np.full(50, "mixed"), cfg, np.random.default_rng(0))
@@ -86,3 +91,29 @@ def test_a_study_of_one_class_keeps_its_plots_in_that_class():
     assert set(camp.loc[camp["focus"] == "forest", "habitat"]) <= set(WOODLAND_CODES)
     assert set(camp.loc[camp["focus"] == "open", "habitat"]) <= set(OPEN_CODES)
     assert (camp.loc[camp["focus"] == "mixed", "habitat"] == -1).all()
+
+
+def _same_class_share_of_close_pairs(cfg: StudyConfig) -> tuple[float, int]:
+    """Share of a campaign's plot pairs under 300 m apart that lie in one land-cover class."""
+    study = SimulatedStudy(cfg)
+    plots = study.plots
+    lc = point_layers(study.landscape, plots["true_longitude"], plots["true_latitude"],
+                      plots["year"], ["landcover"])["landcover"]
+    lon, lat = plots["true_longitude"].to_numpy(), plots["true_latitude"].to_numpy()
+    camp = plots["campaign"].to_numpy()
+    i, j = np.triu_indices(len(plots), 1)
+    dx = (lon[i] - lon[j]) * 111_320.0 * np.cos(np.radians(lat[i]))
+    dy = (lat[i] - lat[j]) * 111_320.0
+    close = (np.hypot(dx, dy) < 300.0) & (camp[i] == camp[j])
+    return float(np.mean(lc[i][close] == lc[j][close])), int(close.sum())
+
+
+def test_plot_groups_keep_their_first_plots_class():
+    cfg = dataclasses.replace(BASE, n_samples=900, n_campaigns=6, plot_cluster_share=0.9,
+                              singleton_share=0.9, campaign_focus_shares=(0.0, 1.0, 0.0))
+    kept, n_kept = _same_class_share_of_close_pairs(
+        dataclasses.replace(cfg, plot_cluster_other_class_acceptance=0.0))
+    free, n_free = _same_class_share_of_close_pairs(
+        dataclasses.replace(cfg, plot_cluster_other_class_acceptance=1.0))
+    assert min(n_kept, n_free) > 200
+    assert kept > 0.9 and kept > free + 0.1, (kept, free)

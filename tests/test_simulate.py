@@ -171,10 +171,11 @@ def test_share_of_true_richness_variance_below_1km(default):
     assert 0.25 <= share <= 0.50
 
 
-#: Bands of the real semivariogram the calibrated world misses by more than 0.08
-#: (issue 15's closest compromise, shown in chapter 00): 10-30 km only since v6
-#: (0.80 against 0.67; one forest campaign with most cores on cropland holds its pairs).
-CALIBRATION_MISSES = {(10_000.0, 30_000.0)}
+#: Bands of the real semivariogram that the book's draw (seed 0) of the calibrated world
+#: misses by more than 0.08, shown in chapter 00: since v7, 3-10 km (0.78 against 0.66; one
+#: forest campaign holds 37% of its pairs) and 30-100 km (0.71 against 0.62). The mean over
+#: six draws meets every band (test_mean_over_draws_matches_the_real_semivariogram).
+CALIBRATION_MISSES = {(3_000.0, 10_000.0), (30_000.0, 100_000.0)}
 
 
 def test_calibrated_world_matches_the_real_semivariogram(default):
@@ -196,6 +197,22 @@ def test_calibrated_world_matches_the_real_semivariogram(default):
         if 1.0 <= row.lo_m < 3_000.0:
             assert ref["pairs"] / 3 <= row.pairs <= 3 * ref["pairs"], (band, row.pairs)
     assert 0.10 <= share_at_busy_coordinates(europe) <= 0.20
+
+
+def test_mean_over_draws_matches_the_real_semivariogram(monkeypatch, tmp_path):
+    """Simulator version 7 is calibrated on the mean over chapter 00's six draws: every judged
+    band's mean lies within issue 15's 0.08 of the real curve, and one draw's spread is
+    about as wide as the bound (so a single draw meeting every band is luck, not the test)."""
+    from fungi_ssl.core import config as core_config
+    from fungi_ssl.simulate import seed_spread
+
+    monkeypatch.setattr(core_config, "CACHE_DIR", tmp_path)
+    spread = seed_spread.variogram_over_seeds("full", range(seed_spread.N_SEEDS), workers=2)
+    judged = [b for b in spread["bands"] if b["judged"]]
+    assert len(judged) == 9
+    errors = {tuple(b["band_m"]): abs(b["gamma_mean"] - b["gamma_real"]) for b in judged}
+    assert max(errors.values()) <= seed_spread.BOUND, errors
+    assert 0.03 < np.mean([b["gamma_sd"] for b in judged]) < 0.12
 
 
 def test_true_trend_of_declining_ancient_woodland(small):
@@ -492,11 +509,15 @@ def test_cached_study_tables_bring_back_the_drawn_state(tmp_path, monkeypatch):
 def test_truth_layer_is_the_estimand_of_a_log1p_map(default):
     """The truth layer predicts the samples' log1p(rarefied) without bias.
 
-    At the cores, the expected log1p(rarefied) from the true log richness has
-    a mean error below 0.05 against the observed values, and explains most of
-    their variance (the rest, about a fifth here, is core-to-core noise no map
-    can predict); the lookup is monotone, and far below the true species
-    count where cores are rich.
+    At the cores, the expected log1p(rarefied) from the true log richness is
+    the estimand of a core without detection bias: regressed on the log of
+    its campaign's bias, the observed-minus-expected error is below 0.05 at a
+    bias of 1 (a draw's campaigns can share a net bias, since part of it is
+    regional over 4 degrees: -0.08 in log units over the default study's
+    samples since version 7), and rises with the bias. The expectation explains
+    most of their variance (the rest, about a fifth here, is core-to-core noise
+    no map can predict); the lookup is monotone, and far below the true
+    species count where cores are rich.
     """
     from fungi_ssl.simulate.truth import expected_log1p_rarefied, rarefied_curve
 
@@ -504,7 +525,10 @@ def test_truth_layer_is_the_estimand_of_a_log1p_map(default):
     ok = np.isfinite(rarefied)
     expected = expected_log1p_rarefied(default, default.core_log_richness())[ok]
     observed = np.log1p(rarefied[ok])
-    assert abs((observed - expected).mean()) < 0.05
+    truth = default.truth.set_index("sample_id").loc[default.samples["sample_id"]]
+    log_bias = np.log(truth["campaign_bias"].to_numpy(dtype=float))[ok]
+    slope, at_no_bias = np.polyfit(log_bias, observed - expected, 1)
+    assert abs(at_no_bias) < 0.05 and 0.4 < slope < 1.1, (at_no_bias, slope)
     assert 0.6 < 1 - ((observed - expected) ** 2).mean() / observed.var() < 0.95
     curve = rarefied_curve(default)
     assert np.all(np.diff(curve["log1p_mean"]) >= 0)

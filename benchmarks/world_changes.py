@@ -78,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from campaign_structure import V6_CAMPAIGNS, V6_FOCUS, V6_PLOT_GROUPS
 
 from fungi_ssl.data.io import validate_samples
 from fungi_ssl.predictors.tables import TARGET, pretrained_encoder, ssl_patch_features
@@ -87,6 +88,9 @@ from fungi_ssl.validation import comparison
 from fungi_ssl.validation.sensitivity import richness_with_gains
 
 HERE = Path(__file__).resolve().parent
+#: Each version-7 lever at its version-6 value, as campaign_structure.py undoes them.
+V7_UNDONE = {"v6_campaigns": V6_CAMPAIGNS, "independent_focus": V6_FOCUS,
+             "plot_groups_any_class": V6_PLOT_GROUPS}
 SETS = ("ssl", "climate", "soil", "landcover")
 VARIANTS = ("default", "exact_coordinates", "independent_covariate_errors", "exact_landcover",
             "no_invisible_drivers", "v4_fine_mosaic", "v4_strong_fine_terms", "no_plot_clusters",
@@ -127,12 +131,8 @@ def variant_study(base: SimulatedStudy, name: str) -> SimulatedStudy:
         return SimulatedStudy(replace(c, sensors=replace(c.sensors, spun_columns=False)))
     if name == "no_geology_mosaic":
         return SimulatedStudy(replace(c, landscape=replace(c.landscape, geology_ph_sd=0.0)))
-    if name == "v6_campaigns":
-        return SimulatedStudy(replace(c, n_campaigns=320, campaign_radius_km=12.0))
-    if name == "independent_focus":
-        return SimulatedStudy(replace(c, campaign_focus_regional_share=0.0))
-    if name == "plot_groups_any_class":
-        return SimulatedStudy(replace(c, plot_cluster_other_class_acceptance=1.0))
+    if name in V7_UNDONE:
+        return SimulatedStudy(replace(c, **V7_UNDONE[name]))
     raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fungi_ssl.data.coordinates import geodesic_pairs_within
 from fungi_ssl.simulate import SimulatedStudy, StudyConfig
 from fungi_ssl.simulate.landscape import OPEN_CODES, WOODLAND_CODES
 from fungi_ssl.simulate.sampling import _overlapping_centres, _regional_focus, point_layers
@@ -99,12 +100,10 @@ def _same_class_share_of_close_pairs(cfg: StudyConfig) -> tuple[float, int]:
     plots = study.plots
     lc = point_layers(study.landscape, plots["true_longitude"], plots["true_latitude"],
                       plots["year"], ["landcover"])["landcover"]
-    lon, lat = plots["true_longitude"].to_numpy(), plots["true_latitude"].to_numpy()
+    pairs = geodesic_pairs_within(plots["true_longitude"], plots["true_latitude"], 300.0)
+    i, j = pairs[:, 0], pairs[:, 1]
     camp = plots["campaign"].to_numpy()
-    i, j = np.triu_indices(len(plots), 1)
-    dx = (lon[i] - lon[j]) * 111_320.0 * np.cos(np.radians(lat[i]))
-    dy = (lat[i] - lat[j]) * 111_320.0
-    close = (np.hypot(dx, dy) < 300.0) & (camp[i] == camp[j])
+    close = camp[i] == camp[j]
     return float(np.mean(lc[i][close] == lc[j][close])), int(close.sum())
 
 
